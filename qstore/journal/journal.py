@@ -1,0 +1,292 @@
+"""`Journal`: a broker's append-only LMDB journal, opened for writing.
+
+Opening takes the data directory's lock, creates or checks the metadata (node id, format version),
+scans the records once to learn what later compaction may delete, and starts the writer thread.
+Everything that writes goes through that thread; reads (replay, entries) come from `JournalReader`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import JournalError, NotAJournal, UnsupportedFormat
+from .lock import DataDirLock
+from .reader import META_DB, RECORDS_DB, JournalReader, open_env
+from .records import COMPRESS_THRESHOLD, FORMAT_VERSION, KEY, Epoch, Record, prepare
+from .state import JournalState
+from .writer import GroupCommitWriter, LoopWaiter, Result, SyncWaiter, Txn, _Append, _Control
+
+log = logging.getLogger("qstore.journal")
+
+DEFAULT_MAP_SIZE = 16 << 30
+
+
+class Journal(JournalReader):
+    """The journal of one data directory, with its single writer."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        map_size: int = DEFAULT_MAP_SIZE,
+        compress_threshold: int = COMPRESS_THRESHOLD,
+        compaction_batch: int = 1024,
+        auto_compact: bool = True,
+        reserve: int = 64 << 10,
+    ) -> None:
+        path = Path(data_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        self._lock = DataDirLock(path)
+        self._lock.acquire()
+        try:
+            env = open_env(path, readonly=False, map_size=map_size)
+            env.open_db(RECORDS_DB)
+            env.open_db(META_DB)
+            super().__init__(env, path)
+            self._init_meta()
+            tracker = self.replay(keep_bodies=False)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.compress_threshold = compress_threshold
+        last = self.seq_range()
+        high = self.meta_get("high-water")
+        next_seq = max(last[1] if last else 0, KEY.unpack(high)[0] if high else 0) + 1
+        self.writer = GroupCommitWriter(
+            self.env,
+            self.records,
+            self.meta,
+            tracker,
+            next_seq,
+            compaction_batch=compaction_batch,
+            auto_compact=auto_compact,
+            reserve=reserve,
+            name=path.name,
+        )
+        # What the open-time scan found cancelled is compaction's first work.
+        self._queue_existing_garbage(tracker)
+        self.writer.start()
+        self._closed = False
+
+    def _init_meta(self) -> None:
+        with self.env.begin(write=True, db=self.meta) as txn:
+            fmt = txn.get(b"format")
+            if fmt is None:
+                if txn.stat(self.records)["entries"]:
+                    raise NotAJournal(f"{self.data_dir}: journal has records but no metadata")
+                txn.put(b"format", str(FORMAT_VERSION).encode())
+                txn.put(b"node-id", uuid.uuid4().bytes)
+                txn.put(b"created", datetime.now(UTC).isoformat().encode())
+            elif int(fmt) > FORMAT_VERSION:
+                raise UnsupportedFormat(
+                    f"{self.data_dir}: journal format {int(fmt)} is newer than this qstore reads"
+                )
+
+    def _queue_existing_garbage(self, tracker: JournalState) -> None:
+        live = tracker.live_seqs()
+        dead = [seq for seq, _ in self.raw() if seq not in live]
+        self.writer.compaction.add(dead)
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> JournalState:
+        """The writer's body-less state; read it only from the writer's point of view."""
+        return self.writer.tracker
+
+    @property
+    def epoch(self) -> int:
+        return self.writer.tracker.epoch
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(epoch, origin seq) of the last durable event."""
+        return self.writer.tracker.position
+
+    @property
+    def last_seq(self) -> int:
+        return self.writer.next_seq - 1
+
+    @property
+    def full(self) -> bool:
+        return self.writer.full
+
+    @property
+    def commits(self) -> int:
+        return self.writer.commits
+
+    @property
+    def compaction_pending(self) -> int:
+        return self.writer.compaction.pending
+
+    def set_compaction_horizon(self, seq: int | None) -> None:
+        """Keep records a truncate at or after `seq` may need; None lifts the limit."""
+        self.writer.compaction.horizon = seq
+        self.writer.wake()
+
+    # -- appending --------------------------------------------------------------------------
+
+    def _prepare(self, records: Iterable[Record], kw: dict[str, Any]) -> list[Any]:
+        return [prepare(r, threshold=self.compress_threshold, **kw) for r in records]
+
+    def append(self, record: Record, **kw: Any) -> int:
+        """Append one record; return its seq once it is durable (fsync'd)."""
+        return self.append_many([record], **kw)[0]
+
+    def append_many(
+        self,
+        records: Iterable[Record],
+        *,
+        epoch: int | None = None,
+        origin: int | None = None,
+        replica: bool = False,
+    ) -> list[int]:
+        """Append records in order, durably, in one commit; return their seqs.
+
+        `epoch`/`origin` default to the current epoch and the next origin seq; a backup passes
+        the primary's. `origin` applies to the first record, the others follow it.
+        """
+        waiter = SyncWaiter()
+        self.writer.submit(_Append(self._prepared(records, epoch, origin, replica), waiter))
+        return waiter.wait()
+
+    def _prepared(
+        self, records: Iterable[Record], epoch: int | None, origin: int | None, replica: bool
+    ) -> list[Any]:
+        out = []
+        for i, r in enumerate(records):
+            o = None if origin is None else origin + i
+            out.append(
+                prepare(r, epoch=epoch, origin=o, replica=replica, threshold=self.compress_threshold)
+            )
+        return out
+
+    def submit(
+        self,
+        records: Iterable[Record],
+        callback: Any,
+        *,
+        epoch: int | None = None,
+        origin: int | None = None,
+        replica: bool = False,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Queue records without waiting; `callback(seqs or exception)` runs on the event loop.
+
+        The broker's path: one callback per delivery, woken in batches with the commit.
+        """
+        loop = loop or asyncio.get_running_loop()
+        prepared = self._prepared(records, epoch, origin, replica)
+        self.writer.submit(_Append(prepared, LoopWaiter(loop, callback)))
+
+    async def append_async(self, record: Record, **kw: Any) -> int:
+        """Append one record from async code; return its seq once durable."""
+        return (await self.append_many_async([record], **kw))[0]
+
+    async def append_many_async(self, records: Iterable[Record], **kw: Any) -> list[int]:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # another anyio backend (trio): wait in a worker thread
+            import anyio.to_thread
+
+            return await anyio.to_thread.run_sync(lambda: self.append_many(records, **kw))
+        fut: asyncio.Future[list[int]] = loop.create_future()
+
+        def done(result: Result) -> None:
+            if fut.done():
+                return
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+        self.submit(records, done, loop=loop, **kw)
+        return await fut
+
+    def start_epoch(self, number: int | None = None, node: uuid.UUID | None = None) -> int:
+        """Journal a promotion: a new epoch above every one this journal has seen."""
+        n = number if number is not None else self.epoch + 1
+        if n <= self.epoch:
+            raise JournalError(f"epoch {n} is not above the current epoch {self.epoch}")
+        self.append(Epoch(n, node or self.node_id), epoch=n)
+        return n
+
+    # -- control work on the writer thread ----------------------------------------------------
+
+    def _control(self, fn: Any, after: Any = None) -> Any:
+        waiter = SyncWaiter()
+        self.writer.submit(_Control(fn, waiter, after))
+        return waiter.wait()
+
+    def truncate_after(self, seq: int) -> int:
+        """Atomically delete every record after `seq`; return how many went."""
+
+        def cut(txn: Txn) -> int:
+            # Keys keep increasing past what was cut, across restarts too: a seq is never
+            # reused for a different record, which keeps forensics across a truncate honest.
+            txn.put(b"high-water", KEY.pack(self.writer.next_seq - 1), db=self.meta)
+            n = 0
+            with txn.cursor() as cur:
+                if cur.set_range(KEY.pack(seq + 1)):
+                    while cur.delete():
+                        n += 1
+            return n
+
+        n = self._control(cut, after=lambda _: self._rebuild())
+        log.info("journal %s: truncated %d records after seq %d", self.data_dir, n, seq)
+        return n
+
+    def reset(self) -> None:
+        """Atomically delete every record (the node id stays): a backup's full resync."""
+
+        def drop(txn: Txn) -> None:
+            txn.put(b"high-water", KEY.pack(self.writer.next_seq - 1), db=self.meta)
+            txn.drop(self.records, delete=False)
+
+        self._control(drop, after=lambda _: self._rebuild())
+        log.info("journal %s: reset to empty", self.data_dir)
+
+    def _rebuild(self) -> None:
+        """On the writer thread, after a truncate: the tracker follows what is left."""
+        w = self.writer
+        w.compaction.clear()
+        w.tracker = self.replay(keep_bodies=False)
+        self._queue_existing_garbage(w.tracker)
+
+    def compact(self) -> int:
+        """Delete every pending cancelled record now, in bounded transactions; return the count.
+
+        Each step is its own job, so appends queued meanwhile are not held up behind it.
+        """
+        comp = self.writer.compaction
+        before = comp.removed
+        while comp.ready():
+            self._control(None, after=lambda _: self.writer._compact_step())
+        return comp.removed - before
+
+    def barrier(self) -> None:
+        """Return once everything submitted before has been handled."""
+        self._control(lambda _txn: None)
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        self.writer.close()
+        self.env.close()
+        self._lock.release()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

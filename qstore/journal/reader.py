@@ -1,0 +1,184 @@
+"""Read access to a journal: entries in order, verification, replay.
+
+Safe on the journal of a running broker: it never takes the data directory's lock, opens LMDB
+read-only and reads in short transactions (a long-lived reader would stop LMDB reusing pages and
+make the writer's file grow).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lmdb
+
+from .errors import CorruptRecord, NotAJournal
+from .records import KEY, Entry, RecordType, check, decode, read_header
+from .state import JournalState
+
+RECORDS_DB = b"records"
+META_DB = b"meta"
+CHUNK = 4096  # entries per read transaction
+
+Progress = Callable[[int], None]
+
+
+def journal_path(data_dir: Path) -> Path:
+    return data_dir / "journal"
+
+
+def open_env(data_dir: Path, *, readonly: bool, map_size: int) -> lmdb.Environment:
+    path = journal_path(data_dir)
+    if readonly:
+        if not data_dir.is_dir():
+            raise NotAJournal(f"{data_dir}: no such directory")
+        if not (path / "data.mdb").is_file():
+            raise NotAJournal(f"{data_dir}: not a qstore data directory (no journal/data.mdb)")
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+    try:
+        return lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=4,
+            readonly=readonly,
+            sync=True,
+            metasync=True,
+            readahead=False,
+            max_readers=256,
+        )
+    except lmdb.Error as exc:
+        raise NotAJournal(f"{data_dir}: cannot open the journal: {exc}") from None
+
+
+class JournalReader:
+    """Read-only view of a data directory's journal."""
+
+    def __init__(self, env: lmdb.Environment, data_dir: Path) -> None:
+        self.env = env
+        self.data_dir = data_dir
+        try:
+            self.records = env.open_db(RECORDS_DB, create=False)
+            self.meta = env.open_db(META_DB, create=False)
+        except lmdb.Error:
+            raise NotAJournal(f"{data_dir}: not a qstore journal (no records table)") from None
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike[str]) -> JournalReader:
+        path = Path(data_dir)
+        return cls(open_env(path, readonly=True, map_size=1 << 20), path)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self) -> JournalReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    def meta_get(self, key: str) -> bytes | None:
+        with self.env.begin(db=self.meta) as txn:
+            return txn.get(key.encode())
+
+    @property
+    def node_id(self) -> uuid.UUID:
+        raw = self.meta_get("node-id")
+        if raw is None:
+            raise NotAJournal(f"{self.data_dir}: journal has no node id")
+        return uuid.UUID(bytes=raw)
+
+    @property
+    def format_version(self) -> int:
+        return int(self.meta_get("format") or b"0")
+
+    def seq_range(self) -> tuple[int, int] | None:
+        """(first, last) seq held, or None when empty."""
+        with self.env.begin(db=self.records) as txn, txn.cursor() as cur:
+            if not cur.first():
+                return None
+            first = KEY.unpack(cur.key())[0]
+            cur.last()
+            return first, KEY.unpack(cur.key())[0]
+
+    def count(self) -> int:
+        with self.env.begin(db=self.records) as txn:
+            return int(txn.stat(self.records)["entries"])
+
+    def size_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in journal_path(self.data_dir).iterdir() if f.is_file())
+
+    # -- scanning ---------------------------------------------------------------------------
+
+    def raw(
+        self, start: int = 0, end: int | None = None, progress: Progress | None = None
+    ) -> Iterator[tuple[int, bytes]]:
+        """(seq, stored value) from `start` to `end` inclusive, in short read transactions."""
+        nxt = start
+        while True:
+            chunk: list[tuple[int, bytes]] = []
+            with self.env.begin(db=self.records) as txn, txn.cursor() as cur:
+                if not cur.set_range(KEY.pack(nxt)):
+                    return
+                for k, v in cur:
+                    seq = KEY.unpack(k)[0]
+                    if end is not None and seq > end:
+                        break
+                    chunk.append((seq, v))
+                    if len(chunk) >= CHUNK:
+                        break
+            if not chunk:
+                return
+            yield from chunk
+            if progress:
+                progress(len(chunk))
+            nxt = chunk[-1][0] + 1
+            if len(chunk) < CHUNK:
+                return
+
+    def entries(
+        self,
+        start: int = 0,
+        end: int | None = None,
+        types: set[RecordType] | None = None,
+        progress: Progress | None = None,
+    ) -> Iterator[Entry]:
+        """Decoded, verified entries in seq order; a damaged one raises `CorruptRecord`."""
+        for seq, value in self.raw(start, end, progress):
+            if types is not None and read_header(value)[1] not in types:
+                continue
+            yield decode(seq, value)
+
+    def verify(self, progress: Progress | None = None) -> tuple[int, list[CorruptRecord]]:
+        """Check every record; return (records checked, the damaged ones)."""
+        bad: list[CorruptRecord] = []
+        n = 0
+        for seq, value in self.raw(progress=progress):
+            n += 1
+            try:
+                decode(seq, value)
+            except CorruptRecord as exc:
+                bad.append(exc)
+        return n, bad
+
+    def replay(
+        self,
+        keep_bodies: bool = True,
+        state: JournalState | None = None,
+        progress: Progress | None = None,
+    ) -> JournalState:
+        """Rebuild the state the journal describes; stops at the first damaged record."""
+        st = state if state is not None else JournalState(keep_bodies=keep_bodies)
+        apply = st.apply
+        for seq, value in self.raw(progress=progress):
+            apply(decode(seq, value))
+        return st
+
+    def check_all(self) -> None:
+        """Raise `CorruptRecord` for the first damaged record (cheaper than a full replay)."""
+        for seq, value in self.raw():
+            check(seq, value)

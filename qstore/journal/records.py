@@ -1,0 +1,421 @@
+"""The journal's record types and their byte codec (format version 1, see docs/journal-format.md).
+
+A record is what changed; an `Entry` is a record as stored: its local sequence number (the LMDB
+key), the epoch and origin sequence number of the event in the cluster's ordered stream, and flags.
+Encoding is split in two so that the expensive part (payload packing, zstd) runs in the appender's
+thread and only the header and crc32c are computed by the single writer thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import crc32c
+import zstandard
+
+from .errors import CorruptRecord, UnsupportedFormat
+
+FORMAT_VERSION = 1
+# version u8, type u8, flags u16, epoch u32, origin seq u64, crc32c u32
+HEADER = struct.Struct(">BBHIQI")
+KEY = struct.Struct(">Q")
+COMPRESS_THRESHOLD = 4096
+
+FLAG_COMPRESSED = 0x1
+FLAG_REPLICA = 0x2  # applied from a primary's stream (origin seq is the primary's)
+KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_REPLICA
+
+
+class RecordType(enum.IntEnum):
+    QUEUE_DECLARE = 1
+    QUEUE_DELETE = 2
+    EXCHANGE_DECLARE = 3
+    EXCHANGE_DELETE = 4
+    BIND = 5
+    UNBIND = 6
+    ENQUEUE = 7
+    DEQUEUE = 8
+    DELIVERY = 9
+    EPOCH = 10
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def parse(cls, text: str) -> RecordType:
+        """Accept `enqueue`, `queue-declare` or `QUEUE_DECLARE`."""
+        try:
+            return cls[text.upper().replace("-", "_")]
+        except KeyError:
+            names = ", ".join(t.label for t in cls)
+            raise ValueError(f"unknown record type {text!r} (one of: {names})") from None
+
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+
+def _pack_str(text: str) -> bytes:
+    raw = text.encode()
+    if len(raw) > 0xFFFF:
+        raise ValueError(f"name longer than 65535 bytes: {text[:40]!r}...")
+    return _U16.pack(len(raw)) + raw
+
+
+def _unpack_str(buf: bytes, off: int) -> tuple[str, int]:
+    (n,) = _U16.unpack_from(buf, off)
+    off += 2
+    return buf[off : off + n].decode(), off + n
+
+
+def _pack_args(args: dict[str, Any]) -> bytes:
+    raw = json.dumps(args, sort_keys=True, separators=(",", ":")).encode() if args else b""
+    return _U32.pack(len(raw)) + raw
+
+
+def _unpack_args(buf: bytes, off: int) -> tuple[dict[str, Any], int]:
+    (n,) = _U32.unpack_from(buf, off)
+    off += 4
+    return (json.loads(buf[off : off + n]) if n else {}), off + n
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDeclare:
+    name: str
+    uuid: uuid.UUID
+    arguments: dict[str, Any] = field(default_factory=dict)
+    TYPE: ClassVar[RecordType] = RecordType.QUEUE_DECLARE
+
+    def pack(self) -> bytes:
+        return self.uuid.bytes + _pack_str(self.name) + _pack_args(self.arguments)
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> QueueDeclare:
+        name, off = _unpack_str(buf, 16)
+        args, _ = _unpack_args(buf, off)
+        return cls(name, uuid.UUID(bytes=bytes(buf[:16])), args)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDelete:
+    name: str
+    uuid: uuid.UUID
+    TYPE: ClassVar[RecordType] = RecordType.QUEUE_DELETE
+
+    def pack(self) -> bytes:
+        return self.uuid.bytes + _pack_str(self.name)
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> QueueDelete:
+        return cls(_unpack_str(buf, 16)[0], uuid.UUID(bytes=bytes(buf[:16])))
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeDeclare:
+    name: str
+    uuid: uuid.UUID
+    type: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    TYPE: ClassVar[RecordType] = RecordType.EXCHANGE_DECLARE
+
+    def pack(self) -> bytes:
+        return self.uuid.bytes + _pack_str(self.name) + _pack_str(self.type) + _pack_args(
+            self.arguments
+        )
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> ExchangeDeclare:
+        name, off = _unpack_str(buf, 16)
+        kind, off = _unpack_str(buf, off)
+        args, _ = _unpack_args(buf, off)
+        return cls(name, uuid.UUID(bytes=bytes(buf[:16])), kind, args)
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeDelete:
+    name: str
+    uuid: uuid.UUID
+    TYPE: ClassVar[RecordType] = RecordType.EXCHANGE_DELETE
+
+    def pack(self) -> bytes:
+        return self.uuid.bytes + _pack_str(self.name)
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> ExchangeDelete:
+        return cls(_unpack_str(buf, 16)[0], uuid.UUID(bytes=bytes(buf[:16])))
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    exchange: str
+    queue: str
+    key: str = ""
+    arguments: dict[str, Any] = field(default_factory=dict)
+    TYPE: ClassVar[RecordType] = RecordType.BIND
+
+    def pack(self) -> bytes:
+        return (
+            _pack_str(self.exchange)
+            + _pack_str(self.queue)
+            + _pack_str(self.key)
+            + _pack_args(self.arguments)
+        )
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> Bind:
+        exchange, off = _unpack_str(buf, 0)
+        queue, off = _unpack_str(buf, off)
+        key, off = _unpack_str(buf, off)
+        args, _ = _unpack_args(buf, off)
+        return cls(exchange, queue, key, args)
+
+
+@dataclass(frozen=True, slots=True)
+class Unbind:
+    exchange: str
+    queue: str
+    key: str = ""
+    TYPE: ClassVar[RecordType] = RecordType.UNBIND
+
+    def pack(self) -> bytes:
+        return _pack_str(self.exchange) + _pack_str(self.queue) + _pack_str(self.key)
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> Unbind:
+        exchange, off = _unpack_str(buf, 0)
+        queue, off = _unpack_str(buf, off)
+        return cls(exchange, queue, _unpack_str(buf, off)[0])
+
+
+# msgid u64, priority u8, expiry ms u64 (0: never), delivery count u32, queue name length u16
+_ENQ = struct.Struct(">QBQIH")
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """A durable message put on a queue; `body` is the message's AMQP encoding as received."""
+
+    queue: str
+    msgid: int
+    body: bytes
+    priority: int = 4
+    expiry: int = 0
+    delivery_count: int = 0
+    TYPE: ClassVar[RecordType] = RecordType.ENQUEUE
+
+    def pack(self) -> bytes:
+        q = self.queue.encode()
+        head = _ENQ.pack(self.msgid, self.priority, self.expiry, self.delivery_count, len(q))
+        return b"".join((head, q, self.body))
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> Enqueue:
+        msgid, prio, expiry, count, n = _ENQ.unpack_from(buf, 0)
+        off = _ENQ.size + n
+        return cls(buf[_ENQ.size : off].decode(), msgid, bytes(buf[off:]), prio, expiry, count)
+
+
+_MSG = struct.Struct(">QH")
+
+
+@dataclass(frozen=True, slots=True)
+class Dequeue:
+    queue: str
+    msgid: int
+    TYPE: ClassVar[RecordType] = RecordType.DEQUEUE
+
+    def pack(self) -> bytes:
+        q = self.queue.encode()
+        return _MSG.pack(self.msgid, len(q)) + q
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> Dequeue:
+        msgid, n = _MSG.unpack_from(buf, 0)
+        return cls(buf[_MSG.size : _MSG.size + n].decode(), msgid)
+
+
+_DLV = struct.Struct(">QIH")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message's delivery count changed (it was released or its consumer died)."""
+
+    queue: str
+    msgid: int
+    delivery_count: int
+    TYPE: ClassVar[RecordType] = RecordType.DELIVERY
+
+    def pack(self) -> bytes:
+        q = self.queue.encode()
+        return _DLV.pack(self.msgid, self.delivery_count, len(q)) + q
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> Delivery:
+        msgid, count, n = _DLV.unpack_from(buf, 0)
+        return cls(buf[_DLV.size : _DLV.size + n].decode(), msgid, count)
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """A promotion: epoch `number`, led by the broker whose node id is `node`."""
+
+    number: int
+    node: uuid.UUID
+    TYPE: ClassVar[RecordType] = RecordType.EPOCH
+
+    def pack(self) -> bytes:
+        return _U32.pack(self.number) + self.node.bytes
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> Epoch:
+        return cls(_U32.unpack_from(buf, 0)[0], uuid.UUID(bytes=bytes(buf[4:20])))
+
+
+Record = (
+    QueueDeclare
+    | QueueDelete
+    | ExchangeDeclare
+    | ExchangeDelete
+    | Bind
+    | Unbind
+    | Enqueue
+    | Dequeue
+    | Delivery
+    | Epoch
+)
+RECORD_CLASSES: dict[RecordType, Any] = {
+    cls.TYPE: cls
+    for cls in (
+        QueueDeclare,
+        QueueDelete,
+        ExchangeDeclare,
+        ExchangeDelete,
+        Bind,
+        Unbind,
+        Enqueue,
+        Dequeue,
+        Delivery,
+        Epoch,
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A record as the journal holds it."""
+
+    seq: int  # local LMDB key
+    epoch: int  # epoch number of the event
+    origin: int  # sequence number of the event in its primary's stream
+    flags: int
+    record: Record
+    size: int = 0  # bytes stored (header + payload)
+
+    @property
+    def type(self) -> RecordType:
+        return self.record.TYPE
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return (self.epoch, self.origin)
+
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "c", None)
+    if c is None:
+        c = _local.c = zstandard.ZstdCompressor(level=1)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    return d
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A record packed (and maybe compressed) by its appender, waiting for the writer's header."""
+
+    type: int
+    flags: int
+    payload: bytes
+    record: Record
+    epoch: int | None
+    origin: int | None
+
+
+def prepare(
+    record: Record,
+    *,
+    epoch: int | None = None,
+    origin: int | None = None,
+    replica: bool = False,
+    threshold: int = COMPRESS_THRESHOLD,
+) -> Prepared:
+    """Pack a record's payload; zstd it when it is over `threshold` and compression pays."""
+    payload = record.pack()
+    flags = FLAG_REPLICA if replica else 0
+    if len(payload) > threshold:
+        packed = _compressor().compress(payload)
+        if len(packed) < len(payload):
+            payload, flags = packed, flags | FLAG_COMPRESSED
+    return Prepared(record.TYPE, flags, payload, record, epoch, origin)
+
+
+def seal(seq: int, p: Prepared, epoch: int, origin: int) -> tuple[bytes, bytes]:
+    """Return (key, value) for a prepared record: the header with its crc32c, then the payload."""
+    key = KEY.pack(seq)
+    head = HEADER.pack(FORMAT_VERSION, p.type, p.flags, epoch, origin, 0)[:16]
+    crc = crc32c.crc32c(p.payload, crc32c.crc32c(head, crc32c.crc32c(key)))
+    return key, head + _U32.pack(crc) + p.payload
+
+
+def read_header(value: bytes) -> tuple[int, int, int, int, int, int]:
+    """(version, type, flags, epoch, origin, crc) without checking anything."""
+    return HEADER.unpack_from(value, 0)
+
+
+def check(seq: int, value: bytes) -> tuple[int, int, int, int, bytes]:
+    """Verify one stored value; return (type, flags, epoch, origin, payload) or raise."""
+    if len(value) < HEADER.size:
+        raise CorruptRecord(seq, f"value is {len(value)} bytes, shorter than the header")
+    version, rtype, flags, epoch, origin, crc = HEADER.unpack_from(value, 0)
+    stored = value[HEADER.size :]
+    want = crc32c.crc32c(stored, crc32c.crc32c(value[:16], crc32c.crc32c(KEY.pack(seq))))
+    if want != crc:
+        raise CorruptRecord(seq, f"crc32c mismatch (stored {crc:#010x}, computed {want:#010x})")
+    if version > FORMAT_VERSION:
+        raise UnsupportedFormat(f"record seq={seq} has format version {version}, newer than this code")
+    if rtype not in RECORD_CLASSES:
+        raise CorruptRecord(seq, f"unknown record type {rtype}")
+    if flags & ~KNOWN_FLAGS:
+        raise CorruptRecord(seq, f"unknown flags {flags:#x}")
+    if flags & FLAG_COMPRESSED:
+        try:
+            stored = _decompressor().decompress(stored)
+        except zstandard.ZstdError as exc:
+            raise CorruptRecord(seq, f"zstd payload does not decompress: {exc}") from None
+    return rtype, flags, epoch, origin, stored
+
+
+def decode(seq: int, value: bytes) -> Entry:
+    """Verify and decode one stored value into an `Entry`; damage raises `CorruptRecord`."""
+    rtype, flags, epoch, origin, payload = check(seq, value)
+    try:
+        record = RECORD_CLASSES[rtype].unpack(payload)
+    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+        raise CorruptRecord(seq, f"{RecordType(rtype).label} payload does not decode: {exc}") from None
+    return Entry(seq, epoch, origin, flags, record, len(value))

@@ -1,0 +1,352 @@
+"""Group commit: one thread owns every LMDB write; appenders queue records and wait for durability.
+
+Any number of appenders (threads, or tasks on an event loop) hand over prepared records. The writer
+takes everything queued (up to a bound), writes it in one transaction with MDB_APPEND, commits with
+sync on (one fsync for the lot), then wakes the waiters: a thread through its Event, an event loop
+through one `call_soon_threadsafe` per loop per batch, so waking costs do not grow per record.
+Control work (truncate, reset, compaction steps) runs on the same thread, in order with appends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lmdb
+
+from .compaction import CompactionQueue
+from .errors import JournalClosed, JournalError, JournalFull
+from .records import KEY, Entry, Prepared, RecordType, seal
+from .state import JournalState
+
+log = logging.getLogger("qstore.journal")
+
+Result = Any  # a list of seqs, a control job's return value, or an exception
+Txn = lmdb.Transaction
+
+
+class Waiter:
+    """Receives one job's outcome, on the writer thread."""
+
+    def resolve(self, result: Result) -> None:
+        raise NotImplementedError
+
+
+class SyncWaiter(Waiter):
+    __slots__ = ("_event", "_result")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._result: Result = None
+
+    def resolve(self, result: Result) -> None:
+        self._result = result
+        self._event.set()
+
+    def wait(self) -> Result:
+        self._event.wait()
+        if isinstance(self._result, BaseException):
+            raise self._result
+        return self._result
+
+
+class LoopWaiter(Waiter):
+    """Runs `callback(result)` on `loop`; the writer batches these per loop."""
+
+    __slots__ = ("callback", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[Result], None]) -> None:
+        self.loop = loop
+        self.callback = callback
+
+    def resolve(self, result: Result) -> None:  # used only for single, unbatched outcomes
+        _call_on_loop(self.loop, [(self.callback, result)])
+
+
+def _run_callbacks(calls: list[tuple[Callable[[Result], None], Result]]) -> None:
+    for cb, res in calls:
+        try:
+            cb(res)
+        except Exception:  # a waiter's bug must not stop the others being woken
+            log.exception("journal completion callback failed")
+
+
+def _call_on_loop(loop: asyncio.AbstractEventLoop, calls: list[Any]) -> None:
+    try:
+        loop.call_soon_threadsafe(_run_callbacks, calls)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
+
+
+@dataclass(slots=True)
+class _Append:
+    records: list[Prepared]
+    waiter: Waiter
+
+
+@dataclass(slots=True)
+class _Control:
+    fn: Callable[[Txn], Any] | None  # run in a write transaction; None: no transaction
+    waiter: Waiter
+    after: Callable[[Any], None] | None = None  # runs after commit, on the writer thread
+
+
+class GroupCommitWriter:
+    """The single writer thread of one journal."""
+
+    def __init__(
+        self,
+        env: lmdb.Environment,
+        db: Any,
+        meta: Any,
+        tracker: JournalState,
+        next_seq: int,
+        *,
+        max_batch: int = 8192,
+        max_batch_bytes: int = 32 << 20,
+        compaction_batch: int = 1024,
+        auto_compact: bool = True,
+        reserve: int = 64 << 10,
+        name: str = "journal",
+    ) -> None:
+        self.env = env
+        self.db = db
+        self.meta = meta
+        self.tracker = tracker
+        self.compaction = CompactionQueue()
+        self.next_seq = next_seq
+        self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
+        self.compaction_batch = compaction_batch
+        self.auto_compact = auto_compact
+        self.reserve = reserve
+        self.full = False
+        self.commits = 0
+        self._jobs: deque[_Append | _Control] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=f"{name}-writer", daemon=True)
+
+    def start(self) -> None:
+        self._ensure_reserve()
+        self._thread.start()
+
+    # -- called from any thread -------------------------------------------------------------
+
+    def submit(self, job: _Append | _Control) -> None:
+        with self._cond:
+            if self._closing:
+                job.waiter.resolve(JournalClosed("the journal is closed"))
+                return
+            self._jobs.append(job)
+            if len(self._jobs) == 1:
+                self._cond.notify()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closing and not self._compaction_due():
+                    self._cond.wait()
+                if not self._jobs and self._closing:
+                    return
+                batch = self._take()
+            try:
+                if batch is None:
+                    self._compact_step()
+                elif isinstance(batch, _Control):
+                    self._control(batch)
+                else:
+                    self._write(batch)
+            except Exception:  # keep the writer alive: waiters got their error already
+                log.exception("journal writer: unexpected error")
+
+    def _compaction_due(self) -> bool:
+        return self.auto_compact and self.compaction.ready()
+
+    def _take(self) -> list[_Append] | _Control | None:
+        jobs = self._jobs
+        if not jobs:
+            return None
+        if isinstance(jobs[0], _Control):
+            return jobs.popleft()  # type: ignore[return-value]
+        batch: list[_Append] = []
+        n = size = 0
+        while jobs and isinstance(jobs[0], _Append) and n < self.max_batch:
+            job = jobs.popleft()
+            batch.append(job)  # type: ignore[arg-type]
+            n += len(job.records)
+            size += sum(len(p.payload) for p in job.records)
+            if size >= self.max_batch_bytes:
+                break
+        return batch
+
+    def _write(self, batch: list[_Append]) -> None:
+        try:
+            try:
+                entries = self._commit(batch, compact=True)
+            except JournalFull:
+                # Deleting garbage first frees pages that the next transaction may reuse.
+                while self._compact_step():
+                    pass
+                entries = self._commit(batch, compact=False)
+        except JournalFull as exc:
+            self._write_when_full(batch, exc)
+            return
+        except lmdb.Error as exc:
+            err = JournalError(f"journal write failed: {exc}")
+            self._resolve([(job.waiter, err) for job in batch])
+            return
+        self.full = False
+        self._after_commit(entries)
+        self._resolve(_seqs_per_job(batch, entries))
+
+    def _commit(self, batch: list[_Append], compact: bool = False) -> list[Entry]:
+        """Write and fsync one transaction; return its entries (MapFull/ENOSPC -> JournalFull).
+
+        With `compact`, a bounded batch of garbage is deleted in the same transaction, so that
+        compaction keeps up under steady load without fsyncs of its own.
+        """
+        seq = self.next_seq
+        epoch = self.tracker.epoch
+        origin = self.tracker.max_origin
+        entries: list[Entry] = []
+        garbage = self.compaction.take(self.compaction_batch) if compact else []
+        try:
+            with self.env.begin(write=True, db=self.db) as txn:
+                put = txn.put
+                for job in batch:
+                    for p in job.records:
+                        if p.origin is None:
+                            origin += 1
+                            o = origin
+                        else:
+                            o = p.origin
+                            origin = max(origin, o)
+                        if p.type == RecordType.EPOCH:
+                            epoch = p.record.number  # type: ignore[union-attr]
+                        e = epoch if p.epoch is None else p.epoch
+                        key, value = seal(seq, p, e, o)
+                        put(key, value, append=True)
+                        entries.append(Entry(seq, e, o, p.flags, p.record, len(value)))
+                        seq += 1
+                delete = txn.delete
+                for s in garbage:
+                    delete(KEY.pack(s))
+        except lmdb.MapFullError:
+            self.compaction.restore(garbage)
+            raise JournalFull("journal is full (LMDB map size reached)") from None
+        except lmdb.Error as exc:
+            self.compaction.restore(garbage)
+            if "No space" in str(exc) or "ENOSPC" in str(exc):
+                raise JournalFull(f"journal is full (disk): {exc}") from None
+            raise
+        self.compaction.done(len(garbage))
+        self.next_seq = seq
+        self.commits += 1
+        return entries
+
+    def _write_when_full(self, batch: list[_Append], exc: JournalFull) -> None:
+        """Refuse new work but let dequeues through, using the reserve if need be."""
+        self.full = True
+        refused = [job for job in batch if not _only_dequeues(job)]
+        dequeues = [job for job in batch if _only_dequeues(job)]
+        self._resolve([(job.waiter, exc) for job in refused])
+        if not dequeues:
+            return
+        log.warning("journal full: releasing the reserve so that dequeues can be journaled")
+        try:
+            with self.env.begin(write=True, db=self.meta) as txn:
+                txn.delete(b"reserve")
+            entries = self._commit(dequeues)
+        except (JournalFull, lmdb.Error) as again:
+            self._resolve([(job.waiter, JournalFull(str(again))) for job in dequeues])
+            return
+        self._after_commit(entries)
+        self._resolve(_seqs_per_job(dequeues, entries))
+
+    def _after_commit(self, entries: list[Entry]) -> None:
+        apply, add = self.tracker.apply, self.compaction.add
+        for e in entries:
+            add(apply(e))
+
+    def _control(self, job: _Control) -> None:
+        try:
+            result = None
+            if job.fn is not None:
+                with self.env.begin(write=True, db=self.db) as txn:
+                    result = job.fn(txn)
+            if job.after:
+                job.after(result)
+        except lmdb.MapFullError:
+            result = JournalFull("journal is full (LMDB map size reached)")
+        except Exception as exc:
+            result = exc
+        job.waiter.resolve(result)
+
+    def _compact_step(self) -> int:
+        seqs = self.compaction.take(self.compaction_batch)
+        if not seqs:
+            return 0
+        try:
+            with self.env.begin(write=True, db=self.db) as txn:
+                for s in seqs:
+                    txn.delete(KEY.pack(s))
+        except lmdb.Error:  # even a delete copies pages: a full map can refuse it
+            self.compaction.restore(seqs)
+            return 0
+        self.compaction.done(len(seqs))
+        self._ensure_reserve()
+        return len(seqs)
+
+    def _ensure_reserve(self) -> None:
+        """Hold back some map space for dequeues once the journal is full (see _write_when_full)."""
+        if not self.reserve:
+            return
+        try:
+            with self.env.begin(write=True, db=self.meta) as txn:
+                if txn.get(b"reserve") is None:
+                    txn.put(b"reserve", bytes(self.reserve))
+        except lmdb.MapFullError:
+            pass
+
+    def _resolve(self, results: list[tuple[Waiter, Result]]) -> None:
+        per_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for waiter, res in results:
+            if isinstance(waiter, LoopWaiter):
+                per_loop.setdefault(waiter.loop, []).append((waiter.callback, res))
+            else:
+                waiter.resolve(res)
+        for loop, calls in per_loop.items():
+            _call_on_loop(loop, calls)
+
+
+def _seqs_per_job(batch: list[_Append], entries: list[Entry]) -> list[tuple[Waiter, Result]]:
+    results, i = [], 0
+    for job in batch:
+        k = len(job.records)
+        results.append((job.waiter, [e.seq for e in entries[i : i + k]]))
+        i += k
+    return results
+
+
+def _only_dequeues(job: _Append) -> bool:
+    return all(p.type == RecordType.DEQUEUE for p in job.records)
