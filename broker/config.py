@@ -1,0 +1,469 @@
+"""The options of `qstored`: command line, `--config FILE`, validation, the frozen `BrokerConfig`.
+
+Names and meanings follow the seed's broker (section 1.12.3). A value is taken from, in rising
+order of precedence: the built-in default, the `--config` file, the command line. The file holds
+`key=value` lines whose keys are the long option names without the dashes (`ha-cluster=yes`);
+lines starting with `#` and blank lines are ignored; a key may appear once. Relative paths, in the
+file as on the command line, are relative to the working directory (as with the seed's broker).
+
+Every bad input becomes a `ConfigError` with one line naming the option (or the file, line and
+key) and the value; `main_parse` prints it as `qstored: error: ...` and exits 2. Passwords are never
+echoed: not in errors, not in `repr`, not in `to_dict`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .urls import MASK, BrokerUrl, UrlError, mask_password, parse_host, parse_url
+
+PROG = "qstored"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+REPLICATE_LEVELS = ("none", "configuration", "all")
+MIN_FRAME_SIZE = 512  # AMQP 1.0 MIN-MAX-FRAME-SIZE
+MIN_JOURNAL_SIZE = 1 << 20
+
+
+class ConfigError(Exception):
+    """A bad option, value or config file line. `usage`: argparse's usage line helps the reader."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(" ".join(message.splitlines()))
+        self.usage = usage
+
+
+def default_name(interface: str, port: int) -> str:
+    """The broker name used when --name is not given: where it listens."""
+    return f"[{interface}]:{port}" if ":" in interface else f"{interface}:{port}"
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Everything `qstored` was told, typed and checked. Durations are float seconds."""
+
+    port: int = 5672  # 0: the OS chooses; see port_file and bound()
+    interface: str = "127.0.0.1"
+    data_dir: Path = Path("data")
+    config: Path | None = None
+    name: str = ""  # "" here means default_name(interface, port)
+    name_given: bool = False
+    ha_cluster: bool = False
+    ha_brokers_url: BrokerUrl | None = None
+    ha_public_url: BrokerUrl | None = None
+    ha_replicate: str = "none"
+    ha_queue_replication: bool = False
+    ha_username: str | None = None
+    ha_password: str | None = field(default=None, repr=False)
+    ha_mechanism: str | None = None
+    ha_backup_timeout: float = 10.0
+    link_maintenance_interval: float = 2.0
+    link_heartbeat_interval: float = 120.0
+    auth: bool = False
+    acl_file: Path | None = None
+    log_level: str = "info"
+    auto_create: bool = False
+    journal_max_size: int = 16 << 30
+    heartbeat: float = 60.0
+    max_frame_size: int = 65536
+    port_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", default_name(self.interface, self.port))
+
+    def bound(self, port: int) -> BrokerConfig:
+        """This config once the listener is bound to `port` (matters with --port 0): a default
+        name follows the real port, so brokers started with port 0 still have distinct names."""
+        name = self.name if self.name_given else default_name(self.interface, port)
+        return dataclasses.replace(self, port=port, name=name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values for `status` and the start-up log line; passwords masked."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "ha_password" and value is not None:
+                value = MASK
+            elif isinstance(value, BrokerUrl):
+                value = value.masked()
+            elif isinstance(value, Path):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+
+# --- value converters: text -> value, or ValueError with the reason --------------------------
+
+
+_BOOLS = {
+    **dict.fromkeys(("yes", "true", "on", "1"), True),
+    **dict.fromkeys(("no", "false", "off", "0"), False),
+}
+
+
+def parse_bool(text: str) -> bool:
+    """yes|no, also true/false, on/off, 1/0, in any case."""
+    try:
+        return _BOOLS[text.strip().lower()]
+    except KeyError:
+        raise ValueError("expected yes or no") from None
+
+
+# A non-negative decimal number and an optional unit: both SECONDS and SIZE values.
+_AMOUNT = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-z]*)", re.IGNORECASE)
+_SECOND_UNITS = {"": 1, "s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+
+
+def parse_seconds(text: str) -> float:
+    """The seed's SECONDS: "2", "0.1", "10s", "10ms", "10us", "10ns" -> float seconds."""
+    t = text.strip()
+    if t.startswith("-"):
+        raise ValueError("must not be negative")
+    m = _AMOUNT.fullmatch(t)
+    if not m or m.group(2).lower() not in _SECOND_UNITS:
+        raise ValueError("expected seconds, e.g. 2, 0.1, 10s, 10ms, 10us or 10ns")
+    return float(Fraction(m.group(1)) / _SECOND_UNITS[m.group(2).lower()])
+
+
+def _positive_seconds(text: str) -> float:
+    value = parse_seconds(text)
+    if value <= 0:
+        raise ValueError("must be above zero")
+    return value
+
+
+_SIZE_UNITS = {"": 1, "b": 1}
+for _i, _p in enumerate("kmgt", start=1):
+    _SIZE_UNITS.update({_p: 1024**_i, _p + "ib": 1024**_i, _p + "b": 1000**_i})
+
+
+def parse_size(text: str) -> int:
+    """Bytes: "1048576", "512K", "64MiB", "16G", "1.5GiB". K/M/G/T and KiB/MiB/GiB/TiB are powers
+    of 1024; KB/MB/GB/TB powers of 1000 (as dd has it)."""
+    t = text.strip()
+    m = _AMOUNT.fullmatch(t)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError("expected a size in bytes, e.g. 1048576, 512K, 64MiB or 16GiB")
+    return int(Fraction(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def _journal_size(text: str) -> int:
+    value = parse_size(text)
+    if value < MIN_JOURNAL_SIZE:
+        raise ValueError("must be at least 1MiB")
+    return value
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        t = text.strip()
+        if not re.fullmatch(r"[0-9]+", t) or not low <= int(t) <= high:
+            raise ValueError(f"expected an integer from {low} to {high}")
+        return int(t)
+
+    return convert
+
+
+def _choice(*allowed: str, aliases: dict[str, str] | None = None) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        t = text.strip().lower()
+        t = (aliases or {}).get(t, t)
+        if t not in allowed:
+            raise ValueError("expected one of " + ", ".join(allowed))
+        return t
+
+    return convert
+
+
+def _text(text: str) -> str:
+    """A name or credential: non-empty, one line (it ends up in one-line logs)."""
+    if not text:
+        raise ValueError("must not be empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError("must not contain control characters")
+    return text
+
+
+def _mechanism(text: str) -> str:
+    t = text.strip().upper()
+    if not re.fullmatch(r"[A-Z0-9_-]{1,20}", t):
+        raise ValueError("expected a SASL mechanism name, e.g. PLAIN or ANONYMOUS")
+    return t
+
+
+def _interface(text: str) -> str:
+    try:
+        return parse_host(text)
+    except UrlError as e:
+        raise ValueError(f"{e}; expected a host name or an IP address") from None
+
+
+def _path(text: str) -> Path:
+    return Path(_text(text.strip()))
+
+
+def _url(text: str) -> BrokerUrl:
+    try:
+        return parse_url(text)
+    except UrlError as e:
+        raise ValueError(str(e)) from None
+
+
+# --- the option table ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: `key` is the long name without dashes, the config-file key and (with "_") the
+    BrokerConfig field. `secret`: the value is never echoed."""
+
+    key: str
+    convert: Callable[[str], Any]
+    metavar: str
+    help: str
+    secret: bool = False
+
+    @property
+    def attr(self) -> str:
+        return self.key.replace("-", "_")
+
+
+_YES_NO = "yes|no"
+_S = "SECONDS"
+OPTIONS: tuple[Option, ...] = (
+    Option("port", _integer(0, 65535), "PORT", "AMQP port to listen on; 0: the OS chooses"),
+    Option("interface", _interface, "HOST", "address to listen on"),
+    Option("data-dir", _path, "DIR", "directory of the journal and the lock file"),
+    Option("config", _path, "FILE", "read key=value options from FILE (command line wins)"),
+    Option("name", _text, "NAME", "broker name in logs and HA status (default: INTERFACE:PORT)"),
+    Option("ha-cluster", parse_bool, _YES_NO, "join a HA cluster (needs --ha-brokers-url)"),
+    Option("ha-brokers-url", _url, "URL", "URL the cluster brokers use to reach each other"),
+    Option("ha-public-url", _url, "URL", "URL advertised to clients"),
+    Option(
+        "ha-replicate",
+        _choice(*REPLICATE_LEVELS),
+        "none|configuration|all",
+        "default replication of queues and exchanges",
+    ),
+    Option("ha-queue-replication", parse_bool, _YES_NO, "replicate queues without a cluster"),
+    Option("ha-username", _text, "USER", "user for broker-to-broker connections"),
+    Option("ha-password", _text, "PASS", "password for broker-to-broker connections", secret=True),
+    Option("ha-mechanism", _mechanism, "MECHANISM", "SASL mechanism for broker-to-broker links"),
+    Option(
+        "ha-backup-timeout",
+        parse_seconds,
+        _S,
+        "how long a recovering primary waits for expected backups",
+    ),
+    Option(
+        "link-maintenance-interval",
+        _positive_seconds,
+        _S,
+        "how often a backup checks its link to the primary",
+    ),
+    Option(
+        "link-heartbeat-interval",
+        _positive_seconds,
+        _S,
+        "a backup silent for twice this long is dropped; also the status-check timeout",
+    ),
+    Option("auth", parse_bool, _YES_NO, "require authentication of clients"),
+    Option("acl-file", _path, "FILE", "access control list file"),
+    Option(
+        "log-level",
+        _choice(*LOG_LEVELS, aliases={"warn": "warning"}),
+        "|".join(LOG_LEVELS),
+        "lowest level logged",
+    ),
+    Option("auto-create", parse_bool, _YES_NO, "create a queue when a link attaches to a new name"),
+    Option(
+        "journal-max-size", _journal_size, "SIZE", "journal map size: bytes, K/M/G, KiB/MiB/GiB"
+    ),
+    Option("heartbeat", parse_seconds, _S, "AMQP idle timeout offered to clients; 0: off"),
+    Option(
+        "max-frame-size",
+        _integer(MIN_FRAME_SIZE, 2**32 - 1),
+        "N",
+        "largest AMQP frame accepted, in bytes",
+    ),
+    Option("port-file", _path, "FILE", "write the listening port to FILE once listening"),
+)
+_BY_KEY = {o.key: o for o in OPTIONS}
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(BrokerConfig)}
+
+
+def _default_text(option: Option) -> str | None:
+    value = _DEFAULTS.get(option.attr)
+    if value is None or option.key in ("name", "config"):
+        return None
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if option.metavar == _S:
+        return f"{value:g}s"
+    if option.key == "journal-max-size":
+        return f"{value >> 30}GiB"
+    return str(value)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message, usage=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser; every value is kept as text here and converted by parse_args."""
+    parser = _Parser(
+        prog=PROG,
+        description="qstore broker: AMQP 1.0, LMDB journal, active-passive HA",
+        allow_abbrev=False,
+        argument_default=argparse.SUPPRESS,
+    )
+    for option in OPTIONS:
+        default = _default_text(option)
+        text = option.help + (f" (default {default})" if default else "")
+        extra: dict[str, Any] = {}
+        if option.metavar == _YES_NO:
+            extra = {"nargs": "?", "const": "yes"}  # a bare --ha-cluster means yes
+        parser.add_argument(
+            "--" + option.key, dest=option.attr, metavar=option.metavar, help=text, **extra
+        )
+    return parser
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Given:
+    text: str
+    where: str  # "--port" or "qstored.conf:3: port": how errors name the source
+
+
+def _shown(option: Option, text: str) -> str:
+    """A value as an error message may echo it: passwords masked, control characters escaped."""
+    if option.secret:
+        return MASK
+    text = mask_password(text) if option.convert is _url else text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def read_config_file(path: Path) -> dict[str, _Given]:
+    """The key=value lines of a config file, unconverted, each with its file:line."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(f"--config: cannot read '{path}': {reason}") from None
+    given: dict[str, _Given] = {}
+    first_line: dict[str, int] = {}
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        at = f"{path}:{number}"
+        key, eq, value = line.partition("=")
+        key = key.strip()
+        if not eq:
+            secret = any(line.startswith(o.key) for o in OPTIONS if o.secret)
+            shown = f"{line.split()[0]} {MASK}" if secret else _shown(_BY_KEY["name"], line)
+            raise ConfigError(f"{at}: expected key=value, got '{shown}'")
+        if key == "config":
+            raise ConfigError(f"{at}: config: a config file cannot name another config file")
+        if key not in _BY_KEY:
+            raise ConfigError(f"{at}: unknown key '{key}'{_hint(key)}")
+        if key in first_line:
+            raise ConfigError(f"{at}: {key}: given twice (also on line {first_line[key]})")
+        first_line[key] = number
+        given[key] = _Given(value.strip(), f"{at}: {key}")
+    return given
+
+
+def _hint(key: str) -> str:
+    bare = key.lstrip("-").replace("_", "-")
+    if bare in _BY_KEY:
+        return f" (write '{bare}')"
+    close = difflib.get_close_matches(bare, list(_BY_KEY), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def parse_args(argv: Sequence[str]) -> BrokerConfig:
+    """Options from argv (without the program name) and the --config file, checked."""
+    namespace = vars(build_parser().parse_args(list(argv)))
+    given: dict[str, _Given] = {}
+    if "config" in namespace:
+        config_path = _convert(_BY_KEY["config"], _Given(namespace["config"], "--config"))
+        given.update(read_config_file(config_path))
+    for option in OPTIONS:
+        if option.attr in namespace:
+            given[option.key] = _Given(namespace[option.attr], "--" + option.key)
+    values = {_BY_KEY[k].attr: _convert(_BY_KEY[k], g) for k, g in given.items()}
+    values["name_given"] = "name" in given
+    config = BrokerConfig(**values)
+    _check(config, given)
+    return config
+
+
+def _convert(option: Option, given: _Given) -> Any:
+    try:
+        return option.convert(given.text)
+    except ValueError as e:
+        raise ConfigError(
+            f"{given.where}: invalid value '{_shown(option, given.text)}': {e}"
+        ) from None
+
+
+def _check(config: BrokerConfig, given: dict[str, _Given]) -> None:
+    """Rules across options, and paths that must exist now rather than fail later."""
+
+    def where(key: str) -> str:
+        return given[key].where if key in given else "--" + key
+
+    if config.ha_cluster and config.ha_brokers_url is None:
+        cluster = given["ha-cluster"]
+        said = (
+            f"--ha-cluster {cluster.text}"
+            if cluster.where.startswith("--")
+            else f"{cluster.where}={cluster.text}"
+        )
+        raise ConfigError(
+            f"{said} requires --ha-brokers-url "
+            "(to configure a HA cluster you must set at least ha-cluster and ha-brokers-url)"
+        )
+    if config.ha_password is not None and config.ha_username is None:
+        raise ConfigError(f"{where('ha-password')}: given without --ha-username")
+    if config.acl_file is not None and not config.acl_file.is_file():
+        problem = "is not a file" if config.acl_file.exists() else "does not exist"
+        raise ConfigError(f"{where('acl-file')}: '{config.acl_file}' {problem}")
+    if config.acl_file is not None and not os.access(config.acl_file, os.R_OK):
+        raise ConfigError(f"{where('acl-file')}: '{config.acl_file}' is not readable")
+    if config.data_dir.exists() and not config.data_dir.is_dir():
+        raise ConfigError(f"{where('data-dir')}: '{config.data_dir}' is not a directory")
+    if config.port_file is not None:
+        if config.port_file.is_dir():
+            raise ConfigError(f"{where('port-file')}: '{config.port_file}' is a directory")
+        parent = config.port_file.parent
+        if not parent.is_dir():
+            raise ConfigError(f"{where('port-file')}: directory '{parent}' does not exist")
+
+
+def main_parse(argv: Sequence[str] | None = None) -> BrokerConfig:
+    """parse_args for the console script: a bad option prints one error line and exits 2."""
+    try:
+        return parse_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        if e.usage:
+            sys.stderr.write(build_parser().format_usage())
+        sys.stderr.write(f"{PROG}: error: {e}\n")
+        raise SystemExit(2) from None
