@@ -1,0 +1,218 @@
+"""Helpers of `qstore-journal`: opening a journal read-only, rendering records, the progress line.
+
+Kept apart from the command code so that each command reads as what it reports, not how it
+formats bytes and uuids.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import lmdb
+
+from qstore.journal import CorruptRecord, Entry, JournalReader, NotAJournal
+from qstore.journal.reader import journal_path
+from qstore.journal.records import FLAG_COMPRESSED, FLAG_REPLICA, Record
+
+EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+PREVIEW = 24  # body bytes shown by the text dump
+
+
+class Fail(Exception):
+    """A run that ends with one line on stderr and `code` as the exit status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@contextlib.contextmanager
+def damage_is_a_finding(name: str) -> Iterator[None]:
+    """A damaged record met while reading `name` is a finding about it (exit 1), not a crash."""
+    try:
+        yield
+    except CorruptRecord as exc:
+        raise Fail(f"{name}: {exc}", EXIT_FOUND) from None
+
+
+def open_reader(data_dir: str) -> JournalReader:
+    """Open a data directory's journal without ever taking the broker's lock.
+
+    LMDB creates `journal/lock.mdb` (its reader table) when missing; a journal without one has no
+    process attached, so it is opened without LMDB locking and left byte-for-byte untouched (a
+    copied or committed journal, a read-only forensic image).
+    """
+    path = Path(data_dir)
+    jdir = journal_path(path)
+    if (jdir / "data.mdb").is_file() and not (jdir / "lock.mdb").exists():
+        try:
+            env = lmdb.open(
+                str(jdir), readonly=True, lock=False, max_dbs=4, map_size=1 << 20, readahead=False
+            )
+        except lmdb.Error as exc:
+            raise NotAJournal(f"{path}: cannot open the journal: {exc}") from None
+        try:
+            return JournalReader(env, path)
+        except BaseException:
+            env.close()
+            raise
+    return JournalReader.open(path)
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def flag_names(flags: int) -> list[str]:
+    names = []
+    if flags & FLAG_COMPRESSED:
+        names.append("compressed")
+    if flags & FLAG_REPLICA:
+        names.append("replica")
+    rest = flags & ~(FLAG_COMPRESSED | FLAG_REPLICA)
+    if rest:
+        names.append(f"{rest:#x}")
+    return names
+
+
+def record_fields(record: Record) -> dict[str, Any]:
+    """The record's own fields, in declaration order (the codec's ClassVar TYPE excluded)."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
+def preview(body: bytes) -> str:
+    """Printable ASCII of the first bytes, other bytes as '.' (hexdump's right column)."""
+    text = "".join(chr(b) if 32 <= b < 127 else "." for b in bytes(body[:PREVIEW]))
+    return text + ("..." if len(body) > PREVIEW else "")
+
+
+def text_value(value: Any) -> str:
+    """One `key=value` value: bare when unambiguous, JSON-quoted otherwise."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"{len(value)}B:{json.dumps(preview(bytes(value)))}"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    text = str(value)
+    if not text or any(c.isspace() or c in "\"'=\\" for c in text) or not text.isprintable():
+        return json.dumps(text)
+    return text
+
+
+def json_value(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def entry_text(e: Entry) -> str:
+    fields = " ".join(f"{k}={text_value(v)}" for k, v in record_fields(e.record).items())
+    flags = ",".join(flag_names(e.flags)) or "-"
+    return (
+        f"seq={e.seq} epoch={e.epoch} origin={e.origin} type={e.type.label} flags={flags} {fields}"
+    )
+
+
+def entry_json(e: Entry) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "epoch": e.epoch,
+        "origin": e.origin,
+        "type": e.type.label,
+        "flags": flag_names(e.flags),
+        "size": e.size,
+        "record": {k: json_value(v) for k, v in record_fields(e.record).items()},
+    }
+
+
+def damaged_json(seq: int, reason: str, value: bytes) -> dict[str, Any]:
+    return {"seq": seq, "damaged": reason, "value": base64.b64encode(bytes(value)).decode()}
+
+
+def expiry_text(ms: int) -> str:
+    if not ms:
+        return "never"
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    except (OverflowError, OSError, ValueError):
+        return str(ms)
+
+
+def table(rows: list[list[str]]) -> list[str]:
+    """Left-aligned columns, two spaces apart (the first row is the header), as lines."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), default=json_value)
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+
+class Progress:
+    """A `\\r` progress line on stderr for scans that outlast `delay`; silent unless a terminal.
+
+    Fed by `JournalReader`'s per-chunk callback. The clock is injectable so tests need no sleeps.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        label: str = "scanning",
+        *,
+        stream: TextIO | None = None,
+        enabled: bool | None = None,
+        delay: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = _isatty(self.stream) if enabled is None else enabled
+        self.total = max(total, 1)
+        self.label = label
+        self.done = 0
+        self.delay = delay
+        self.clock = clock
+        self.start = clock()
+        self._last = 0.0
+        self._width = 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        now = self.clock()
+        if now - self.start < self.delay or now - self._last < 0.1:
+            return
+        self._last = now
+        pct = min(100, self.done * 100 // self.total)
+        line = f"\r{self.label}: {self.done}/{self.total} records ({pct}%)"
+        self._width = max(self._width, len(line) - 1)
+        self.stream.write(line)
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Erase the line (if one was drawn) so that the results start on a clean line."""
+        if self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty() and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):
+        return False

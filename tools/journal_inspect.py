@@ -1,0 +1,353 @@
+"""`qstore-journal`: read-only forensics over the journal of a stopped or a running broker.
+
+Everything goes through `JournalReader`, which never takes the data directory's lock and reads in
+short LMDB transactions, so the tool can look at a live broker's journal without slowing it down.
+Exit status: 0 fine, 1 something found (damage, divergence, a missing queue), 2 the journal could
+not be read at all or the command line was wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+import lmdb
+
+from qstore.journal import (
+    Bind,
+    CorruptRecord,
+    Delivery,
+    Dequeue,
+    Enqueue,
+    JournalError,
+    JournalReader,
+    JournalState,
+    QueueDeclare,
+    QueueDelete,
+    Record,
+    RecordType,
+    Unbind,
+    UnsupportedFormat,
+)
+from qstore.journal.records import HEADER, decode, read_header
+
+from ._inspect_common import (
+    EXIT_ERROR,
+    EXIT_FOUND,
+    EXIT_OK,
+    Fail,
+    Progress,
+    damage_is_a_finding,
+    damaged_json,
+    dumps,
+    entry_json,
+    entry_text,
+    expiry_text,
+    open_reader,
+    table,
+)
+from ._inspect_diff import Side, diverge, outline, state_line
+from ._inspect_summary import print_summary, summarize
+
+PROG = "qstore-journal"
+
+
+def replay(reader: JournalReader, name: str, progress: Progress, bodies: bool) -> JournalState:
+    with damage_is_a_finding(name):
+        return reader.replay(keep_bodies=bodies, progress=progress)
+
+
+# -- summary ----------------------------------------------------------------------------------
+
+
+def cmd_summary(args: argparse.Namespace, out: TextIO) -> int:
+    with open_reader(args.dir) as reader:
+        s = summarize(reader, args.dir)
+    if args.json:
+        out.write(dumps(s) + "\n")
+    else:
+        print_summary(s, out)
+    return EXIT_OK
+
+
+# -- dump / export ----------------------------------------------------------------------------
+
+
+def record_queue(record: Record) -> str | None:
+    """The queue a record is about, if any (what `dump --queue` filters on)."""
+    if isinstance(record, QueueDeclare | QueueDelete):
+        return record.name
+    if isinstance(record, Bind | Unbind | Enqueue | Dequeue | Delivery):
+        return record.queue
+    return None
+
+
+def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
+    types = set(args.types) if args.types else None
+    bad = 0
+    with open_reader(args.dir) as reader:
+        # The line would fight with the records when both go to the same terminal.
+        progress = Progress(reader.count(), "dumping", enabled=False if _tty(out) else None)
+        for seq, value in reader.raw(args.start, args.end, progress=progress):
+            # --type filters on the header, unchecked (verify is for damage): cheap on big dumps.
+            if types and len(value) >= HEADER.size and read_header(value)[1] not in types:
+                continue
+            try:
+                e = decode(seq, value)
+            except (CorruptRecord, UnsupportedFormat) as exc:
+                reason = exc.reason if isinstance(exc, CorruptRecord) else str(exc)
+                bad += 1
+                text = f"seq={seq} DAMAGED: {reason}"
+                out.write((dumps(damaged_json(seq, reason, value)) if args.json else text) + "\n")
+                continue
+            if args.queue is not None and record_queue(e.record) != args.queue:
+                continue
+            out.write((dumps(entry_json(e)) if args.json else entry_text(e)) + "\n")
+        progress.clear()
+    if bad:
+        raise Fail(f"{args.dir}: {bad} damaged record(s) (run verify for details)", EXIT_FOUND)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    args.json, args.start, args.end, args.types, args.queue = True, 0, None, None, None
+    return cmd_dump(args, out)
+
+
+def _tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# -- verify -----------------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    bad: list[tuple[int, str]] = []
+    n = 0
+    with open_reader(args.dir) as reader:
+        reader.node_id  # noqa: B018  (a journal without metadata is not one)
+        progress = Progress(reader.count(), "verifying")
+        for seq, value in reader.raw(progress=progress):
+            n += 1
+            try:
+                decode(seq, value)
+            except CorruptRecord as exc:
+                bad.append((seq, exc.reason))
+            except UnsupportedFormat as exc:
+                bad.append((seq, str(exc)))
+        progress.clear()
+    if args.json:
+        out.write(dumps({"records": n, "damaged": [{"seq": s, "reason": r} for s, r in bad]}))
+        out.write("\n")
+    else:
+        for seq, reason in bad:
+            out.write(f"seq {seq}: {reason}\n")
+        out.write(f"damaged: {len(bad)} of {n} records\n" if bad else f"ok: {n} records\n")
+    return EXIT_FOUND if bad else EXIT_OK
+
+
+# -- messages ---------------------------------------------------------------------------------
+
+
+def cmd_messages(args: argparse.Namespace, out: TextIO) -> int:
+    with open_reader(args.dir) as reader:
+        progress = Progress(reader.count(), "replaying")
+        st = replay(reader, args.dir, progress, bodies=False)
+        progress.clear()
+    q = st.queues.get(args.queue)
+    if q is None:
+        known = ", ".join(repr(n) for n in st.queues) or "none"
+        raise Fail(
+            f"{args.dir}: no queue {args.queue!r} in the journal (queues: {known})", EXIT_FOUND
+        )
+    msgs = list(q.messages.values())
+    if args.json:
+        for m in msgs:
+            out.write(
+                dumps(
+                    {
+                        "msgid": m.msgid,
+                        "seq": m.seq,
+                        "size": m.size,
+                        "priority": m.priority,
+                        "expiry": m.expiry,
+                        "delivery_count": m.delivery_count,
+                        "position": list(m.position),
+                    }
+                )
+                + "\n"
+            )
+        return EXIT_OK
+    rows = [["MSGID", "SEQ", "SIZE", "PRIORITY", "EXPIRY", "DELIVERIES", "POSITION"]]
+    rows += [
+        [
+            str(m.msgid),
+            str(m.seq),
+            str(m.size),
+            str(m.priority),
+            expiry_text(m.expiry),
+            str(m.delivery_count),
+            f"({m.position[0]}, {m.position[1]})",
+        ]
+        for m in msgs
+    ]
+    out.writelines(line + "\n" for line in table(rows))
+    out.write(f"{len(msgs)} messages, {q.bytes} bytes in queue {q.name!r}\n")
+    return EXIT_OK
+
+
+# -- diff -------------------------------------------------------------------------------------
+
+
+def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
+    with contextlib.ExitStack() as stack:
+        ra = stack.enter_context(open_reader(args.dir))
+        # LMDB opens an environment once per process: the same journal twice shares a reader.
+        rb = ra if _same_dir(args.dir, args.dir2) else stack.enter_context(open_reader(args.dir2))
+        # Three passes over each: outline, the positional walk, the replay.
+        progress = Progress(3 * (ra.count() + rb.count()), "comparing")
+        sides = []
+        for name, reader in ((args.dir, ra), (args.dir2, rb)):
+            with damage_is_a_finding(name):
+                sides.append(Side(name, reader, outline(reader, progress)))
+        a, b = sides
+        line = diverge(a, b)
+        result = "diverge"
+        if line is None:
+            snaps = [replay(s.reader, s.name, progress, bodies=True).snapshot() for s in sides]
+            line, result = state_line(snaps[0], snaps[1], a.name, b.name), "state-differs"
+        progress.clear()
+    if line is None:
+        out.write(dumps({"result": "identical"}) + "\n" if args.json else "identical\n")
+        return EXIT_OK
+    out.write(dumps({"result": result, "message": line}) + "\n" if args.json else line + "\n")
+    return EXIT_FOUND
+
+
+def _same_dir(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def _seq(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a sequence number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"sequence numbers are not negative: {text!r}")
+    return value
+
+
+def _type(text: str) -> RecordType:
+    try:
+        return RecordType.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --json may stand before or after the verb; SUPPRESS keeps a subparser from resetting it.
+    js = argparse.ArgumentParser(add_help=False)
+    js.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="machine-readable output (JSON, or JSON lines for record listings)",
+    )
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        parents=[js],
+        description="Read-only forensics over a qstore data directory's journal "
+        "(safe on a running broker).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def verb(name: str, text: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, parents=[js], help=text, description=text)
+        sp.add_argument("dir", metavar="DIR", help="the data directory (holding journal/)")
+        return sp
+
+    verb("summary", "node id, epochs, records by type, live queues, exchanges and bindings")
+    d = verb("dump", "one line per record (--json: JSON lines, bodies in base64)")
+    d.add_argument(
+        "--from", dest="start", type=_seq, default=0, metavar="SEQ", help="first local seq to show"
+    )
+    d.add_argument(
+        "--to", dest="end", type=_seq, default=None, metavar="SEQ", help="last local seq to show"
+    )
+    d.add_argument(
+        "--type",
+        dest="types",
+        type=_type,
+        action="append",
+        metavar="T",
+        help="only records of this type (e.g. enqueue, queue-declare; repeatable)",
+    )
+    d.add_argument("--queue", metavar="Q", help="only records about queue Q")
+    verb("verify", "check every record's crc32c and encoding")
+    m = verb("messages", "live messages of a queue after replay")
+    m.add_argument("--queue", required=True, metavar="Q", help="the queue")
+    df = verb("diff", "first position where two journals diverge, or replicated-state difference")
+    df.add_argument("dir2", metavar="DIR2", help="the other data directory")
+    verb("export", "every record as JSON lines (same as dump --json)")
+    return p
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "summary": cmd_summary,
+    "dump": cmd_dump,
+    "verify": cmd_verify,
+    "messages": cmd_messages,
+    "diff": cmd_diff,
+    "export": cmd_export,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    if args.command == "dump" and args.end is not None and args.end < args.start:
+        parser.error(f"--to {args.end} is before --from {args.start}")
+    try:
+        return COMMANDS[args.command](args, sys.stdout)
+    except Fail as exc:
+        return _fail(str(exc), exc.code)
+    except CorruptRecord as exc:  # every command names its journal; this is a safety net
+        return _fail(str(exc), EXIT_FOUND)
+    except JournalError as exc:
+        return _fail(str(exc), EXIT_ERROR)
+    except lmdb.Error as exc:
+        return _fail(f"cannot read the journal: {exc}", EXIT_ERROR)
+    except BrokenPipeError:
+        # The reader of our output went away (`| head`): stop quietly, as cat does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FOUND
+    except OSError as exc:
+        name = exc.filename or (args.dir if hasattr(args, "dir") else "")
+        return _fail(f"{name}: {exc.strerror or exc}", EXIT_ERROR)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"{PROG}: {message}\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
