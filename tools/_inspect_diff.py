@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qstore.journal import Entry, JournalReader
-from qstore.journal.records import HEADER, RecordType, decode, read_header
+from qstore.journal.records import RecordType, check, decode
 
 from ._inspect_common import Progress, damage_is_a_finding, entry_text
 
@@ -43,12 +43,11 @@ class Outline:
 
 
 def outline(reader: JournalReader, progress: Progress) -> Outline:
+    """Epochs and origin order, from verified headers (a damaged record ends the diff here)."""
     out = Outline()
     prev = -1
     for seq, value in reader.raw(progress=progress):
-        if len(value) < HEADER.size:
-            decode(seq, value)  # raises CorruptRecord naming the seq
-        rtype, origin = read_header(value)[1], read_header(value)[4]
+        rtype, _flags, _epoch, origin, _payload = check(seq, value)  # damage: CorruptRecord
         if origin <= prev:
             out.ordered = False
         prev = origin
@@ -75,6 +74,7 @@ class Side:
     name: str
     reader: JournalReader
     outline: Outline
+    progress: Progress | None = None
 
     def identity(self, e: Entry) -> tuple[int, uuid.UUID | None]:
         return (e.epoch, self.outline.nodes.get(e.epoch))
@@ -83,9 +83,10 @@ class Side:
         """Entries in origin order; a damaged one ends the run naming this journal."""
         with damage_is_a_finding(self.name):
             if self.outline.ordered:
-                yield from self.reader.entries()
+                yield from self.reader.entries(progress=self.progress)
             else:  # origins out of order (a journal rebuilt from a snapshot): sort in memory
-                yield from sorted(self.reader.entries(), key=lambda e: (e.origin, e.seq))
+                entries = self.reader.entries(progress=self.progress)
+                yield from sorted(entries, key=lambda e: (e.origin, e.seq))
 
 
 def first_boundary_conflict(a: Outline, b: Outline) -> int | None:

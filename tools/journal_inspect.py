@@ -54,6 +54,7 @@ from ._inspect_diff import Side, diverge, outline, state_line
 from ._inspect_summary import print_summary, summarize
 
 PROG = "qstore-journal"
+EXIT_PIPE = 128 + 13  # SIGPIPE
 
 
 def replay(reader: JournalReader, name: str, progress: Progress, bodies: bool) -> JournalState:
@@ -216,7 +217,7 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
         sides = []
         for name, reader in ((args.dir, ra), (args.dir2, rb)):
             with damage_is_a_finding(name):
-                sides.append(Side(name, reader, outline(reader, progress)))
+                sides.append(Side(name, reader, outline(reader, progress), progress))
         a, b = sides
         line = diverge(a, b)
         result = "diverge"
@@ -333,10 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     except lmdb.Error as exc:
         return _fail(f"cannot read the journal: {exc}", EXIT_ERROR)
     except BrokenPipeError:
-        # The reader of our output went away (`| head`): stop quietly, as cat does.
+        # The reader of our output went away (`| head`): stop quietly, with the status a
+        # process killed by SIGPIPE would have (as `cat` does).
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_FOUND
+        return EXIT_PIPE
     except OSError as exc:
         name = exc.filename or (args.dir if hasattr(args, "dir") else "")
         return _fail(f"{name}: {exc.strerror or exc}", EXIT_ERROR)
