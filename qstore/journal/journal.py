@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import uuid
+import weakref
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,8 +19,9 @@ from typing import Any
 
 from .errors import JournalError, NotAJournal, UnsupportedFormat
 from .lock import DataDirLock
+from .loopbatch import LoopBatcher
 from .reader import META_DB, RECORDS_DB, JournalReader, open_env
-from .records import COMPRESS_THRESHOLD, FORMAT_VERSION, KEY, Epoch, Record, prepare
+from .records import COMPRESS_THRESHOLD, FORMAT_VERSION, KEY, Epoch, Record, decode, prepare
 from .state import JournalState
 from .writer import GroupCommitWriter, LoopWaiter, Result, SyncWaiter, Txn, _Append, _Control
 
@@ -40,7 +42,10 @@ class Journal(JournalReader):
         compaction_batch: int = 1024,
         auto_compact: bool = True,
         reserve: int = 64 << 10,
+        compaction_horizon: int | None = None,
     ) -> None:
+        """`compaction_horizon`: as `set_compaction_horizon`, but in force before the writer
+        starts (set later, background compaction could already have crossed it)."""
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
         self._lock = DataDirLock(path)
@@ -51,7 +56,7 @@ class Journal(JournalReader):
             env.open_db(META_DB)
             super().__init__(env, path)
             self._init_meta()
-            tracker = self.replay(keep_bodies=False)
+            tracker, garbage = self._scan()
         except BaseException:
             self._lock.release()
             raise
@@ -71,7 +76,11 @@ class Journal(JournalReader):
             name=path.name,
         )
         # What the open-time scan found cancelled is compaction's first work.
-        self._queue_existing_garbage(tracker)
+        self._queue_existing_garbage(tracker, garbage)
+        self.writer.compaction.horizon = compaction_horizon
+        self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBatcher] = (
+            weakref.WeakKeyDictionary()
+        )
         self.writer.start()
         self._closed = False
 
@@ -89,10 +98,22 @@ class Journal(JournalReader):
                     f"{self.data_dir}: journal format {int(fmt)} is newer than this qstore reads"
                 )
 
-    def _queue_existing_garbage(self, tracker: JournalState) -> None:
-        live = tracker.live_seqs()
-        dead = [seq for seq, _ in self.raw() if seq not in live]
-        self.writer.compaction.add(dead)
+    def _scan(self) -> tuple[JournalState, list[tuple[list[int], int]]]:
+        """Replay without bodies; also return each cancelled unit with the seq that cancelled it.
+
+        Compaction needs the canceller to honour its horizon (it is not always in the unit).
+        """
+        garbage: list[tuple[list[int], int]] = []
+        tracker = self.replay(keep_bodies=False, garbage=lambda unit, seq: garbage.append((unit, seq)))
+        return tracker, garbage
+
+    def _queue_existing_garbage(
+        self, tracker: JournalState, garbage: list[tuple[list[int], int]]
+    ) -> None:
+        comp = self.writer.compaction
+        comp.newest = tracker.last_seq  # compaction keeps the newest record (see compaction.py)
+        for unit, canceller in garbage:
+            comp.add(unit, canceller)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -132,9 +153,6 @@ class Journal(JournalReader):
         self.writer.wake()
 
     # -- appending --------------------------------------------------------------------------
-
-    def _prepare(self, records: Iterable[Record], kw: dict[str, Any]) -> list[Any]:
-        return [prepare(r, threshold=self.compress_threshold, **kw) for r in records]
 
     def append(self, record: Record, **kw: Any) -> int:
         """Append one record; return its seq once it is durable (fsync'd)."""
@@ -186,28 +204,67 @@ class Journal(JournalReader):
         prepared = self._prepared(records, epoch, origin, replica)
         self.writer.submit(_Append(prepared, LoopWaiter(loop, callback)))
 
-    async def append_async(self, record: Record, **kw: Any) -> int:
-        """Append one record from async code; return its seq once durable."""
-        return (await self.append_many_async([record], **kw))[0]
+    def submit_one(
+        self,
+        record: Record,
+        target: Any,
+        *,
+        epoch: int | None = None,
+        origin: int | None = None,
+        replica: bool = False,
+    ) -> None:
+        """Queue one record from the running event loop; `target` is a Future of that loop
+        (it gets the seq) or a callable given the seq or the error, called on the loop.
 
-    async def append_many_async(self, records: Iterable[Record], **kw: Any) -> list[int]:
+        Appends made in the same loop turn travel to the writer as one job (see loopbatch.py).
+        """
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(loop)
+        if batcher is None:
+            batcher = self._batchers[loop] = LoopBatcher(self.writer, loop)
+        batcher.add(prepare(record, epoch, origin, replica, self.compress_threshold), target)
+
+    async def append_async(
+        self,
+        record: Record,
+        *,
+        epoch: int | None = None,
+        origin: int | None = None,
+        replica: bool = False,
+    ) -> int:
+        """Append one record from async code; return its seq once durable."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # another anyio backend (trio): wait in a worker thread
             import anyio.to_thread
 
-            return await anyio.to_thread.run_sync(lambda: self.append_many(records, **kw))
+            return await anyio.to_thread.run_sync(
+                lambda: self.append(record, epoch=epoch, origin=origin, replica=replica)
+            )
+        fut: asyncio.Future[int] = loop.create_future()
+        self.submit_one(record, fut, epoch=epoch, origin=origin, replica=replica)
+        return await fut
+
+    async def append_many_async(
+        self,
+        records: Iterable[Record],
+        *,
+        epoch: int | None = None,
+        origin: int | None = None,
+        replica: bool = False,
+    ) -> list[int]:
+        """Append records in order from async code, in one commit; return their seqs."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            import anyio.to_thread
+
+            return await anyio.to_thread.run_sync(
+                lambda: self.append_many(records, epoch=epoch, origin=origin, replica=replica)
+            )
         fut: asyncio.Future[list[int]] = loop.create_future()
-
-        def done(result: Result) -> None:
-            if fut.done():
-                return
-            if isinstance(result, BaseException):
-                fut.set_exception(result)
-            else:
-                fut.set_result(result)
-
-        self.submit(records, done, loop=loop, **kw)
+        prepared = self._prepared(records, epoch, origin, replica)
+        self.writer.submit(_Append(prepared, LoopWaiter(loop, fut)))
         return await fut
 
     def start_epoch(self, number: int | None = None, node: uuid.UUID | None = None) -> int:
@@ -257,8 +314,8 @@ class Journal(JournalReader):
         """On the writer thread, after a truncate: the tracker follows what is left."""
         w = self.writer
         w.compaction.clear()
-        w.tracker = self.replay(keep_bodies=False)
-        self._queue_existing_garbage(w.tracker)
+        w.tracker, garbage = self._scan()
+        self._queue_existing_garbage(w.tracker, garbage)
 
     def compact(self) -> int:
         """Delete every pending cancelled record now, in bounded transactions; return the count.
@@ -269,6 +326,7 @@ class Journal(JournalReader):
         before = comp.removed
         while comp.ready():
             self._control(None, after=lambda _: self.writer._compact_step())
+        self._control(None)  # a background step may have taken the last units: wait for it
         return comp.removed - before
 
     def barrier(self) -> None:

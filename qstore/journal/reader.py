@@ -7,6 +7,7 @@ make the writer's file grow).
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import lmdb
 
 from .errors import CorruptRecord, NotAJournal
-from .records import KEY, Entry, RecordType, check, decode, read_header
+from .records import KEY, Entry, RecordType, check, decode, enqueue_fields, read_header
 from .state import JournalState
 
 RECORDS_DB = b"records"
@@ -170,12 +171,29 @@ class JournalReader:
         keep_bodies: bool = True,
         state: JournalState | None = None,
         progress: Progress | None = None,
+        garbage: Callable[[list[int], int], None] | None = None,
     ) -> JournalState:
-        """Rebuild the state the journal describes; stops at the first damaged record."""
+        """Rebuild the state the journal describes; stops at the first damaged record.
+
+        `garbage(unit, seq)` receives each unit of cancelled seqs with the seq of the record
+        that cancelled it, as replay meets them (compaction work left from before an open).
+
+        The cyclic garbage collector is paused meanwhile: replay allocates an object per live
+        message and nothing it builds is garbage, so collections would only rescan a growing heap.
+        """
         st = state if state is not None else JournalState(keep_bodies=keep_bodies)
-        apply = st.apply
-        for seq, value in self.raw(progress=progress):
-            apply(decode(seq, value))
+        apply, enqueue = st.apply, st.enqueue
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            for seq, value in self.raw(progress=progress):
+                fields = enqueue_fields(seq, value)
+                unit = enqueue(*fields) if fields is not None else apply(decode(seq, value))
+                if unit and garbage is not None:
+                    garbage(unit, seq)
+        finally:
+            if paused:
+                gc.enable()
         return st
 
     def check_all(self) -> None:

@@ -24,6 +24,7 @@ from .errors import CorruptRecord, UnsupportedFormat
 FORMAT_VERSION = 1
 # version u8, type u8, flags u16, epoch u32, origin seq u64, crc32c u32
 HEADER = struct.Struct(">BBHIQI")
+_HEAD16 = struct.Struct(">BBHIQ")  # the header up to the crc, which covers key + these + payload
 KEY = struct.Struct(">Q")
 COMPRESS_THRESHOLD = 4096
 
@@ -72,7 +73,7 @@ def _pack_str(text: str) -> bytes:
 def _unpack_str(buf: bytes, off: int) -> tuple[str, int]:
     (n,) = _U16.unpack_from(buf, off)
     off += 2
-    return buf[off : off + n].decode(), off + n
+    return str(buf[off : off + n], "utf-8"), off + n
 
 
 def _pack_args(args: dict[str, Any]) -> bytes:
@@ -83,10 +84,10 @@ def _pack_args(args: dict[str, Any]) -> bytes:
 def _unpack_args(buf: bytes, off: int) -> tuple[dict[str, Any], int]:
     (n,) = _U32.unpack_from(buf, off)
     off += 4
-    return (json.loads(buf[off : off + n]) if n else {}), off + n
+    return (json.loads(bytes(buf[off : off + n])) if n else {}), off + n
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class QueueDeclare:
     name: str
     uuid: uuid.UUID
@@ -103,7 +104,7 @@ class QueueDeclare:
         return cls(name, uuid.UUID(bytes=bytes(buf[:16])), args)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class QueueDelete:
     name: str
     uuid: uuid.UUID
@@ -117,7 +118,7 @@ class QueueDelete:
         return cls(_unpack_str(buf, 16)[0], uuid.UUID(bytes=bytes(buf[:16])))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ExchangeDeclare:
     name: str
     uuid: uuid.UUID
@@ -138,7 +139,7 @@ class ExchangeDeclare:
         return cls(name, uuid.UUID(bytes=bytes(buf[:16])), kind, args)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ExchangeDelete:
     name: str
     uuid: uuid.UUID
@@ -152,7 +153,7 @@ class ExchangeDelete:
         return cls(_unpack_str(buf, 16)[0], uuid.UUID(bytes=bytes(buf[:16])))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Bind:
     exchange: str
     queue: str
@@ -177,7 +178,7 @@ class Bind:
         return cls(exchange, queue, key, args)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unbind:
     exchange: str
     queue: str
@@ -198,7 +199,7 @@ class Unbind:
 _ENQ = struct.Struct(">QBQIH")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Enqueue:
     """A durable message put on a queue; `body` is the message's AMQP encoding as received."""
 
@@ -219,13 +220,13 @@ class Enqueue:
     def unpack(cls, buf: bytes) -> Enqueue:
         msgid, prio, expiry, count, n = _ENQ.unpack_from(buf, 0)
         off = _ENQ.size + n
-        return cls(buf[_ENQ.size : off].decode(), msgid, bytes(buf[off:]), prio, expiry, count)
+        return cls(str(buf[_ENQ.size : off], "utf-8"), msgid, bytes(buf[off:]), prio, expiry, count)
 
 
 _MSG = struct.Struct(">QH")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Dequeue:
     queue: str
     msgid: int
@@ -238,13 +239,13 @@ class Dequeue:
     @classmethod
     def unpack(cls, buf: bytes) -> Dequeue:
         msgid, n = _MSG.unpack_from(buf, 0)
-        return cls(buf[_MSG.size : _MSG.size + n].decode(), msgid)
+        return cls(str(buf[_MSG.size : _MSG.size + n], "utf-8"), msgid)
 
 
 _DLV = struct.Struct(">QIH")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivery:
     """A message's delivery count changed (it was released or its consumer died)."""
 
@@ -260,10 +261,10 @@ class Delivery:
     @classmethod
     def unpack(cls, buf: bytes) -> Delivery:
         msgid, count, n = _DLV.unpack_from(buf, 0)
-        return cls(buf[_DLV.size : _DLV.size + n].decode(), msgid, count)
+        return cls(str(buf[_DLV.size : _DLV.size + n], "utf-8"), msgid, count)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Epoch:
     """A promotion: epoch `number`, led by the broker whose node id is `node`."""
 
@@ -308,7 +309,7 @@ RECORD_CLASSES: dict[RecordType, Any] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
     """A record as the journal holds it."""
 
@@ -345,7 +346,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prepared:
     """A record packed (and maybe compressed) by its appender, waiting for the writer's header."""
 
@@ -359,7 +360,6 @@ class Prepared:
 
 def prepare(
     record: Record,
-    *,
     epoch: int | None = None,
     origin: int | None = None,
     replica: bool = False,
@@ -368,7 +368,7 @@ def prepare(
     """Pack a record's payload; zstd it when it is over `threshold` and compression pays."""
     payload = record.pack()
     flags = FLAG_REPLICA if replica else 0
-    if len(payload) > threshold:
+    if len(payload) > threshold:  # zstd only where it can pay (level 1: about 5 us per KiB)
         packed = _compressor().compress(payload)
         if len(packed) < len(payload):
             payload, flags = packed, flags | FLAG_COMPRESSED
@@ -378,9 +378,9 @@ def prepare(
 def seal(seq: int, p: Prepared, epoch: int, origin: int) -> tuple[bytes, bytes]:
     """Return (key, value) for a prepared record: the header with its crc32c, then the payload."""
     key = KEY.pack(seq)
-    head = HEADER.pack(FORMAT_VERSION, p.type, p.flags, epoch, origin, 0)[:16]
-    crc = crc32c.crc32c(p.payload, crc32c.crc32c(head, crc32c.crc32c(key)))
-    return key, head + _U32.pack(crc) + p.payload
+    head = _HEAD16.pack(FORMAT_VERSION, p.type, p.flags, epoch, origin)
+    crc = crc32c.crc32c(p.payload, crc32c.crc32c(key + head))
+    return key, b"".join((head, _U32.pack(crc), p.payload))
 
 
 def read_header(value: bytes) -> tuple[int, int, int, int, int, int]:
@@ -388,13 +388,17 @@ def read_header(value: bytes) -> tuple[int, int, int, int, int, int]:
     return HEADER.unpack_from(value, 0)
 
 
-def check(seq: int, value: bytes) -> tuple[int, int, int, int, bytes]:
-    """Verify one stored value; return (type, flags, epoch, origin, payload) or raise."""
+def check(seq: int, value: bytes) -> tuple[int, int, int, int, bytes | memoryview]:
+    """Verify one stored value; return (type, flags, epoch, origin, payload) or raise.
+
+    The payload comes back as a memoryview of `value` (no copy) unless it was decompressed.
+    """
     if len(value) < HEADER.size:
         raise CorruptRecord(seq, f"value is {len(value)} bytes, shorter than the header")
     version, rtype, flags, epoch, origin, crc = HEADER.unpack_from(value, 0)
-    stored = value[HEADER.size :]
-    want = crc32c.crc32c(stored, crc32c.crc32c(value[:16], crc32c.crc32c(KEY.pack(seq))))
+    mv = memoryview(value)
+    stored = mv[HEADER.size :]
+    want = crc32c.crc32c(stored, crc32c.crc32c(mv[:16], crc32c.crc32c(KEY.pack(seq))))
     if want != crc:
         raise CorruptRecord(seq, f"crc32c mismatch (stored {crc:#010x}, computed {want:#010x})")
     if version > FORMAT_VERSION:
@@ -405,10 +409,33 @@ def check(seq: int, value: bytes) -> tuple[int, int, int, int, bytes]:
         raise CorruptRecord(seq, f"unknown flags {flags:#x}")
     if flags & FLAG_COMPRESSED:
         try:
-            stored = _decompressor().decompress(stored)
+            return rtype, flags, epoch, origin, _decompressor().decompress(stored)
         except zstandard.ZstdError as exc:
             raise CorruptRecord(seq, f"zstd payload does not decompress: {exc}") from None
     return rtype, flags, epoch, origin, stored
+
+
+def enqueue_fields(seq: int, value: bytes) -> tuple[Any, ...] | None:
+    """Replay's fast path: an uncompressed Enqueue's fields, verified, without building objects.
+
+    Returns (seq, epoch, origin, queue, msgid, body view, priority, expiry, delivery count), or
+    None when the value is not a plain Enqueue (the caller then uses `decode`).
+    """
+    if len(value) < HEADER.size + _ENQ.size or value[1] != RecordType.ENQUEUE or value[3]:
+        return None
+    version, _t, _f, epoch, origin, crc = HEADER.unpack_from(value, 0)
+    mv = memoryview(value)
+    if crc32c.crc32c(mv[HEADER.size :], crc32c.crc32c(mv[:16], crc32c.crc32c(KEY.pack(seq)))) != crc:
+        return None  # let decode() raise the precise error
+    if version > FORMAT_VERSION:
+        return None
+    msgid, prio, expiry, count, n = _ENQ.unpack_from(value, HEADER.size)
+    off = HEADER.size + _ENQ.size
+    try:
+        queue = str(mv[off : off + n], "utf-8")
+    except UnicodeDecodeError:
+        return None
+    return seq, epoch, origin, queue, msgid, mv[off + n :], prio, expiry, count
 
 
 def decode(seq: int, value: bytes) -> Entry:

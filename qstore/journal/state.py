@@ -166,20 +166,43 @@ class JournalState:
         raise AssertionError(f"unhandled record {r!r}")  # pragma: no cover
 
     def _enqueue(self, e: Entry, r: Enqueue) -> list[int]:
-        q = self.queues.get(r.queue)
-        if q is None:
-            return [e.seq]
-        old = q.messages.pop(r.msgid, None)
-        size = len(r.body)
-        q.messages[r.msgid] = MessageState(
-            r.msgid,
-            e.seq,
-            size,
-            r.priority,
-            r.expiry,
+        return self.enqueue(
+            e.seq, e.epoch, e.origin, r.queue, r.msgid, r.body, r.priority, r.expiry,
             r.delivery_count,
-            r.body if self.keep_bodies else None,
-            (e.epoch, e.origin),
+        )
+
+    def enqueue(
+        self,
+        seq: int,
+        epoch: int,
+        origin: int,
+        queue: str,
+        msgid: int,
+        body: bytes | memoryview,
+        priority: int,
+        expiry: int,
+        delivery_count: int,
+    ) -> list[int]:
+        """Apply an Enqueue given as fields: replay's fast path skips building the record."""
+        self.last_seq = seq
+        if origin:
+            self.position = (epoch, origin)
+            if origin > self.max_origin:
+                self.max_origin = origin
+        q = self.queues.get(queue)
+        if q is None:
+            return [seq]
+        old = q.messages.pop(msgid, None)
+        size = len(body)
+        q.messages[msgid] = MessageState(
+            msgid,
+            seq,
+            size,
+            priority,
+            expiry,
+            delivery_count,
+            bytes(body) if self.keep_bodies else None,
+            (epoch, origin),
         )
         q.bytes += size
         if old is None:

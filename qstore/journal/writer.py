@@ -21,10 +21,12 @@ import lmdb
 
 from .compaction import CompactionQueue
 from .errors import JournalClosed, JournalError, JournalFull
-from .records import KEY, Entry, Prepared, RecordType, seal
+from .records import KEY, Enqueue, Entry, Prepared, RecordType, seal
 from .state import JournalState
 
 log = logging.getLogger("qstore.journal")
+_EPOCH = int(RecordType.EPOCH)
+_DEQUEUE = int(RecordType.DEQUEUE)
 
 Result = Any  # a list of seqs, a control job's return value, or an exception
 Txn = lmdb.Transaction
@@ -56,11 +58,12 @@ class SyncWaiter(Waiter):
 
 
 class LoopWaiter(Waiter):
-    """Runs `callback(result)` on `loop`; the writer batches these per loop."""
+    """Runs `callback(result)` on `loop`, or resolves it if it is an asyncio Future there;
+    the writer wakes each loop once per batch, whatever the number of waiters."""
 
     __slots__ = ("callback", "loop")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[Result], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Any) -> None:
         self.loop = loop
         self.callback = callback
 
@@ -68,10 +71,19 @@ class LoopWaiter(Waiter):
         _call_on_loop(self.loop, [(self.callback, result)])
 
 
-def _run_callbacks(calls: list[tuple[Callable[[Result], None], Result]]) -> None:
-    for cb, res in calls:
+def _run_callbacks(calls: list[tuple[Any, Result]]) -> None:
+    """On the loop: resolve each waiting future, or call each callback, with its outcome."""
+    for target, res in calls:
+        if isinstance(target, asyncio.Future):
+            if target.done():  # cancelled meanwhile
+                continue
+            if isinstance(res, BaseException):
+                target.set_exception(res)
+            else:
+                target.set_result(res)
+            continue
         try:
-            cb(res)
+            target(res)
         except Exception:  # a waiter's bug must not stop the others being woken
             log.exception("journal completion callback failed")
 
@@ -86,7 +98,10 @@ def _call_on_loop(loop: asyncio.AbstractEventLoop, calls: list[Any]) -> None:
 @dataclass(slots=True)
 class _Append:
     records: list[Prepared]
-    waiter: Waiter
+    waiter: Waiter | None
+    # False for a batch of independent appends gathered on an event loop: when the journal is
+    # full its dequeues may commit without the rest, each record getting its own outcome.
+    atomic: bool = True
 
 
 @dataclass(slots=True)
@@ -130,6 +145,7 @@ class GroupCommitWriter:
         self._jobs: deque[_Append | _Control] = deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._idle = False
         self._thread = threading.Thread(target=self._run, name=f"{name}-writer", daemon=True)
 
     def start(self) -> None:
@@ -139,12 +155,14 @@ class GroupCommitWriter:
     # -- called from any thread -------------------------------------------------------------
 
     def submit(self, job: _Append | _Control) -> None:
-        with self._cond:
-            if self._closing:
-                job.waiter.resolve(JournalClosed("the journal is closed"))
-                return
-            self._jobs.append(job)
-            if len(self._jobs) == 1:
+        # Lock-free unless the writer sleeps: deque.append is atomic, and the writer sets
+        # `_idle` before its last look at the queue, so a job appended after that look sees it.
+        if self._closing:
+            job.waiter.resolve(JournalClosed("the journal is closed"))
+            return
+        self._jobs.append(job)
+        if self._idle:
+            with self._cond:
                 self._cond.notify()
 
     def wake(self) -> None:
@@ -158,14 +176,18 @@ class GroupCommitWriter:
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join()
+        while self._jobs:  # submitted while the thread was finishing
+            self._jobs.popleft().waiter.resolve(JournalClosed("the journal is closed"))
 
     # -- the writer thread ------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             with self._cond:
+                self._idle = True
                 while not self._jobs and not self._closing and not self._compaction_due():
                     self._cond.wait()
+                self._idle = False
                 if not self._jobs and self._closing:
                     return
                 batch = self._take()
@@ -193,8 +215,9 @@ class GroupCommitWriter:
         while jobs and isinstance(jobs[0], _Append) and n < self.max_batch:
             job = jobs.popleft()
             batch.append(job)  # type: ignore[arg-type]
-            n += len(job.records)
-            size += sum(len(p.payload) for p in job.records)
+            recs = job.records
+            n += len(recs)
+            size += len(recs[0].payload) if len(recs) == 1 else sum(len(p.payload) for p in recs)
             if size >= self.max_batch_bytes:
                 break
         return batch
@@ -202,7 +225,7 @@ class GroupCommitWriter:
     def _write(self, batch: list[_Append]) -> None:
         try:
             try:
-                entries = self._commit(batch, compact=True)
+                entries = self._commit(batch, compact=self.auto_compact)
             except JournalFull:
                 # Deleting garbage first frees pages that the next transaction may reuse.
                 while self._compact_step():
@@ -217,7 +240,10 @@ class GroupCommitWriter:
             return
         self.full = False
         self._after_commit(entries)
-        self._resolve(_seqs_per_job(batch, entries))
+        if len(entries) == len(batch):  # one record per job: the common case, without slicing
+            self._resolve([(job.waiter, [e.seq]) for job, e in zip(batch, entries, strict=True)])
+        else:
+            self._resolve(_seqs_per_job(batch, entries))
 
     def _commit(self, batch: list[_Append], compact: bool = False) -> list[Entry]:
         """Write and fsync one transaction; return its entries (MapFull/ENOSPC -> JournalFull).
@@ -232,7 +258,7 @@ class GroupCommitWriter:
         garbage = self.compaction.take(self.compaction_batch) if compact else []
         try:
             with self.env.begin(write=True, db=self.db) as txn:
-                put = txn.put
+                put, add = txn.put, entries.append
                 for job in batch:
                     for p in job.records:
                         if p.origin is None:
@@ -240,13 +266,14 @@ class GroupCommitWriter:
                             o = origin
                         else:
                             o = p.origin
-                            origin = max(origin, o)
-                        if p.type == RecordType.EPOCH:
+                            if o > origin:
+                                origin = o
+                        if p.type == _EPOCH:
                             epoch = p.record.number  # type: ignore[union-attr]
                         e = epoch if p.epoch is None else p.epoch
                         key, value = seal(seq, p, e, o)
                         put(key, value, append=True)
-                        entries.append(Entry(seq, e, o, p.flags, p.record, len(value)))
+                        add(Entry(seq, e, o, p.flags, p.record, len(value)))
                         seq += 1
                 delete = txn.delete
                 for s in garbage:
@@ -267,10 +294,22 @@ class GroupCommitWriter:
     def _write_when_full(self, batch: list[_Append], exc: JournalFull) -> None:
         """Refuse new work but let dequeues through, using the reserve if need be."""
         self.full = True
-        refused = [job for job in batch if not _only_dequeues(job)]
-        dequeues = [job for job in batch if _only_dequeues(job)]
-        self._resolve([(job.waiter, exc) for job in refused])
+        dequeues: list[_Append] = []  # what may still be written
+        refused: list[tuple[Waiter, Result]] = []
+        mixed: list[tuple[_Append, _Append]] = []  # (non-atomic job, its dequeues)
+        for job in batch:
+            if _only_dequeues(job):
+                dequeues.append(job)
+            elif not job.atomic and any(p.type == _DEQUEUE for p in job.records):
+                part = _Append([p for p in job.records if p.type == _DEQUEUE], None)
+                mixed.append((job, part))
+                dequeues.append(part)
+            else:
+                refused.append((job.waiter, exc))  # type: ignore[arg-type]
+        self._resolve(refused)
         if not dequeues:
+            for job, _ in mixed:
+                self._resolve([(job.waiter, exc)])  # type: ignore[list-item]
             return
         log.warning("journal full: releasing the reserve so that dequeues can be journaled")
         try:
@@ -278,15 +317,34 @@ class GroupCommitWriter:
                 txn.delete(b"reserve")
             entries = self._commit(dequeues)
         except (JournalFull, lmdb.Error) as again:
-            self._resolve([(job.waiter, JournalFull(str(again))) for job in dequeues])
+            err = JournalFull(str(again))
+            self._resolve([(job.waiter, err) for job in dequeues if job.waiter])
+            self._resolve([(job.waiter, err) for job, _ in mixed])  # type: ignore[misc]
             return
         self._after_commit(entries)
-        self._resolve(_seqs_per_job(dequeues, entries))
+        results = _seqs_per_job(dequeues, entries)
+        self._resolve([r for r in results if r[0] is not None])
+        seq_of = {id(part): seqs for part, (_, seqs) in zip(dequeues, results, strict=True)}
+        for job, part in mixed:  # per record: its seq, or the refusal
+            got = iter(seq_of[id(part)])
+            out = [next(got) if p.type == _DEQUEUE else exc for p in job.records]
+            self._resolve([(job.waiter, out)])  # type: ignore[list-item]
 
     def _after_commit(self, entries: list[Entry]) -> None:
-        apply, add = self.tracker.apply, self.compaction.add
+        apply, enqueue, add = self.tracker.apply, self.tracker.enqueue, self.compaction.add
         for e in entries:
-            add(apply(e))
+            r = e.record
+            if r.__class__ is Enqueue:  # the hot path, without the dispatch on record type
+                unit = enqueue(
+                    e.seq, e.epoch, e.origin, r.queue, r.msgid, r.body, r.priority, r.expiry,
+                    r.delivery_count,
+                )
+            else:
+                unit = apply(e)
+            if unit:
+                add(unit, e.seq)
+        if entries:  # compaction keeps the newest record (see compaction.py)
+            self.compaction.newest = entries[-1].seq
 
     def _control(self, job: _Control) -> None:
         try:
@@ -330,9 +388,15 @@ class GroupCommitWriter:
 
     def _resolve(self, results: list[tuple[Waiter, Result]]) -> None:
         per_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        last_loop: Any = None
+        calls: list[Any] = []
         for waiter, res in results:
-            if isinstance(waiter, LoopWaiter):
-                per_loop.setdefault(waiter.loop, []).append((waiter.callback, res))
+            if waiter.__class__ is LoopWaiter:
+                loop = waiter.loop  # type: ignore[attr-defined]
+                if loop is not last_loop:
+                    calls = per_loop.setdefault(loop, [])
+                    last_loop = loop
+                calls.append((waiter.callback, res))  # type: ignore[attr-defined]
             else:
                 waiter.resolve(res)
         for loop, calls in per_loop.items():
