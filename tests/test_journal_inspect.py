@@ -500,3 +500,12 @@ def test_make_fixtures_reproduces_the_committed_fixtures(tmp_path: Path) -> None
             for s in (s1, s2):
                 del s["data_dir"], s["size_on_disk"]
             assert s1 == s2, name
+
+
+def test_progress_line_is_erased_when_the_scan_fails() -> None:
+    out, clock = io.StringIO(), FakeClock()
+    with pytest.raises(RuntimeError), Progress(10, "x", stream=out, enabled=True, clock=clock) as p:
+        clock.now += 2
+        p(5)
+        raise RuntimeError("damaged")
+    assert out.getvalue() == "\rx: 5/10 records (50%)\r" + " " * 21 + "\r"

@@ -203,6 +203,12 @@ class Progress:
         self.stream.write(line)
         self.stream.flush()
 
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.clear()  # also when the scan failed: the error line must start on a clean line
+
     def clear(self) -> None:
         """Erase the line (if one was drawn) so that the results start on a clean line."""
         if self._width:

@@ -16,17 +16,15 @@ from ._inspect_common import Progress, damage_is_a_finding, dumps, table
 
 def summarize(reader: JournalReader, name: str) -> dict[str, Any]:
     node, fmt = reader.node_id, reader.format_version
-    progress = Progress(reader.count(), "reading")
     st = JournalState(keep_bodies=False)
     counts: Counter[RecordType] = Counter()
     first = last = None
-    with damage_is_a_finding(name):
+    with Progress(reader.count(), "reading") as progress, damage_is_a_finding(name):
         for e in reader.entries(progress=progress):
             counts[e.type] += 1
             first = e.seq if first is None else first
             last = e.seq
             st.apply(e)
-    progress.clear()
     return {
         "data_dir": name,
         "node_id": str(node),

@@ -92,23 +92,25 @@ def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
     bad = 0
     with open_reader(args.dir) as reader:
         # The line would fight with the records when both go to the same terminal.
-        progress = Progress(reader.count(), "dumping", enabled=False if _tty(out) else None)
-        for seq, value in reader.raw(args.start, args.end, progress=progress):
-            # --type filters on the header, unchecked (verify is for damage): cheap on big dumps.
-            if types and len(value) >= HEADER.size and read_header(value)[1] not in types:
-                continue
-            try:
-                e = decode(seq, value)
-            except (CorruptRecord, UnsupportedFormat) as exc:
-                reason = exc.reason if isinstance(exc, CorruptRecord) else str(exc)
-                bad += 1
-                text = f"seq={seq} DAMAGED: {reason}"
-                out.write((dumps(damaged_json(seq, reason, value)) if args.json else text) + "\n")
-                continue
-            if args.queue is not None and record_queue(e.record) != args.queue:
-                continue
-            out.write((dumps(entry_json(e)) if args.json else entry_text(e)) + "\n")
-        progress.clear()
+        enabled = False if _tty(out) else None
+        with Progress(reader.count(), "dumping", enabled=enabled) as progress:
+            for seq, value in reader.raw(args.start, args.end, progress=progress):
+                # --type filters on the unchecked header (cheap; verify is for damage).
+                if types and len(value) >= HEADER.size and read_header(value)[1] not in types:
+                    continue
+                try:
+                    e = decode(seq, value)
+                except (CorruptRecord, UnsupportedFormat) as exc:
+                    reason = exc.reason if isinstance(exc, CorruptRecord) else str(exc)
+                    bad += 1
+                    text = f"seq={seq} DAMAGED: {reason}"
+                    out.write(
+                        (dumps(damaged_json(seq, reason, value)) if args.json else text) + "\n"
+                    )
+                    continue
+                if args.queue is not None and record_queue(e.record) != args.queue:
+                    continue
+                out.write((dumps(entry_json(e)) if args.json else entry_text(e)) + "\n")
     if bad:
         raise Fail(f"{args.dir}: {bad} damaged record(s) (run verify for details)", EXIT_FOUND)
     return EXIT_OK
@@ -134,16 +136,15 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     n = 0
     with open_reader(args.dir) as reader:
         reader.node_id  # noqa: B018  (a journal without metadata is not one)
-        progress = Progress(reader.count(), "verifying")
-        for seq, value in reader.raw(progress=progress):
-            n += 1
-            try:
-                decode(seq, value)
-            except CorruptRecord as exc:
-                bad.append((seq, exc.reason))
-            except UnsupportedFormat as exc:
-                bad.append((seq, str(exc)))
-        progress.clear()
+        with Progress(reader.count(), "verifying") as progress:
+            for seq, value in reader.raw(progress=progress):
+                n += 1
+                try:
+                    decode(seq, value)
+                except CorruptRecord as exc:
+                    bad.append((seq, exc.reason))
+                except UnsupportedFormat as exc:
+                    bad.append((seq, str(exc)))
     if args.json:
         out.write(dumps({"records": n, "damaged": [{"seq": s, "reason": r} for s, r in bad]}))
         out.write("\n")
@@ -158,10 +159,8 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_messages(args: argparse.Namespace, out: TextIO) -> int:
-    with open_reader(args.dir) as reader:
-        progress = Progress(reader.count(), "replaying")
+    with open_reader(args.dir) as reader, Progress(reader.count(), "replaying") as progress:
         st = replay(reader, args.dir, progress, bodies=False)
-        progress.clear()
     q = st.queues.get(args.queue)
     if q is None:
         known = ", ".join(repr(n) for n in st.queues) or "none"
@@ -213,7 +212,7 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
         # LMDB opens an environment once per process: the same journal twice shares a reader.
         rb = ra if _same_dir(args.dir, args.dir2) else stack.enter_context(open_reader(args.dir2))
         # Three passes over each: outline, the positional walk, the replay.
-        progress = Progress(3 * (ra.count() + rb.count()), "comparing")
+        progress = stack.enter_context(Progress(3 * (ra.count() + rb.count()), "comparing"))
         sides = []
         for name, reader in ((args.dir, ra), (args.dir2, rb)):
             with damage_is_a_finding(name):
@@ -224,7 +223,6 @@ def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
         if line is None:
             snaps = [replay(s.reader, s.name, progress, bodies=True).snapshot() for s in sides]
             line, result = state_line(snaps[0], snaps[1], a.name, b.name), "state-differs"
-        progress.clear()
     if line is None:
         out.write(dumps({"result": "identical"}) + "\n" if args.json else "identical\n")
         return EXIT_OK
