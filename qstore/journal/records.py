@@ -196,7 +196,7 @@ class Unbind:
 
 
 # msgid u64, priority u8, expiry ms u64 (0: never), delivery count u32, queue name length u16
-_ENQ = struct.Struct(">QBQIH")
+_ENQ = ENQ_FIELDS = struct.Struct(">QBQIH")
 
 
 @dataclass(slots=True)
@@ -413,29 +413,6 @@ def check(seq: int, value: bytes) -> tuple[int, int, int, int, bytes | memoryvie
         except zstandard.ZstdError as exc:
             raise CorruptRecord(seq, f"zstd payload does not decompress: {exc}") from None
     return rtype, flags, epoch, origin, stored
-
-
-def enqueue_fields(seq: int, value: bytes) -> tuple[Any, ...] | None:
-    """Replay's fast path: an uncompressed Enqueue's fields, verified, without building objects.
-
-    Returns (seq, epoch, origin, queue, msgid, body view, priority, expiry, delivery count), or
-    None when the value is not a plain Enqueue (the caller then uses `decode`).
-    """
-    if len(value) < HEADER.size + _ENQ.size or value[1] != RecordType.ENQUEUE or value[3]:
-        return None
-    version, _t, _f, epoch, origin, crc = HEADER.unpack_from(value, 0)
-    mv = memoryview(value)
-    if crc32c.crc32c(mv[HEADER.size :], crc32c.crc32c(mv[:16], crc32c.crc32c(KEY.pack(seq)))) != crc:
-        return None  # let decode() raise the precise error
-    if version > FORMAT_VERSION:
-        return None
-    msgid, prio, expiry, count, n = _ENQ.unpack_from(value, HEADER.size)
-    off = HEADER.size + _ENQ.size
-    try:
-        queue = str(mv[off : off + n], "utf-8")
-    except UnicodeDecodeError:
-        return None
-    return seq, epoch, origin, queue, msgid, mv[off + n :], prio, expiry, count
 
 
 def decode(seq: int, value: bytes) -> Entry:
