@@ -1,0 +1,19 @@
+"""The I/O edge: an anyio TCP listener whose connections each drive a proton engine.
+
+The layer above implements `ConnectionHandler` and passes a factory to `Server`; see
+`handler.py` for the contract and `driver.py` for what a driver offers a handler.
+"""
+
+from .driver import ConnectionDriver, ConnectionOptions, anonymous_sasl
+from .handler import FORCED, ConnectionHandler, HandlerFactory
+from .server import Server
+
+__all__ = [
+    "FORCED",
+    "ConnectionDriver",
+    "ConnectionHandler",
+    "ConnectionOptions",
+    "HandlerFactory",
+    "Server",
+    "anonymous_sasl",
+]

@@ -1,0 +1,443 @@
+"""One connection: a proton engine (Transport, Connection, Collector) driven over an anyio socket.
+
+Three small tasks share the engine on the event loop thread (the engine is never touched across
+an await, so no locking is needed):
+
+- the reader pushes socket bytes into the transport (never more than `capacity()`) and pumps;
+- the timer waits for `wake()`, for the engine's next heartbeat deadline (`transport.tick`) and
+  for the close deadline, and pumps;
+- the writer hands `peek(pending())` to the socket and `pop`s what the socket took. Only this
+  task waits on a slow peer, so a slow reader stalls nobody else, and while it waits the reader
+  still takes the peer's input (its acknowledgements are what lets it drain).
+
+A pump ticks the engine, hands every collected event to the handler, runs the handler's
+`process()` hook once, and then wakes the writer. When proton closes its head (`pending() < 0`:
+it has said everything, e.g. a close frame carrying a framing error) the writer half-closes the
+socket and lingers briefly for the peer's EOF, so the peer reads that frame instead of a reset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream
+from cproton import pn_session_head, pn_session_next, pn_session_outgoing_bytes
+from proton import Collector, Condition, Connection, Endpoint, Transport, TransportException
+
+from .handler import ConnectionHandler, HandlerFactory
+
+log = logging.getLogger("qstore.net")
+
+Clock = Callable[[], float]
+TransportSetup = Callable[[Transport], None]
+
+_WRITE_CHUNK = 256 * 1024
+_MAX_EVENTS_PER_DISPATCH = 100_000  # a handler that makes an event per event must not spin forever
+_SOCKET_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+_INTERNAL_ERROR = "amqp:internal-error"
+_FRAMING_ERROR = "amqp:connection:framing-error"
+_MAX_REASON = 200  # characters of a condition's description in a log line
+
+
+def anonymous_sasl(transport: Transport) -> None:
+    """Offer only SASL ANONYMOUS. A deployment that requires login passes its own setup
+    (allowed mechanisms, `require_auth(True)`, config path) as `setup_transport`."""
+    transport.sasl().allowed_mechs("ANONYMOUS")
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """Per-connection engine and socket settings (times in seconds of `clock`)."""
+
+    idle_timeout: float = 0.0  # 0: none; proton advertises half of it to the peer
+    max_frame_size: int = 0  # 0: proton's default
+    close_timeout: float = 5.0  # once closing starts, the socket is gone within this long
+    linger: float = 1.0  # after our last byte, how long to wait for the peer's EOF
+    output_high_water: int = 1 << 20  # `output_backed_up` above this many bytes
+    read_size: int = 64 * 1024
+    setup_transport: TransportSetup = anonymous_sasl
+    clock: Clock = time.monotonic
+
+
+def peer_of(stream: SocketStream) -> str:
+    """`host:port` of the remote end, for logs."""
+    try:
+        addr = stream.extra(SocketAttribute.remote_address)
+    except Exception:  # a stream without an address is only ever a test double
+        return "?"
+    if isinstance(addr, tuple):
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(addr)
+
+
+class ConnectionDriver:
+    """Drives one accepted socket; `run()` returns when the socket is closed, never raises."""
+
+    def __init__(
+        self,
+        stream: SocketStream,
+        handler_factory: HandlerFactory,
+        conn_id: int,
+        options: ConnectionOptions,
+    ) -> None:
+        self.conn_id = conn_id
+        self.peer = peer_of(stream)
+        self.handler: ConnectionHandler | None = None
+        self._stream = stream
+        self._factory = handler_factory
+        self._opts = options
+        self._clock = options.clock
+
+        self.transport = Transport(Transport.SERVER)
+        if options.max_frame_size:
+            self.transport.max_frame_size = options.max_frame_size
+        if options.idle_timeout:
+            self.transport.idle_timeout = options.idle_timeout
+        options.setup_transport(self.transport)
+        self.connection = Connection()
+        self._collector = Collector()
+        self.connection.collect(self._collector)
+        self.transport.bind(self.connection)
+
+        self._signal = anyio.Event()  # the timer: a wake was requested or a deadline moved
+        self._output = anyio.Event()  # the writer: the engine may have output
+        self._reader_done = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
+        self._wake_requested = False
+        self._tick_deadline = 0.0  # 0: the engine wants no tick
+        self._timer_until = math.inf  # the deadline the timer currently sleeps towards
+        self._drop_deadline: float | None = None
+        self._tail_closed = False
+        self._aborted: str | None = None
+        self._dropped = False
+        self._error: str | None = None  # the first failure the driver itself saw
+        self._handler_failed = False
+        self._backed_up = False  # output_backed_up said True and output has not drained since
+        # Encoded output moved out of proton (see _pull_output), oldest first, and its size
+        # including the chunk the writer is sending.
+        self._out: deque[bytes | bytearray] = deque()
+        self._out_bytes = 0
+        self._head_closed = False  # proton has nothing more to say, ever
+        self.finished = anyio.Event()
+
+    # --- what the handler (the layer above) may use -------------------------------------------
+
+    def wake(self) -> None:
+        """Ask for a pump soon: pending events, `process()`, then flush. Call it from the event
+        loop thread (any task), e.g. when another connection's message is routed to this one."""
+        self._wake_requested = True
+        self._signal.set()
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Drop the socket now and write nothing more; no further event reaches the handler
+        (not even the begin/attach that came in the same read as the `open` being refused)."""
+        if self._aborted is not None:
+            return
+        self._aborted = reason
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def close(self, condition: str | None = None, description: str | None = None) -> None:
+        """Graceful AMQP close, with an error condition if given (e.g. amqp:connection:forced);
+        bounded: the socket is dropped `close_timeout` later if the peer does not go."""
+        if self._aborted is not None:
+            return
+        if not self.connection.state & Endpoint.LOCAL_CLOSED:
+            if condition:
+                self.connection.condition = Condition(condition, description)
+            self.connection.close()
+        self._start_closing()
+        self.wake()
+
+    @property
+    def output_pending_bytes(self) -> int:
+        """Bytes the socket has not yet taken: encoded frames waiting for the writer (including
+        the chunk it is sending) plus message data the sessions hold but have not framed yet."""
+        queued = self._out_bytes
+        # cproton directly: one wrapper object per session per call would be waste here
+        ssn = pn_session_head(self.connection._impl, 0)
+        while ssn:
+            queued += pn_session_outgoing_bytes(ssn)
+            ssn = pn_session_next(ssn, 0)
+        return queued
+
+    @property
+    def output_backed_up(self) -> bool:
+        """True above the high-water mark: stop feeding this connection. Once it drains to
+        half the mark, the driver wakes itself, so `process()` runs and can feed again."""
+        if self.output_pending_bytes > self._opts.output_high_water:
+            self._backed_up = True
+        return self._backed_up
+
+    # --- the connection task ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        log.info("accept conn=%s peer=%s", self.conn_id, self.peer)
+        try:
+            self.handler = self._factory(self)
+            async with anyio.create_task_group() as tg:
+                self._scope = tg.cancel_scope
+                if self._aborted is not None:
+                    tg.cancel_scope.cancel()
+                tg.start_soon(self._read_loop)
+                tg.start_soon(self._timer_loop)
+                await self._write_loop()
+                tg.cancel_scope.cancel()
+        except Exception as exc:  # our bug, never the peer's doing: keep it in this connection
+            log.exception("conn=%s peer=%s: driver failed", self.conn_id, self.peer)
+            self._error = self._error or f"internal error: {exc!r}"
+        finally:
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception):
+                    await self._stream.aclose()
+            self._finish()
+
+    async def _read_loop(self) -> None:
+        t = self.transport
+        try:
+            while True:
+                try:
+                    cap = t.capacity()
+                except TransportException:
+                    cap = -1
+                if cap < 0:  # proton wants no more input (closed or failed)
+                    break
+                if cap == 0:  # cannot happen with proton's growing buffer; do not spin if it does
+                    await anyio.sleep(0.01)
+                    continue
+                try:
+                    data = await self._stream.receive(min(cap, self._opts.read_size))
+                except anyio.EndOfStream:
+                    self._close_tail()
+                    return
+                except _SOCKET_ERRORS as exc:
+                    self._error = self._error or f"read failed: {exc!r}"
+                    self._close_tail()
+                    return
+                # On failure the engine has recorded why; what follows is read and dropped.
+                with contextlib.suppress(TransportException, OverflowError):
+                    t.push(data)
+                self._pump()
+            # Read and drop what the peer still sends until it goes, so that closing our end
+            # does not reset the connection before the peer has read our last frame.
+            while True:
+                await self._stream.receive()
+        except (anyio.EndOfStream, *_SOCKET_ERRORS):
+            pass
+        finally:
+            self._reader_done.set()
+
+    def _close_tail(self) -> None:
+        """The peer will send nothing more."""
+        self._tail_closed = True
+        with contextlib.suppress(TransportException):
+            self.transport.close_tail()
+        c = self.connection
+        if self.transport.condition is None and not c.state & Endpoint.REMOTE_CLOSED:
+            # proton reports an abort only between frames; cut mid-frame it would wait forever
+            self._error = self._error or "peer closed the socket mid-frame"
+            if not c.state & Endpoint.LOCAL_CLOSED:
+                c.condition = Condition(_FRAMING_ERROR, "connection aborted mid-frame")
+                c.close()
+            self._start_closing()
+        self._pump()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadlines = [d for d in (self._tick_deadline, self._drop_deadline) if d]
+            self._timer_until = min(deadlines, default=math.inf)
+            with anyio.move_on_after(max(0.0, self._timer_until - self._clock())):
+                await self._signal.wait()
+            self._signal = anyio.Event()
+            self._timer_until = math.inf
+            now = self._clock()
+            if self._drop_deadline is not None and now >= self._drop_deadline:
+                self._dropped = True
+                if self._scope is not None:
+                    self._scope.cancel()
+                return
+            if self._wake_requested or (self._tick_deadline and now >= self._tick_deadline):
+                self._wake_requested = False
+                self._pump()
+
+    async def _write_loop(self) -> None:
+        low_water = self._opts.output_high_water // 2
+        while self._aborted is None:
+            self._pull_output()
+            if not self._out:
+                if self._head_closed:  # everything proton had to say is on the wire
+                    await self._linger()
+                    return
+                await self._output.wait()
+                self._output = anyio.Event()
+                continue
+            data = self._take_chunk()
+            try:
+                await self._stream.send(data)
+            except _SOCKET_ERRORS as exc:
+                self._error = self._error or f"write failed: {exc!r}"
+                return
+            self._out_bytes -= len(data)
+            if self._backed_up and self.output_pending_bytes <= low_water:
+                self._backed_up = False
+                self.wake()  # drained: let the layer above feed again
+
+    def _pull_output(self) -> None:
+        """Move everything proton has encoded into our own buffer.
+
+        proton frames all that its sessions hold in one go, into an internal buffer it does
+        not measure (`pending()` shows one frame's worth at most), so the only exact measure of
+        a slow peer's backlog is to hold the encoded bytes ourselves."""
+        t = self.transport
+        while not self._head_closed:
+            try:
+                n = t.pending()
+            except TransportException:
+                n = -1
+            if n < 0:
+                self._head_closed = True
+            elif n == 0:
+                return
+            else:
+                self._out.append(t.peek(n) or b"")
+                t.pop(n)
+                self._out_bytes += n
+
+    def _take_chunk(self) -> bytes | bytearray:
+        out = self._out
+        if len(out) == 1 or len(out[0]) >= _WRITE_CHUNK:
+            return out.popleft()
+        parts, size = [], 0
+        while out and size < _WRITE_CHUNK:
+            size += len(out[0])
+            parts.append(out.popleft())
+        return b"".join(parts)
+
+    async def _linger(self) -> None:
+        """Half-close, then give the peer a moment to read our last frames and go."""
+        self._start_closing()
+        try:
+            await self._stream.send_eof()
+        except Exception:
+            return
+        with anyio.move_on_after(self._opts.linger):
+            await self._reader_done.wait()
+            while _unsent_bytes(self._stream) > 0:
+                await anyio.sleep(0.01)
+
+    # --- pumping events to the handler ------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Tick, dispatch the events, run `process()`, dispatch what it caused, wake the writer."""
+        if self._aborted is not None:
+            return
+        t = self.transport
+        self._tick_deadline = t.tick(self._clock())
+        self._dispatch()
+        if self._handler is not None:
+            self._call(self._handler.process)
+        self._dispatch()
+        if self._aborted is not None:
+            return
+        self._pull_output()
+        if self._out or self._head_closed:
+            self._output.set()
+        if self._head_closed or t.condition is not None:
+            self._start_closing()
+        if self._tick_deadline and self._tick_deadline < self._timer_until:
+            self._signal.set()  # the timer sleeps towards a later deadline: let it re-arm
+
+    @property
+    def _handler(self) -> ConnectionHandler | None:
+        return None if self._handler_failed else self.handler
+
+    def _dispatch(self) -> None:
+        collector = self._collector
+        for _ in range(_MAX_EVENTS_PER_DISPATCH):
+            if self._aborted is not None:
+                return
+            event = collector.peek()
+            if event is None:
+                return
+            try:
+                handler = self._handler
+                if handler is not None:
+                    self._call(handler.on_event, event)
+            finally:
+                collector.pop()
+        self.wake()  # more to do: continue in a later pump, after the others had their turn
+
+    def _call(self, fn: Callable[..., None], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            # Our bug, not the peer's: say it loudly once, stop using this handler, close.
+            log.exception("conn=%s peer=%s: handler failed", self.conn_id, self.peer)
+            self._handler_failed = True
+            self._error = self._error or f"handler failed: {exc!r}"
+            self.close(_INTERNAL_ERROR, "the broker failed on this connection")
+
+    def _start_closing(self) -> None:
+        if self._drop_deadline is None:
+            self._drop_deadline = self._clock() + self._opts.close_timeout
+            self._signal.set()
+
+    # --- the end ------------------------------------------------------------------------------
+
+    def _reason(self) -> tuple[str | None, str]:
+        """(error for the handler, text for the log)."""
+        if self._aborted is not None:
+            return self._aborted, self._aborted
+        if self._error is not None:
+            return self._error, self._error
+        cond = self.transport.condition
+        if cond is not None:
+            text = _condition_text(cond)
+            return text, text
+        if self._dropped:
+            return "close timed out", "close timed out"
+        remote = self.connection.remote_condition
+        if remote is not None:
+            text = f"peer closed with {_condition_text(remote)}"
+            return text, text
+        local = self.connection.condition
+        if local is not None:
+            return None, f"closed with {_condition_text(local)}"
+        return None, "closed"
+
+    def _finish(self) -> None:
+        error, text = self._reason()
+        level = logging.INFO if error is None or self._aborted is not None else logging.WARNING
+        log.log(level, "close conn=%s peer=%s: %s", self.conn_id, self.peer, text)
+        handler = self.handler
+        if handler is not None:
+            try:
+                handler.on_closed(error)
+            except Exception:
+                log.exception("conn=%s peer=%s: handler on_closed failed", self.conn_id, self.peer)
+        self.finished.set()
+
+
+def _condition_text(cond: Condition) -> str:
+    """`name: description` on one line, cut short (proton quotes a garbage peer's bytes)."""
+    text = f"{cond.name}: {cond.description}" if cond.description else str(cond.name)
+    text = text.replace("\r", " ").replace("\n", " ")
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def _unsent_bytes(stream: SocketStream) -> int:
+    """Bytes the event loop still buffers for the socket (asyncio exposes this, anyio does not)."""
+    transport = getattr(stream, "_transport", None)
+    size = getattr(transport, "get_write_buffer_size", None)
+    try:
+        return int(size()) if callable(size) else 0
+    except Exception:
+        return 0

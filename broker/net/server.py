@@ -1,0 +1,145 @@
+"""The TCP listener: one `ConnectionDriver` task per accepted socket, and a graceful stop.
+
+Usage inside an anyio task group::
+
+    server = Server("0.0.0.0", 5672, make_handler, idle_timeout=60)
+    port = await tg.start(server.serve)   # the bound port (port 0: the OS chose it)
+    ...
+    await server.stop()                   # stop accepting, close connections, bounded
+
+A connection's failure, whatever it is, stays in that connection's task: `serve` only ends by
+`stop()` or by cancellation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import replace
+
+import anyio
+from anyio.abc import SocketAttribute, SocketListener, TaskStatus
+
+from .driver import Clock, ConnectionDriver, ConnectionOptions, TransportSetup, anonymous_sasl
+from .handler import HandlerFactory
+
+log = logging.getLogger("qstore.net")
+
+_ACCEPT_RETRY = 0.1  # after a failed accept (e.g. out of file descriptors) try again this soon
+
+
+class Server:
+    """Accepts AMQP connections on one address and drives each in its own task."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        handler_factory: HandlerFactory,
+        *,
+        idle_timeout: float = 0.0,
+        max_frame_size: int = 0,
+        close_timeout: float = 5.0,
+        linger: float = 1.0,
+        output_high_water: int = 1 << 20,
+        setup_transport: TransportSetup = anonymous_sasl,
+        clock: Clock | None = None,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.stop_timeout = stop_timeout
+        self._factory = handler_factory
+        options = ConnectionOptions(
+            idle_timeout=idle_timeout,
+            max_frame_size=max_frame_size,
+            close_timeout=close_timeout,
+            linger=linger,
+            output_high_water=output_high_water,
+            setup_transport=setup_transport,
+        )
+        self.options = replace(options, clock=clock) if clock is not None else options
+        self._ids = itertools.count(1)
+        self._drivers: set[ConnectionDriver] = set()
+        self._accept_scope: anyio.CancelScope | None = None
+        self._stopping = False
+        self._idle: anyio.Event | None = None  # set when the last connection has gone
+        self._done: anyio.Event | None = None  # set when serve() has returned
+
+    @property
+    def connections(self) -> list[ConnectionDriver]:
+        """The drivers of the open connections (a copy)."""
+        return list(self._drivers)
+
+    async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen, report the bound port through `task_status`, accept until `stop()`, and
+        return once every connection is gone."""
+        self._done = anyio.Event()
+        try:
+            listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+            self.port = int(listener.extra(SocketAttribute.local_port))
+            log.info("listening on %s:%s", self.host, self.port)
+            async with anyio.create_task_group() as tg:
+                with anyio.CancelScope() as scope:
+                    self._accept_scope = scope
+                    if self._stopping:
+                        scope.cancel()
+                    task_status.started(self.port)
+                    async with anyio.create_task_group() as accepting:
+                        for one in listener.listeners:  # one per address family of `host`
+                            accepting.start_soon(self._accept_loop, one, tg)
+                with anyio.CancelScope(shield=True):
+                    await listener.aclose()
+                log.info("stopped accepting on %s:%s", self.host, self.port)
+        finally:
+            self._done.set()
+
+    async def _accept_loop(self, listener: SocketListener, tg: anyio.abc.TaskGroup) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # e.g. EMFILE: the listener itself is fine, try again soon
+                log.warning("accept failed on port %s: %s", self.port, exc)
+                await anyio.sleep(_ACCEPT_RETRY)
+                continue
+            driver = ConnectionDriver(stream, self._factory, next(self._ids), self.options)
+            self._drivers.add(driver)
+            tg.start_soon(self._run_connection, driver)
+
+    async def _run_connection(self, driver: ConnectionDriver) -> None:
+        try:
+            await driver.run()
+        except Exception:  # run() catches everything itself; this is the last fence
+            log.exception("conn=%s peer=%s: connection task failed", driver.conn_id, driver.peer)
+        finally:
+            self._drivers.discard(driver)
+            if not self._drivers and self._idle is not None:
+                self._idle.set()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting; let each connection's handler close it (by default with
+        amqp:connection:forced); after `timeout` (default `stop_timeout`) drop the rest; return
+        when `serve()` has."""
+        timeout = self.stop_timeout if timeout is None else timeout
+        self._stopping = True
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        self._idle = anyio.Event()
+        if not self._drivers:
+            self._idle.set()
+        for driver in list(self._drivers):
+            handler = driver.handler
+            try:
+                if handler is None:
+                    driver.abort("server stopping")
+                else:
+                    handler.on_server_stop(driver)
+            except Exception:
+                log.exception("conn=%s peer=%s: on_server_stop failed", driver.conn_id, driver.peer)
+                driver.abort("server stopping")
+        with anyio.move_on_after(timeout):
+            await self._idle.wait()
+        for driver in list(self._drivers):
+            driver.abort("server stop timed out")
+        if self._done is not None:
+            await self._done.wait()
