@@ -1,0 +1,46 @@
+"""Read-only snapshots of counters, for management and `qstore-stat`.
+
+Counters are cumulative since the broker started (restored messages count as enqueues, so
+depth == enqueues - dequeues holds per queue). Broker totals include queues and exchanges that
+have since been deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    name: str
+    durable: bool
+    depth: int  # messages on the queue, acquired included
+    bytes: int  # their encoded size
+    enqueues: int
+    dequeues: int
+    consumers: int  # subscriptions, browsers included
+    acquired: int  # sent to consumers, outcome not yet known
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeStats:
+    name: str
+    type: str
+    durable: bool
+    bindings: int
+    routed: int  # messages that reached at least one queue
+    dropped: int  # messages that matched no binding
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStats:
+    queues: int
+    exchanges: int
+    consumers: int
+    depth: int
+    bytes: int
+    acquired: int
+    enqueues: int
+    dequeues: int
+    routed: int
+    dropped: int
