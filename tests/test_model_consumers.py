@@ -42,7 +42,7 @@ def test_credit_limits_and_resumes() -> None:
     assert c.credit == 0 and b.dispatch(0.0) == []
     b.set_credit(c, 10)
     assert bodies_of(b.dispatch(0.0)) == [b"m2", b"m3", b"m4"]
-    assert c.credit == 7
+    assert c.credit == 7 and b.queues["q"].available == 0  # credit left: a drain may end
     b.set_credit(c, 0)  # drained / credit withdrawn
     b.enqueue("q", Message(b"late"), 0.0)
     assert b.dispatch(0.0) == []

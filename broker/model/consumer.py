@@ -11,7 +11,9 @@ Modes:
 - browsing (`browse=True`, distribution-mode copy): sees every available message once, in arrival
   order, without acquiring it; there is nothing to settle.
 
-`credit` is the link credit the AMQP layer last granted: each delivery uses one.
+`credit` is the link credit the AMQP layer last granted (`Broker.set_credit`, absolute): each
+delivery uses one. Credit left after `Broker.dispatch` means nothing is available for this consumer
+right now, which is what a drain request needs to know (advance the delivery count, credit 0).
 """
 
 from __future__ import annotations
