@@ -106,17 +106,20 @@ def replay_case(path: Path, n: int) -> dict[str, float]:
         for start in range(0, n, batch):
             j.append_many([Enqueue("bench", i, BODY) for i in range(start, min(n, start + batch))])
         fill = time.perf_counter() - t0
+    # The broker's start: opening the journal replays it once without bodies (bodies are read
+    # from the journal when a message is delivered), then hands that state over.
     t0 = time.perf_counter()
-    with Journal(path) as j:  # open scans once for compaction bookkeeping
+    with Journal(path) as j:
         opened = time.perf_counter() - t0
+        assert j.state.queues["bench"].depth == n
         t1 = time.perf_counter()
-        state = j.replay()
+        state = j.replay()  # everything in memory, bodies included: what forensics tools do
         replay = time.perf_counter() - t1
     assert state.queues["bench"].depth == n
     return {
         "live_records": n,
-        "replay_s": round(replay, 2),
-        "open_s": round(opened, 2),
+        "open_replay_s": round(opened, 2),
+        "replay_with_bodies_s": round(replay, 2),
         "fill_s": round(fill, 2),
     }
 

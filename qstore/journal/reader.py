@@ -163,6 +163,16 @@ class JournalReader:
             for k, v in chunk:
                 yield unpack(k)[0], v
 
+    def get(self, seq: int) -> Entry | None:
+        """The entry at `seq`, verified, or None when there is none (deleted or never written).
+
+        The broker reads a restored message's body this way when it delivers it, so that a
+        restart holds only the messages' metadata in memory (see `replay(keep_bodies=False)`).
+        """
+        with self.env.begin(db=self.records) as txn:
+            value = txn.get(KEY.pack(seq))
+        return None if value is None else decode(seq, value)
+
     def entries(
         self,
         start: int = 0,

@@ -87,6 +87,11 @@ class EpochInfo:
 BindingKey = tuple[str, str, str]
 
 
+def is_builtin_exchange(name: str) -> bool:
+    """The AMQP built-ins every broker has: never declared, never journaled, never deleted."""
+    return name == "" or name.startswith("amq.")
+
+
 class JournalState:
     """Queues, exchanges, bindings and live messages, plus what is needed to compare histories."""
 
@@ -152,7 +157,7 @@ class JournalState:
                 return [*self._drop_exchange(x), e.seq]
             case Bind():
                 key = (r.exchange, r.queue, r.key)
-                if r.queue not in self.queues or r.exchange not in self.exchanges:
+                if r.queue not in self.queues or not self._exchange_exists(r.exchange):
                     return [e.seq]
                 old = self.bindings.get(key)
                 self.bindings[key] = BindingState(*key, dict(r.arguments), e.seq)
@@ -164,6 +169,10 @@ class JournalState:
                 self.epochs.append(EpochInfo(r.number, r.node, e.seq, e.origin))
                 return []
         raise AssertionError(f"unhandled record {r!r}")  # pragma: no cover
+
+    def _exchange_exists(self, name: str) -> bool:
+        """Built-in exchanges (the nameless one and `amq.*`) exist without a declare record."""
+        return name in self.exchanges or is_builtin_exchange(name)
 
     def _enqueue(self, e: Entry, r: Enqueue) -> list[int]:
         return self.enqueue(

@@ -223,6 +223,14 @@ class GroupCommitWriter:
         return batch
 
     def _write(self, batch: list[_Append]) -> None:
+        if self.full and not self._ensure_reserve():
+            # The reserve went to dequeues: until deleting garbage gives it back, new work would
+            # spend the room that dequeues need, so only they pass.
+            while self._compact_step():
+                pass
+            if not self._ensure_reserve():
+                self._write_when_full(batch, JournalFull("journal is full (LMDB map size reached)"))
+                return
         try:
             try:
                 entries = self._commit(batch, compact=self.auto_compact)
@@ -375,16 +383,20 @@ class GroupCommitWriter:
         self._ensure_reserve()
         return len(seqs)
 
-    def _ensure_reserve(self) -> None:
-        """Hold back some map space for dequeues once the journal is full (see _write_when_full)."""
+    def _ensure_reserve(self) -> bool:
+        """Hold back some map space for dequeues once the journal is full (see _write_when_full).
+
+        Return whether the reserve is held.
+        """
         if not self.reserve:
-            return
+            return True
         try:
             with self.env.begin(write=True, db=self.meta) as txn:
                 if txn.get(b"reserve") is None:
                     txn.put(b"reserve", bytes(self.reserve))
         except lmdb.MapFullError:
-            pass
+            return False
+        return True
 
     def _resolve(self, results: list[tuple[Waiter, Result]]) -> None:
         per_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
