@@ -5,6 +5,7 @@ messages for what clients receive, and optionally a refusing mode that aborts at
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 
 from proton import Delivery, Endpoint, Event, Link, Message
@@ -132,3 +133,48 @@ class FailingHandler(SinkSourceHandler):
         if event.type == Event.SESSION_REMOTE_OPEN:
             raise RuntimeError("bug in the layer above")
         super().on_event(event)
+
+
+class Relay:
+    """The smallest router: messages any connection receives, for consumers on any other."""
+
+    def __init__(self) -> None:
+        self.queue: deque[bytes] = deque()
+        self.consumers: list[RelayHandler] = []
+
+
+class RelayHandler(SinkSourceHandler):
+    """Receivers feed the relay and wake every consumer's driver; senders send from the relay
+    in `process()`. A consumer hears of a message only through `driver.wake()`."""
+
+    def __init__(self, driver: ConnectionDriver, record: Record, relay: Relay) -> None:
+        super().__init__(driver, record)
+        self.relay = relay
+
+    def _open_link(self, link: Link) -> None:
+        super()._open_link(link)
+        if link.is_sender and self not in self.relay.consumers:
+            self.relay.consumers.append(self)
+
+    def _delivery(self, dlv: Delivery) -> None:
+        link = dlv.link
+        if not (link.is_receiver and dlv.readable and not dlv.partial):
+            return super()._delivery(dlv)
+        self.relay.queue.append(link.recv(dlv.pending))
+        dlv.update(Delivery.ACCEPTED)
+        dlv.settle()
+        link.flow(1)
+        for consumer in self.relay.consumers:
+            consumer.driver.wake()
+
+    def process(self) -> None:
+        for link in list(self.senders):
+            while link.credit > 0 and self.relay.queue:
+                link.delivery(b"r")
+                link.send(self.relay.queue.popleft())
+                link.advance()
+
+    def on_closed(self, error: str | None) -> None:
+        if self in self.relay.consumers:
+            self.relay.consumers.remove(self)
+        super().on_closed(error)

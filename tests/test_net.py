@@ -19,7 +19,7 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import pytest
-from net_handler import FailingHandler, FloodHandler, Record, SinkSourceHandler
+from net_handler import FailingHandler, FloodHandler, Record, Relay, RelayHandler, SinkSourceHandler
 from proton import Condition, Connection, Endpoint, Message, Timeout, Transport
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
@@ -270,6 +270,30 @@ def test_container_client_sends_and_receives(sink: ServerThread, record: Record)
     assert client.received == [f"m{i}" for i in range(5)]
 
 
+def test_wake_delivers_what_another_connection_routed(
+    start: Callable[..., ServerThread],
+) -> None:
+    relay = Relay()
+    srv = start(lambda d: RelayHandler(d, Record(), relay))
+    consumer = raw_connect(srv)  # attaches with credit, then sends nothing: only wake() can help
+    try:
+        consumer.sendall(client_frames(receive_credit=10))
+        wait_for(lambda: relay.consumers, "the consumer's link")
+        producer = BlockingConnection(srv.url, timeout=WAIT)
+        try:
+            sender = producer.create_sender("relay")
+            for i in range(3):
+                sender.send(Message(body=f"routed-{i}"))
+        finally:
+            producer.close()
+        seen, deadline = b"", time.monotonic() + WAIT
+        while not all(f"routed-{i}".encode() in seen for i in range(3)):
+            assert time.monotonic() < deadline, "the consumer was not woken"
+            seen += consumer.recv(65536)
+    finally:
+        consumer.close()
+
+
 # --- heartbeats --------------------------------------------------------------------------------
 
 
@@ -321,6 +345,24 @@ def test_idle_timeout_follows_the_injected_clock(start: Callable[..., ServerThre
     finally:
         sock.close()
     assert said.remote_condition.name == "amqp:resource-limit-exceeded"
+
+
+def test_socket_without_an_open_is_dropped(
+    start: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    # proton times nothing out before the first byte, nor before the open: the driver does
+    caplog.set_level(logging.INFO, logger="qstore.net")
+    srv = start(lambda d: SinkSourceHandler(d, Record()), open_timeout=0.3, idle_timeout=60)
+    for first_bytes in (b"", AMQP_HEADER):
+        sock = raw_connect(srv)
+        try:
+            sock.sendall(first_bytes)
+            read_until_closed(sock)
+            port = sock.getsockname()[1]
+        finally:
+            sock.close()
+        lines = close_lines(caplog, port)
+        assert len(lines) == 1 and "no AMQP open within 0.3 s" in lines[0].getMessage()
 
 
 # --- malformed input ---------------------------------------------------------------------------

@@ -60,6 +60,7 @@ class ConnectionOptions:
     max_frame_size: int = 0  # 0: proton's default
     close_timeout: float = 5.0  # once closing starts, the socket is gone within this long
     linger: float = 1.0  # after our last byte, how long to wait for the peer's EOF
+    open_timeout: float = 30.0  # the peer's AMQP open must arrive within this long (0: no limit)
     output_high_water: int = 1 << 20  # `output_backed_up` above this many bytes
     read_size: int = 64 * 1024
     setup_transport: TransportSetup = anonymous_sasl
@@ -115,7 +116,9 @@ class ConnectionDriver:
         self._tick_deadline = 0.0  # 0: the engine wants no tick
         self._timer_until = math.inf  # the deadline the timer currently sleeps towards
         self._drop_deadline: float | None = None
+        self._open_deadline = self._clock() + options.open_timeout if options.open_timeout else None
         self._tail_closed = False
+        self._bytes_in = 0
         self._aborted: str | None = None
         self._dropped = False
         self._error: str | None = None  # the first failure the driver itself saw
@@ -222,6 +225,7 @@ class ConnectionDriver:
                     self._error = self._error or f"read failed: {exc!r}"
                     self._close_tail()
                     return
+                self._bytes_in += len(data)
                 # On failure the engine has recorded why; what follows is read and dropped.
                 with contextlib.suppress(TransportException, OverflowError):
                     t.push(data)
@@ -252,7 +256,9 @@ class ConnectionDriver:
 
     async def _timer_loop(self) -> None:
         while True:
-            deadlines = [d for d in (self._tick_deadline, self._drop_deadline) if d]
+            deadlines = [
+                d for d in (self._tick_deadline, self._drop_deadline, self._open_deadline) if d
+            ]
             self._timer_until = min(deadlines, default=math.inf)
             with anyio.move_on_after(max(0.0, self._timer_until - self._clock())):
                 await self._signal.wait()
@@ -261,12 +267,16 @@ class ConnectionDriver:
             now = self._clock()
             if self._drop_deadline is not None and now >= self._drop_deadline:
                 self._dropped = True
-                if self._scope is not None:
-                    self._scope.cancel()
-                return
+                break
+            if self._open_deadline is not None and now >= self._open_deadline:
+                # proton times nothing out before the first byte: a silent socket stops here
+                self._error = self._error or f"no AMQP open within {self._opts.open_timeout} s"
+                break
             if self._wake_requested or (self._tick_deadline and now >= self._tick_deadline):
                 self._wake_requested = False
                 self._pump()
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def _write_loop(self) -> None:
         low_water = self._opts.output_high_water // 2
@@ -350,8 +360,14 @@ class ConnectionDriver:
         self._pull_output()
         if self._out or self._head_closed:
             self._output.set()
-        if self._head_closed or t.condition is not None:
-            self._start_closing()
+        if self._open_deadline is not None and not self.connection.state & Endpoint.REMOTE_UNINIT:
+            self._open_deadline = None
+        if (
+            self._head_closed
+            or t.condition is not None
+            or self.connection.state & Endpoint.REMOTE_CLOSED
+        ):
+            self._start_closing()  # whatever happens next, the socket goes within close_timeout
         if self._tick_deadline and self._tick_deadline < self._timer_until:
             self._signal.set()  # the timer sleeps towards a later deadline: let it re-arm
 
@@ -398,6 +414,9 @@ class ConnectionDriver:
             return self._aborted, self._aborted
         if self._error is not None:
             return self._error, self._error
+        if self._bytes_in == 0 and self._tail_closed:
+            # a port probe or a client that gave up at once: not worth a warning
+            return "peer closed without sending anything", "peer closed without sending anything"
         cond = self.transport.condition
         if cond is not None:
             text = _condition_text(cond)
@@ -415,7 +434,8 @@ class ConnectionDriver:
 
     def _finish(self) -> None:
         error, text = self._reason()
-        level = logging.INFO if error is None or self._aborted is not None else logging.WARNING
+        quiet = error is None or self._aborted is not None or self._bytes_in == 0
+        level = logging.INFO if quiet else logging.WARNING
         log.log(level, "close conn=%s peer=%s: %s", self.conn_id, self.peer, text)
         handler = self.handler
         if handler is not None:

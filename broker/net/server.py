@@ -18,7 +18,7 @@ import logging
 from dataclasses import replace
 
 import anyio
-from anyio.abc import SocketAttribute, SocketListener, TaskStatus
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 
 from .driver import Clock, ConnectionDriver, ConnectionOptions, TransportSetup, anonymous_sasl
 from .handler import HandlerFactory
@@ -41,6 +41,7 @@ class Server:
         max_frame_size: int = 0,
         close_timeout: float = 5.0,
         linger: float = 1.0,
+        open_timeout: float = 30.0,
         output_high_water: int = 1 << 20,
         setup_transport: TransportSetup = anonymous_sasl,
         clock: Clock | None = None,
@@ -55,6 +56,7 @@ class Server:
             max_frame_size=max_frame_size,
             close_timeout=close_timeout,
             linger=linger,
+            open_timeout=open_timeout,
             output_high_water=output_high_water,
             setup_transport=setup_transport,
         )
@@ -102,11 +104,17 @@ class Server:
                 log.warning("accept failed on port %s: %s", self.port, exc)
                 await anyio.sleep(_ACCEPT_RETRY)
                 continue
-            driver = ConnectionDriver(stream, self._factory, next(self._ids), self.options)
-            self._drivers.add(driver)
-            tg.start_soon(self._run_connection, driver)
+            tg.start_soon(self._run_connection, stream, next(self._ids))
 
-    async def _run_connection(self, driver: ConnectionDriver) -> None:
+    async def _run_connection(self, stream: SocketStream, conn_id: int) -> None:
+        try:
+            driver = ConnectionDriver(stream, self._factory, conn_id, self.options)
+        except Exception:  # e.g. a failing setup_transport: our bug, keep it to this socket
+            log.exception("conn=%s: cannot set up the connection", conn_id)
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+        self._drivers.add(driver)
         try:
             await driver.run()
         except Exception:  # run() catches everything itself; this is the last fence
