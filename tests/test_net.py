@@ -1,85 +1,44 @@
 """broker.net over real sockets on 127.0.0.1: stock proton clients, raw misbehaving peers,
 heartbeats, abort (HA refusal) with client fail-over, back-pressure and graceful stop.
 
-Each server runs its own anyio event loop in a background thread; every wait is bounded."""
+Each server runs its own anyio event loop in a background thread; every wait is bounded.
+The handlers and the harness are in net_support.py."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import anyio
-import anyio.from_thread
-import anyio.lowlevel
 import pytest
-from net_handler import FailingHandler, FloodHandler, Record, Relay, RelayHandler, SinkSourceHandler
-from proton import Condition, Connection, Endpoint, Message, Timeout, Transport
-from proton.handlers import MessagingHandler
-from proton.reactor import Container
+from net_support import (
+    AMQP_HEADER,
+    WAIT,
+    FailingHandler,
+    FloodHandler,
+    Record,
+    Relay,
+    RelayHandler,
+    SendThenReceive,
+    ServerThread,
+    SinkSourceHandler,
+    check_good_client,
+    client_frames,
+    close_lines,
+    raw_connect,
+    read_until_closed,
+    run_container,
+    server_said,
+    wait_for,
+)
+from proton import Condition, Endpoint, Message, Timeout
 from proton.utils import BlockingConnection, ConnectionClosed
 
-from broker.net import ConnectionDriver, ConnectionHandler, Server
-
-AMQP_HEADER = b"AMQP\x00\x01\x00\x00"
-WAIT = 5.0  # bound on every wait for something that should happen at once
-
-
-class ServerThread:
-    """A `Server` with its own event loop in a daemon thread."""
-
-    def __init__(self, factory: Callable[[ConnectionDriver], ConnectionHandler], **options: Any):
-        self.factory = factory
-        self.options = options
-        self.port = 0
-        self.server: Server | None = None
-        self.error: BaseException | None = None
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="net-server")
-
-    def _run(self) -> None:
-        try:
-            anyio.run(self._main)
-        except BaseException as exc:  # reported by stop()
-            self.error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self.token = anyio.lowlevel.current_token()
-        self.server = Server("127.0.0.1", 0, self.factory, **self.options)
-        self._stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            self.port = await tg.start(self.server.serve)
-            self._ready.set()
-            await self._stop.wait()
-            await self.server.stop()
-
-    def start(self) -> ServerThread:
-        self.thread.start()
-        assert self._ready.wait(WAIT) and self.error is None, self.error
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn` on the server's loop (the drivers are not thread-safe)."""
-        return anyio.from_thread.run_sync(fn, *args, token=self.token)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.thread.is_alive():
-            self.call(self._stop.set)
-            self.thread.join(timeout)
-        assert not self.thread.is_alive(), "server thread did not stop"
-        if self.error is not None:
-            raise self.error
+from broker.net import ConnectionDriver, ConnectionHandler
 
 
 @pytest.fixture
@@ -92,8 +51,14 @@ def start() -> Iterator[Callable[..., ServerThread]]:
         return srv.start()
 
     yield _start
-    for srv in started:
-        srv.stop()
+    errors = []
+    for srv in started:  # stop them all, even if one fails to stop
+        try:
+            srv.stop()
+        except BaseException as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture
@@ -111,96 +76,7 @@ def sink(start: Callable[..., ServerThread], record: Record) -> ServerThread:
     )
 
 
-# --- raw peers ---------------------------------------------------------------------------------
-
-
-def client_frames(*, attach: bool = False, receive_credit: int = 0) -> bytes:
-    """What a stock client sends first (header, open, maybe begin/attach), made by a client
-    engine so the test needs no hand-made frames."""
-    t, c = Transport(), Connection()
-    c.container = "raw-peer"
-    t.bind(c)
-    c.open()
-    if attach or receive_credit:
-        s = c.session()
-        s.open()
-        if receive_credit:
-            link = s.receiver("flood")
-            link.source.address = "flood"
-            link.open()
-            link.flow(receive_credit)
-        else:
-            s.sender("x").open()
-    return bytes(t.peek(t.pending()))
-
-
-def raw_connect(srv: ServerThread, rcvbuf: int = 0) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf:  # a fixed small receive buffer: the kernel cannot hide a slow reader
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(WAIT)
-    sock.connect(("127.0.0.1", srv.port))
-    return sock
-
-
-def read_until_closed(sock: socket.socket, timeout: float = WAIT) -> bytes:
-    """Everything the server writes until it closes; fails if it does not close in time."""
-    data = b""
-    deadline = time.monotonic() + timeout
-    while True:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data
-        except TimeoutError:
-            pytest.fail(f"server did not close the connection within {timeout} s")
-        if not chunk:
-            return data
-        data += chunk
-
-
-def server_said(data: bytes) -> Connection:
-    """Decode the server's bytes with a client engine: did it open, how did it close?"""
-    t, c = Transport(), Connection()
-    t.bind(c)
-    with contextlib.suppress(Exception):  # a complaint about the tail does not matter here
-        t.push(data)
-    return c
-
-
-def close_lines(caplog: pytest.LogCaptureFixture, port: int) -> list[logging.LogRecord]:
-    """The server's log records about the connection from local port `port`, waiting a little
-    for the one written after the socket is closed."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        found = [
-            r
-            for r in caplog.records
-            if r.name == "qstore.net" and f":{port}:" in r.getMessage() + ":"
-        ]
-        if any(r.getMessage().startswith("close ") for r in found) or time.monotonic() > deadline:
-            return [r for r in found if r.getMessage().startswith("close ")]
-        time.sleep(0.01)
-
-
-def wait_for(condition: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 # --- stock clients -----------------------------------------------------------------------------
-
-
-def check_good_client(srv: ServerThread, record: Record, body: str) -> None:
-    conn = BlockingConnection(srv.url, timeout=WAIT)
-    try:
-        conn.create_sender("sink").send(Message(body=body))  # waits for `accepted`
-    finally:
-        conn.close()
-    assert body in record.received
 
 
 def test_blocking_client_sends_and_receives(sink: ServerThread, record: Record) -> None:
@@ -218,49 +94,6 @@ def test_blocking_client_sends_and_receives(sink: ServerThread, record: Record) 
         conn.close()
     assert record.received == [f"b{i}" for i in range(20)]
     assert got == [f"m{i}" for i in range(5)]
-
-
-class SendThenReceive(MessagingHandler):
-    """Sends `count` messages, waits for them all to be accepted, then receives `expect`."""
-
-    def __init__(self, urls: list[str], count: int, expect: int) -> None:
-        super().__init__()
-        self.urls, self.count, self.expect = urls, count, expect
-        self.sent = self.accepted = 0
-        self.received: list[object] = []
-        self.done = False
-
-    def on_start(self, event: Any) -> None:
-        conn = event.container.connect(urls=self.urls)
-        event.container.create_sender(conn, "sink")
-
-    def on_sendable(self, event: Any) -> None:
-        while event.sender.credit and self.sent < self.count:
-            event.sender.send(Message(body=f"c{self.sent}"))
-            self.sent += 1
-
-    def on_accepted(self, event: Any) -> None:
-        self.accepted += 1
-        if self.accepted == self.count:
-            event.container.create_receiver(event.connection, "source")
-
-    def on_message(self, event: Any) -> None:
-        self.received.append(event.message.body)
-        if len(self.received) == self.expect:
-            self.done = True
-            event.connection.close()
-
-
-def run_container(handler: MessagingHandler, done: Callable[[], bool]) -> None:
-    container = Container(handler)
-    container.timeout = 0.05
-    container.start()
-    deadline = time.monotonic() + WAIT
-    try:
-        while container.process() and not done():
-            assert time.monotonic() < deadline, "the client did not finish in time"
-    finally:
-        container.stop()
 
 
 def test_container_client_sends_and_receives(sink: ServerThread, record: Record) -> None:

@@ -4,8 +4,9 @@ The layer above implements `ConnectionHandler` and passes a factory to `Server`;
 `handler.py` for the contract and `driver.py` for what a driver offers a handler.
 """
 
-from .driver import ConnectionDriver, ConnectionOptions, anonymous_sasl
+from .driver import ConnectionDriver
 from .handler import FORCED, ConnectionHandler, HandlerFactory
+from .options import ConnectionOptions, anonymous_sasl
 from .server import Server
 
 __all__ = [

@@ -4,16 +4,17 @@ Three small tasks share the engine on the event loop thread (the engine is never
 an await, so no locking is needed):
 
 - the reader pushes socket bytes into the transport (never more than `capacity()`) and pumps;
-- the timer waits for `wake()`, for the engine's next heartbeat deadline (`transport.tick`) and
-  for the close deadline, and pumps;
-- the writer hands `peek(pending())` to the socket and `pop`s what the socket took. Only this
-  task waits on a slow peer, so a slow reader stalls nobody else, and while it waits the reader
-  still takes the peer's input (its acknowledgements are what lets it drain).
+- the timer waits for `wake()`, for the engine's next heartbeat deadline (`transport.tick`), for
+  the open and close deadlines, and pumps;
+- the writer sends what the pumps moved out of proton (`OutputBuffer`). Only this task waits on
+  a slow peer, so a slow reader stalls nobody else, and while it waits the reader still takes
+  the peer's input (its acknowledgements are what lets it drain).
 
 A pump ticks the engine, hands every collected event to the handler, runs the handler's
-`process()` hook once, and then wakes the writer. When proton closes its head (`pending() < 0`:
-it has said everything, e.g. a close frame carrying a framing error) the writer half-closes the
-socket and lingers briefly for the peer's EOF, so the peer reads that frame instead of a reset.
+`process()` hook once, takes proton's output and wakes the writer. When proton closes its head
+(`pending() < 0`: it has said everything, e.g. a close frame carrying a framing error) the
+writer half-closes the socket and lingers briefly for the peer's EOF, so the peer reads that
+frame instead of a reset. Every connection that starts closing is gone within `close_timeout`.
 """
 
 from __future__ import annotations
@@ -21,62 +22,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import SocketStream
 from cproton import pn_session_head, pn_session_next, pn_session_outgoing_bytes
 from proton import Collector, Condition, Connection, Endpoint, Transport, TransportException
 
 from .handler import ConnectionHandler, HandlerFactory
+from .options import ConnectionOptions, peer_of
+from .output import OutputBuffer, unsent_bytes
 
 log = logging.getLogger("qstore.net")
 
-Clock = Callable[[], float]
-TransportSetup = Callable[[Transport], None]
-
-_WRITE_CHUNK = 256 * 1024
 _MAX_EVENTS_PER_DISPATCH = 100_000  # a handler that makes an event per event must not spin forever
 _SOCKET_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _INTERNAL_ERROR = "amqp:internal-error"
 _FRAMING_ERROR = "amqp:connection:framing-error"
 _MAX_REASON = 200  # characters of a condition's description in a log line
-
-
-def anonymous_sasl(transport: Transport) -> None:
-    """Offer only SASL ANONYMOUS. A deployment that requires login passes its own setup
-    (allowed mechanisms, `require_auth(True)`, config path) as `setup_transport`."""
-    transport.sasl().allowed_mechs("ANONYMOUS")
-
-
-@dataclass(frozen=True)
-class ConnectionOptions:
-    """Per-connection engine and socket settings (times in seconds of `clock`)."""
-
-    idle_timeout: float = 0.0  # 0: none; proton advertises half of it to the peer
-    max_frame_size: int = 0  # 0: proton's default
-    close_timeout: float = 5.0  # once closing starts, the socket is gone within this long
-    linger: float = 1.0  # after our last byte, how long to wait for the peer's EOF
-    open_timeout: float = 30.0  # the peer's AMQP open must arrive within this long (0: no limit)
-    output_high_water: int = 1 << 20  # `output_backed_up` above this many bytes
-    read_size: int = 64 * 1024
-    setup_transport: TransportSetup = anonymous_sasl
-    clock: Clock = time.monotonic
-
-
-def peer_of(stream: SocketStream) -> str:
-    """`host:port` of the remote end, for logs."""
-    try:
-        addr = stream.extra(SocketAttribute.remote_address)
-    except Exception:  # a stream without an address is only ever a test double
-        return "?"
-    if isinstance(addr, tuple):
-        host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(addr)
 
 
 class ConnectionDriver:
@@ -124,11 +87,7 @@ class ConnectionDriver:
         self._error: str | None = None  # the first failure the driver itself saw
         self._handler_failed = False
         self._backed_up = False  # output_backed_up said True and output has not drained since
-        # Encoded output moved out of proton (see _pull_output), oldest first, and its size
-        # including the chunk the writer is sending.
-        self._out: deque[bytes | bytearray] = deque()
-        self._out_bytes = 0
-        self._head_closed = False  # proton has nothing more to say, ever
+        self._out = OutputBuffer(self.transport)
         self.finished = anyio.Event()
 
     # --- what the handler (the layer above) may use -------------------------------------------
@@ -164,7 +123,7 @@ class ConnectionDriver:
     def output_pending_bytes(self) -> int:
         """Bytes the socket has not yet taken: encoded frames waiting for the writer (including
         the chunk it is sending) plus message data the sessions hold but have not framed yet."""
-        queued = self._out_bytes
+        queued = self._out.size
         # cproton directly: one wrapper object per session per call would be waste here
         ssn = pn_session_head(self.connection._impl, 0)
         while ssn:
@@ -281,55 +240,24 @@ class ConnectionDriver:
     async def _write_loop(self) -> None:
         low_water = self._opts.output_high_water // 2
         while self._aborted is None:
-            self._pull_output()
+            self._out.pull()
             if not self._out:
-                if self._head_closed:  # everything proton had to say is on the wire
+                if self._out.head_closed:  # everything proton had to say is on the wire
                     await self._linger()
                     return
                 await self._output.wait()
                 self._output = anyio.Event()
                 continue
-            data = self._take_chunk()
+            data = self._out.take()
             try:
                 await self._stream.send(data)
             except _SOCKET_ERRORS as exc:
                 self._error = self._error or f"write failed: {exc!r}"
                 return
-            self._out_bytes -= len(data)
+            self._out.sent(len(data))
             if self._backed_up and self.output_pending_bytes <= low_water:
                 self._backed_up = False
                 self.wake()  # drained: let the layer above feed again
-
-    def _pull_output(self) -> None:
-        """Move everything proton has encoded into our own buffer.
-
-        proton frames all that its sessions hold in one go, into an internal buffer it does
-        not measure (`pending()` shows one frame's worth at most), so the only exact measure of
-        a slow peer's backlog is to hold the encoded bytes ourselves."""
-        t = self.transport
-        while not self._head_closed:
-            try:
-                n = t.pending()
-            except TransportException:
-                n = -1
-            if n < 0:
-                self._head_closed = True
-            elif n == 0:
-                return
-            else:
-                self._out.append(t.peek(n) or b"")
-                t.pop(n)
-                self._out_bytes += n
-
-    def _take_chunk(self) -> bytes | bytearray:
-        out = self._out
-        if len(out) == 1 or len(out[0]) >= _WRITE_CHUNK:
-            return out.popleft()
-        parts, size = [], 0
-        while out and size < _WRITE_CHUNK:
-            size += len(out[0])
-            parts.append(out.popleft())
-        return b"".join(parts)
 
     async def _linger(self) -> None:
         """Half-close, then give the peer a moment to read our last frames and go."""
@@ -340,7 +268,7 @@ class ConnectionDriver:
             return
         with anyio.move_on_after(self._opts.linger):
             await self._reader_done.wait()
-            while _unsent_bytes(self._stream) > 0:
+            while unsent_bytes(self._stream) > 0:
                 await anyio.sleep(0.01)
 
     # --- pumping events to the handler ------------------------------------------------------
@@ -357,13 +285,13 @@ class ConnectionDriver:
         self._dispatch()
         if self._aborted is not None:
             return
-        self._pull_output()
-        if self._out or self._head_closed:
+        self._out.pull()
+        if self._out or self._out.head_closed:
             self._output.set()
         if self._open_deadline is not None and not self.connection.state & Endpoint.REMOTE_UNINIT:
             self._open_deadline = None
         if (
-            self._head_closed
+            self._out.head_closed
             or t.condition is not None
             or self.connection.state & Endpoint.REMOTE_CLOSED
         ):
@@ -451,13 +379,3 @@ def _condition_text(cond: Condition) -> str:
     text = f"{cond.name}: {cond.description}" if cond.description else str(cond.name)
     text = text.replace("\r", " ").replace("\n", " ")
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
-
-
-def _unsent_bytes(stream: SocketStream) -> int:
-    """Bytes the event loop still buffers for the socket (asyncio exposes this, anyio does not)."""
-    transport = getattr(stream, "_transport", None)
-    size = getattr(transport, "get_write_buffer_size", None)
-    try:
-        return int(size()) if callable(size) else 0
-    except Exception:
-        return 0

@@ -20,8 +20,9 @@ from dataclasses import replace
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 
-from .driver import Clock, ConnectionDriver, ConnectionOptions, TransportSetup, anonymous_sasl
+from .driver import ConnectionDriver
 from .handler import HandlerFactory
+from .options import Clock, ConnectionOptions, TransportSetup, anonymous_sasl
 
 log = logging.getLogger("qstore.net")
 

@@ -1,0 +1,71 @@
+"""Encoded output taken out of proton, held until the socket takes it.
+
+proton frames everything its sessions hold in one go, into an internal buffer it does not
+measure (`pending()` never shows more than one frame's worth), so the only exact measure of a
+slow peer's backlog is to hold the encoded bytes ourselves. Memory is the same: the bytes move,
+they are not copied twice (the writer joins small chunks only).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from anyio.abc import SocketStream
+from proton import Transport, TransportException
+
+WRITE_CHUNK = 256 * 1024  # at most this much per socket send, unless one frame is bigger
+
+
+class OutputBuffer:
+    """Frames from one transport, oldest first; `size` counts them until `sent()`."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self._chunks: deque[bytes | bytearray] = deque()
+        self.size = 0  # includes the chunk being sent
+        self.head_closed = False  # proton has nothing more to say, ever
+
+    def __bool__(self) -> bool:
+        return bool(self._chunks)
+
+    def pull(self) -> None:
+        """Move everything proton has encoded so far into this buffer."""
+        t = self._transport
+        while not self.head_closed:
+            try:
+                n = t.pending()
+            except TransportException:
+                n = -1
+            if n < 0:
+                self.head_closed = True
+            elif n == 0:
+                return
+            else:
+                self._chunks.append(t.peek(n) or b"")
+                t.pop(n)
+                self.size += n
+
+    def take(self) -> bytes | bytearray:
+        """The next chunk to send (small chunks joined); call `sent` once the socket took it."""
+        chunks = self._chunks
+        if len(chunks) == 1 or len(chunks[0]) >= WRITE_CHUNK:
+            return chunks.popleft()
+        parts: list[bytes | bytearray] = []
+        size = 0
+        while chunks and size < WRITE_CHUNK:
+            size += len(chunks[0])
+            parts.append(chunks.popleft())
+        return b"".join(parts)
+
+    def sent(self, n: int) -> None:
+        self.size -= n
+
+
+def unsent_bytes(stream: SocketStream) -> int:
+    """Bytes the event loop still buffers for the socket (asyncio exposes this, anyio does not)."""
+    transport = getattr(stream, "_transport", None)
+    size = getattr(transport, "get_write_buffer_size", None)
+    try:
+        return int(size()) if callable(size) else 0
+    except Exception:
+        return 0
