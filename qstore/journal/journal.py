@@ -21,9 +21,9 @@ from .errors import JournalError, NotAJournal, UnsupportedFormat
 from .lock import DataDirLock
 from .loopbatch import LoopBatcher
 from .reader import META_DB, RECORDS_DB, JournalReader, open_env
-from .records import COMPRESS_THRESHOLD, FORMAT_VERSION, KEY, Epoch, Record, decode, prepare
+from .records import COMPRESS_THRESHOLD, FORMAT_VERSION, KEY, Epoch, Record, prepare
 from .state import JournalState
-from .writer import GroupCommitWriter, LoopWaiter, Result, SyncWaiter, Txn, _Append, _Control
+from .writer import GroupCommitWriter, LoopWaiter, SyncWaiter, Txn, _Append, _Control
 
 log = logging.getLogger("qstore.journal")
 
@@ -104,7 +104,9 @@ class Journal(JournalReader):
         Compaction needs the canceller to honour its horizon (it is not always in the unit).
         """
         garbage: list[tuple[list[int], int]] = []
-        tracker = self.replay(keep_bodies=False, garbage=lambda unit, seq: garbage.append((unit, seq)))
+        tracker = self.replay(
+            keep_bodies=False, garbage=lambda unit, seq: garbage.append((unit, seq))
+        )
         return tracker, garbage
 
     def _queue_existing_garbage(
@@ -182,7 +184,9 @@ class Journal(JournalReader):
         for i, r in enumerate(records):
             o = None if origin is None else origin + i
             out.append(
-                prepare(r, epoch=epoch, origin=o, replica=replica, threshold=self.compress_threshold)
+                prepare(
+                    r, epoch=epoch, origin=o, replica=replica, threshold=self.compress_threshold
+                )
             )
         return out
 

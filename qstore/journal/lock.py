@@ -1,4 +1,4 @@
-"""The data directory's exclusive lock: one broker per data directory, and a clear word otherwise."""
+"""The data directory's exclusive lock: one broker per data directory, a clear word otherwise."""
 
 from __future__ import annotations
 

@@ -127,8 +127,11 @@ class ExchangeDeclare:
     TYPE: ClassVar[RecordType] = RecordType.EXCHANGE_DECLARE
 
     def pack(self) -> bytes:
-        return self.uuid.bytes + _pack_str(self.name) + _pack_str(self.type) + _pack_args(
-            self.arguments
+        return (
+            self.uuid.bytes
+            + _pack_str(self.name)
+            + _pack_str(self.type)
+            + _pack_args(self.arguments)
         )
 
     @classmethod
@@ -402,7 +405,9 @@ def check(seq: int, value: bytes) -> tuple[int, int, int, int, bytes | memoryvie
     if want != crc:
         raise CorruptRecord(seq, f"crc32c mismatch (stored {crc:#010x}, computed {want:#010x})")
     if version > FORMAT_VERSION:
-        raise UnsupportedFormat(f"record seq={seq} has format version {version}, newer than this code")
+        raise UnsupportedFormat(
+            f"record seq={seq} has format version {version}, newer than this code"
+        )
     if rtype not in RECORD_CLASSES:
         raise CorruptRecord(seq, f"unknown record type {rtype}")
     if flags & ~KNOWN_FLAGS:
@@ -421,5 +426,7 @@ def decode(seq: int, value: bytes) -> Entry:
     try:
         record = RECORD_CLASSES[rtype].unpack(payload)
     except (struct.error, UnicodeDecodeError, ValueError) as exc:
-        raise CorruptRecord(seq, f"{RecordType(rtype).label} payload does not decode: {exc}") from None
+        raise CorruptRecord(
+            seq, f"{RecordType(rtype).label} payload does not decode: {exc}"
+        ) from None
     return Entry(seq, epoch, origin, flags, record, len(value))

@@ -10,6 +10,7 @@ Control work (truncate, reset, compaction steps) runs on the same thread, in ord
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -89,10 +90,8 @@ def _run_callbacks(calls: list[tuple[Any, Result]]) -> None:
 
 
 def _call_on_loop(loop: asyncio.AbstractEventLoop, calls: list[Any]) -> None:
-    try:
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
         loop.call_soon_threadsafe(_run_callbacks, calls)
-    except RuntimeError:  # the loop is closed: nobody is waiting any more
-        pass
 
 
 @dataclass(slots=True)

@@ -1,0 +1,201 @@
+"""One client connection: proton events in, model calls and link actions out.
+
+`Core` is what every connection shares (the model, the persistence edge, the outbox, management,
+options, the clock). `AmqpConnection` is the `ConnectionHandler` the I/O edge drives: it opens what
+the client opens, attaches links to nodes (refusing unknown ones with amqp:not-found), and closes
+what the client closes. When the connection goes, its consumers go, and their unsettled messages
+return to their queues (delivery count + 1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from proton import Condition, Endpoint, Event, Link, Terminus
+
+from broker.model import Broker, Exchange, ModelError, Queue
+from broker.net import ConnectionDriver, ConnectionHandler
+
+from . import nodes
+from .links import IncomingLink, OutgoingLink
+from .outbox import Outbox
+
+if TYPE_CHECKING:
+    from broker.mgmt.node import Management
+    from broker.persistence import Persistence
+
+log = logging.getLogger("qstore.amqp")
+
+
+@dataclass
+class Core:
+    """What every connection of one broker shares."""
+
+    name: str
+    model: Broker
+    outbox: Outbox
+    clock: Callable[[], float]
+    persistence: Persistence | None = None
+    management: Management | None = None
+    auto_create: bool = False
+    connections: dict[int, AmqpConnection] = field(default_factory=dict)
+
+
+class AmqpConnection(ConnectionHandler):
+    def __init__(self, core: Core, driver: ConnectionDriver) -> None:
+        self.core = core
+        self.driver = driver
+        self.id = driver.conn_id
+        self.gone = False
+        self.container: str | None = None
+        self.properties: dict[str, Any] = {}
+        self._links: dict[Link, IncomingLink | OutgoingLink | Any] = {}
+        core.connections[self.id] = self
+
+    # -- events -------------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        t = event.type
+        if t == Event.DELIVERY:
+            handler = self._links.get(event.link)
+            if handler is not None:
+                handler.on_delivery(event.delivery)
+        elif t == Event.LINK_FLOW:
+            handler = self._links.get(event.link)
+            if isinstance(handler, OutgoingLink):
+                handler.on_flow()
+        elif t == Event.LINK_REMOTE_OPEN:
+            self._attach(event.link)
+        elif t == Event.LINK_REMOTE_CLOSE:
+            self._detach(event.link)
+        elif t == Event.SESSION_REMOTE_OPEN:
+            if event.session.state & Endpoint.LOCAL_UNINIT:
+                event.session.open()
+        elif t == Event.SESSION_REMOTE_CLOSE:
+            for link in list(self._links):
+                if link.session == event.session:
+                    self._forget(link)
+            event.session.close()
+        elif t == Event.CONNECTION_REMOTE_OPEN:
+            self._open(event)
+        elif t == Event.CONNECTION_REMOTE_CLOSE:
+            self._release_all()
+            event.connection.close()
+
+    def _open(self, event: Event) -> None:
+        conn = event.connection
+        self.container = conn.remote_container
+        props = conn.remote_properties
+        self.properties = {str(k): v for k, v in props.items()} if props else {}
+        conn.container = self.core.name
+        conn.open()
+        log.info(
+            "broker=%s conn=%s peer=%s container=%s opened",
+            self.core.name,
+            self.id,
+            self.driver.peer,
+            self.container,
+        )
+
+    def _attach(self, link: Link) -> None:
+        if not link.state & Endpoint.LOCAL_UNINIT:
+            return
+        core = self.core
+        try:
+            if link.is_receiver:  # the client sends to us
+                target = link.remote_target
+                link.target.copy(target)
+                if target.address == nodes.MANAGEMENT and core.management is not None:
+                    handler: Any = core.management.incoming(self, link)
+                elif not target.address and not target.dynamic:
+                    handler = IncomingLink(self, link, None)  # routed by each message's `to`
+                else:
+                    node = nodes.resolve(
+                        core.model, target, auto_create=core.auto_create, owner=self.id
+                    )
+                    link.target.address = node.name
+                    handler = IncomingLink(self, link, node)
+                link.open()
+            else:  # the client receives from us
+                source = link.remote_source
+                link.source.copy(source)
+                node = nodes.resolve(
+                    core.model, source, auto_create=core.auto_create, owner=self.id
+                )
+                browse = source.distribution_mode == Terminus.DIST_MODE_COPY
+                if isinstance(node, Exchange):
+                    queue: Queue = nodes.subscription_queue(
+                        core.model, node, nodes.filter_key(source), self.id
+                    )
+                else:
+                    queue = node
+                    link.source.address = node.name
+                if browse:
+                    link.source.distribution_mode = Terminus.DIST_MODE_COPY
+                consumer = core.model.subscribe(
+                    queue.name,
+                    owner=self.id,
+                    browse=browse,
+                    presettled=link.remote_snd_settle_mode == Link.SND_SETTLED,
+                )
+                handler = OutgoingLink(self, link, consumer)
+                consumer.context = handler
+                link.open()
+        except ModelError as exc:
+            self._refuse(link, exc.condition, str(exc))
+            return
+        self._links[link] = handler
+        log.debug("broker=%s conn=%s attached %s", core.name, self.id, link.name)
+
+    def _refuse(self, link: Link, condition: str, description: str) -> None:
+        """Refuse an attach: an attach with no node, then a detach with the error."""
+        log.info(
+            "broker=%s conn=%s refused link %r: %s %s",
+            self.core.name,
+            self.id,
+            link.name,
+            condition,
+            description,
+        )
+        if link.is_receiver:
+            link.target.address = None
+        else:
+            link.source.address = None
+        link.open()
+        link.condition = Condition(condition, description)
+        link.close()
+
+    def _detach(self, link: Link) -> None:
+        self._forget(link)
+        if not link.state & Endpoint.LOCAL_CLOSED:
+            link.close()
+
+    def _forget(self, link: Link) -> None:
+        handler = self._links.pop(link, None)
+        if handler is not None:
+            handler.close()
+
+    def _release_all(self) -> None:
+        for link in list(self._links):
+            self._forget(link)
+        self.core.model.close_connection(self.id)
+        self.core.outbox.schedule()
+
+    # -- the driver's other calls -------------------------------------------------------------
+
+    def on_closed(self, error: str | None) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        self._release_all()
+        self.core.connections.pop(self.id, None)
+        log.info(
+            "broker=%s conn=%s peer=%s closed%s",
+            self.core.name,
+            self.id,
+            self.driver.peer,
+            f": {error}" if error else "",
+        )

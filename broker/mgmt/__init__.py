@@ -1,0 +1,1 @@
+"""The $management node (AMQP Management style requests)."""

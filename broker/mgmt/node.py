@@ -1,0 +1,101 @@
+"""The `$management` node: AMQP Management style requests over ordinary messages.
+
+A request is a message to `$management` with application properties `operation`, `type` and
+(for one entity) `name`, and a `reply-to` address (usually a dynamic receiver's). The response goes
+to that address with `correlation-id` set to the request's `message-id` (or its correlation id),
+application properties `statusCode` and `statusDescription`, and a body. See `operations.py` for
+what each operation does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from proton import Delivery, Link
+from proton import Message as AmqpMessage
+
+from broker.amqp import codec
+from broker.amqp.links import DECODE_ERROR, reject
+from broker.model import Message, Queue
+
+from .operations import Operations, Response
+
+if TYPE_CHECKING:
+    from broker.amqp.connection import AmqpConnection, Core
+
+log = logging.getLogger("qstore.mgmt")
+
+MANAGEMENT_WINDOW = 100
+
+
+class Management:
+    def __init__(self, core: Core, info: dict[str, Any]) -> None:
+        self.core = core
+        self.ops = Operations(core, info)
+
+    def incoming(self, conn: AmqpConnection, link: Link) -> _RequestLink:
+        return _RequestLink(self, conn, link)
+
+    def handle(self, conn: AmqpConnection, request: AmqpMessage) -> Response:
+        props = {str(k): v for k, v in (request.properties or {}).items()}
+        op = str(props.get("operation", "")).upper()
+        kind = str(props.get("type", "")).lower()
+        name = props.get("name")
+        log.info(
+            "broker=%s conn=%s management %s %s %s", self.core.name, conn.id, op, kind, name or ""
+        )
+        return self.ops.run(op, kind, name, props, request.body, conn)
+
+    def reply(self, request: AmqpMessage, response: Response) -> None:
+        if not request.reply_to:
+            return
+        m = AmqpMessage(
+            body=response.body,
+            correlation_id=request.id if request.id is not None else request.correlation_id,
+            properties={
+                "statusCode": response.code,
+                "statusDescription": response.description,
+            },
+        )
+        m.address = request.reply_to
+        model = self.core.model
+        target = model.resolve(request.reply_to)
+        if target is None:
+            log.info("management reply to unknown address %r dropped", request.reply_to)
+            return
+        msg = Message(body=codec.encode(m))
+        now = self.core.clock()
+        if isinstance(target, Queue):
+            model.enqueue(target.name, msg, now)
+        else:
+            model.publish(target.name, msg, now)
+        self.core.outbox.schedule()
+
+
+class _RequestLink:
+    def __init__(self, mgmt: Management, conn: AmqpConnection, link: Link) -> None:
+        self.mgmt = mgmt
+        self.conn = conn
+        self.link = link
+        link.flow(MANAGEMENT_WINDOW)
+
+    def on_delivery(self, dlv: Delivery) -> None:
+        if dlv.partial or not dlv.readable:
+            return
+        data = self.link.recv(dlv.pending)
+        self.link.advance()
+        if self.link.credit < MANAGEMENT_WINDOW // 2:
+            self.link.flow(MANAGEMENT_WINDOW - self.link.credit)
+        try:
+            request = codec.decode(data)
+        except codec.BadMessage as exc:
+            reject(dlv, DECODE_ERROR, str(exc))
+            return
+        response = self.mgmt.handle(self.conn, request)
+        self.mgmt.reply(request, response)
+        dlv.update(Delivery.ACCEPTED)
+        dlv.settle()
+
+    def close(self) -> None:
+        pass
