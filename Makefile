@@ -12,9 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# One standalone broker on 127.0.0.1:5672 with ./data, until the cluster manager replaces it.
 run: $(STAMP)
-	@echo "qstore: the broker (qstored) arrives with the standalone-broker issue; nothing to run yet."
-	@echo "Try the journal tool: $(BIN)/qstore-journal summary fixtures/clean"
+	$(BIN)/qstored --interface 127.0.0.1 --port 5672 --data-dir ./data --auto-create yes
 
 test: $(STAMP)
 	$(BIN)/pytest -q
