@@ -1,4 +1,4 @@
-"""One broker process assembled: journal, model, persistence, outbox, management, listener.
+"""One broker process assembled: journal, model, event log, outbox, management, listener.
 
 Start-up: lock and open the journal, replay it into the model (every durable queue, exchange,
 binding and message comes back, in order, with its delivery count), then listen. Stop: stop
@@ -20,11 +20,12 @@ from anyio.abc import TaskStatus
 from broker.amqp.connection import AmqpConnection, Core
 from broker.amqp.outbox import Outbox
 from broker.config import BrokerConfig
+from broker.eventlog import EventLog
 from broker.mgmt.node import Management
 from broker.model import Broker
 from broker.net import Server
-from broker.persistence import Persistence
 from qstore.journal import Journal
+from recovery.startup import restore
 
 log = logging.getLogger("qstore.broker")
 
@@ -40,8 +41,8 @@ class BrokerService:
         t0 = time.monotonic()
         self.journal = Journal(cfg.data_dir, map_size=cfg.journal_max_size)
         try:
-            self.persistence = Persistence(self.journal, self.model)
-            restored = self.persistence.restore()
+            self.events = EventLog(self.model, self.journal, cfg.ha_replicate)
+            restored = restore(self.model, self.journal, self.events)
         except BaseException:
             self.journal.close()
             raise
@@ -59,7 +60,7 @@ class BrokerService:
             model=self.model,
             outbox=self.outbox,
             clock=clock,
-            persistence=self.persistence,
+            events=self.events,
             auto_create=cfg.auto_create,
         )
         self.core.management = Management(self.core, self.info())

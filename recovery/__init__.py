@@ -1,0 +1,1 @@
+"""Start-up recovery from the journal, the catch-up protocol (both ends), and drills."""

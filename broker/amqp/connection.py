@@ -1,6 +1,6 @@
 """One client connection: proton events in, model calls and link actions out.
 
-`Core` is what every connection shares (the model, the persistence edge, the outbox, management,
+`Core` is what every connection shares (the model, the event log, the outbox, management,
 options, the clock). `AmqpConnection` is the `ConnectionHandler` the I/O edge drives: it opens what
 the client opens, attaches links to nodes (refusing unknown ones with amqp:not-found), and closes
 what the client closes. When the connection goes, its consumers go, and their unsettled messages
@@ -24,8 +24,8 @@ from .links import IncomingLink, OutgoingLink
 from .outbox import Outbox
 
 if TYPE_CHECKING:
+    from broker.eventlog import EventLog
     from broker.mgmt.node import Management
-    from broker.persistence import Persistence
 
 log = logging.getLogger("qstore.amqp")
 
@@ -38,7 +38,7 @@ class Core:
     model: Broker
     outbox: Outbox
     clock: Callable[[], float]
-    persistence: Persistence | None = None
+    events: EventLog | None = None
     management: Management | None = None
     auto_create: bool = False
     connections: dict[int, AmqpConnection] = field(default_factory=dict)

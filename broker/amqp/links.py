@@ -71,7 +71,7 @@ class IncomingLink:
             return
         node = self.node
         model = core.model
-        pending = core.persistence.begin() if core.persistence else None
+        pending = core.events.begin() if core.events else None
         try:
             if node is None:
                 to = decoded.address
@@ -88,8 +88,8 @@ class IncomingLink:
                 reject(dlv, getattr(exc, "condition", NOT_FOUND), str(exc))
             return
         finally:
-            if core.persistence:
-                core.persistence.end()
+            if core.events:
+                core.events.end()
         core.outbox.schedule()
         if dlv is None:
             return
@@ -99,7 +99,7 @@ class IncomingLink:
         if pending is None:
             self._settle(dlv, None)
         else:
-            pending.when_durable(lambda err: self._settle(dlv, err))
+            pending.when_done(lambda err: self._settle(dlv, err))
 
     def _settle(self, dlv: Delivery, error: BaseException | None) -> None:
         if self.conn.gone:

@@ -1,0 +1,104 @@
+"""The replication stream's wire format: batches of items, each an event at a position.
+
+An event item carries a journal record (the same payload codec as the journal, see
+docs/journal-format.md) with the event's (epoch, seq) and flags the journal does not need
+(durable, auto-delete, exclusive). Control items carry a small JSON map: the start and end of a
+snapshot, `ready`, `catch-up`, and the cluster's membership.
+
+A batch is one AMQP message on the replication link: a one-byte marker (`P` plain, `Z` zstd), then
+items back to back, each `kind u8, flags u8, epoch u32, seq u64, length u32, payload`. The backup
+settles the message once it has applied the batch and journaled what is durable in it; that
+settlement is its acknowledgement of the batch's last seq.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import zstandard
+
+from qstore.journal.records import RECORD_CLASSES, Record
+
+ITEM = struct.Struct(">BBIQI")
+COMPRESS_OVER = 16 << 10
+
+DURABLE, AUTO_DELETE, EXCLUSIVE = 0x1, 0x2, 0x4
+
+# control kinds (event kinds are the journal's record types, 1..10)
+SNAPSHOT_BEGIN = 100  # {"position": [epoch, seq]}: replicated state follows, replacing the backup's
+SNAPSHOT_END = 101  # the snapshot is complete; the live tail follows
+TAIL = 102  # {"from": seq}: the backup's history is kept; events after `from` follow
+READY = 103  # the backup holds everything the primary had when it connected
+CATCH_UP = 104  # a recovering primary timed this backup out
+MEMBERSHIP = 105  # {"members": [{"name", "address", "state"}...]}
+
+
+class StreamError(Exception):
+    """A batch that does not decode: the replication link is closed and re-established."""
+
+
+@dataclass(slots=True)
+class Item:
+    kind: int
+    epoch: int
+    seq: int
+    flags: int = 0
+    record: Record | None = None
+    data: dict[str, Any] | None = None
+
+    @property
+    def is_event(self) -> bool:
+        return self.record is not None
+
+    @property
+    def durable(self) -> bool:
+        return bool(self.flags & DURABLE)
+
+
+def event(record: Record, epoch: int, seq: int, flags: int = 0) -> Item:
+    return Item(int(record.TYPE), epoch, seq, flags, record)
+
+
+def control(kind: int, epoch: int = 0, seq: int = 0, **data: Any) -> Item:
+    return Item(kind, epoch, seq, 0, None, data)
+
+
+def encode(items: list[Item]) -> bytes:
+    parts: list[bytes] = []
+    for it in items:
+        payload = it.record.pack() if it.record is not None else json.dumps(it.data).encode()
+        parts.append(ITEM.pack(it.kind, it.flags, it.epoch, it.seq, len(payload)))
+        parts.append(payload)
+    raw = b"".join(parts)
+    if len(raw) > COMPRESS_OVER:
+        return b"Z" + zstandard.ZstdCompressor(level=1).compress(raw)
+    return b"P" + raw
+
+
+def decode(data: bytes) -> list[Item]:
+    if not data:
+        raise StreamError("empty batch")
+    marker, body = data[:1], data[1:]
+    try:
+        if marker == b"Z":
+            body = zstandard.ZstdDecompressor().decompress(body)
+        elif marker != b"P":
+            raise StreamError(f"unknown batch marker {marker!r}")
+        items: list[Item] = []
+        off, end = 0, len(body)
+        while off < end:
+            kind, flags, epoch, seq, n = ITEM.unpack_from(body, off)
+            off += ITEM.size
+            payload = body[off : off + n]
+            off += n
+            cls = RECORD_CLASSES.get(kind)  # type: ignore[call-overload]
+            if cls is not None:
+                items.append(Item(kind, epoch, seq, flags, cls.unpack(payload)))
+            else:
+                items.append(Item(kind, epoch, seq, flags, None, json.loads(payload)))
+        return items
+    except (struct.error, ValueError, UnicodeDecodeError, zstandard.ZstdError) as exc:
+        raise StreamError(f"replication batch does not decode: {exc}") from None
