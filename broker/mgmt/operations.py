@@ -178,7 +178,9 @@ class Operations:
     def broker_read(self, name: str | None, body: dict[str, Any], conn: Any) -> Response:
         stats = asdict(self.core.model.stats())
         stats["connections"] = len(self.core.connections)
-        return Response(200, OK, {**self.info, "statistics": stats})
+        # The name is read live: `info` is taken before the listener binds (port 0 -> real port).
+        live = {"name": self.core.name}
+        return Response(200, OK, {**self.info, **live, "statistics": stats})
 
     def connection_query(self, name: str | None, body: dict[str, Any], conn: Any) -> Response:
         out = [
