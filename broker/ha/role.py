@@ -211,7 +211,8 @@ class HaRole:
         return []
 
     def _on_ToldReady(self, ev: ToldReady, now: float) -> list[Action]:
-        if self.state == S.READY:
+        # stale (arrived after promotion) or already ready: no transition, never a stop
+        if self.state == S.READY or not self.state.is_backup:
             return []
         if self.state == S.JOINING:  # a primary with nothing to send says ready at once
             return [self._go(S.CATCH_UP, "first data"), self._go(S.READY, "primary says ready")]
@@ -250,7 +251,14 @@ class HaRole:
 
     def _on_BackupConnected(self, ev: BackupConnected, now: float) -> list[Action]:
         self.backups[ev.name] = BackupInfo(ev.name, ev.target)
-        return self._on_BackupAcked(BackupAcked(ev.name, 0), now)
+        actions = self._on_BackupAcked(BackupAcked(ev.name, 0), now)
+        protected = self.state == S.RECOVERING and ev.name in self.expected
+        if self.state.is_primary and not self.backups[ev.name].ready and not protected:
+            # It may still say `ready` from an older primary (e.g. timed out while away): it must
+            # not be promotable until it holds what this primary acknowledged (seed 1.12.12.4;
+            # the seed's primary downgrades it to catch-up the same way).
+            actions.insert(0, TellCatchUp(ev.name))
+        return actions
 
     def _on_BackupAcked(self, ev: BackupAcked, now: float) -> list[Action]:
         b = self.backups.get(ev.name)

@@ -1,0 +1,551 @@
+"""HaRole (broker/ha/role.py): every decision of the HA state machine, fed explicit times.
+
+The role never reads a clock, so the tests pass `now` themselves (and one drives it from a frozen
+`time.time()` to show no real waiting is needed). Actions are compared as whole lists: the order in
+which the driver carries them out matters (journal the epoch after becoming recovering, tell a
+backup to catch up before dropping it from the guard).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from freezegun import freeze_time
+
+from broker.ha.role import (
+    Action,
+    BackupAcked,
+    BackupConnected,
+    BackupLost,
+    Connect,
+    ConnectFailed,
+    FirstData,
+    HaRole,
+    PrimaryFound,
+    PrimaryLost,
+    Promote,
+    Refuse,
+    StartEpoch,
+    StopExpecting,
+    TellCatchUp,
+    TellReady,
+    Tick,
+    ToldCatchUp,
+    ToldReady,
+    Transition,
+    WakeAt,
+)
+from broker.ha.states import BrokerState
+
+S = BrokerState
+ADDRESSES = ["h1:5672", "h2:5672", "h3:5672"]
+INTERVAL = 2.0
+TIMEOUT = 10.0
+
+
+def backup(state: BrokerState = S.JOINING, addresses: list[str] | None = None) -> HaRole:
+    return HaRole(
+        addresses=list(ADDRESSES if addresses is None else addresses),
+        maintenance_interval=INTERVAL,
+        backup_timeout=TIMEOUT,
+        state=state,
+    )
+
+
+def promoted(expected: set[str], now: float = 0.0) -> tuple[HaRole, list[Action]]:
+    """A ready backup, ready under the old primary together with `expected`, promoted at `now`."""
+    role = backup(S.READY)
+    role.last_membership_ready = frozenset(expected)
+    return role, role.step(Promote(), now)
+
+
+def connects(actions: list[Action]) -> list[str]:
+    return [a.address for a in actions if isinstance(a, Connect)]
+
+
+# -- link maintenance (backup side) -------------------------------------------------------------
+
+
+def test_first_tick_connects_at_once_and_asks_to_be_woken() -> None:
+    role = backup()
+    assert role.step(Tick(), 100.0) == [Connect("h1:5672"), WakeAt(102.0)]
+
+
+def test_attempts_walk_the_addresses_round_robin_one_per_interval() -> None:
+    role = backup()
+    tried: list[str] = []
+    now = 0.0
+    while now < 20.0:  # 40 ticks of 0.5 s: exactly one attempt every 2 s
+        tried += connects(role.step(Tick(), now))
+        now += 0.5
+    assert tried == (ADDRESSES * 4)[:10]
+
+
+def test_tick_before_the_deadline_only_renews_the_wake() -> None:
+    role = backup()
+    role.step(Tick(), 0.0)
+    assert role.step(Tick(), 1.999) == [WakeAt(2.0)]
+    assert role.step(Tick(), 2.0) == [Connect("h2:5672"), WakeAt(4.0)]
+
+
+def test_wake_deadlines_follow_the_attempts() -> None:
+    """A driver that sleeps exactly until each WakeAt gets one attempt per wake-up."""
+    role = backup()
+    now = 5.0
+    seen: list[tuple[float, str]] = []
+    for _ in range(6):
+        actions = role.step(Tick(), now)
+        (wake,) = [a for a in actions if isinstance(a, WakeAt)]
+        seen += [(now, address) for address in connects(actions)]
+        assert wake.when == now + INTERVAL
+        now = wake.when
+    assert seen == [
+        (5.0, "h1:5672"),
+        (7.0, "h2:5672"),
+        (9.0, "h3:5672"),
+        (11.0, "h1:5672"),
+        (13.0, "h2:5672"),
+        (15.0, "h3:5672"),
+    ]
+
+
+def test_connect_failed_waits_for_the_next_interval() -> None:
+    role = backup()
+    role.step(Tick(), 0.0)
+    assert role.step(ConnectFailed("h1:5672", "refused"), 0.1) == [WakeAt(2.0)]
+    assert role.step(Tick(), 0.2) == [WakeAt(2.0)]  # no second attempt inside the interval
+
+
+def test_link_maintenance_needs_no_real_waiting() -> None:
+    """time.time() under freezegun drives the role through 30 s of attempts in no real time."""
+    role = backup()
+    with freeze_time("2030-01-01 00:00:00", tick=False) as frozen:
+        start = time.time()
+        tried: list[tuple[float, str]] = []
+        for _ in range(60):
+            now = time.time()
+            tried += [(now - start, address) for address in connects(role.step(Tick(), now))]
+            frozen.tick(0.5)
+        assert time.time() - start == pytest.approx(30.0)
+    assert [t for t, _ in tried] == pytest.approx([2.0 * i for i in range(15)])
+    assert [a for _, a in tried] == ADDRESSES * 5
+
+
+def test_wake_at_under_frozen_time_jumps_straight_to_the_deadline() -> None:
+    role = backup()
+    with freeze_time("2030-01-01 00:00:00", tick=False) as frozen:
+        actions = role.step(Tick(), time.time())
+        assert connects(actions) == ["h1:5672"]
+        for expected in ["h2:5672", "h3:5672", "h1:5672"]:
+            (wake,) = [a for a in actions if isinstance(a, WakeAt)]
+            frozen.tick(wake.when - time.time())  # the driver's sleep, without sleeping
+            actions = role.step(Tick(), time.time())
+            assert connects(actions) == [expected]
+
+
+def test_connected_backup_stops_attempting() -> None:
+    role = backup()
+    role.step(Tick(), 0.0)
+    assert role.step(PrimaryFound("h1:5672"), 0.5) == []
+    assert role.connected_to == "h1:5672"
+    assert role.step(Tick(), 2.0) == []
+    assert role.step(Tick(), 50.0) == []
+
+
+def test_primary_lost_makes_the_backup_retry_at_once() -> None:
+    role = backup()
+    role.step(Tick(), 0.0)
+    role.step(PrimaryFound("h1:5672"), 0.1)
+    # lost well inside the interval of the last attempt: the next address is tried now
+    assert role.step(PrimaryLost("heartbeat"), 0.5) == [Connect("h2:5672"), WakeAt(2.5)]
+    assert role.connected_to is None
+    assert role.step(Tick(), 1.0) == [WakeAt(2.5)]
+    assert role.step(Tick(), 2.5) == [Connect("h3:5672"), WakeAt(4.5)]
+
+
+@pytest.mark.parametrize("state", [S.JOINING, S.CATCH_UP, S.READY], ids=str)
+def test_every_backup_state_maintains_the_link(state: BrokerState) -> None:
+    role = backup(state)
+    assert connects(role.step(Tick(), 0.0)) == ["h1:5672"]
+    role.step(PrimaryFound("h1:5672"), 0.0)
+    assert connects(role.step(PrimaryLost("closed"), 1.0)) == ["h2:5672"]
+    assert role.state == state  # losing the primary changes no state
+
+
+def test_no_other_broker_means_no_attempt() -> None:
+    role = backup(addresses=[])
+    assert role.step(Tick(), 0.0) == []
+    assert role.step(PrimaryLost("closed"), 1.0) == []
+
+
+@pytest.mark.parametrize("state", [S.STANDALONE, S.RECOVERING, S.ACTIVE], ids=str)
+def test_non_backups_never_connect(state: BrokerState) -> None:
+    role = backup(state)
+    role.recovering_deadline = 1e9
+    assert connects(role.step(Tick(), 0.0)) == []
+    assert role.step(PrimaryLost("closed"), 0.0) == []
+    assert role.step(ConnectFailed("h1:5672", "refused"), 0.0) == []
+
+
+# -- backup states ------------------------------------------------------------------------------
+
+
+def test_first_data_joining_to_catch_up() -> None:
+    role = backup()
+    assert role.step(FirstData(), 0.0) == [
+        Transition(S.JOINING, S.CATCH_UP, "first data from the primary")
+    ]
+    assert role.state == S.CATCH_UP
+    assert role.step(FirstData(), 1.0) == []  # more data: still catching up
+    assert role.state == S.CATCH_UP
+
+
+def test_first_data_leaves_a_ready_backup_ready() -> None:
+    role = backup(S.READY)
+    assert role.step(FirstData(), 0.0) == []
+    assert role.state == S.READY
+
+
+def test_told_ready_catch_up_to_ready() -> None:
+    role = backup(S.CATCH_UP)
+    (t,) = role.step(ToldReady(), 0.0)
+    assert isinstance(t, Transition)
+    assert (t.old, t.new) == (S.CATCH_UP, S.READY)
+    assert role.state == S.READY
+    assert role.step(ToldReady(), 1.0) == []  # told twice: nothing more
+
+
+def test_told_ready_while_joining_passes_through_catch_up() -> None:
+    """A primary with nothing to send says ready before any data."""
+    role = backup()
+    actions = role.step(ToldReady(), 0.0)
+    assert [(a.old, a.new) for a in actions if isinstance(a, Transition)] == [
+        (S.JOINING, S.CATCH_UP),
+        (S.CATCH_UP, S.READY),
+    ]
+    assert len(actions) == 2
+    assert role.state == S.READY
+
+
+def test_joining_first_data_then_ready() -> None:
+    role = backup()
+    role.step(FirstData(), 0.0)
+    role.step(ToldReady(), 1.0)
+    assert role.state == S.READY
+
+
+def test_told_catch_up_ready_to_catch_up() -> None:
+    role = backup(S.READY)
+    (t,) = role.step(ToldCatchUp(), 0.0)
+    assert isinstance(t, Transition)
+    assert (t.old, t.new) == (S.READY, S.CATCH_UP)
+    assert role.state == S.CATCH_UP
+    # and it becomes ready again when the primary says so
+    role.step(ToldReady(), 1.0)
+    assert role.state == S.READY
+
+
+@pytest.mark.parametrize("state", [S.JOINING, S.CATCH_UP], ids=str)
+def test_told_catch_up_when_not_ready_changes_nothing(state: BrokerState) -> None:
+    role = backup(state)
+    assert role.step(ToldCatchUp(), 0.0) == []
+    assert role.state == state
+
+
+@pytest.mark.parametrize("state", [S.STANDALONE, S.RECOVERING, S.ACTIVE], ids=str)
+def test_stale_backup_messages_do_not_stop_a_non_backup(state: BrokerState) -> None:
+    """A replication message that arrives after promotion (or to a standalone broker) is stale:
+    it must not become an illegal transition that stops the broker."""
+    role = backup(state)
+    for event in (FirstData(), ToldReady(), ToldCatchUp()):
+        assert role.step(event, 0.0) == []
+    assert role.state == state
+
+
+# -- promotion ----------------------------------------------------------------------------------
+
+
+def test_promote_ready_with_no_expected_backups_goes_active_at_once() -> None:
+    role, actions = promoted(set(), now=3.0)
+    assert actions == [
+        Transition(S.READY, S.RECOVERING, "promoted"),
+        StartEpoch(),
+        Transition(S.RECOVERING, S.ACTIVE, "every expected backup is ready"),
+    ]
+    assert role.state == S.ACTIVE
+
+
+def test_promote_ready_with_expected_backups_recovers_until_the_timeout() -> None:
+    role, actions = promoted({"b1", "b2"}, now=3.0)
+    assert actions == [
+        Transition(S.READY, S.RECOVERING, "promoted"),
+        StartEpoch(),
+        WakeAt(3.0 + TIMEOUT),
+    ]
+    assert role.state == S.RECOVERING
+    assert role.expected == {"b1", "b2"}
+
+
+def test_promote_drops_the_link_to_the_old_primary() -> None:
+    role = backup(S.READY)
+    role.step(Tick(), 0.0)
+    role.step(PrimaryFound("h1:5672"), 0.0)
+    role.step(Promote(), 1.0)
+    assert role.connected_to is None
+    assert connects(role.step(Tick(), 50.0)) == []
+
+
+def test_promote_catch_up_is_refused() -> None:
+    role = backup(S.CATCH_UP)
+    (refuse,) = role.step(Promote(), 0.0)
+    assert isinstance(refuse, Refuse)
+    assert "catch-up" in refuse.reason
+    assert role.state == S.CATCH_UP
+
+
+def test_promote_joining_refused_when_a_peer_is_primary_or_ready() -> None:
+    role = backup(S.JOINING)
+    (refuse,) = role.step(Promote(peers_primary_or_ready=("h2:5672", "h3:5672")), 0.0)
+    assert isinstance(refuse, Refuse)
+    assert "h2:5672" in refuse.reason and "h3:5672" in refuse.reason
+    assert role.state == S.JOINING
+
+
+def test_promote_joining_allowed_when_no_peer_is_primary_or_ready() -> None:
+    """The first primary of a new cluster (or after a total failure) comes from joining."""
+    role = backup(S.JOINING)
+    actions = role.step(Promote(peers_primary_or_ready=()), 0.0)
+    assert [(a.old, a.new) for a in actions if isinstance(a, Transition)] == [
+        (S.JOINING, S.RECOVERING),
+        (S.RECOVERING, S.ACTIVE),
+    ]
+    assert actions[1] == StartEpoch()
+    assert role.state == S.ACTIVE
+
+
+def test_promote_ready_ignores_what_peers_report() -> None:
+    role = backup(S.READY)
+    actions = role.step(Promote(peers_primary_or_ready=("h2:5672",)), 0.0)
+    assert StartEpoch() in actions
+    assert role.state == S.ACTIVE
+
+
+@pytest.mark.parametrize("state", [S.RECOVERING, S.ACTIVE], ids=str)
+def test_promote_primary_is_refused(state: BrokerState) -> None:
+    role = backup(state)
+    (refuse,) = role.step(Promote(), 0.0)
+    assert isinstance(refuse, Refuse)
+    assert "already primary" in refuse.reason
+    assert role.state == state
+
+
+def test_promote_standalone_is_refused() -> None:
+    role = backup(S.STANDALONE)
+    (refuse,) = role.step(Promote(), 0.0)
+    assert isinstance(refuse, Refuse)
+    assert role.state == S.STANDALONE
+
+
+# -- recovering primary -------------------------------------------------------------------------
+
+
+def test_recovering_goes_active_when_every_expected_backup_acks_its_target() -> None:
+    role, _ = promoted({"b1", "b2"}, now=0.0)
+
+    assert role.step(BackupConnected("b1", target=5), 1.0) == [WakeAt(TIMEOUT)]
+    assert role.step(BackupAcked("b1", 4), 2.0) == [WakeAt(TIMEOUT)]
+    assert role.step(BackupAcked("b1", 5), 3.0) == [TellReady("b1"), WakeAt(TIMEOUT)]
+    assert role.state == S.RECOVERING
+
+    assert role.step(BackupConnected("b2", target=7), 4.0) == [WakeAt(TIMEOUT)]
+    assert role.step(BackupAcked("b2", 9), 5.0) == [
+        TellReady("b2"),
+        Transition(S.RECOVERING, S.ACTIVE, "every expected backup is ready"),
+    ]
+    assert role.state == S.ACTIVE
+    assert role.ready_backups == ["b1", "b2"]
+    assert role.step(Tick(), 2 * TIMEOUT) == []  # nothing left to time out
+
+
+def test_expected_backup_with_nothing_to_catch_up_is_ready_on_connect() -> None:
+    role, _ = promoted({"b1"})
+    assert role.step(BackupConnected("b1", target=0), 1.0) == [
+        TellReady("b1"),
+        Transition(S.RECOVERING, S.ACTIVE, "every expected backup is ready"),
+    ]
+
+
+def test_tick_before_the_backup_timeout_keeps_recovering() -> None:
+    role, _ = promoted({"b1"}, now=0.0)
+    assert role.step(Tick(), TIMEOUT - 0.001) == [WakeAt(TIMEOUT)]
+    assert role.state == S.RECOVERING
+
+
+def test_backup_timeout_gives_up_on_the_waiting_backups() -> None:
+    role, _ = promoted({"b1", "b2", "b3"}, now=0.0)
+    role.step(BackupConnected("b1", target=5), 1.0)
+    role.step(BackupAcked("b1", 5), 2.0)  # b1 ready
+    role.step(BackupConnected("b2", target=5), 3.0)
+    role.step(BackupAcked("b2", 3), 4.0)  # b2 connected, not caught up; b3 never came
+
+    assert role.step(Tick(), TIMEOUT) == [
+        TellCatchUp("b2"),  # connected: told to go back to catch-up
+        StopExpecting(("b2", "b3")),  # b3 cannot be told, but holds nothing any more
+        Transition(S.RECOVERING, S.ACTIVE, "backup timeout: gave up on b2, b3"),
+    ]
+    assert role.state == S.ACTIVE
+    assert role.expected == {"b1"}
+    # b2 may still finish catching up under the active primary
+    assert role.step(BackupAcked("b2", 5), 11.0) == [TellReady("b2")]
+    assert role.ready_backups == ["b1", "b2"]
+
+
+def test_backup_timeout_of_zero_gives_up_at_promotion() -> None:
+    role = HaRole(addresses=[], maintenance_interval=INTERVAL, backup_timeout=0.0, state=S.READY)
+    role.last_membership_ready = frozenset({"b1"})
+    assert role.step(Promote(), 4.0) == [
+        Transition(S.READY, S.RECOVERING, "promoted"),
+        StartEpoch(),
+        StopExpecting(("b1",)),
+        Transition(S.RECOVERING, S.ACTIVE, "backup timeout: gave up on b1"),
+    ]
+
+
+def test_backup_lost_while_recovering_stays_expected() -> None:
+    role, _ = promoted({"b1", "b2"}, now=0.0)
+    role.step(BackupConnected("b1", target=0), 1.0)  # b1 ready at once
+    assert role.step(BackupLost("b1", "heartbeat"), 2.0) == []  # still awaited
+    assert role.expected == {"b1", "b2"}
+    # b2 becoming ready is not enough: b1 is waited for again
+    assert role.step(BackupConnected("b2", target=0), 3.0) == [TellReady("b2"), WakeAt(TIMEOUT)]
+    assert role.state == S.RECOVERING
+    # at the timeout b1 is dropped, without being told anything (it is not connected)
+    assert role.step(Tick(), TIMEOUT) == [
+        StopExpecting(("b1",)),
+        Transition(S.RECOVERING, S.ACTIVE, "backup timeout: gave up on b1"),
+    ]
+
+
+def test_expected_backup_lost_and_back_counts_when_ready_again() -> None:
+    role, _ = promoted({"b1"}, now=0.0)
+    role.step(BackupConnected("b1", target=5), 1.0)
+    role.step(BackupLost("b1", "closed"), 2.0)
+    assert role.step(BackupAcked("b1", 5), 2.5) == []  # a late ack of the lost link: ignored
+    role.step(BackupConnected("b1", target=6), 3.0)
+    actions = role.step(BackupAcked("b1", 6), 4.0)
+    assert actions[0] == TellReady("b1")
+    assert role.state == S.ACTIVE
+
+
+def test_unexpected_backup_lost_while_recovering_stops_being_expected() -> None:
+    role, _ = promoted({"b1"}, now=0.0)
+    role.step(BackupConnected("new", target=3), 1.0)
+    assert role.step(BackupLost("new", "closed"), 2.0) == [StopExpecting(("new",))]
+    assert role.state == S.RECOVERING
+
+
+# -- active primary -----------------------------------------------------------------------------
+
+
+def test_backup_lost_while_active_stops_expecting_it() -> None:
+    role, _ = promoted({"b1"}, now=0.0)
+    role.step(BackupConnected("b1", target=0), 1.0)
+    assert role.state == S.ACTIVE
+    assert role.step(BackupLost("b1", "missed heartbeats"), 5.0) == [StopExpecting(("b1",))]
+    assert role.ready_backups == []
+
+
+def test_new_backup_under_an_active_primary_is_ready_once_caught_up() -> None:
+    role, _ = promoted(set())
+    actions = role.step(BackupConnected("b9", target=4), 1.0)
+    assert TellReady("b9") not in actions
+    assert role.step(BackupAcked("b9", 4), 2.0) == [TellReady("b9")]
+    assert role.step(BackupAcked("b9", 8), 3.0) == []  # told once
+    assert role.ready_backups == ["b9"]
+
+
+def test_backup_with_nothing_to_catch_up_is_ready_on_connect() -> None:
+    role, _ = promoted(set())
+    assert role.step(BackupConnected("b9", target=0), 1.0) == [TellReady("b9")]
+
+
+def test_backup_not_caught_up_is_told_to_catch_up_on_connect() -> None:
+    """A backup still `ready` from an older primary (e.g. one this primary timed out while it was
+    away) must not stay `ready` while it lacks what this primary acknowledged: it would be
+    promotable without holding everything (seed 1.12.12.4)."""
+    role, _ = promoted(set())
+    assert role.step(BackupConnected("b9", target=4), 1.0) == [TellCatchUp("b9")]
+
+
+def test_expected_backup_is_not_told_to_catch_up_on_connect() -> None:
+    """An expected backup keeps `ready` while the recovering primary holds acks on its behalf."""
+    role, _ = promoted({"b1"})
+    assert TellCatchUp("b1") not in role.step(BackupConnected("b1", target=4), 1.0)
+
+
+def test_acks_from_an_unknown_backup_are_ignored() -> None:
+    role, _ = promoted(set())
+    assert role.step(BackupAcked("ghost", 10), 1.0) == []
+
+
+def test_tick_while_active_does_nothing() -> None:
+    role, _ = promoted(set())
+    assert role.step(Tick(), 1e6) == []
+
+
+def test_unknown_event_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="unknown HA event"):
+        backup().step(object(), 0.0)
+
+
+# -- two roles talking: the primary's tells drive the backup's states ---------------------------
+
+
+def deliver(primary_actions: list[Action], backups: dict[str, HaRole], now: float) -> None:
+    for action in primary_actions:
+        if isinstance(action, TellReady):
+            backups[action.name].step(ToldReady(), now)
+        elif isinstance(action, TellCatchUp):
+            backups[action.name].step(ToldCatchUp(), now)
+
+
+def test_failover_round_trip() -> None:
+    """b1 and b2 ready under an old primary; b1 is promoted; b2 reconnects, catches up, is ready;
+    a third broker joins and becomes ready. Every transition on the way is legal."""
+    b1, b2, b3 = backup(S.READY), backup(S.READY), backup(S.JOINING)
+    b1.last_membership_ready = frozenset({"b2"})
+    roles = {"b2": b2, "b3": b3}
+
+    assert b1.step(Promote(), 0.0)[:2] == [
+        Transition(S.READY, S.RECOVERING, "promoted"),
+        StartEpoch(),
+    ]
+    b2.step(PrimaryLost("old primary died"), 0.0)
+    b2.step(PrimaryFound("h1:5672"), 0.5)
+    deliver(b1.step(BackupConnected("b2", target=10), 0.5), roles, 0.5)
+    assert b2.state == S.READY  # still protected: b1 holds acks for it
+    deliver(b1.step(BackupAcked("b2", 10), 1.0), roles, 1.0)
+    assert (b1.state, b2.state) == (S.ACTIVE, S.READY)
+
+    deliver(b1.step(BackupConnected("b3", target=12), 2.0), roles, 2.0)
+    b3.step(FirstData(), 2.1)
+    assert b3.state == S.CATCH_UP
+    deliver(b1.step(BackupAcked("b3", 12), 3.0), roles, 3.0)
+    assert b3.state == S.READY
+
+
+def test_timed_out_backup_that_reconnects_late_is_not_ready_until_caught_up() -> None:
+    b1, b2 = backup(S.READY), backup(S.READY)
+    b1.last_membership_ready = frozenset({"b2"})
+    roles = {"b2": b2}
+    b1.step(Promote(), 0.0)
+    b2.step(PrimaryLost("old primary died"), 0.0)  # and b2 stays away past the timeout
+    b1.step(Tick(), TIMEOUT)
+    assert b1.state == S.ACTIVE
+    assert b2.state == S.READY  # nobody could tell it yet
+
+    deliver(b1.step(BackupConnected("b2", target=20), 15.0), roles, 15.0)
+    assert b2.state == S.CATCH_UP  # not promotable while it lacks what b1 acknowledged
+    deliver(b1.step(BackupAcked("b2", 20), 16.0), roles, 16.0)
+    assert b2.state == S.READY
