@@ -49,7 +49,23 @@ def extract(data: bytes, now: float) -> tuple[Message, AmqpMessage]:
 
 def _plain(props: dict[Any, Any]) -> dict[str, Any]:
     """Application property keys as plain str (proton may hand back its symbol type)."""
-    return {str(k): v for k, v in props.items()}
+    return {str(k): owned(v) for k, v in props.items()}
+
+
+def owned(value: Any) -> Any:
+    """`value` with every binary turned into `bytes`, maps and lists copied.
+
+    proton 0.40 decodes a binary as a memoryview into the C message or data object, which is
+    reused or freed once that object goes: anything kept beyond the decode (properties, binding
+    and queue arguments) must hold its own copy, or it later reads garbage (or crashes).
+    """
+    if isinstance(value, memoryview):
+        return value.tobytes()
+    if isinstance(value, dict):
+        return {owned(k): owned(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(owned(v) for v in value)
+    return value
 
 
 def outgoing_bytes(qm: QueuedMessage) -> bytes:

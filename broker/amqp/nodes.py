@@ -18,6 +18,8 @@ from proton import Data, Terminus
 
 from broker.model import Broker, Exchange, ModelError, NotFound, Queue
 
+from . import codec
+
 CREATE_ON_DEMAND = "create-on-demand"
 MANAGEMENT = "$management"
 
@@ -30,8 +32,7 @@ def data_object(d: Data | None) -> Any:
         d.rewind()
         if not d.next():
             return None
-        d.rewind()
-        return d.get_object()
+        return codec.owned(d.get_object())  # the value under the cursor: next() comes first
     except Exception:
         return None
 

@@ -38,14 +38,14 @@ class Management:
         return _RequestLink(self, conn, link)
 
     def handle(self, conn: AmqpConnection, request: AmqpMessage) -> Response:
-        props = {str(k): v for k, v in (request.properties or {}).items()}
+        props = {str(k): codec.owned(v) for k, v in (request.properties or {}).items()}
         op = str(props.get("operation", "")).upper()
         kind = str(props.get("type", "")).lower()
         name = props.get("name")
         log.info(
             "broker=%s conn=%s management %s %s %s", self.core.name, conn.id, op, kind, name or ""
         )
-        return self.ops.run(op, kind, name, props, request.body, conn)
+        return self.ops.run(op, kind, name, props, codec.owned(request.body), conn)
 
     def reply(self, request: AmqpMessage, response: Response) -> None:
         if not request.reply_to:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from proton import Condition
+
 from broker.model import ModelError, NotFound, Queue
 
 if TYPE_CHECKING:
@@ -30,6 +32,9 @@ STATUS = {
     "amqp:not-allowed": 400,
     "amqp:resource-limit-exceeded": 403,
 }
+
+
+RESOURCE_DELETED = "amqp:resource-deleted"
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,8 @@ class Operations:
         closed = self.core.model.delete_queue(name or "", if_empty=not _bool(body.get("force")))
         for c in closed:
             out = c.context
-            if out is not None:
+            if out is not None:  # tell the receiver why its link goes
+                out.link.condition = Condition(RESOURCE_DELETED, f"queue {name!r} was deleted")
                 out.link.close()
                 out.conn.driver.wake()
         return Response(204, "deleted")
