@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -43,6 +44,7 @@ from qstore.journal import (
     Delivery,
     Dequeue,
     Enqueue,
+    Epoch,
     ExchangeDeclare,
     ExchangeDelete,
     Journal,
@@ -118,6 +120,10 @@ class EventLog:
         self.default_level = default_level
         self.epoch = journal.epoch
         self.seq = journal.state.max_origin
+        # (number, node id, first seq) of every epoch this broker's history holds
+        self.epochs: list[tuple[int, str, int]] = [
+            (ep.number, str(ep.node), ep.origin) for ep in journal.state.epochs
+        ]
         self.replica: tuple[int, int] | None = None  # set by a backup's replicator
         self.numbering = True  # False on a backup: its own events are outside the stream
         self.adopting = False  # restoring from the journal: track entities, write nothing
@@ -189,6 +195,25 @@ class EventLog:
         if replicated and self.sink is not None:
             self.sink.publish(event(record, epoch, seq, flags), key)
         return epoch, seq
+
+    def start_epoch(self, number: int, node: uuid.UUID) -> tuple[int, int]:
+        """A promotion: the epoch record is the first event of the new epoch, journaled and
+        replicated like any other, so every broker's history names who led from which seq."""
+        self.epoch = number
+        self.seq += 1
+        self.epochs.append((number, str(node), self.seq))
+        rec = Epoch(number, node)
+        self.journal.submit_one(rec, _log_failure, epoch=number, origin=self.seq)
+        if self.sink is not None:
+            self.sink.publish(event(rec, number, self.seq), None)
+        return number, self.seq
+
+    def apply_epoch(self, rec: Epoch, epoch: int, seq: int, done: Callable[[Any], None]) -> None:
+        """A backup applies the primary's epoch record."""
+        self.epoch = epoch
+        self.seq = max(self.seq, seq)
+        self.epochs.append((rec.number, str(rec.node), seq))
+        self.journal.submit_one(rec, done, epoch=epoch, origin=seq, replica=True)
 
     def on_event(self, ev: Event) -> None:
         match ev:

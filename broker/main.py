@@ -45,29 +45,34 @@ def setup_logging(cfg: BrokerConfig, name: Callable[[], str], state: Callable[[]
     root.setLevel(cfg.log_level.upper())
 
 
-async def _serve(cfg: BrokerConfig) -> None:
+async def _serve(cfg: BrokerConfig) -> int:
     from broker.service import BrokerService
 
     service = BrokerService(cfg)
     setup_logging(cfg, lambda: service.cfg.name, lambda: service.state)
-    async with anyio.create_task_group() as tg:
+
+    async def watch_signals() -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            await tg.start(service.run)
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                service.request_stop()
+                return
 
-            async def on_signal() -> None:
-                async for signum in signals:
-                    log.info("received %s", signal.Signals(signum).name)
-                    await service.stop()
-                    return
-
-            await on_signal()
+    async with anyio.create_task_group() as tg:
+        await tg.start(service.run)
+        tg.start_soon(watch_signals)
+        await service.stop_requested.wait()
+        await service.stop()
+        tg.cancel_scope.cancel()
+    return service.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     cfg = main_parse(sys.argv[1:] if argv is None else list(argv))
     setup_logging(cfg, lambda: cfg.name, lambda: "standalone")
+    code = 0
     try:
-        anyio.run(_serve, cfg)
+        code = anyio.run(_serve, cfg)
     except KeyboardInterrupt:
         pass
     except BaseException as exc:
@@ -76,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         print(f"qstored: error: {user_error}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(0)
+    sys.exit(code)
 
 
 def _user_error(exc: BaseException) -> BaseException | None:

@@ -21,6 +21,7 @@ from broker.amqp.connection import AmqpConnection, Core
 from broker.amqp.outbox import Outbox
 from broker.config import BrokerConfig
 from broker.eventlog import EventLog
+from broker.ha.driver import HaDriver
 from broker.mgmt.node import Management
 from broker.model import Broker
 from broker.net import Server
@@ -72,11 +73,20 @@ class BrokerService:
             max_frame_size=cfg.max_frame_size,
         )
         self.port = cfg.port
+        self.exit_code = 0
+        self._tg: Any = None
+        self.stop_requested = anyio.Event()
+        self.ha: HaDriver | None = None
+        if cfg.ha_cluster:
+            self.ha = HaDriver(self, time.monotonic)
+            self.core.ha = self.ha
+            self.state = str(self.ha.state)
 
     def info(self) -> dict[str, Any]:
         return {
             "name": self.cfg.name,
             "state": self.state,
+            "ha-replicate": self.cfg.ha_replicate,
             "node-id": str(self.journal.node_id),
             "pid": os.getpid(),
             "data-dir": str(self.cfg.data_dir),
@@ -94,10 +104,23 @@ class BrokerService:
                 tmp.write_text(f"{self.port}\n")
                 tmp.replace(self.cfg.port_file)
             log.info("ready on %s:%d", self.cfg.interface, self.port)
-            tg.start_soon(self._housekeeping)
+            self._tg = tg
+            if self.ha is not None:
+                tg.start_soon(self.ha.run, tg)
+            else:
+                tg.start_soon(self._housekeeping)
             task_status.started(self.port)
             await self._stopped.wait()
             tg.cancel_scope.cancel()
+
+    def on_promoted(self) -> None:
+        """This broker now leads: expiry is its to decide (backups follow the primary's)."""
+        if self._tg is not None:
+            self._tg.start_soon(self._housekeeping)
+
+    def request_stop(self, exit_code: int = 0) -> None:
+        self.exit_code = max(self.exit_code, exit_code)
+        self.stop_requested.set()
 
     async def _housekeeping(self) -> None:
         while True:
@@ -113,7 +136,8 @@ class BrokerService:
         return ev
 
     async def stop(self) -> None:
-        """Close every connection with amqp:connection:forced, flush the journal, release it."""
+        """Close every connection (amqp:connection:forced; in a cluster, dropped without a word, so
+        that clients fail over), flush the journal, release it."""
         log.info("stopping: closing %d connections", len(self.server.connections))
         await self.server.stop()
         self._stopped.set()

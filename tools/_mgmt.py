@@ -229,3 +229,19 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     ]
     lines.insert(1, "=" * max(len(lines[0]), sum(widths) + 2 * (len(widths) - 1)))
     return "\n".join(lines)
+
+
+def query_status(address: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any] | None:
+    """A broker's HA status (`READ ha`) over an admin connection, or None if it does not answer.
+    Also used by a joining broker asked to promote itself, to look at its peers."""
+    try:
+        client = ManagementClient(parse_broker(address), ha_admin=True, timeout=timeout)
+    except (ToolError, argparse.ArgumentTypeError):
+        return None
+    try:
+        code, _, body = client.request("READ", "ha")
+    except ToolError:
+        return None
+    finally:
+        client.close()
+    return {str(k): v for k, v in body.items()} if code == 200 and isinstance(body, dict) else None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from proton import Condition, Endpoint, Event, Link, Terminus
 
-from broker.model import Broker, Exchange, ModelError, Queue
+from broker.model import Broker, Exchange, ModelError, NotAllowed, Queue
 from broker.net import ConnectionDriver, ConnectionHandler
 
 from . import nodes
@@ -25,9 +25,12 @@ from .outbox import Outbox
 
 if TYPE_CHECKING:
     from broker.eventlog import EventLog
+    from broker.ha.driver import HaDriver
     from broker.mgmt.node import Management
 
 log = logging.getLogger("qstore.amqp")
+
+REPLICATION = "$ha.replication"
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Core:
     clock: Callable[[], float]
     events: EventLog | None = None
     management: Management | None = None
+    ha: HaDriver | None = None
     auto_create: bool = False
     connections: dict[int, AmqpConnection] = field(default_factory=dict)
 
@@ -51,6 +55,7 @@ class AmqpConnection(ConnectionHandler):
         self.id = driver.conn_id
         self.gone = False
         self.container: str | None = None
+        self.kind = "client"  # or admin / backup (HA)
         self.properties: dict[str, Any] = {}
         self._links: dict[Link, IncomingLink | OutgoingLink | Any] = {}
         core.connections[self.id] = self
@@ -65,8 +70,9 @@ class AmqpConnection(ConnectionHandler):
                 handler.on_delivery(event.delivery)
         elif t == Event.LINK_FLOW:
             handler = self._links.get(event.link)
-            if isinstance(handler, OutgoingLink):
-                handler.on_flow()
+            on_flow = getattr(handler, "on_flow", None)
+            if on_flow is not None:
+                on_flow()
         elif t == Event.LINK_REMOTE_OPEN:
             self._attach(event.link)
         elif t == Event.LINK_REMOTE_CLOSE:
@@ -90,6 +96,24 @@ class AmqpConnection(ConnectionHandler):
         self.container = conn.remote_container
         props = conn.remote_properties
         self.properties = {str(k): v for k, v in props.items()} if props else {}
+        ha = self.core.ha
+        if ha is not None:
+            self.kind = ha.admit(self.properties)
+            if self.kind == "refuse":
+                # Drop the socket without an `open`: stock clients then try their next URL.
+                log.info(
+                    "broker=%s conn=%s refused %s peer=%s container=%s: this broker is %s",
+                    self.core.name,
+                    self.id,
+                    "backup link" if "qpid.ha-backup" in self.properties else "client",
+                    self.driver.peer,
+                    self.container,
+                    ha.state,
+                )
+                self.driver.abort(f"refused: broker is {ha.state}")
+                return
+            if self.kind == "backup":
+                self.driver.transport.idle_timeout = ha.heartbeat * 2
         conn.container = self.core.name
         conn.open()
         log.info(
@@ -116,9 +140,14 @@ class AmqpConnection(ConnectionHandler):
                     node = nodes.resolve(
                         core.model, target, auto_create=core.auto_create, owner=self.id
                     )
+                    self._check_backup_admin(node)
                     link.target.address = node.name
                     handler = IncomingLink(self, link, node)
                 link.open()
+            elif link.remote_source.address == REPLICATION:
+                handler = self._replication_link(link)
+                if handler is None:
+                    return
             else:  # the client receives from us
                 source = link.remote_source
                 link.source.copy(source)
@@ -126,6 +155,8 @@ class AmqpConnection(ConnectionHandler):
                     core.model, source, auto_create=core.auto_create, owner=self.id
                 )
                 browse = source.distribution_mode == Terminus.DIST_MODE_COPY
+                if not browse:
+                    self._check_backup_admin(node)
                 if isinstance(node, Exchange):
                     queue: Queue = nodes.subscription_queue(
                         core.model, node, nodes.filter_key(source), self.id
@@ -149,6 +180,39 @@ class AmqpConnection(ConnectionHandler):
             return
         self._links[link] = handler
         log.debug("broker=%s conn=%s attached %s", core.name, self.id, link.name)
+
+    def _replication_link(self, link: Link) -> Any:
+        """A backup attaches to the primary's stream (only on a primary, only from a backup)."""
+        ha = self.core.ha
+        primary = ha.primary if ha is not None else None
+        if self.kind != "backup" or primary is None:
+            self._refuse(link, "amqp:not-allowed", "this broker does not serve replication")
+            return None
+        link.source.copy(link.remote_source)
+        link.target.copy(link.remote_target)
+        link.open()
+        info = self.properties.get("qpid.ha-backup")
+        return primary.attach(self, link, info if isinstance(info, dict) else {})
+
+    def _check_backup_admin(self, node: Queue | Exchange) -> None:
+        """On a backup, an admin may look but not change what the primary replicates."""
+        ha = self.core.ha
+        if ha is None or not ha.state.is_backup or self.core.events is None:
+            return
+        ev = self.core.events
+        level = (
+            ev.queue_level(node.name) if isinstance(node, Queue) else ev.exchange_level(node.name)
+        )
+        if level != "none":
+            raise NotAllowed(
+                f"{node.name!r} is replicated from the primary: on a backup it can only be browsed"
+            )
+
+    def on_server_stop(self, driver: ConnectionDriver) -> None:
+        if self.core.ha is not None:  # clients must fail over, which they do only on a drop
+            driver.abort("broker stopping")
+        else:
+            super().on_server_stop(driver)
 
     def _refuse(self, link: Link, condition: str, description: str) -> None:
         """Refuse an attach: an attach with no node, then a detach with the error."""

@@ -20,12 +20,14 @@ from typing import Any
 
 import zstandard
 
-from qstore.journal.records import RECORD_CLASSES, Record
+from qstore.journal.records import RECORD_CLASSES, Record, RecordType
 
 ITEM = struct.Struct(">BBIQI")
 COMPRESS_OVER = 16 << 10
 
 DURABLE, AUTO_DELETE, EXCLUSIVE = 0x1, 0x2, 0x4
+
+RT_ENQUEUE, RT_DEQUEUE, RT_DELIVERY = RecordType.ENQUEUE, RecordType.DEQUEUE, RecordType.DELIVERY
 
 # control kinds (event kinds are the journal's record types, 1..10)
 SNAPSHOT_BEGIN = 100  # {"position": [epoch, seq]}: replicated state follows, replacing the backup's

@@ -9,7 +9,9 @@ what each operation does.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from proton import Delivery, Link
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("qstore.mgmt")
 
 MANAGEMENT_WINDOW = 100
+_background: set[asyncio.Task[None]] = set()  # answers in progress (a task needs a reference)
 
 
 class Management:
@@ -37,7 +40,7 @@ class Management:
     def incoming(self, conn: AmqpConnection, link: Link) -> _RequestLink:
         return _RequestLink(self, conn, link)
 
-    def handle(self, conn: AmqpConnection, request: AmqpMessage) -> Response:
+    def handle(self, conn: AmqpConnection, request: AmqpMessage) -> Response | Awaitable[Response]:
         props = {str(k): codec.owned(v) for k, v in (request.properties or {}).items()}
         op = str(props.get("operation", "")).upper()
         kind = str(props.get("type", "")).lower()
@@ -45,7 +48,36 @@ class Management:
         log.info(
             "broker=%s conn=%s management %s %s %s", self.core.name, conn.id, op, kind, name or ""
         )
+        if kind == "ha":
+            return self._ha(op)
         return self.ops.run(op, kind, name, props, codec.owned(request.body), conn)
+
+    def _ha(self, op: str) -> Response | Awaitable[Response]:
+        """HA status and promote (what `qstore-ha` asks)."""
+        ha = self.core.ha
+        if op in ("READ", "QUERY"):
+            if ha is None:
+                st = {
+                    "name": self.core.name,
+                    "state": "standalone",
+                    "epoch": 0,
+                    "position": [0, 0],
+                    "brokers_url": "",
+                    "members": [],
+                }
+                return Response(200, "OK", st)
+            return Response(200, "OK", ha.status())
+        if op == "PROMOTE":
+            if ha is None:
+                return Response(400, "not a cluster broker (--ha-cluster no)")
+            return self._promote(ha)
+        return Response(501, f"unsupported operation {op!r} on type 'ha'")
+
+    async def _promote(self, ha: Any) -> Response:
+        refused = await ha.promote()
+        if refused is not None:
+            return Response(409, f"promote refused: {refused}")
+        return Response(200, "OK", ha.status())
 
     def reply(self, request: AmqpMessage, response: Response) -> None:
         if not request.reply_to:
@@ -93,9 +125,27 @@ class _RequestLink:
             reject(dlv, DECODE_ERROR, str(exc))
             return
         response = self.mgmt.handle(self.conn, request)
+        if isinstance(response, Response):
+            self._answer(dlv, request, response)
+            return
+
+        async def later() -> None:  # an answer that needs I/O (promote asks the other brokers)
+            try:
+                self._answer(dlv, request, await response)
+            except Exception as exc:
+                log.exception("management request failed")
+                self._answer(dlv, request, Response(500, f"internal error: {exc}"))
+
+        task = asyncio.get_running_loop().create_task(later())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    def _answer(self, dlv: Delivery, request: AmqpMessage, response: Response) -> None:
         self.mgmt.reply(request, response)
-        dlv.update(Delivery.ACCEPTED)
-        dlv.settle()
+        if not self.conn.gone:
+            dlv.update(Delivery.ACCEPTED)
+            dlv.settle()
+            self.conn.driver.wake()
 
     def close(self) -> None:
         pass

@@ -60,7 +60,7 @@ class ConnectionDriver:
         self._opts = options
         self._clock = options.clock
 
-        self.transport = Transport(Transport.SERVER)
+        self.transport = Transport(Transport.CLIENT if options.client else Transport.SERVER)
         if options.max_frame_size:
             self.transport.max_frame_size = options.max_frame_size
         if options.idle_timeout:

@@ -32,6 +32,7 @@ class ConnectionOptions:
     read_size: int = 64 * 1024
     setup_transport: TransportSetup = anonymous_sasl
     clock: Clock = time.monotonic
+    client: bool = False  # drive the client end (an HA backup's link to its primary)
 
 
 def peer_of(stream: SocketStream) -> str:

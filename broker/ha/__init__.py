@@ -1,0 +1,1 @@
+"""HA: the broker states, the role state machine, replication and the ack guard."""

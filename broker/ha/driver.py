@@ -1,0 +1,318 @@
+"""The HA role's I/O edge: runs `HaRole` and carries out its actions.
+
+It owns the timer the role asks for, the backup's connection attempts to the primary, the switch
+from following to leading at promotion (a new epoch, the replication sink, the guard), and what the
+rest of the broker asks of HA: who may connect, the status, promote. Decisions stay in `role.py`;
+an illegal transition is logged as critical and stops the broker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+from anyio.abc import TaskGroup
+
+from broker.net import ConnectionDriver, ConnectionOptions
+from broker.net.options import anonymous_sasl
+
+from . import role as R
+from . import stream
+from .backup_link import BackupLink
+from .primary import Primary, RecentLog
+from .replicator import Replicator
+from .states import BrokerState, IllegalTransition
+from .stream import Item
+
+if TYPE_CHECKING:
+    from broker.service import BrokerService
+
+log = logging.getLogger("qstore.ha")
+
+ADMIN_PROPERTY = "qpid.ha-admin"
+BACKUP_PROPERTY = "qpid.ha-backup"
+_ids = itertools.count(1_000_000)  # connection ids of outgoing links, apart from accepted ones
+
+
+def _address_key(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if host in ("localhost", "0.0.0.0", "::", "::1"):
+        host = "127.0.0.1"
+    return host, int(port or 5672)
+
+
+class HaDriver:
+    def __init__(self, service: BrokerService, clock: Callable[[], float]) -> None:
+        cfg = service.cfg
+        self.service = service
+        self.clock = clock
+        self.url = cfg.ha_brokers_url
+        assert self.url is not None
+        self.heartbeat = cfg.link_heartbeat_interval
+        self.all_addresses = [f"{a.host}:{a.port}" for a in self.url.addresses]
+        self.role = R.HaRole(
+            addresses=[],
+            maintenance_interval=cfg.link_maintenance_interval,
+            backup_timeout=cfg.ha_backup_timeout,
+            state=BrokerState.STANDALONE,
+        )
+        self.recent = RecentLog(service.events.seq)
+        self.replicator = Replicator(service.model, service.events, self.recent)
+        self.replicator.on_control = self._on_control
+        self.primary: Primary | None = None
+        self.members: list[dict[str, Any]] = []
+        self._tg: TaskGroup | None = None
+        self._kick = anyio.Event()
+        self._wake_at = 0.0
+        self._link: ConnectionDriver | None = None
+        self._connecting = False
+        service.events.numbering = False
+
+    # -- identity -----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.service.cfg.name
+
+    @property
+    def address(self) -> str:
+        return f"{self.service.cfg.interface}:{self.service.port}"
+
+    @property
+    def state(self) -> BrokerState:
+        return self.role.state
+
+    def _others(self) -> list[str]:
+        me = _address_key(self.address)
+        return [a for a in self.all_addresses if _address_key(a) != me]
+
+    def backup_info(self) -> dict[str, Any]:
+        ev = self.service.events
+        node = next((n for num, n, _ in reversed(ev.epochs) if num == ev.epoch), "")
+        return {
+            "name": self.name,
+            "address": self.address,
+            "state": str(self.state),
+            "position": {"epoch": ev.epoch, "node": node, "seq": ev.seq},
+        }
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(self, tg: TaskGroup) -> None:
+        """Join the cluster and keep the role's timer; returns when cancelled."""
+        self._tg = tg
+        self.role.addresses = self._others()
+        self.handle_actions([self.role._go(BrokerState.JOINING, "started with --ha-cluster yes")])
+        self.handle(R.Tick())
+        while True:
+            delay = max(0.0, self._wake_at - self.clock()) if self._wake_at else 3600.0
+            with anyio.move_on_after(delay):
+                await self._kick.wait()
+            self._kick = anyio.Event()
+            self._wake_at = 0.0
+            self.handle(R.Tick())
+
+    def handle(self, event: object) -> list[R.Action]:
+        try:
+            actions = self.role.step(event, self.clock())
+        except IllegalTransition as exc:
+            self._fatal(str(exc))
+            return []
+        return self.handle_actions(actions)
+
+    def handle_actions(self, actions: list[R.Action]) -> list[R.Action]:
+        for a in actions:
+            match a:
+                case R.Transition(old=old, new=new, why=why):
+                    log.info("state %s -> %s: %s", old, new, why)
+                    self.service.state = str(new)
+                    if new == BrokerState.RECOVERING:
+                        self._become_primary()
+                    self._broadcast_membership()
+                case R.Connect(address=address):
+                    if not self._connecting and self._tg is not None:
+                        self._connecting = True
+                        self._tg.start_soon(self._connect, address)
+                case R.StartEpoch():
+                    self._start_epoch()
+                case R.TellReady(name=name):
+                    if self.primary is not None:
+                        self.primary.send_control(name, stream.READY)
+                    self._broadcast_membership()
+                case R.TellCatchUp(name=name):
+                    if self.primary is not None:
+                        self.primary.send_control(name, stream.CATCH_UP)
+                    self._broadcast_membership()
+                case R.StopExpecting(names=names):
+                    if self.primary is not None:
+                        self.primary.stop_expecting(names)
+                case R.WakeAt(when=when):
+                    if not self._wake_at or when < self._wake_at:
+                        self._wake_at = when
+                        self._kick.set()
+                case R.Refuse():
+                    pass
+        return actions
+
+    def _fatal(self, why: str) -> None:
+        log.critical("%s: stopping the broker", why)
+        self.service.request_stop(exit_code=1)
+
+    # -- backup side --------------------------------------------------------------------------
+
+    async def _connect(self, address: str) -> None:
+        host, port = _address_key(address)
+        driver: ConnectionDriver | None = None
+        try:
+            try:
+                with anyio.fail_after(max(1.0, self.role.maintenance_interval * 5)):
+                    sock = await anyio.connect_tcp(host, port)
+            except (OSError, TimeoutError) as exc:
+                self.handle(R.ConnectFailed(address, str(exc) or type(exc).__name__))
+                return
+            options = ConnectionOptions(
+                client=True,
+                idle_timeout=self.heartbeat * 2,
+                open_timeout=max(2.0, self.heartbeat * 2),
+                setup_transport=anonymous_sasl,
+            )
+            driver = ConnectionDriver(
+                sock, lambda d: BackupLink(self, d, address), next(_ids), options
+            )
+            self._link = driver
+            await driver.run()
+        finally:
+            self._connecting = False
+            if self._link is driver:
+                self._link = None
+            handler = driver.handler if driver is not None else None
+            if driver is not None and not (isinstance(handler, BackupLink) and handler.attached):
+                self.handle(R.ConnectFailed(address, "not a primary"))
+
+    def primary_found(self, address: str) -> None:
+        log.info("following primary %s", address)
+        self.handle(R.PrimaryFound(address))
+
+    def primary_lost(self, address: str, why: str) -> None:
+        if self.state.is_backup:
+            log.warning("lost primary %s: %s", address, why)
+        self.handle(R.PrimaryLost(why))
+
+    def first_data(self) -> None:
+        if self.state == BrokerState.JOINING:
+            self.handle(R.FirstData())
+
+    def _on_control(self, item: Item) -> None:
+        if item.kind == stream.READY:
+            self.handle(R.ToldReady())
+        elif item.kind == stream.CATCH_UP:
+            self.handle(R.ToldCatchUp())
+        elif item.kind == stream.MEMBERSHIP and item.data is not None:
+            self.members = list(item.data.get("members", []))
+            self.role.last_membership_ready = frozenset(
+                m["name"]
+                for m in self.members
+                if m.get("state") == "ready" and m["name"] != self.name
+            )
+
+    # -- promotion ----------------------------------------------------------------------------
+
+    async def promote(self) -> str | None:
+        """Promote this broker; return None, or why it was refused."""
+        peers: tuple[str, ...] = ()
+        self._peer_epochs: list[int] = []
+        if self.state == BrokerState.JOINING:
+            statuses = await anyio.to_thread.run_sync(self._peer_statuses)
+            peers = tuple(
+                addr
+                for addr, st in statuses.items()
+                if st.get("state") in ("ready", "recovering", "active")
+            )
+            self._peer_epochs = [int(st.get("epoch", 0)) for st in statuses.values()]
+        for a in self.handle(R.Promote(peers)):
+            if isinstance(a, R.Refuse):
+                log.warning("promote refused: %s", a.reason)
+                return a.reason
+        return None
+
+    def _peer_statuses(self) -> dict[str, dict[str, Any]]:
+        from tools._mgmt import query_status  # a blocking client, run in a worker thread
+
+        out: dict[str, dict[str, Any]] = {}
+        for address in self.role.addresses:
+            st = query_status(address, timeout=max(1.0, self.heartbeat))
+            if st is not None:
+                out[address] = st
+        return out
+
+    def _become_primary(self) -> None:
+        if self._link is not None:
+            self._link.abort("promoted")
+        ev = self.service.events
+        ev.replica = None
+        ev.numbering = True
+        self.primary = Primary(self, ev, self.recent)
+        ev.sink = self.primary
+        self.role.expected.discard(self.name)
+        for name in self.role.expected:
+            self.primary.guard.expect(name)
+        self.service.on_promoted()
+
+    def _start_epoch(self) -> None:
+        ev = self.service.events
+        seen = [n for n, _, _ in ev.epochs] + [ev.epoch] + getattr(self, "_peer_epochs", [])
+        number, seq = ev.start_epoch(max(seen) + 1, self.service.journal.node_id)
+        log.info("epoch %d starts at seq %d", number, seq)
+
+    # -- primary side (called by Primary) -----------------------------------------------------
+
+    def backup_connected(self, name: str, target: int) -> None:
+        self.handle(R.BackupConnected(name, target))
+
+    def backup_acked(self, name: str, seq: int) -> None:
+        self.handle(R.BackupAcked(name, seq))
+
+    def backup_lost(self, name: str, why: str) -> None:
+        self.handle(R.BackupLost(name, why))
+
+    def _broadcast_membership(self) -> None:
+        if self.primary is None:
+            return
+        members = [{"name": self.name, "address": self.address, "state": str(self.state)}]
+        for name, b in sorted(self.role.backups.items()):
+            s = self.primary.streams.get(name)
+            members.append(
+                {
+                    "name": name,
+                    "address": s.address if s else "",
+                    "state": "ready" if b.ready else "catch-up",
+                }
+            )
+        self.members = members
+        self.primary.broadcast(stream.MEMBERSHIP, members=members)
+
+    # -- what the rest of the broker asks ------------------------------------------------------
+
+    def admit(self, properties: dict[str, Any]) -> str:
+        """`admin`, `backup` or `client` if this connection may stay, else `refuse`."""
+        if properties.get(ADMIN_PROPERTY):
+            return "admin"
+        if BACKUP_PROPERTY in properties:
+            return "backup" if self.state.is_primary else "refuse"
+        return "client" if self.state.is_primary else "refuse"
+
+    def status(self) -> dict[str, Any]:
+        ev = self.service.events
+        return {
+            "name": self.name,
+            "state": str(self.state),
+            "epoch": ev.epoch,
+            "position": [ev.epoch, ev.seq],
+            "brokers_url": ",".join(self.all_addresses),
+            "members": [{**m, "position": None} for m in self.members],
+        }

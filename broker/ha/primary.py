@@ -1,0 +1,244 @@
+"""The primary's side of replication: the recent log, one outgoing stream per backup, the guard.
+
+Every replicated event goes to the recent log (which serves tails to backups that reconnect) and to
+each backup's pending items. Pending items are sent once per event-loop turn, as one batch per
+message, while the backup's link has credit. An enqueue still pending when its message is consumed
+is never sent, nor is its dequeue: a message consumed before it reached a backup never reaches it.
+A backup settles a batch once applied and journaled; that is its acknowledgement of the batch's
+last seq, which releases the guard's holds and moves its catch-up on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from proton import Delivery, Link
+
+from recovery.catchup import BackupPosition, EpochId, plan, snapshot_items
+
+from . import stream
+from .guard import QueueGuard
+from .stream import Item
+
+if TYPE_CHECKING:
+    from broker.amqp.connection import AmqpConnection
+    from broker.eventlog import EventLog
+
+    from .driver import HaDriver
+
+log = logging.getLogger("qstore.ha")
+
+RECENT_ITEMS = 200_000  # events kept for tails (bounded memory; older positions get a snapshot)
+BATCH_ITEMS = 1000
+BATCH_BYTES = 256 << 10
+Key = tuple[str, int]
+
+
+class RecentLog:
+    """The last replicated events, for tails; `start` is the seq just before the oldest kept."""
+
+    def __init__(self, start: int, size: int = RECENT_ITEMS) -> None:
+        self.items: deque[Item] = deque()
+        self.size = size
+        self.start = start
+
+    def append(self, item: Item) -> None:
+        self.items.append(item)
+        if len(self.items) > self.size:
+            self.start = self.items.popleft().seq
+
+    def after(self, seq: int) -> list[Item]:
+        return [it for it in self.items if it.seq > seq]
+
+
+class BackupStream:
+    """One connected backup: its link, its pending items, its batches in flight."""
+
+    def __init__(
+        self, primary: Primary, conn: AmqpConnection, link: Link, name: str, address: str
+    ) -> None:
+        self.primary = primary
+        self.conn = conn
+        self.link = link
+        self.name = name
+        self.address = address
+        self.pending: list[Item | None] = []
+        self._enqueues: dict[Key, int] = {}  # unsent enqueue -> index in pending
+        self._tags = 0
+        self.closed = False
+
+    def add(self, item: Item, key: Key | None = None) -> None:
+        if key is not None:
+            kind = item.kind
+            if kind == stream.RT_ENQUEUE:
+                self._enqueues[key] = len(self.pending)
+            elif kind in (stream.RT_DEQUEUE, stream.RT_DELIVERY):
+                at = self._enqueues.get(key)
+                if at is not None:  # never sent: drop the pair, the backup needs neither
+                    if kind == stream.RT_DEQUEUE:
+                        self.pending[at] = None
+                        del self._enqueues[key]
+                        return
+                    self.pending.append(item)
+                    return
+        self.pending.append(item)
+
+    def flush(self) -> None:
+        link = self.link
+        while self.pending and link.credit > 0 and not self.closed:
+            batch: list[Item] = []
+            size = taken = 0
+            for it in self.pending:
+                taken += 1
+                if it is None:
+                    continue
+                batch.append(it)
+                size += len(getattr(it.record, "body", b"")) + 64
+                if len(batch) >= BATCH_ITEMS or size >= BATCH_BYTES:
+                    break
+            del self.pending[:taken]
+            self._enqueues = {k: at - taken for k, at in self._enqueues.items() if at >= taken}
+            if not batch:
+                continue
+            self._tags += 1
+            dlv = link.delivery(str(self._tags))
+            dlv.qs_last = batch[-1].seq
+            link.send(stream.encode(batch))
+            link.advance()
+        self.conn.driver.wake()
+
+    def on_flow(self) -> None:
+        self.primary._schedule()
+
+    def on_delivery(self, dlv: Delivery) -> None:
+        last = getattr(dlv, "qs_last", None)
+        if last is None or not (dlv.settled or dlv.remote_state):
+            return
+        ok = dlv.remote_state in (Delivery.ACCEPTED, None)
+        dlv.settle()
+        if ok:
+            self.primary.acked(self, last)
+        else:
+            log.error("backup %s refused a replication batch: closing its link", self.name)
+            self.link.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.primary.detached(self)
+
+
+class Primary:
+    """The replication sink of a primary (see broker/eventlog.py: ReplicationSink)."""
+
+    def __init__(self, ha: HaDriver, events: EventLog, recent: RecentLog) -> None:
+        self.ha = ha
+        self.events = events
+        self.recent = recent
+        self.guard = QueueGuard()
+        self.streams: dict[str, BackupStream] = {}
+        self._flush_scheduled = False
+
+    # -- the event log's calls ----------------------------------------------------------------
+
+    def publish(self, item: Item, key: Key | None) -> None:
+        self.recent.append(item)
+        for s in self.streams.values():
+            s.add(item, key)
+        self._schedule()
+
+    def hold(self, seq: int, key: Key, release: Callable[[Any], None]) -> bool:
+        return self.guard.hold(seq, key, release)
+
+    def consumed(self, key: Key) -> None:
+        _run(self.guard.consumed(key))
+
+    # -- backups ------------------------------------------------------------------------------
+
+    def attach(self, conn: AmqpConnection, link: Link, info: dict[str, Any]) -> BackupStream:
+        """A backup attached its replication link: plan its catch-up and start its stream."""
+        name = str(info.get("name") or f"conn-{conn.id}")
+        address = str(info.get("address") or conn.driver.peer)
+        pos = BackupPosition.from_wire(info.get("position"))
+        old = self.streams.get(name)
+        if old is not None:
+            old.close()
+        s = BackupStream(self, conn, link, name, address)
+        ev = self.events
+        history = [EpochId(n, node, origin) for n, node, origin in ev.epochs]
+        p = plan(pos, history, ev.seq, self.recent.start)
+        log.info(
+            "backup %s at %s attached at position (%d, %d): %s (%s)",
+            name,
+            address,
+            pos.epoch,
+            pos.seq,
+            "snapshot" if p.snapshot else "tail",
+            p.why,
+        )
+        if p.snapshot:
+            items = snapshot_items(
+                ev.model, ev.queue_level, ev.exchange_level, ev.epoch, ev.seq, ev.bindings
+            )
+            for it in items:
+                s.add(it)
+        else:
+            s.add(stream.control(stream.TAIL, ev.epoch, p.tail_from, **{"from": p.tail_from}))
+            for it in self.recent.after(p.tail_from):
+                s.add(it)
+        self.streams[name] = s
+        self.guard.expect(name)
+        self.ha.backup_connected(name, target=ev.seq)
+        self._schedule()
+        return s
+
+    def send_control(self, name: str, kind: int, **data: Any) -> None:
+        s = self.streams.get(name)
+        if s is not None:
+            s.add(stream.control(kind, self.events.epoch, self.events.seq, **data))
+            self._schedule()
+
+    def broadcast(self, kind: int, **data: Any) -> None:
+        for name in list(self.streams):
+            self.send_control(name, kind, **data)
+
+    def acked(self, s: BackupStream, seq: int) -> None:
+        if self.streams.get(s.name) is not s:
+            return
+        _run(self.guard.acknowledged(s.name, seq))
+        self.ha.backup_acked(s.name, seq)
+
+    def detached(self, s: BackupStream) -> None:
+        if self.streams.get(s.name) is s:
+            del self.streams[s.name]
+            log.info("backup %s detached", s.name)
+            self.ha.backup_lost(s.name, "replication link closed")
+
+    def stop_expecting(self, names: tuple[str, ...]) -> None:
+        _run(self.guard.drop(names))
+
+    def close_all(self) -> None:
+        for s in list(self.streams.values()):
+            s.close()
+        _run(self.guard.release_all())
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        for s in list(self.streams.values()):
+            s.flush()
+
+
+def _run(releases: list[Callable[[Any], None]]) -> None:
+    for release in releases:
+        release(None)

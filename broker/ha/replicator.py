@@ -1,0 +1,155 @@
+"""The backup's side of replication: apply the primary's stream to the model, in order.
+
+Each event item is applied with the event log's `replica` position set, so what is durable is
+journaled under the primary's (epoch, seq). Entities are matched by uuid: a queue re-created under
+the same name while this backup was away is replaced. A snapshot first removes every replicated
+entity this backup holds (non-replicated ones stay), then declares what the primary has.
+Messages go in with `restore_message` (the primary already applied limits, ring, last-value and
+priority; their removals arrive as dequeues), so the backup's queues hold exactly the primary's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from broker.amqp import codec
+from broker.model import Broker, DequeueReason, Message, ModelError
+from qstore.journal import (
+    Bind,
+    Delivery,
+    Dequeue,
+    Enqueue,
+    Epoch,
+    ExchangeDeclare,
+    ExchangeDelete,
+    QueueDeclare,
+    QueueDelete,
+    Unbind,
+)
+
+from . import levels, stream
+from .stream import AUTO_DELETE, DURABLE, Item
+
+if TYPE_CHECKING:
+    from broker.eventlog import EventLog
+
+    from .primary import RecentLog
+
+log = logging.getLogger("qstore.ha")
+
+
+class Replicator:
+    def __init__(self, model: Broker, events: EventLog, recent: RecentLog) -> None:
+        self.model = model
+        self.events = events
+        self.recent = recent
+        self.on_control: Callable[[Item], None] = lambda item: None
+
+    def apply(self, items: list[Item], done: Callable[[BaseException | None], None]) -> None:
+        """Apply a batch; `done(error)` once everything durable in it is journaled."""
+        ev = self.events
+        pending = ev.begin()
+        try:
+            for it in items:
+                if it.record is None:
+                    self._control(it)
+                    continue
+                ev.replica = (it.epoch, it.seq)
+                try:
+                    self._event(it, pending.add)
+                except ModelError as exc:  # the primary's order makes this a bug: say so
+                    log.error("replica apply of %s at seq %d failed: %s", it.record, it.seq, exc)
+                finally:
+                    ev.replica = None
+                self.recent.append(it)
+        finally:
+            ev.end()
+        pending.when_done(done)
+
+    def _control(self, it: Item) -> None:
+        if it.kind == stream.SNAPSHOT_BEGIN:
+            self._clear_replicated(it)
+        self.on_control(it)
+
+    def _clear_replicated(self, it: Item) -> None:
+        ev, model = self.events, self.model
+        ev.replica = (it.epoch, it.seq)
+        try:
+            for name in [n for n in model.queues if ev.queue_level(n) != levels.NONE]:
+                model.delete_queue(name)
+            for name in [n for n in model.exchanges if ev.exchange_level(n) != levels.NONE]:
+                model.delete_exchange(name)
+        finally:
+            ev.replica = None
+        self.recent.items.clear()
+        self.recent.start = it.seq
+
+    def _event(self, it: Item, add: Callable[[], Callable[[Any], None]]) -> None:
+        model = self.model
+        r = it.record
+        match r:
+            case Enqueue():
+                q = model.queues.get(r.queue)
+                if q is None or q.get(r.msgid) is not None:
+                    return
+                lvq = "qpid.last_value_queue_key" in q.arguments
+                msg = Message(
+                    body=r.body,
+                    durable=it.durable,
+                    priority=r.priority,
+                    expiry=r.expiry / 1000 if r.expiry else None,
+                    properties=codec.extract(r.body, 0.0)[0].properties if lvq else {},
+                    delivery_count=r.delivery_count,
+                )
+                model.restore_message(r.queue, r.msgid, msg)
+            case Dequeue():
+                if r.queue in model.queues:
+                    model.remove_message(r.queue, r.msgid, DequeueReason.CONSUMED)
+            case Delivery():
+                if r.queue in model.queues:
+                    model.set_delivery_count(r.queue, r.msgid, r.delivery_count)
+            case QueueDeclare():
+                old = model.queues.get(r.name)
+                if old is not None:
+                    if old.uuid == r.uuid:
+                        return
+                    log.info("queue %r was re-created on the primary: replacing it", r.name)
+                    model.delete_queue(r.name)
+                args = {k: v for k, v in r.arguments.items() if k != "qstore.auto-delete"}
+                model.declare_queue(
+                    r.name,
+                    durable=bool(it.flags & DURABLE),
+                    auto_delete=bool(it.flags & AUTO_DELETE),
+                    arguments=args,
+                    uuid=r.uuid,
+                )
+            case QueueDelete():
+                q = model.queues.get(r.name)
+                if q is not None and q.uuid == r.uuid:
+                    model.delete_queue(r.name)
+            case ExchangeDeclare():
+                x = model.exchanges.get(r.name)
+                if x is not None:
+                    if x.uuid == r.uuid:
+                        return
+                    model.delete_exchange(r.name)
+                model.declare_exchange(
+                    r.name,
+                    r.type,
+                    durable=bool(it.flags & DURABLE),
+                    arguments=r.arguments,
+                    uuid=r.uuid,
+                )
+            case ExchangeDelete():
+                x = model.exchanges.get(r.name)
+                if x is not None and x.uuid == r.uuid:
+                    model.delete_exchange(r.name)
+            case Bind():
+                if r.queue in model.queues and r.exchange in model.exchanges:
+                    model.bind(r.exchange, r.queue, r.key, r.arguments or None)
+            case Unbind():
+                model.unbind(r.exchange, r.queue, r.key)
+            case Epoch():
+                self.events.apply_epoch(r, it.epoch, it.seq, add())

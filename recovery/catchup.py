@@ -1,0 +1,127 @@
+"""The catch-up protocol's decisions, both ends (plain functions, no I/O).
+
+A backup that connects states its last position (epoch, seq) and the identity (number, node) of
+that epoch. If its history is a prefix of the primary's (the primary's epoch at that seq is the
+same epoch) and the primary still has every replicated event after it in its recent log, it gets
+the tail from there; otherwise its replicated state is replaced by a snapshot of the primary's
+(configuration first, then messages, in compressed batches), followed by the live tail. Either way
+the backup is `catch-up` until it has acknowledged the primary's position at connection.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from broker.ha import levels, stream
+from broker.ha.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item
+from broker.model import Broker
+from qstore.journal import Bind, Enqueue, ExchangeDeclare, QueueDeclare
+
+
+@dataclass(frozen=True)
+class EpochId:
+    number: int
+    node: str  # the node id (uuid text) of the broker promoted into it; "" for epoch 0
+    origin: int  # the seq at which it starts
+
+
+@dataclass(frozen=True)
+class BackupPosition:
+    epoch: int
+    node: str
+    seq: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "node": self.node, "seq": self.seq}
+
+    @classmethod
+    def from_wire(cls, d: Any) -> BackupPosition:
+        if not isinstance(d, dict):
+            return cls(0, "", 0)
+        return cls(int(d.get("epoch", 0)), str(d.get("node", "")), int(d.get("seq", 0)))
+
+
+def epoch_at(history: list[EpochId], seq: int) -> EpochId:
+    """The epoch that holds `seq` in a history (epoch 0 before the first epoch record)."""
+    found = EpochId(0, "", 0)
+    for ep in history:
+        if ep.origin <= seq:
+            found = ep
+        else:
+            break
+    return found
+
+
+@dataclass(frozen=True)
+class Plan:
+    snapshot: bool
+    tail_from: int = 0  # with snapshot False: send every replicated event with seq > tail_from
+    why: str = ""
+
+
+def plan(
+    backup: BackupPosition, history: list[EpochId], primary_seq: int, recent_from: int
+) -> Plan:
+    """Tail or snapshot. `recent_from`: the primary's recent log holds every replicated event
+    with seq > recent_from (up to `primary_seq`)."""
+    if backup.seq > primary_seq:
+        return Plan(True, why=f"backup is ahead (seq {backup.seq} > {primary_seq})")
+    mine = epoch_at(history, backup.seq)
+    if backup.seq and (mine.number, mine.node) != (backup.epoch, backup.node):
+        return Plan(
+            True,
+            why=f"histories diverge at seq {backup.seq}: backup epoch {backup.epoch}, "
+            f"primary epoch {mine.number}",
+        )
+    if backup.seq < recent_from:
+        return Plan(True, why=f"recent log starts after seq {backup.seq}")
+    return Plan(False, backup.seq, why="history is a prefix")
+
+
+def snapshot_items(
+    model: Broker,
+    queue_level: Any,
+    exchange_level: Any,
+    epoch: int,
+    seq: int,
+    bindings: dict[tuple[str, str, str], tuple[bool, bool]],
+) -> Iterator[Item]:
+    """The primary's replicated state as items, all at its current position: exchanges, queues,
+    bindings, then the messages of queues replicated at level `all` (acquired ones included, with
+    their delivery counts)."""
+    yield stream.control(stream.SNAPSHOT_BEGIN, epoch, seq, position=[epoch, seq])
+    for x in model.exchanges.values():
+        if x.builtin or exchange_level(x.name) == levels.NONE:
+            continue
+        rec = ExchangeDeclare(x.name, x.uuid, x.type, dict(x.arguments))
+        yield stream.event(rec, epoch, seq, DURABLE if x.durable else 0)
+    for q in model.queues.values():
+        if queue_level(q.name) == levels.NONE:
+            continue
+        flags = (
+            (DURABLE if q.durable else 0)
+            | (AUTO_DELETE if q.auto_delete else 0)
+            | (EXCLUSIVE if q.exclusive_owner is not None else 0)
+        )
+        yield stream.event(QueueDeclare(q.name, q.uuid, dict(q.arguments)), epoch, seq, flags)
+    for (x, q, k), (_durable, replicated) in bindings.items():
+        if replicated:
+            binding = model.queues[q].bindings.get((x, k)) if q in model.queues else None
+            args = dict(getattr(binding, "arguments", None) or {})
+            yield stream.event(Bind(x, q, k, args), epoch, seq)
+    for q in model.queues.values():
+        if queue_level(q.name) != levels.ALL:
+            continue
+        for qm in q.messages():
+            m = qm.message
+            expiry = int(m.expiry * 1000) if m.expiry else 0
+            rec = Enqueue(q.name, qm.id, m.body, m.priority, expiry, qm.delivery_count)
+            yield stream.event(rec, epoch, seq, DURABLE if m.durable else 0)
+    yield stream.control(stream.SNAPSHOT_END, epoch, seq, position=[epoch, seq])
+
+
+def node_text(node: uuid.UUID | str | None) -> str:
+    return "" if node is None else str(node)
