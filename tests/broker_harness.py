@@ -28,7 +28,7 @@ STOP_TIMEOUT = 10.0
 
 
 class BrokerProcess:
-    def __init__(self, data_dir: Path, args: list[str], log_path: Path) -> None:
+    def __init__(self, data_dir: Path, args: list[str], log_path: Path, port: int = 0) -> None:
         self.data_dir = data_dir
         self.args = args
         self.log_path = log_path
@@ -40,7 +40,7 @@ class BrokerProcess:
             "-m",
             "broker.main",
             "--port",
-            "0",
+            str(port),
             "--port-file",
             str(self.port_file),
             "--data-dir",
@@ -108,10 +108,13 @@ class Brokers:
         self.started: list[BrokerProcess] = []
         self._n = 0
 
-    def start(self, data_dir: Path | None = None, args: list[str] | None = None) -> BrokerProcess:
+    def start(
+        self, data_dir: Path | None = None, args: list[str] | None = None, port: int = 0
+    ) -> BrokerProcess:
         self._n += 1
         data_dir = data_dir or self.tmp_path / f"broker{self._n}"
-        b = BrokerProcess(data_dir, list(args or []), self.tmp_path / f"broker{self._n}.log")
+        log_path = self.tmp_path / f"broker{self._n}.log"
+        b = BrokerProcess(data_dir, list(args or []), log_path, port)
         self.started.append(b)
         return b
 

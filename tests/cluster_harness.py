@@ -1,0 +1,167 @@
+"""A real HA cluster for tests: N `qstored --ha-cluster yes` processes on 127.0.0.1, each with its
+own data directory under tmp_path, fast timings, stopped by pid at the end (also on failure).
+
+Ports come from the OS (bind to port 0, read it, close) because every broker must know the whole
+`--ha-brokers-url` before it starts.
+
+    def test_x(cluster):                          # 3 brokers, one promoted, backups ready
+        c = cluster(3)
+        p = c.primary                             # BrokerProcess
+        c.kill(p); c.promote(c.members[1]); c.wait_states(...)
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker_harness import BrokerProcess, Brokers
+from proton import symbol
+from proton.utils import BlockingConnection
+
+from tools._mgmt import ManagementClient, ToolError, parse_broker, query_status
+
+FAST = [
+    "--link-maintenance-interval",
+    "0.1",
+    "--link-heartbeat-interval",
+    "1",
+    "--ha-backup-timeout",
+    "3",
+]
+WAIT = 20.0
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Cluster:
+    def __init__(self, brokers: Brokers, n: int, replicate: str, extra: list[str]) -> None:
+        self.brokers = brokers
+        self.ports = free_ports(n)
+        self.url = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        self.replicate = replicate
+        self.extra = extra
+        self.members: list[BrokerProcess | None] = [None] * n
+        for i in range(n):
+            self.start(i)
+
+    def args(self, i: int) -> list[str]:
+        return [
+            "--ha-cluster",
+            "yes",
+            "--ha-brokers-url",
+            self.url,
+            "--ha-replicate",
+            self.replicate,
+            "--auto-create",
+            "yes",
+            *FAST,
+            *self.extra,
+        ]
+
+    def start(self, i: int) -> BrokerProcess:
+        """Start (or restart, with the same data directory and port) member i."""
+        data_dir = self.brokers.tmp_path / f"node{i}"
+        b = self.brokers.start(data_dir=data_dir, args=self.args(i), port=self.ports[i])
+        self.members[i] = b
+        return b
+
+    def address(self, i: int) -> str:
+        return f"127.0.0.1:{self.ports[i]}"
+
+    def status(self, i: int, timeout: float = 3.0) -> dict[str, Any] | None:
+        return query_status(self.address(i), timeout)
+
+    def state(self, i: int) -> str | None:
+        st = self.status(i)
+        return None if st is None else str(st["state"])
+
+    def promote(self, i: int) -> tuple[int, str]:
+        client = ManagementClient(parse_broker(self.address(i)), ha_admin=True, timeout=15)
+        try:
+            code, desc, _ = client.request("PROMOTE", "ha")
+        finally:
+            client.close()
+        return code, desc
+
+    def wait(self, predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except (ToolError, OSError):
+                pass
+            time.sleep(0.05)
+        states = {i: self.state(i) for i in range(len(self.ports)) if self.alive(i)}
+        raise AssertionError(f"timed out waiting for {what}; states now {states}")
+
+    def wait_states(self, expected: dict[int, str], timeout: float = WAIT) -> None:
+        self.wait(
+            lambda: all(self.state(i) == s for i, s in expected.items()),
+            f"states {expected}",
+            timeout,
+        )
+
+    def alive(self, i: int) -> bool:
+        b = self.members[i]
+        return b is not None and b.alive()
+
+    def kill(self, i: int) -> None:
+        b = self.members[i]
+        if b is not None:
+            b.kill()
+
+    def start_primary(self, i: int = 0) -> None:
+        """Promote member i of a new cluster and wait until every other member is ready."""
+        code, desc = self.promote(i)
+        assert code == 200, desc
+        expected = {j: "ready" for j in range(len(self.ports)) if j != i and self.alive(j)}
+        expected[i] = "active"
+        self.wait_states(expected)
+
+    def client(self, i: int, **kw: Any) -> BlockingConnection:
+        return BlockingConnection(self.address(i), timeout=10, **kw)
+
+    def admin(self, i: int) -> BlockingConnection:
+        return BlockingConnection(
+            self.address(i), timeout=10, properties={symbol("qpid.ha-admin"): True}
+        )
+
+    def management(self, i: int) -> ManagementClient:
+        return ManagementClient(parse_broker(self.address(i)), ha_admin=True, timeout=10)
+
+
+@pytest.fixture
+def cluster(brokers: Brokers) -> Iterator[Callable[..., Cluster]]:
+    """cluster(n=3, replicate="all", extra=[...], primary=0): started, promoted, backups ready.
+    primary=None leaves every member joining."""
+
+    def make(
+        n: int = 3, replicate: str = "all", extra: list[str] | None = None, primary: int | None = 0
+    ) -> Cluster:
+        c = Cluster(brokers, n, replicate, list(extra or []))
+        c.wait(lambda: all(c.state(i) == "joining" for i in range(n)), "every member joining")
+        if primary is not None:
+            c.start_primary(primary)
+        return c
+
+    yield make
+
+
+__all__ = ["FAST", "Cluster", "Path", "cluster", "free_ports"]
