@@ -1,0 +1,407 @@
+"""HA benchmark: what replication costs. A standalone broker and a 3-broker cluster (primary + 2
+ready backups on 127.0.0.1, `--ha-replicate all`) get the same load in one run: durable 1 KiB
+messages, at-least-once, 4 sender processes (stock proton Container clients) with 1000 unsettled
+deliveries each, then one receiver drains the queue.
+
+The load, the worker processes and the measurement are `bench/broker_bench.py`'s (`run_case`),
+so the two benchmarks measure the same thing; this file only starts the brokers and compares.
+On the cluster a delivery is settled only after the primary's fsync AND both backups' acks, so
+the p50/p99 send-to-settle latency includes the replication round trip.
+
+Prints one JSON line per setup (msg/s, p50/p99 ms, receive rate, broker CPU), then one summary
+line: cluster/standalone send throughput, CPU ms of all three cluster brokers per 1000 messages
+sent and received (utime + stime from /proc/<pid>/stat), the goals (reported, not asserted) and
+the machine.
+
+    .venv/bin/python bench/ha_bench.py [--messages 20000] [--size 1024] [--profile ha.prof]
+
+`--profile FILE` adds a third, separate pass: a fresh cluster whose primary runs under cProfile
+(this file re-run as `--profiled-broker`: every thread gets its own profiler; the stats are
+written when the broker stops on SIGTERM: FILE for the event loop thread, FILE.threads for the
+others), and prints the top functions to stderr. Profiling slows the primary, so that pass's
+figures are printed with `"profiled": true` and are not the benchmark's.
+
+Every broker is started here with a temporary data directory and stopped by pid at the end, also
+on error or Ctrl-C (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for _p in (str(ROOT), str(HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+SENDERS = 4
+WINDOW = 1000
+START_TIMEOUT = 20.0
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+# Fast reconnects of backups at start-up; heartbeats stay at the broker's default so that a
+# loaded event loop is not mistaken for a dead backup.
+HA_ARGS = ["--ha-replicate", "all", "--link-maintenance-interval", "0.2"]
+GOAL_RATIO = 0.5  # cluster send throughput / standalone
+GOAL_RATE = 10_000  # cluster msg/s
+GOAL_CPU_MS = 150.0  # all three cluster brokers, CPU ms per 1000 messages sent and received
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports from the OS: each cluster member must know all of them up front."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+# -- brokers -----------------------------------------------------------------------------------
+
+
+class Node:
+    """One `qstored` process on 127.0.0.1 with its own data directory under `base`."""
+
+    def __init__(
+        self, base: Path, name: str, port: int, extra: list[str], profile: Path | None = None
+    ) -> None:
+        self.name = name
+        self.profile = profile
+        base.mkdir(parents=True, exist_ok=True)
+        self.port_file = base / f"{name}.port"
+        args = ["--port", str(port), "--port-file", str(self.port_file),
+                "--data-dir", str(base / name), "--name", name, "--auto-create", "yes",
+                "--log-level", "warning", *extra]
+        if profile is None:
+            cmd = [sys.executable, "-m", "broker.main", *args]
+        else:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--profiled-broker",
+                   str(profile), *args]
+        self.log_path = base / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_listening(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
+            with contextlib.suppress(OSError, ValueError):
+                text = self.port_file.read_text().strip()
+                if text:
+                    self.port = int(text)
+                    return
+            time.sleep(0.02)
+        raise BenchError(f"{self.name} did not listen within {START_TIMEOUT:g}s: {self.tail()}")
+
+    def tail(self) -> str:
+        self._log.flush()
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        return lines[-1] if lines else "(no output)"
+
+    def cpu_ms(self) -> float:
+        """User + system CPU of the whole process (all threads), in ms."""
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        """SIGTERM (clean stop; a profiled broker writes its stats), SIGKILL if it lingers."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+                print(f"ha_bench: {self.name} ignored SIGTERM, killed", file=sys.stderr)
+        self._log.close()
+
+
+class BenchError(Exception):
+    """A failure to report as one line (exit status 1)."""
+
+
+class Setup:
+    """A broker or a cluster as `broker_bench.run_case` sees it: `url` (where clients go) and
+    `cpu_ms()` (summed over members). Each `cpu_ms()` call also keeps the per-member readings,
+    so the CPU of each member over the measured intervals can be reported."""
+
+    def __init__(self, label: str, nodes: list[Node]) -> None:
+        self.label = label
+        self.nodes = nodes
+        self.readings: list[list[float]] = []
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def cpu_ms(self) -> float:
+        reading = [n.cpu_ms() for n in self.nodes]
+        self.readings.append(reading)
+        return sum(reading)
+
+    def measured_cpu_ms(self) -> list[float]:
+        """Per member: the sum of (end - start) over the measured intervals (pairs of readings)."""
+        r = self.readings
+        return [sum(r[k + 1][i] - r[k][i] for k in range(0, len(r) - 1, 2))
+                for i in range(len(self.nodes))]
+
+
+def start_standalone(base: Path, started: list[Node]) -> Setup:
+    node = Node(base, "standalone", 0, [])
+    started.append(node)
+    node.wait_listening()
+    return Setup("standalone", [node])
+
+
+def start_cluster(base: Path, started: list[Node], profile: Path | None = None) -> Setup:
+    """Three members; member 0 is promoted and the others are waited for until ready."""
+    from tools._mgmt import ManagementClient, ToolError, parse_broker, query_status
+
+    ports = free_ports(3)
+    url = ",".join(f"127.0.0.1:{p}" for p in ports)
+    nodes: list[Node] = []
+    for i, port in enumerate(ports):
+        node = Node(base, f"node{i}", port, ["--ha-cluster", "yes", "--ha-brokers-url", url,
+                                             *HA_ARGS], profile if i == 0 else None)
+        started.append(node)
+        nodes.append(node)
+    for node in nodes:
+        node.wait_listening()
+
+    def states() -> list[str | None]:
+        out: list[str | None] = []
+        for n in nodes:
+            st = query_status(n.url, 3.0)
+            out.append(None if st is None else str(st.get("state")))
+        return out
+
+    def wait_for(want: list[str], what: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        now: list[str | None] = []
+        while time.monotonic() < deadline:
+            now = states()
+            if now == want:
+                return
+            time.sleep(0.1)
+        raise BenchError(f"cluster not {what} within {READY_TIMEOUT:g}s: states {now}")
+
+    wait_for(["joining"] * 3, "joining")
+    try:
+        client = ManagementClient(parse_broker(nodes[0].url), ha_admin=True, timeout=15)
+        try:
+            code, desc, _ = client.request("PROMOTE", "ha")
+        finally:
+            client.close()
+    except ToolError as exc:
+        raise BenchError(str(exc)) from None
+    if code != 200:
+        raise BenchError(f"promote refused: {code} {desc}")
+    wait_for(["active", "ready", "ready"], "active with two ready backups")
+    setup = Setup("cluster-3", nodes)
+    setup.states = states  # type: ignore[attr-defined]
+    return setup
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def run_setup(setup: Setup, n: int, size: int) -> dict[str, Any]:
+    from broker_bench import run_case
+
+    res = run_case(setup, n, SENDERS, WINDOW, size)  # type: ignore[arg-type]
+    res.pop("case", None)
+    out: dict[str, Any] = {"setup": setup.label, **res}
+    if len(setup.nodes) > 1:
+        per = setup.measured_cpu_ms()
+        out["cpu_ms_per_1000_by_broker"] = {
+            ("primary" if i == 0 else f"backup{i}"): round(ms / n * 1000, 1)
+            for i, ms in enumerate(per)
+        }
+        out["states_after"] = setup.states()  # type: ignore[attr-defined]
+    return out
+
+
+def summary(alone: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
+    rate_a = alone["send_msg_per_s"] or 0
+    rate_c = cluster["send_msg_per_s"] or 0
+    ratio = round(rate_c / rate_a, 3) if rate_a else None
+    cpu = cluster["broker_cpu_ms_per_1000"]
+    return {
+        "summary": "cluster-3 vs standalone",
+        "throughput_ratio": ratio,
+        "cluster_send_msg_per_s": rate_c,
+        "standalone_send_msg_per_s": rate_a,
+        "cluster_cpu_ms_per_1000": cpu,
+        "standalone_cpu_ms_per_1000": alone["broker_cpu_ms_per_1000"],
+        "goals": {
+            "ratio_ge_0.5": ratio is not None and ratio >= GOAL_RATIO,
+            "cluster_ge_10000_msg_per_s": rate_c >= GOAL_RATE,
+            "cluster_cpu_le_150_ms_per_1000": cpu <= GOAL_CPU_MS,
+        },
+    }
+
+
+def print_profile(path: Path, top: int) -> None:
+    import pstats
+
+    for p, what in ((path, "event loop thread"), (Path(f"{path}.threads"), "other threads")):
+        if not p.exists():
+            print(f"ha_bench: no profile at {p} (the primary did not stop cleanly?)",
+                  file=sys.stderr)
+            continue
+        for key in ("tottime", "cumulative"):
+            print(f"--- primary profile ({what}), top {top} by {key} ---", file=sys.stderr)
+            pstats.Stats(str(p), stream=sys.stderr).sort_stats(key).print_stats(top)
+
+
+def run(args: argparse.Namespace) -> None:
+    from broker_bench import machine
+
+    base = Path(tempfile.mkdtemp(prefix="qstore-ha-bench-", dir=args.dir))
+    started: list[Node] = []
+    try:
+        alone_setup = start_standalone(base / "standalone", started)
+        alone = run_setup(alone_setup, args.messages, args.size)
+        alone_setup.nodes[0].stop()
+        print(json.dumps(alone), flush=True)
+
+        cluster_setup = start_cluster(base / "cluster", started)
+        cluster = run_setup(cluster_setup, args.messages, args.size)
+        for node in cluster_setup.nodes:
+            node.stop()
+        print(json.dumps(cluster), flush=True)
+        info = {**machine(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+        print(json.dumps({**summary(alone, cluster), "machine": info}), flush=True)
+
+        if args.profile is not None:
+            prof = args.profile.resolve()
+            profiled = start_cluster(base / "profiled", started, prof)
+            res = run_setup(profiled, args.messages, args.size)
+            for node in profiled.nodes:
+                node.stop()
+            print(json.dumps({**res, "setup": "cluster-3 primary under cProfile",
+                              "profiled": True}), flush=True)
+            print_profile(prof, args.top)
+    finally:
+        for node in started:
+            with contextlib.suppress(Exception):
+                node.stop()
+        if args.keep:
+            print(f"ha_bench: data and logs kept in {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+# -- the profiling wrapper (this file run as `--profiled-broker OUT qstored-args...`) -----------
+
+
+def profiled_broker(out: str, argv: list[str]) -> None:
+    """Run `broker.main.main(argv)` with one cProfile per thread. The broker stops on SIGTERM
+    through its own handler (main raises SystemExit); then the event loop thread's stats go to
+    OUT and those of every other thread (journal writer, anyio workers) merged to OUT.threads."""
+    import cProfile
+    import pstats
+    import threading
+
+    profiles: list[cProfile.Profile] = []
+    plain_run = threading.Thread.run
+
+    def profiled_run(self: threading.Thread) -> None:
+        p = cProfile.Profile()
+        profiles.append(p)
+        p.enable()
+        try:
+            plain_run(self)
+        finally:
+            p.disable()
+
+    threading.Thread.run = profiled_run  # type: ignore[method-assign]
+
+    import broker.main
+
+    main_prof = cProfile.Profile()
+    main_prof.enable()
+    try:
+        broker.main.main(argv)
+    except SystemExit:
+        pass
+    finally:
+        main_prof.disable()
+        main_prof.dump_stats(out)
+        merged: pstats.Stats | None = None
+        for p in list(profiles):
+            p.snapshot_stats()  # threads still running are read as they are, not disabled
+            snap = _Snapshot(p.stats)  # type: ignore[attr-defined]
+            if merged is None:
+                merged = pstats.Stats(snap)  # type: ignore[arg-type]
+            else:
+                merged.add(snap)
+        if merged is not None:
+            merged.dump_stats(f"{out}.threads")
+
+
+class _Snapshot:
+    """What pstats.Stats accepts in place of a Profile whose stats are already taken."""
+
+    def __init__(self, stats: dict[Any, Any]) -> None:
+        self.stats = stats
+
+    def create_stats(self) -> None:
+        pass
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--profiled-broker":
+        profiled_broker(sys.argv[2], sys.argv[3:])
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=20_000, help="messages per setup")
+    ap.add_argument("--size", type=int, default=1024, help="message body bytes")
+    ap.add_argument("--dir", default=None, help="where to put the brokers' data directories")
+    ap.add_argument("--keep", action="store_true", help="keep data directories and logs")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="also run a cluster whose primary is under cProfile; stats to FILE")
+    ap.add_argument("--top", type=int, default=30, help="functions to print with --profile")
+    args = ap.parse_args()
+    if args.messages <= 0 or args.size <= 0:
+        ap.error("--messages and --size must be positive")
+    try:
+        import broker_bench  # noqa: F401 - the shared workers and measurement
+    except Exception as exc:
+        raise SystemExit(f"ha_bench: cannot import bench/broker_bench.py: {exc}") from None
+    try:
+        run(args)
+    except BenchError as exc:
+        raise SystemExit(f"ha_bench: {exc}") from None
+    except KeyboardInterrupt:
+        raise SystemExit("ha_bench: interrupted; brokers stopped") from None
+
+
+if __name__ == "__main__":
+    main()
