@@ -12,9 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# One standalone broker on 127.0.0.1:5672 with ./data, until the cluster manager replaces it.
+# A live 3-broker cluster on 127.0.0.1:5672-5674 with its manager; journals in ./data.
 run: $(STAMP)
-	$(BIN)/qstored --interface 127.0.0.1 --port 5672 --data-dir ./data --auto-create yes
+	$(BIN)/qstore-cluster up
 
 test: $(STAMP)
 	$(BIN)/pytest -q

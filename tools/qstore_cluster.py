@@ -1,0 +1,293 @@
+"""`qstore-cluster`: a local cluster manager for one machine (what rgmanager does in the seed).
+
+    qstore-cluster up [--nodes 3] [--base-port 5672] [--data-dir ./data] [--ha-replicate all]
+                      [--heartbeat S] [--poll S] [--recovery-wait S]
+    qstore-cluster status [--data-dir ./data] [--json]
+
+`up` starts one `qstored` per node (node i: port base-port + i, data in DATA_DIR/node<i>, log in
+DATA_DIR/node<i>.log), keeps each running (a broker that dies is restarted: it comes back as a
+backup), and keeps exactly one primary (see cluster_manager.py for the rules). It prints each state
+change with a timestamp. Ctrl-C or SIGTERM stops every broker cleanly. The same --data-dir again
+reuses the journals and the ports (kept in DATA_DIR/cluster.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tools._mgmt import ManagementClient, ToolError, parse_broker, query_status
+from tools.cluster_manager import Memory, NodeView, Note, Promote, Restart, decide
+
+STOP_TIMEOUT = 10.0
+
+
+def stamp() -> str:
+    return datetime.now().strftime("%H:%M:%S.%f")[:-3]
+
+
+def say(text: str) -> None:
+    print(f"{stamp()} {text}", flush=True)
+
+
+@dataclass
+class Node:
+    index: int
+    port: int
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    last_state: str | None = "?"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class ClusterManager:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.root = Path(args.data_dir).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        saved = self._load()
+        base = saved.get("base_port", args.base_port) if saved else args.base_port
+        n = saved.get("nodes", args.nodes) if saved else args.nodes
+        if saved and (base != args.base_port or n != args.nodes):
+            say(f"reusing {self.root}: {n} nodes from port {base} (as first set up)")
+        self.nodes = [Node(i, base + i, self.root / f"node{i}") for i in range(n)]
+        self.url = ",".join(node.address for node in self.nodes)
+        self.memory = Memory()
+        self.stopping = False
+        self._save()
+
+    # -- the cluster file ---------------------------------------------------------------------
+
+    def _load(self) -> dict[str, Any]:
+        path = self.root / "cluster.json"
+        with contextlib.suppress(OSError, ValueError):
+            return dict(json.loads(path.read_text()))
+        return {}
+
+    def _save(self) -> None:
+        info = {
+            "nodes": len(self.nodes),
+            "base_port": self.nodes[0].port,
+            "manager_pid": os.getpid(),
+            "brokers": [
+                {"index": n.index, "address": n.address, "pid": n.proc.pid if n.proc else None}
+                for n in self.nodes
+            ],
+        }
+        (self.root / "cluster.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    # -- brokers ------------------------------------------------------------------------------
+
+    def start(self, node: Node) -> None:
+        a = self.args
+        cmd = [
+            sys.executable, "-m", "broker.main",
+            "--name", f"node{node.index}",
+            "--interface", "127.0.0.1",
+            "--port", str(node.port),
+            "--data-dir", str(node.data_dir),
+            "--ha-cluster", "yes",
+            "--ha-brokers-url", self.url,
+            "--ha-replicate", a.ha_replicate,
+            "--link-heartbeat-interval", str(a.heartbeat),
+            "--link-maintenance-interval", str(min(0.1, a.heartbeat / 4)),
+            "--ha-backup-timeout", str(a.backup_timeout),
+            "--auto-create", "yes",
+        ]  # fmt: skip
+        log = open(self.root / f"node{node.index}.log", "ab")  # noqa: SIM115 - child's stdout
+        node.proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches the manager only; it stops them in order
+        )
+        log.close()
+        node.last_state = "?"
+        say(f"node{node.index} started: pid {node.proc.pid} on {node.address}")
+        self._save()
+
+    def stop_all(self) -> None:
+        for node in self.nodes:
+            if node.running():
+                assert node.proc is not None
+                node.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            try:
+                node.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait()
+            say(f"node{node.index} stopped (exit {node.proc.returncode})")
+
+    def view(self, node: Node) -> NodeView:
+        st = (
+            query_status(node.address, timeout=max(0.5, self.args.heartbeat))
+            if node.running()
+            else None
+        )
+        state = str(st["state"]) if st else None
+        pos = st.get("position") if st else None
+        position = (int(pos[0]), int(pos[1])) if isinstance(pos, list) and len(pos) == 2 else (0, 0)
+        if state != node.last_state and not (state is None and node.last_state == "?"):
+            where = f" position {list(position)}" if state else ""
+            say(f"node{node.index} {node.address}: {state or 'not answering'}{where}")
+            node.last_state = state
+        return NodeView(node.index, node.running(), state, position)
+
+    def promote(self, node: Node, why: str) -> None:
+        say(f"promoting node{node.index} ({why})")
+        try:
+            client = ManagementClient(parse_broker(node.address), ha_admin=True, timeout=15)
+        except ToolError as exc:
+            say(f"promote node{node.index} failed: {exc}")
+            self.memory.promoting = None
+            return
+        try:
+            code, desc, _ = client.request("PROMOTE", "ha")
+        except ToolError as exc:
+            code, desc = 0, str(exc)
+        finally:
+            client.close()
+        if code != 200:
+            say(f"promote node{node.index} refused: {desc}")
+            self.memory.promoting = None
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        for node in self.nodes:
+            self.start(node)
+        while not self.stopping:
+            views = [self.view(n) for n in self.nodes]
+            actions = decide(views, time.monotonic(), self.memory, self.args.recovery_wait)
+            for a in actions:
+                if self.stopping:
+                    break
+                node = self.nodes[a.index] if not isinstance(a, Note) else None
+                match a:
+                    case Restart(why=why):
+                        assert node is not None
+                        say(f"node{node.index}: restarting ({why})")
+                        if node.running():
+                            assert node.proc is not None
+                            node.proc.kill()
+                            node.proc.wait()
+                        self.start(node)
+                    case Promote(why=why):
+                        assert node is not None
+                        self.promote(node, why)
+                    case Note(text=text):
+                        if text not in self.memory.noted:
+                            self.memory.noted.add(text)
+                            say(text)
+            end = time.monotonic() + self.args.poll
+            while not self.stopping and time.monotonic() < end:
+                time.sleep(min(0.05, self.args.poll))
+
+
+def seconds(text: str) -> float:
+    try:
+        v = float(text.rstrip("s"))
+    except ValueError:
+        v = -1
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r} (seconds > 0)")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qstore-cluster", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="verb", required=True)
+    up = sub.add_parser("up", help="start the cluster and manage it until Ctrl-C")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--base-port", type=int, default=5672)
+    up.add_argument("--data-dir", default="./data")
+    up.add_argument("--ha-replicate", choices=["none", "configuration", "all"], default="all")
+    up.add_argument("--heartbeat", type=seconds, default=1.0, help="link heartbeat interval")
+    up.add_argument("--poll", type=seconds, default=0.25, help="seconds between status polls")
+    up.add_argument("--backup-timeout", type=seconds, default=10.0)
+    up.add_argument(
+        "--recovery-wait", type=seconds, default=10.0,
+        help="after a total failure, wait this long for every node before promoting the best",
+    )  # fmt: skip
+    st = sub.add_parser("status", help="print the table of brokers")
+    st.add_argument("--data-dir", default="./data")
+    st.add_argument("--json", action="store_true")
+    return p
+
+
+def status(args: argparse.Namespace) -> int:
+    path = Path(args.data_dir) / "cluster.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        print(f"qstore-cluster: no cluster in {args.data_dir} (no {path})", file=sys.stderr)
+        return 2
+    rows = []
+    for b in info.get("brokers", []):
+        st = query_status(b["address"], timeout=2.0)
+        rows.append(
+            {
+                "node": b["index"],
+                "address": b["address"],
+                "pid": b.get("pid"),
+                "state": st["state"] if st else "not answering",
+                "position": st.get("position") if st else None,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'NODE':<6}{'ADDRESS':<18}{'PID':<9}{'STATE':<16}POSITION")
+    for r in rows:
+        pos = "-" if r["position"] is None else f"({r['position'][0]}, {r['position'][1]})"
+        node = f"node{r['node']}"
+        print(f"{node:<6}{r['address']:<18}{r['pid'] or '-'!s:<9}{r['state']:<16}{pos}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.verb == "status":
+        sys.exit(status(args))
+    if args.nodes < 1 or not 0 < args.base_port < 65536 - args.nodes:
+        print("qstore-cluster: error: --nodes must be >= 1 and the ports within 1..65535",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(2)
+    manager = ClusterManager(args)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        manager.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        manager.run()
+    finally:
+        say("stopping every broker")
+        manager.stop_all()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
