@@ -1,15 +1,44 @@
 """What the broker reads from a message it receives, and what it changes when redelivering.
 
 The model keeps each message's AMQP encoding exactly as received and never decodes it; this module
-decodes once, at the door, to learn what routing and queueing need (durable, priority, TTL,
-subject, application properties), and re-encodes only for a redelivery, whose header must carry
-the new delivery count and first-acquirer false.
+reads it once, at the door, to learn what routing and queueing need (durable, priority, TTL,
+subject, application properties, and `to` for the anonymous relay), and rewrites only the header
+of a redelivered message (new delivery-count, first-acquirer false), leaving the rest byte for
+byte as the sender made it.
+
+Reading is a scan of the encoded sections, not a proton `Message.decode`: that decode costs about
+three times as much (it builds Python objects for every section, body included), and it is
+lenient: it takes `b"garbage"` for an empty message. The scan is strict about what makes a
+message: a sequence of described sections with section descriptors, in the order the spec gives
+(header, delivery-annotations, message-annotations, properties, application-properties, body,
+footer), each value complete and its sizes consistent, text valid UTF-8; anything else is
+`BadMessage` (the sender gets amqp:decode-error). Composite values the scan does not read
+(annotations, a structured body) are checked by proton's own decoder. Fields encoded in a way
+the scan does not read itself (a header field with an unusual type, application property values
+that are lists, maps, described or decimals) go to proton, so the values are exactly proton's.
 """
 
 from __future__ import annotations
 
+import struct
+import uuid
 from typing import Any
 
+from cproton import ffi, lib
+from proton import (
+    Data,
+    byte,
+    char,
+    float32,
+    int32,
+    short,
+    symbol,
+    timestamp,
+    ubyte,
+    uint,
+    ulong,
+    ushort,
+)
 from proton import Message as AmqpMessage
 
 from broker.model import Message, QueuedMessage
@@ -19,32 +48,361 @@ class BadMessage(Exception):
     """The bytes of a delivery are not an AMQP message (the sender gets `rejected`)."""
 
 
-def decode(data: bytes) -> AmqpMessage:
+class _ToProton(Exception):
+    """Well-formed, but encoded in a way the scan leaves to proton (for exact semantics)."""
+
+
+_U16, _I16, _U32, _I32 = (struct.Struct(f) for f in (">H", ">h", ">I", ">i"))
+_U64, _I64, _F32, _F64 = (struct.Struct(f) for f in (">Q", ">q", ">f", ">d"))
+
+# fixed-width type codes -> bytes after the code
+_FIXED = {
+    0x40: 0, 0x41: 0, 0x42: 0, 0x43: 0, 0x44: 0, 0x45: 0,
+    0x50: 1, 0x51: 1, 0x52: 1, 0x53: 1, 0x54: 1, 0x55: 1, 0x56: 1, 0x60: 2, 0x61: 2,
+    0x70: 4, 0x71: 4, 0x72: 4, 0x73: 4, 0x74: 4, 0x80: 8, 0x81: 8, 0x82: 8, 0x83: 8, 0x84: 8,
+    0x94: 16, 0x98: 16,
+}  # fmt: skip
+_SIZE8 = frozenset((0xA0, 0xA1, 0xA3, 0xC0, 0xC1, 0xE0))  # a 1-byte size follows the code
+_SIZE32 = frozenset((0xB0, 0xB1, 0xB3, 0xD0, 0xD1, 0xF0))  # a 4-byte size follows
+_TEXT = frozenset((0xA1, 0xB1, 0xA3, 0xB3))  # string or symbol
+
+HEADER, PROPERTIES, APP_PROPERTIES, DATA, SEQUENCE, VALUE = 0x70, 0x73, 0x74, 0x75, 0x76, 0x77
+# descriptor (numeric or symbolic) -> section code
+_SECTIONS: dict[int | bytes, int] = {code: code for code in range(0x70, 0x79)}
+_SECTIONS.update(
+    {
+        b"amqp:header:list": 0x70,
+        b"amqp:delivery-annotations:map": 0x71,
+        b"amqp:message-annotations:map": 0x72,
+        b"amqp:properties:list": 0x73,
+        b"amqp:application-properties:map": 0x74,
+        b"amqp:data:binary": 0x75,
+        b"amqp:amqp-sequence:list": 0x76,
+        b"amqp:amqp-value:*": 0x77,
+        b"amqp:footer:map": 0x78,
+    }
+)
+# section code -> rank: sections come in rising rank; body sections (5) repeat only as data or
+# sequence, never mixed
+_RANK = {0x70: 0, 0x71: 1, 0x72: 2, 0x73: 3, 0x74: 4, 0x75: 5, 0x76: 5, 0x77: 5, 0x78: 6}
+_MAP_OR_NULL = frozenset((0x40, 0xC1, 0xD1))
+
+
+def _end(b: bytes, i: int, n: int) -> int:
+    """Where the value at `i` ends (sizes checked against `n`; the content is not walked)."""
+    c = b[i]
+    w = _FIXED.get(c)
+    if w is not None:
+        e = i + 1 + w
+    elif c in _SIZE8:
+        e = i + 2 + b[i + 1]
+    elif c in _SIZE32:
+        e = i + 5 + _U32.unpack_from(b, i + 1)[0]
+    elif c == 0:  # described: a descriptor, then the value
+        return _end(b, _end(b, i + 1, n), n)
+    else:
+        raise BadMessage(f"invalid type code 0x{c:02x} at byte {i}")
+    if e > n:
+        raise BadMessage(f"the value at byte {i} runs past its end")
+    return e
+
+
+def _elements(b: bytes, i: int, end: int, what: str, is_map: bool = False) -> tuple[list[int], int]:
+    """Where each element of the list (or map) at `i` starts, and how many it declares; walked,
+    so that the declared size must be exactly what the elements take. Null is empty."""
+    c = b[i]
+    if c == 0x40 or (c == 0x45 and not is_map):
+        return [], 0
+    if c == (0xC1 if is_map else 0xC0):
+        count, j = b[i + 2], i + 3
+    elif c == (0xD1 if is_map else 0xD0):
+        count, j = _U32.unpack_from(b, i + 5)[0], i + 9
+    else:
+        raise BadMessage(f"byte {i}: the {what} is not a {'map' if is_map else 'list'}")
+    starts = []
+    for _ in range(count):
+        if j >= end:
+            raise BadMessage(f"byte {i}: the {what} holds fewer elements than it declares")
+        starts.append(j)
+        j = _end(b, j, end)
+    if j != end:
+        raise BadMessage(f"byte {i}: the {what} is larger than its elements")
+    return starts, count
+
+
+def _uint(b: bytes, i: int) -> int:
+    c = b[i]
+    if c == 0x70:
+        return _U32.unpack_from(b, i + 1)[0]
+    if c == 0x52:
+        return b[i + 1]
+    if c == 0x43 or c == 0x40:
+        return 0
+    raise _ToProton
+
+
+def _bool(b: bytes, i: int) -> bool:
+    c = b[i]
+    if c == 0x41:
+        return True
+    if c == 0x42 or c == 0x40:
+        return False
+    if c == 0x56 and b[i + 1] < 2:
+        return b[i + 1] == 1
+    raise _ToProton
+
+
+def _text(b: bytes, i: int) -> str | None:
+    c = b[i]
+    if c == 0xA1 or c == 0xA3:
+        return b[i + 2 : i + 2 + b[i + 1]].decode()
+    if c == 0xB1 or c == 0xB3:
+        return b[i + 5 : i + 5 + _U32.unpack_from(b, i + 1)[0]].decode()
+    if c == 0x40:
+        return None
+    raise _ToProton
+
+
+def _signed8(v: int) -> int:
+    return v - 256 if v > 127 else v
+
+
+# application property value readers: type code -> (bytes, offset after the code) -> value, the
+# very types proton's Data.get_object returns
+_VALUES: dict[int, Any] = {
+    0x40: lambda b, j: None,
+    0x41: lambda b, j: True,
+    0x42: lambda b, j: False,
+    0x56: lambda b, j: b[j] != 0,
+    0xA1: lambda b, j: b[j + 1 : j + 1 + b[j]].decode(),
+    0xB1: lambda b, j: b[j + 4 : j + 4 + _U32.unpack_from(b, j)[0]].decode(),
+    0xA3: lambda b, j: symbol(b[j + 1 : j + 1 + b[j]].decode("ascii")),
+    0xB3: lambda b, j: symbol(b[j + 4 : j + 4 + _U32.unpack_from(b, j)[0]].decode("ascii")),
+    0xA0: lambda b, j: bytes(b[j + 1 : j + 1 + b[j]]),
+    0xB0: lambda b, j: bytes(b[j + 4 : j + 4 + _U32.unpack_from(b, j)[0]]),
+    0x50: lambda b, j: ubyte(b[j]),
+    0x51: lambda b, j: byte(_signed8(b[j])),
+    0x60: lambda b, j: ushort(_U16.unpack_from(b, j)[0]),
+    0x61: lambda b, j: short(_I16.unpack_from(b, j)[0]),
+    0x70: lambda b, j: uint(_U32.unpack_from(b, j)[0]),
+    0x52: lambda b, j: uint(b[j]),
+    0x43: lambda b, j: uint(0),
+    0x71: lambda b, j: int32(_I32.unpack_from(b, j)[0]),
+    0x54: lambda b, j: int32(_signed8(b[j])),
+    0x80: lambda b, j: ulong(_U64.unpack_from(b, j)[0]),
+    0x53: lambda b, j: ulong(b[j]),
+    0x44: lambda b, j: ulong(0),
+    0x81: lambda b, j: _I64.unpack_from(b, j)[0],
+    0x55: lambda b, j: _signed8(b[j]),
+    0x83: lambda b, j: timestamp(_I64.unpack_from(b, j)[0]),
+    0x72: lambda b, j: float32(_F32.unpack_from(b, j)[0]),
+    0x82: lambda b, j: _F64.unpack_from(b, j)[0],
+    0x73: lambda b, j: char(chr(_U32.unpack_from(b, j)[0])),
+    0x98: lambda b, j: uuid.UUID(bytes=bytes(b[j : j + 16])),
+}
+
+
+def _app_properties(b: bytes, i: int, end: int) -> dict[str, Any]:
+    c = b[i]
+    if c == 0xC1:
+        count, j = b[i + 2], i + 3
+    elif c == 0xD1:
+        count, j = _U32.unpack_from(b, i + 5)[0], i + 9
+    elif c == 0x40:
+        return {}
+    else:
+        raise BadMessage(f"byte {i}: the application-properties are not a map")
+    if count % 2:
+        return _proton_map(b, i, end)  # a key without a value: proton's reading
+    props: dict[str, Any] = {}
+    for _ in range(count // 2):
+        if j >= end:
+            raise BadMessage(f"byte {i}: the application-properties hold fewer entries")
+        k = _end(b, j, end)
+        if b[j] == 0xA1:
+            key = b[j + 2 : k].decode()
+        elif b[j] in _TEXT:
+            key = _text(b, j)  # type: ignore[assignment]
+        else:
+            return _proton_map(b, i, end)  # keys of other types: proton's reading
+        read = _VALUES.get(b[k])
+        j = _end(b, k, end)
+        if read is None:
+            return _proton_map(b, i, end)  # composite values: proton's reading
+        props[key] = read(b, k + 1)
+    if j != end:
+        raise BadMessage(f"byte {i}: the application-properties are larger than their entries")
+    return props
+
+
+def _proton_map(b: bytes, i: int, end: int) -> dict[str, Any]:
+    """The map at `b[i:end]` as proton reads it (keys as plain str, binaries owned)."""
+    _elements(b, i, end, "application-properties", is_map=True)  # sizes consistent, at least
+    d = Data()
+    try:
+        d.decode(bytes(b[i:end]))
+        d.rewind()
+        d.next()
+        value = d.get_object()
+    except Exception as exc:  # proton raises its own errors for each kind of bad encoding
+        raise BadMessage(f"application-properties do not decode: {exc}") from None
+    return {str(k): owned(v) for k, v in value.items()} if value else {}
+
+
+_checker = lib.pn_data(0)  # proton's decoder, for composite values the scan does not read
+
+
+def _check_composite(b: bytes, i: int, end: int) -> None:
+    lib.pn_data_clear(_checker)
+    if lib.pn_data_decode(_checker, ffi.from_buffer(b) + i, end - i) != end - i:
+        raise BadMessage(f"byte {i}: a section's value does not decode")
+
+
+def _descriptor(b: bytes, i: int, n: int) -> tuple[int | None, int]:
+    """The section code of the described value at `i` (None: not a section), and where its
+    value starts; for descriptors other than the usual small ulong."""
+    v = _end(b, i + 1, n)
+    d = b[i + 1]
+    if d == 0x80:
+        return _SECTIONS.get(_U64.unpack_from(b, i + 2)[0]), v
+    if d == 0xA3 or d == 0xB3:
+        return _SECTIONS.get(bytes(b[i + (3 if d == 0xA3 else 6) : v])), v
+    return None, v
+
+
+class Decoded:
+    """The message's `to` (the anonymous relay routes by it); any other attribute comes from a
+    full proton decode, made on first use."""
+
+    __slots__ = ("_data", "_full", "address")
+
+    def __init__(self, data: bytes, address: str | None, full: AmqpMessage | None = None) -> None:
+        self._data = data
+        self._full = full
+        self.address = address
+
+    def __getattr__(self, name: str) -> Any:
+        if self._full is None:
+            self._full = decode(self._data)
+        return getattr(self._full, name)
+
+
+def extract(data: bytes, now: float) -> tuple[Message, Decoded]:
+    """The model's view of received bytes, and what else routing may need; BadMessage if the
+    bytes are not an AMQP message."""
+    b = data
+    n = len(b) if b else 0
+    if n == 0:
+        raise BadMessage("the message is empty")
+    durable = False
+    priority = 4
+    ttl = delivery_count = 0
+    subject = address = None
+    props: dict[str, Any] = {}
+    rank = -1
+    last = i = 0
+    try:
+        while i < n:
+            if b[i] != 0:
+                raise BadMessage(f"byte {i}: a message section was expected, not a 0x{b[i]:02x}")
+            if b[i + 1] == 0x53:
+                code, v = _SECTIONS.get(b[i + 2]), i + 3
+            else:
+                code, v = _descriptor(b, i, n)
+            if code is None:
+                raise BadMessage(f"byte {i}: not a message section")
+            r = _RANK[code]
+            if r < rank or (r == rank and (code != last or code not in (DATA, SEQUENCE))):
+                raise BadMessage(f"byte {i}: a message section out of order")
+            rank, last = r, code
+            end = _end(b, v, n)
+            c = b[v]
+            if code == HEADER:
+                f, k = _elements(b, v, end, "header")
+                if k:
+                    durable = _bool(b, f[0])
+                if k > 1 and b[f[1]] != 0x40:
+                    if b[f[1]] != 0x50:
+                        raise _ToProton
+                    priority = b[f[1] + 1]
+                if k > 2:
+                    ttl = _uint(b, f[2])
+                if k > 3:
+                    _bool(b, f[3])
+                if k > 4:
+                    delivery_count = _uint(b, f[4])
+            elif code == PROPERTIES:
+                f, k = _elements(b, v, end, "properties")
+                if k > 2:
+                    address = _text(b, f[2])
+                if k > 3:
+                    subject = _text(b, f[3])
+            elif code == APP_PROPERTIES:
+                props = _app_properties(b, v, end)
+            elif code == DATA:
+                if c != 0xA0 and c != 0xB0:
+                    raise BadMessage(f"byte {i}: a data section holds no binary")
+            elif code == SEQUENCE:
+                if c != 0xC0 and c != 0xD0 and c != 0x45:
+                    raise BadMessage(f"byte {i}: an amqp-sequence section holds no list")
+                _check_composite(b, v, end)
+            else:  # annotations, footer, amqp-value
+                if code != VALUE and c not in _MAP_OR_NULL:
+                    raise BadMessage(f"byte {i}: an annotations or footer section holds no map")
+                if c == 0xA1:
+                    b[v + 2 : end].decode()  # a text body must be text
+                elif c == 0xB1:
+                    b[v + 5 : end].decode()
+                elif c == 0 or c >= 0xC0:
+                    _check_composite(b, v, end)
+            i = end
+    except _ToProton:
+        return _proton_extract(data, now)
+    except (IndexError, struct.error):
+        raise BadMessage("the message ends in the middle of a value") from None
+    except UnicodeDecodeError as exc:
+        raise BadMessage(f"text that is not UTF-8 at byte {exc.start}") from None
+    message = Message(
+        body=data,
+        durable=durable,
+        priority=priority,
+        expiry=(now + ttl / 1000) if ttl else None,
+        subject=subject,
+        properties=props,
+        delivery_count=delivery_count,
+    )
+    return message, Decoded(data, address)
+
+
+def _proton_extract(data: bytes, now: float) -> tuple[Message, Decoded]:
+    """What proton's decode makes of a well-formed message the scan leaves to it."""
+    m = decode(data, check=False)
+    try:
+        ttl, props, subject, address = m.ttl, m.properties, m.subject, m.address
+    except Exception as exc:  # e.g. text that is not UTF-8
+        raise BadMessage(f"message does not decode: {exc}") from None
+    message = Message(
+        body=data,
+        durable=bool(m.durable),
+        priority=min(max(int(m.priority), 0), 255),
+        expiry=(now + ttl) if ttl else None,
+        subject=subject,
+        properties=_plain(props) if props else {},
+        delivery_count=int(m.delivery_count or 0),
+    )
+    return message, Decoded(data, address, m)
+
+
+def decode(data: bytes, check: bool = True) -> AmqpMessage:
+    """A full proton decode (management requests), after the same checks as `extract`."""
+    if check:
+        extract(data, 0.0)
     m = AmqpMessage()
     try:
         m.decode(data)
     except Exception as exc:  # proton raises its own errors for each kind of bad encoding
         raise BadMessage(f"message does not decode: {exc}") from None
     return m
-
-
-def extract(data: bytes, now: float) -> tuple[Message, AmqpMessage]:
-    """The model's view of received bytes, and the decoded message (for management)."""
-    m = decode(data)
-    ttl = m.ttl
-    props = m.properties
-    return (
-        Message(
-            body=data,
-            durable=bool(m.durable),
-            priority=min(max(int(m.priority), 0), 255),
-            expiry=(now + ttl) if ttl else None,
-            subject=m.subject,
-            properties=_plain(props) if props else {},
-            delivery_count=int(m.delivery_count or 0),
-        ),
-        m,
-    )
 
 
 def _plain(props: dict[Any, Any]) -> dict[str, Any]:
@@ -73,10 +431,33 @@ def outgoing_bytes(qm: QueuedMessage) -> bytes:
     delivery-count and first-acquirer must tell the consumer."""
     if qm.delivery_count == qm.message.delivery_count and qm.first_acquirer:
         return qm.message.body
-    m = decode(qm.message.body)
-    m.delivery_count = qm.delivery_count
-    m.first_acquirer = qm.first_acquirer
-    return m.encode()
+    return with_header(qm.message.body, qm.delivery_count, qm.first_acquirer)
+
+
+def with_header(data: bytes, delivery_count: int, first_acquirer: bool) -> bytes:
+    """The message with its header's first-acquirer and delivery-count replaced (a header is
+    added if it has none); durable, priority and ttl, and every other byte, stay as they were."""
+    b = data
+    kept: list[bytes] = []  # the encoded durable, priority, ttl
+    rest = 0
+    if b[1] == 0x53:
+        code, v = _SECTIONS.get(b[2]), 3
+    else:
+        code, v = _descriptor(b, 0, len(b))
+    if code == HEADER:
+        rest = _end(b, v, len(b))
+        starts, count = _elements(b, v, rest, "header")
+        bounds = [*starts, rest]
+        kept = [bytes(b[bounds[k] : bounds[k + 1]]) for k in range(min(count, 3))]
+    kept += [b"\x40"] * (3 - len(kept))
+    kept.append(b"\x41" if first_acquirer else b"\x42")
+    kept.append(b"\x70" + _U32.pack(delivery_count) if delivery_count else b"\x43")
+    fields = b"".join(kept)
+    if len(fields) + 1 <= 255:
+        header = b"\x00\x53\x70\xc0" + bytes((len(fields) + 1, 5)) + fields
+    else:
+        header = b"\x00\x53\x70\xd0" + _U32.pack(len(fields) + 4) + _U32.pack(5) + fields
+    return header + bytes(b[rest:])
 
 
 def encode(message: AmqpMessage) -> bytes:

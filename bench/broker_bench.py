@@ -1,0 +1,354 @@
+"""Broker benchmark: durable 1 KiB messages, at-least-once, through a real `qstored`.
+
+For each case (senders x window) the senders put `--messages` messages on a fresh queue, then one
+receiver drains them. Senders and the receiver are separate processes running this file in a
+worker mode (stock proton Container clients); each sender keeps `window` deliveries unsettled,
+and a delivery is settled by the broker only once its enqueue is fsync'd. Prints one JSON line
+per case:
+
+- send_msg_per_s: messages / (last settle - first send), over all senders;
+- p50_ms / p99_ms: send-to-settle latency of each message;
+- receive_msg_per_s: messages / (last message - credit granted), one receiver, accepting each;
+- broker_cpu_ms_per_1000: the broker process's CPU (all threads, user + system, from
+  /proc/<pid>/stat) per 1000 messages that went in AND out (also split into _in and _out);
+- machine: cpu model, cores, python.
+
+    .venv/bin/python bench/broker_bench.py [--messages 20000] [--windows 100,1000]
+        [--senders 1,4] [--size 1024] [--profile broker.prof]
+
+`--profile FILE` runs the broker under cProfile (main thread: the event loop; the journal's
+writer thread is not profiled), writes the stats to FILE when it stops and prints the top
+functions to stderr. Profiling slows the broker: its figures are not the benchmark's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 20.0
+CASE_TIMEOUT = 600.0
+GOAL_SEND_RATE = 20_000  # msg/s, 4 senders, window 1000
+GOAL_CPU_MS = 60.0  # broker CPU ms per 1000 messages sent and received
+
+# Run in a subprocess: the broker's own main() under cProfile, stats dumped when it stops.
+PROFILE_BOOT = """
+import cProfile, sys
+import broker.main
+prof = cProfile.Profile()
+prof.enable()
+try:
+    broker.main.main(sys.argv[2:])
+except SystemExit:
+    pass
+finally:
+    prof.disable()
+    prof.dump_stats(sys.argv[1])
+"""
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))] if values else 0.0
+
+
+# -- the broker ------------------------------------------------------------------------------
+
+
+class Broker:
+    """A `qstored` subprocess on 127.0.0.1, an OS-chosen port, a temporary data directory."""
+
+    def __init__(self, base: Path, profile: Path | None) -> None:
+        self.port_file = base / "port"
+        args = ["--port", "0", "--port-file", str(self.port_file), "--data-dir", str(base / "d"),
+                "--auto-create", "yes", "--log-level", "warning"]
+        if profile is None:
+            cmd = [sys.executable, "-m", "broker.main", *args]
+        else:
+            cmd = [sys.executable, "-c", PROFILE_BOOT, str(profile), *args]
+        self.log = (base / "broker.log").open("wb")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        self.url = f"127.0.0.1:{self._wait_port()}"
+
+    def _wait_port(self) -> int:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"broker_bench: qstored exited with {self.proc.returncode}")
+            try:
+                text = self.port_file.read_text().strip()
+                if text:
+                    return int(text)
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        self.stop()
+        raise SystemExit(f"broker_bench: qstored did not listen within {START_TIMEOUT}s")
+
+    def cpu_ms(self) -> float:
+        """User + system CPU of the whole broker process (all threads), in ms."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        """SIGTERM (a profiled broker then writes its stats), SIGKILL if it does not go."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+# -- the workers (this file run as `--worker send|recv`) -------------------------------------
+
+
+def _await_go() -> float:
+    print("ready", flush=True)
+    sys.stdin.readline()
+    return time.monotonic()
+
+
+def worker_send(url: str, queue: str, count: int, window: int, size: int) -> dict[str, Any]:
+    from proton import Message
+    from proton.handlers import MessagingHandler
+    from proton.reactor import Container
+
+    # The same bytes every time: the client (the usual limit here) encodes once.
+    encoded = Message(body=os.urandom(size // 2).hex().encode(), durable=True).encode()
+
+    class Send(MessagingHandler):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(prefetch=0)
+            self.sent = self.settled = self.failed = 0
+            self.sent_at: list[float] = []
+            self.latencies: list[float] = []
+            self.t0 = self.t1 = 0.0
+
+        def on_start(self, event: Any) -> None:
+            conn = event.container.connect(url, reconnect=False)
+            event.container.create_sender(conn, queue)
+
+        def on_sendable(self, event: Any) -> None:
+            if not self.t0:
+                self.t0 = _await_go()
+            self._fill(event.sender)
+
+        def _fill(self, s: Any) -> None:
+            while s.credit > 0 and self.sent < count and self.sent - self.settled < window:
+                s.delivery(str(self.sent))  # what Message.send does, minus re-encoding
+                s.stream(encoded)
+                s.advance()
+                self.sent_at.append(time.monotonic())
+                self.sent += 1
+
+        def on_rejected(self, event: Any) -> None:
+            self.failed += 1
+
+        def on_released(self, event: Any) -> None:
+            self.failed += 1
+
+        def on_settled(self, event: Any) -> None:
+            now = time.monotonic()
+            self.latencies.append(now - self.sent_at[int(event.delivery.tag)])
+            self.settled += 1
+            if self.settled == count:
+                self.t1 = now
+                event.connection.close()
+            else:
+                self._fill(event.link)
+
+        def on_transport_error(self, event: Any) -> None:
+            event.container.stop()
+
+    h = Send()
+    Container(h).run()
+    return {"start": h.t0, "end": h.t1, "settled": h.settled, "failed": h.failed,
+            "latencies": h.latencies}
+
+
+def worker_recv(url: str, queue: str, count: int, credit: int) -> dict[str, Any]:
+    from proton.handlers import MessagingHandler
+    from proton.reactor import Container
+
+    class Recv(MessagingHandler):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(prefetch=0)
+            self.got = 0
+            self.t0 = self.t1 = 0.0
+
+        def on_start(self, event: Any) -> None:
+            conn = event.container.connect(url, reconnect=False)
+            event.container.create_receiver(conn, queue)
+
+        def on_link_opened(self, event: Any) -> None:
+            if event.receiver is not None and not self.t0:
+                self.t0 = _await_go()
+                event.receiver.flow(credit)
+
+        def on_message(self, event: Any) -> None:
+            self.got += 1  # accepted (and settled) by the handler when this returns
+            r = event.receiver
+            if self.got == count:
+                self.t1 = time.monotonic()
+                event.connection.close()
+            elif r.credit < credit // 2 and self.got + r.credit < count:
+                r.flow(min(credit, count - self.got) - r.credit)
+
+        def on_transport_error(self, event: Any) -> None:
+            event.container.stop()
+
+    h = Recv()
+    Container(h).run()
+    return {"start": h.t0, "end": h.t1, "received": h.got}
+
+
+# -- one case --------------------------------------------------------------------------------
+
+
+def _spawn(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, __file__, "--worker", *args], cwd=ROOT, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def _run_workers(broker: Broker, arg_lists: list[list[str]]) -> tuple[list[dict[str, Any]], float]:
+    """Start the workers, wait until each is connected, release them together, collect their
+    results; returns them with the broker CPU (ms) spent between the release and the end."""
+    procs = [_spawn(a) for a in arg_lists]
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        for p in procs:
+            assert p.stdout is not None
+            ready, _, _ = select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready or p.stdout.readline().strip() != "ready":
+                raise SystemExit("broker_bench: a worker did not connect")
+        cpu0 = broker.cpu_ms()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = []
+        for p in procs:
+            out, _ = p.communicate(timeout=CASE_TIMEOUT)
+            if p.returncode != 0:
+                raise SystemExit(f"broker_bench: a worker failed ({p.returncode})")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results, broker.cpu_ms() - cpu0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def run_case(broker: Broker, n: int, senders: int, window: int, size: int) -> dict[str, Any]:
+    queue = f"bench-{senders}-{window}-{time.monotonic_ns()}"
+    shares = [n // senders + (1 if i < n % senders else 0) for i in range(senders)]
+    sent, cpu_in = _run_workers(
+        broker, [["send", broker.url, queue, str(k), str(window), str(size)] for k in shares]
+    )
+    got, cpu_out = _run_workers(broker, [["recv", broker.url, queue, str(n), "1000"]])
+    settled = sum(r["settled"] for r in sent)
+    failed = sum(r["failed"] for r in sent)
+    latencies = [x for r in sent for x in r["latencies"]]
+    send_s = max(r["end"] for r in sent) - min(r["start"] for r in sent)
+    recv_s = got[0]["end"] - got[0]["start"]
+    return {
+        "case": f"senders={senders} window={window}",
+        "senders": senders,
+        "window": window,
+        "messages": n,
+        "size": size,
+        "send_msg_per_s": round(settled / send_s) if send_s > 0 else None,
+        "p50_ms": round(pct(latencies, 0.50) * 1e3, 2),
+        "p99_ms": round(pct(latencies, 0.99) * 1e3, 2),
+        "receive_msg_per_s": round(got[0]["received"] / recv_s) if recv_s > 0 else None,
+        "broker_cpu_ms_per_1000": round((cpu_in + cpu_out) / n * 1000, 1),
+        "broker_cpu_ms_per_1000_in": round(cpu_in / n * 1000, 1),
+        "broker_cpu_ms_per_1000_out": round(cpu_out / n * 1000, 1),
+        "settled_not_accepted": failed,
+        "received": got[0]["received"],
+    }
+
+
+def _print_profile(path: Path, top: int) -> None:
+    import pstats
+
+    for key in ("tottime", "cumulative"):
+        print(f"--- broker profile, top {top} by {key} ---", file=sys.stderr)
+        pstats.Stats(str(path), stream=sys.stderr).sort_stats(key).print_stats(top)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        kind, rest = sys.argv[2], sys.argv[3:]
+        if kind == "send":
+            res = worker_send(rest[0], rest[1], int(rest[2]), int(rest[3]), int(rest[4]))
+        else:
+            res = worker_recv(rest[0], rest[1], int(rest[2]), int(rest[3]))
+        print(json.dumps(res), flush=True)
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=20_000, help="messages per case")
+    ap.add_argument("--windows", default="100,1000", help="unsettled deliveries per sender")
+    ap.add_argument("--senders", default="1,4", help="sender processes")
+    ap.add_argument("--size", type=int, default=1024, help="message body bytes")
+    ap.add_argument("--dir", default=None, help="where to put the broker's data directory")
+    ap.add_argument("--profile", type=Path, default=None, help="run the broker under cProfile")
+    ap.add_argument("--top", type=int, default=40, help="functions to print with --profile")
+    args = ap.parse_args()
+    try:
+        windows = [int(x) for x in args.windows.split(",")]
+        sender_counts = [int(x) for x in args.senders.split(",")]
+    except ValueError:
+        ap.error("--windows and --senders take comma-separated integers")
+    if args.messages <= 0 or min(windows + sender_counts) <= 0:
+        ap.error("--messages, --windows and --senders must be positive")
+    base = Path(tempfile.mkdtemp(prefix="qstore-broker-bench-", dir=args.dir))
+    info = machine()
+    broker = Broker(base, args.profile)
+    try:
+        for senders in sender_counts:
+            for window in windows:
+                res = run_case(broker, args.messages, senders, window, args.size)
+                goals: dict[str, Any] = {"cpu_ms_per_1000_le_60": (
+                    res["broker_cpu_ms_per_1000"] <= GOAL_CPU_MS)}
+                if senders == 4 and window == 1000:
+                    goals["send_ge_20000_msg_per_s"] = (res["send_msg_per_s"] or 0) >= GOAL_SEND_RATE
+                print(json.dumps({**res, "goals": goals, "machine": info}), flush=True)
+    finally:
+        broker.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    if args.profile is not None:
+        _print_profile(args.profile, args.top)
+
+
+if __name__ == "__main__":
+    main()
