@@ -9,6 +9,7 @@ connections that die with unsettled messages). Every wait is bounded.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -210,6 +211,14 @@ def run_container(handler: MessagingHandler, timeout: float = TIMEOUT) -> Contai
     if errors:
         raise errors[0]
     return container
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Poll `condition` until true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 class CreateOnDemand(LinkOption):
