@@ -14,12 +14,15 @@ sent and received (utime + stime from /proc/<pid>/stat), the goals (reported, no
 the machine.
 
     .venv/bin/python bench/ha_bench.py [--messages 20000] [--size 1024] [--profile ha.prof]
+        [--profile-clock cpu|wall] [--profile-backup] [--top 30] [--keep] [--dir DIR]
 
 `--profile FILE` adds a third, separate pass: a fresh cluster whose primary runs under cProfile
 (this file re-run as `--profiled-broker`: every thread gets its own profiler; the stats are
 written when the broker stops on SIGTERM: FILE for the event loop thread, FILE.threads for the
-others), and prints the top functions to stderr. Profiling slows the primary, so that pass's
-figures are printed with `"profiled": true` and are not the benchmark's.
+others; timed by each thread's CPU time unless `--profile-clock wall`), and prints the top
+functions to stderr; `--profile-backup` profiles backup1 as well (FILE.backup1). Profiling slows
+the brokers, so that pass's figures are printed with `"profiled": true` and are not the
+benchmark's.
 
 Every broker is started here with a temporary data directory and stopped by pid at the end, also
 on error or Ctrl-C (SIGTERM, then SIGKILL).
@@ -81,7 +84,13 @@ class Node:
     """One `qstored` process on 127.0.0.1 with its own data directory under `base`."""
 
     def __init__(
-        self, base: Path, name: str, port: int, extra: list[str], profile: Path | None = None
+        self,
+        base: Path,
+        name: str,
+        port: int,
+        extra: list[str],
+        profile: Path | None = None,
+        clock: str = "cpu",
     ) -> None:
         self.name = name
         self.profile = profile
@@ -94,7 +103,7 @@ class Node:
             cmd = [sys.executable, "-m", "broker.main", *args]
         else:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--profiled-broker",
-                   str(profile), *args]
+                   str(profile), clock, *args]
         self.log_path = base / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
@@ -165,10 +174,11 @@ class Setup:
         self.readings.append(reading)
         return sum(reading)
 
-    def measured_cpu_ms(self) -> list[float]:
-        """Per member: the sum of (end - start) over the measured intervals (pairs of readings)."""
+    def measured_cpu_ms(self) -> list[list[float]]:
+        """Per member, per measured interval (pairs of readings: sending, then draining): the
+        CPU ms spent in it."""
         r = self.readings
-        return [sum(r[k + 1][i] - r[k][i] for k in range(0, len(r) - 1, 2))
+        return [[r[k + 1][i] - r[k][i] for k in range(0, len(r) - 1, 2)]
                 for i in range(len(self.nodes))]
 
 
@@ -179,16 +189,29 @@ def start_standalone(base: Path, started: list[Node]) -> Setup:
     return Setup("standalone", [node])
 
 
-def start_cluster(base: Path, started: list[Node], profile: Path | None = None) -> Setup:
-    """Three members; member 0 is promoted and the others are waited for until ready."""
+def start_cluster(
+    base: Path,
+    started: list[Node],
+    profile: Path | None = None,
+    clock: str = "cpu",
+    profile_backup: bool = False,
+) -> Setup:
+    """Three members; member 0 is promoted and the others are waited for until ready. With
+    `profile`, member 0 runs under cProfile (and member 1 too, to `profile`.backup1, if
+    `profile_backup`)."""
     from tools._mgmt import ManagementClient, ToolError, parse_broker, query_status
 
     ports = free_ports(3)
     url = ",".join(f"127.0.0.1:{p}" for p in ports)
     nodes: list[Node] = []
+    profiles: list[Path | None] = [None, None, None]
+    if profile is not None:
+        profiles[0] = profile
+        if profile_backup:
+            profiles[1] = Path(f"{profile}.backup1")
     for i, port in enumerate(ports):
-        node = Node(base, f"node{i}", port, ["--ha-cluster", "yes", "--ha-brokers-url", url,
-                                             *HA_ARGS], profile if i == 0 else None)
+        args = ["--ha-cluster", "yes", "--ha-brokers-url", url, *HA_ARGS]
+        node = Node(base, f"node{i}", port, args, profiles[i], clock)
         started.append(node)
         nodes.append(node)
     for node in nodes:
@@ -240,7 +263,11 @@ def run_setup(setup: Setup, n: int, size: int) -> dict[str, Any]:
     if len(setup.nodes) > 1:
         per = setup.measured_cpu_ms()
         out["cpu_ms_per_1000_by_broker"] = {
-            ("primary" if i == 0 else f"backup{i}"): round(ms / n * 1000, 1)
+            ("primary" if i == 0 else f"backup{i}"): {
+                "total": round(sum(ms) / n * 1000, 1),
+                "in": round(ms[0] / n * 1000, 1),
+                "out": round(ms[1] / n * 1000, 1),
+            }
             for i, ms in enumerate(per)
         }
         out["states_after"] = setup.states()  # type: ignore[attr-defined]
@@ -267,16 +294,16 @@ def summary(alone: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def print_profile(path: Path, top: int) -> None:
+def print_profile(path: Path, who: str, top: int) -> None:
     import pstats
 
     for p, what in ((path, "event loop thread"), (Path(f"{path}.threads"), "other threads")):
         if not p.exists():
-            print(f"ha_bench: no profile at {p} (the primary did not stop cleanly?)",
+            print(f"ha_bench: no profile at {p} ({who} did not stop cleanly?)",
                   file=sys.stderr)
             continue
         for key in ("tottime", "cumulative"):
-            print(f"--- primary profile ({what}), top {top} by {key} ---", file=sys.stderr)
+            print(f"--- {who} profile ({what}), top {top} by {key} ---", file=sys.stderr)
             pstats.Stats(str(p), stream=sys.stderr).sort_stats(key).print_stats(top)
 
 
@@ -301,13 +328,17 @@ def run(args: argparse.Namespace) -> None:
 
         if args.profile is not None:
             prof = args.profile.resolve()
-            profiled = start_cluster(base / "profiled", started, prof)
+            profiled = start_cluster(
+                base / "profiled", started, prof, args.profile_clock, args.profile_backup
+            )
             res = run_setup(profiled, args.messages, args.size)
             for node in profiled.nodes:
                 node.stop()
             print(json.dumps({**res, "setup": "cluster-3 primary under cProfile",
                               "profiled": True}), flush=True)
-            print_profile(prof, args.top)
+            print_profile(prof, "primary", args.top)
+            if args.profile_backup:
+                print_profile(Path(f"{prof}.backup1"), "backup1", args.top)
     finally:
         for node in started:
             with contextlib.suppress(Exception):
@@ -321,19 +352,26 @@ def run(args: argparse.Namespace) -> None:
 # -- the profiling wrapper (this file run as `--profiled-broker OUT qstored-args...`) -----------
 
 
-def profiled_broker(out: str, argv: list[str]) -> None:
+def profiled_broker(out: str, clock: str, argv: list[str]) -> None:
     """Run `broker.main.main(argv)` with one cProfile per thread. The broker stops on SIGTERM
     through its own handler (main raises SystemExit); then the event loop thread's stats go to
-    OUT and those of every other thread (journal writer, anyio workers) merged to OUT.threads."""
+    OUT and those of every other thread (journal writer, anyio workers) merged to OUT.threads.
+
+    clock `cpu` times each thread by its own CPU time (time.thread_time: a syscall per reading,
+    so many-call functions look dearer than they are, but time spent descheduled on a busy
+    machine and waiting in epoll/locks drops out); `wall` is cProfile's default perf_counter."""
     import cProfile
     import pstats
     import threading
+
+    def new_profile() -> cProfile.Profile:
+        return cProfile.Profile(time.thread_time) if clock == "cpu" else cProfile.Profile()
 
     profiles: list[cProfile.Profile] = []
     plain_run = threading.Thread.run
 
     def profiled_run(self: threading.Thread) -> None:
-        p = cProfile.Profile()
+        p = new_profile()
         profiles.append(p)
         p.enable()
         try:
@@ -345,7 +383,7 @@ def profiled_broker(out: str, argv: list[str]) -> None:
 
     import broker.main
 
-    main_prof = cProfile.Profile()
+    main_prof = new_profile()
     main_prof.enable()
     try:
         broker.main.main(argv)
@@ -377,8 +415,8 @@ class _Snapshot:
 
 
 def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--profiled-broker":
-        profiled_broker(sys.argv[2], sys.argv[3:])
+    if len(sys.argv) > 3 and sys.argv[1] == "--profiled-broker":
+        profiled_broker(sys.argv[2], sys.argv[3], sys.argv[4:])
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=20_000, help="messages per setup")
@@ -387,6 +425,10 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep data directories and logs")
     ap.add_argument("--profile", type=Path, default=None,
                     help="also run a cluster whose primary is under cProfile; stats to FILE")
+    ap.add_argument("--profile-clock", choices=("cpu", "wall"), default="cpu",
+                    help="cProfile timer: each thread's CPU time (default) or wall time")
+    ap.add_argument("--profile-backup", action="store_true",
+                    help="with --profile: also profile backup1 (stats to FILE.backup1)")
     ap.add_argument("--top", type=int, default=30, help="functions to print with --profile")
     args = ap.parse_args()
     if args.messages <= 0 or args.size <= 0:
