@@ -3,8 +3,9 @@ ready backups on 127.0.0.1, `--ha-replicate all`) get the same load in one run: 
 messages, at-least-once, 4 sender processes (stock proton Container clients) with 1000 unsettled
 deliveries each, then one receiver drains the queue.
 
-The load, the worker processes and the measurement are `bench/broker_bench.py`'s (`run_case`),
-so the two benchmarks measure the same thing; this file only starts the brokers and compares.
+The sender and receiver workers and the percentiles are `bench/broker_bench.py`'s (imported; run
+here as `--worker send|recv`), measured the same way, so the two benchmarks compare; this file
+starts the brokers, runs the load on each setup, reads every broker's CPU and compares.
 On the cluster a delivery is settled only after the primary's fsync AND both backups' acks, so
 the p50/p99 send-to-settle latency includes the replication round trip.
 
@@ -34,6 +35,7 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -54,6 +56,7 @@ SENDERS = 4
 WINDOW = 1000
 START_TIMEOUT = 20.0
 READY_TIMEOUT = 30.0
+CASE_TIMEOUT = 600.0
 STOP_TIMEOUT = 30.0
 # Fast reconnects of backups at start-up; heartbeats stay at the broker's default so that a
 # loaded event loop is not mistaken for a dead backup.
@@ -96,18 +99,37 @@ class Node:
         self.profile = profile
         base.mkdir(parents=True, exist_ok=True)
         self.port_file = base / f"{name}.port"
-        args = ["--port", str(port), "--port-file", str(self.port_file),
-                "--data-dir", str(base / name), "--name", name, "--auto-create", "yes",
-                "--log-level", "warning", *extra]
+        args = [
+            "--port",
+            str(port),
+            "--port-file",
+            str(self.port_file),
+            "--data-dir",
+            str(base / name),
+            "--name",
+            name,
+            "--auto-create",
+            "yes",
+            "--log-level",
+            "warning",
+            *extra,
+        ]
         if profile is None:
             cmd = [sys.executable, "-m", "broker.main", *args]
         else:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--profiled-broker",
-                   str(profile), clock, *args]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--profiled-broker",
+                str(profile),
+                clock,
+                *args,
+            ]
         self.log_path = base / f"{name}.log"
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         self.port = 0
 
     @property
@@ -132,11 +154,11 @@ class Node:
         lines = self.log_path.read_text(errors="replace").strip().splitlines()
         return lines[-1] if lines else "(no output)"
 
-    def cpu_ms(self) -> float:
-        """User + system CPU of the whole process (all threads), in ms."""
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+    def cpu_ms(self) -> tuple[float, float]:
+        """User + system CPU in ms: of the whole process (all threads), of its main thread (the
+        event loop; the rest is mostly the journal's writer thread)."""
+        pid = self.proc.pid
+        return _stat_cpu_ms(f"/proc/{pid}/stat"), _stat_cpu_ms(f"/proc/{pid}/task/{pid}/stat")
 
     def stop(self) -> None:
         """SIGTERM (clean stop; a profiled broker writes its stats), SIGKILL if it lingers."""
@@ -155,31 +177,24 @@ class BenchError(Exception):
     """A failure to report as one line (exit status 1)."""
 
 
+def _stat_cpu_ms(path: str) -> float:
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()  # utime, stime: fields 14, 15
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 class Setup:
-    """A broker or a cluster as `broker_bench.run_case` sees it: `url` (where clients go) and
-    `cpu_ms()` (summed over members). Each `cpu_ms()` call also keeps the per-member readings,
-    so the CPU of each member over the measured intervals can be reported."""
+    """A standalone broker or a cluster: clients go to `nodes[0]` (the primary)."""
 
     def __init__(self, label: str, nodes: list[Node]) -> None:
         self.label = label
         self.nodes = nodes
-        self.readings: list[list[float]] = []
 
     @property
     def url(self) -> str:
         return self.nodes[0].url
 
-    def cpu_ms(self) -> float:
-        reading = [n.cpu_ms() for n in self.nodes]
-        self.readings.append(reading)
-        return sum(reading)
-
-    def measured_cpu_ms(self) -> list[list[float]]:
-        """Per member, per measured interval (pairs of readings: sending, then draining): the
-        CPU ms spent in it."""
-        r = self.readings
-        return [[r[k + 1][i] - r[k][i] for k in range(0, len(r) - 1, 2)]
-                for i in range(len(self.nodes))]
+    def cpu_ms(self) -> list[tuple[float, float]]:
+        return [n.cpu_ms() for n in self.nodes]
 
 
 def start_standalone(base: Path, started: list[Node]) -> Setup:
@@ -254,21 +269,98 @@ def start_cluster(
 # -- the run -------------------------------------------------------------------------------------
 
 
-def run_setup(setup: Setup, n: int, size: int) -> dict[str, Any]:
-    from broker_bench import run_case
+def _spawn(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", *args],
+        cwd=ROOT,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
 
-    res = run_case(setup, n, SENDERS, WINDOW, size)  # type: ignore[arg-type]
-    res.pop("case", None)
-    out: dict[str, Any] = {"setup": setup.label, **res}
+
+def _run_workers(
+    setup: Setup, arg_lists: list[list[str]]
+) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
+    """Start the workers, wait until each is connected (it prints `ready`), release them
+    together, collect their results; also returns each member's CPU (ms: all threads, main
+    thread) spent between the release and the last result."""
+    procs = [_spawn(a) for a in arg_lists]
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        for p in procs:
+            assert p.stdout is not None
+            ready, _, _ = select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready or p.stdout.readline().strip() != "ready":
+                raise BenchError(f"a worker did not connect to {setup.label}")
+        cpu0 = setup.cpu_ms()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = []
+        for p in procs:
+            out, _ = p.communicate(timeout=CASE_TIMEOUT)
+            if p.returncode != 0:
+                raise BenchError(f"a worker failed on {setup.label} (exit {p.returncode})")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        cpu1 = setup.cpu_ms()
+        return results, [(b[0] - a[0], b[1] - a[1]) for a, b in zip(cpu0, cpu1, strict=True)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def run_setup(setup: Setup, n: int, size: int) -> dict[str, Any]:
+    """4 senders put n messages on a fresh queue, then one receiver drains it (the workers and
+    the percentiles are broker_bench's); one JSON-ready dict."""
+    from broker_bench import pct
+
+    queue = f"ha-bench-{time.monotonic_ns()}"
+    shares = [n // SENDERS + (1 if i < n % SENDERS else 0) for i in range(SENDERS)]
+    sent, cpu_in = _run_workers(
+        setup, [["send", setup.url, queue, str(k), str(WINDOW), str(size)] for k in shares]
+    )
+    got, cpu_out = _run_workers(setup, [["recv", setup.url, queue, str(n), str(WINDOW)]])
+    settled = sum(r["settled"] for r in sent)
+    latencies = [x for r in sent for x in r["latencies"]]
+    send_s = max(r["end"] for r in sent) - min(r["start"] for r in sent)
+    recv_s = got[0]["end"] - got[0]["start"]
+    total_in = sum(c[0] for c in cpu_in)
+    total_out = sum(c[0] for c in cpu_out)
+    main = sum(c[1] for c in cpu_in) + sum(c[1] for c in cpu_out)
+
+    def per_1000(ms: float) -> float:
+        return round(ms / n * 1000, 1)
+
+    out: dict[str, Any] = {
+        "setup": setup.label,
+        "senders": SENDERS,
+        "window": WINDOW,
+        "messages": n,
+        "size": size,
+        "send_msg_per_s": round(settled / send_s) if send_s > 0 else None,
+        "p50_ms": round(pct(latencies, 0.50) * 1e3, 2),
+        "p99_ms": round(pct(latencies, 0.99) * 1e3, 2),
+        "receive_msg_per_s": round(got[0]["received"] / recv_s) if recv_s > 0 else None,
+        "broker_cpu_ms_per_1000": per_1000(total_in + total_out),
+        "broker_cpu_ms_per_1000_in": per_1000(total_in),
+        "broker_cpu_ms_per_1000_out": per_1000(total_out),
+        "main_thread_share": round(main / max(total_in + total_out, 1e-9), 2),
+        "settled_not_accepted": sum(r["failed"] for r in sent),
+        "received": got[0]["received"],
+    }
     if len(setup.nodes) > 1:
-        per = setup.measured_cpu_ms()
         out["cpu_ms_per_1000_by_broker"] = {
             ("primary" if i == 0 else f"backup{i}"): {
-                "total": round(sum(ms) / n * 1000, 1),
-                "in": round(ms[0] / n * 1000, 1),
-                "out": round(ms[1] / n * 1000, 1),
+                "total": per_1000(cpu_in[i][0] + cpu_out[i][0]),
+                "in": per_1000(cpu_in[i][0]),
+                "out": per_1000(cpu_out[i][0]),
+                "main_thread": per_1000(cpu_in[i][1] + cpu_out[i][1]),
             }
-            for i, ms in enumerate(per)
+            for i in range(len(setup.nodes))
         }
         out["states_after"] = setup.states()  # type: ignore[attr-defined]
     return out
@@ -299,8 +391,7 @@ def print_profile(path: Path, who: str, top: int) -> None:
 
     for p, what in ((path, "event loop thread"), (Path(f"{path}.threads"), "other threads")):
         if not p.exists():
-            print(f"ha_bench: no profile at {p} ({who} did not stop cleanly?)",
-                  file=sys.stderr)
+            print(f"ha_bench: no profile at {p} ({who} did not stop cleanly?)", file=sys.stderr)
             continue
         for key in ("tottime", "cumulative"):
             print(f"--- {who} profile ({what}), top {top} by {key} ---", file=sys.stderr)
@@ -334,8 +425,10 @@ def run(args: argparse.Namespace) -> None:
             res = run_setup(profiled, args.messages, args.size)
             for node in profiled.nodes:
                 node.stop()
-            print(json.dumps({**res, "setup": "cluster-3 primary under cProfile",
-                              "profiled": True}), flush=True)
+            print(
+                json.dumps({**res, "setup": "cluster-3 primary under cProfile", "profiled": True}),
+                flush=True,
+            )
             print_profile(prof, "primary", args.top)
             if args.profile_backup:
                 print_profile(Path(f"{prof}.backup1"), "backup1", args.top)
@@ -414,27 +507,53 @@ class _Snapshot:
         pass
 
 
+def worker(kind: str, args: list[str]) -> None:
+    """A sender or the receiver (broker_bench's): says `ready` once attached, starts on `go`,
+    prints its result as one JSON line."""
+    from broker_bench import worker_recv, worker_send
+
+    if kind == "send":
+        res = worker_send(args[0], args[1], int(args[2]), int(args[3]), int(args[4]))
+    else:
+        res = worker_recv(args[0], args[1], int(args[2]), int(args[3]))
+    print(json.dumps(res), flush=True)
+
+
 def main() -> None:
     if len(sys.argv) > 3 and sys.argv[1] == "--profiled-broker":
         profiled_broker(sys.argv[2], sys.argv[3], sys.argv[4:])
+        return
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3:])
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=20_000, help="messages per setup")
     ap.add_argument("--size", type=int, default=1024, help="message body bytes")
     ap.add_argument("--dir", default=None, help="where to put the brokers' data directories")
     ap.add_argument("--keep", action="store_true", help="keep data directories and logs")
-    ap.add_argument("--profile", type=Path, default=None,
-                    help="also run a cluster whose primary is under cProfile; stats to FILE")
-    ap.add_argument("--profile-clock", choices=("cpu", "wall"), default="cpu",
-                    help="cProfile timer: each thread's CPU time (default) or wall time")
-    ap.add_argument("--profile-backup", action="store_true",
-                    help="with --profile: also profile backup1 (stats to FILE.backup1)")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="also run a cluster whose primary is under cProfile; stats to FILE",
+    )
+    ap.add_argument(
+        "--profile-clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cProfile timer: each thread's CPU time (default) or wall time",
+    )
+    ap.add_argument(
+        "--profile-backup",
+        action="store_true",
+        help="with --profile: also profile backup1 (stats to FILE.backup1)",
+    )
     ap.add_argument("--top", type=int, default=30, help="functions to print with --profile")
     args = ap.parse_args()
     if args.messages <= 0 or args.size <= 0:
         ap.error("--messages and --size must be positive")
     try:
-        import broker_bench  # noqa: F401 - the shared workers and measurement
+        from broker_bench import machine, pct, worker_recv, worker_send  # noqa: F401
     except Exception as exc:
         raise SystemExit(f"ha_bench: cannot import bench/broker_bench.py: {exc}") from None
     try:
