@@ -33,15 +33,33 @@ class BackupPosition:
     epoch: int
     node: str
     seq: int
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "node": self.node, "seq": self.seq}
+    history: tuple[EpochId, ...] = ()  # the backup's epochs, oldest first
 
     @classmethod
-    def from_wire(cls, d: Any) -> BackupPosition:
+    def from_wire(cls, d: Any, epochs: Any = None) -> BackupPosition:
         if not isinstance(d, dict):
             return cls(0, "", 0)
-        return cls(int(d.get("epoch", 0)), str(d.get("node", "")), int(d.get("seq", 0)))
+        history = tuple(
+            EpochId(int(e[0]), str(e[1]), int(e[2]))
+            for e in (epochs if isinstance(epochs, list) else [])
+            if isinstance(e, list | tuple) and len(e) == 3
+        )
+        return cls(int(d.get("epoch", 0)), str(d.get("node", "")), int(d.get("seq", 0)), history)
+
+
+def common_prefix(backup: BackupPosition, history: list[EpochId], primary_seq: int) -> int:
+    """The last seq up to which the backup's history is the primary's: histories diverge at the
+    first seq where their epoch identities differ (an epoch one side has and the other lacks)."""
+    end = min(backup.seq, primary_seq)
+    ours = [(e.number, e.node, e.origin) for e in history if e.origin <= end]
+    theirs = [(e.number, e.node, e.origin) for e in backup.history if e.origin <= end]
+    for a, b in zip(ours, theirs, strict=False):
+        if a != b:
+            return min(a[2], b[2]) - 1
+    if len(ours) != len(theirs):
+        longer = ours if len(ours) > len(theirs) else theirs
+        return longer[min(len(ours), len(theirs))][2] - 1
+    return end
 
 
 def epoch_at(history: list[EpochId], seq: int) -> EpochId:
@@ -60,6 +78,7 @@ class Plan:
     snapshot: bool
     tail_from: int = 0  # with snapshot False: send every replicated event with seq > tail_from
     why: str = ""
+    truncate_after: int | None = None  # the backup drops its stream records after this seq
 
 
 def plan(
@@ -67,6 +86,14 @@ def plan(
 ) -> Plan:
     """Tail or snapshot. `recent_from`: the primary's recent log holds every replicated event
     with seq > recent_from (up to `primary_seq`)."""
+    if backup.history:
+        common = common_prefix(backup, history, primary_seq)
+        if common < backup.seq:
+            return Plan(
+                True,
+                why=f"histories diverge after seq {common} (backup at {backup.seq})",
+                truncate_after=common,
+            )
     if backup.seq > primary_seq:
         return Plan(True, why=f"backup is ahead (seq {backup.seq} > {primary_seq})")
     mine = epoch_at(history, backup.seq)

@@ -99,6 +99,7 @@ class HaDriver:
             "address": self.address,
             "state": str(self.state),
             "position": {"epoch": ev.epoch, "node": node, "seq": ev.seq},
+            "epochs": [list(e) for e in ev.epochs],
         }
 
     # -- running ------------------------------------------------------------------------------

@@ -163,7 +163,7 @@ class Primary:
         """A backup attached its replication link: plan its catch-up and start its stream."""
         name = str(info.get("name") or f"conn-{conn.id}")
         address = str(info.get("address") or conn.driver.peer)
-        pos = BackupPosition.from_wire(info.get("position"))
+        pos = BackupPosition.from_wire(info.get("position"), info.get("epochs"))
         old = self.streams.get(name)
         if old is not None:
             old.close()
@@ -180,6 +180,8 @@ class Primary:
             "snapshot" if p.snapshot else "tail",
             p.why,
         )
+        if p.truncate_after is not None:
+            s.add(stream.control(stream.TRUNCATE, ev.epoch, ev.seq, after=p.truncate_after))
         if p.snapshot:
             items = snapshot_items(
                 ev.model, ev.queue_level, ev.exchange_level, ev.epoch, ev.seq, ev.bindings

@@ -46,6 +46,7 @@ class Replicator:
         self.events = events
         self.recent = recent
         self.on_control: Callable[[Item], None] = lambda item: None
+        self.in_snapshot = False
 
     def apply(self, items: list[Item], done: Callable[[BaseException | None], None]) -> None:
         """Apply a batch; `done(error)` once everything durable in it is journaled."""
@@ -56,7 +57,9 @@ class Replicator:
                 if it.record is None:
                     self._control(it)
                     continue
-                ev.replica = (it.epoch, it.seq)
+                # A snapshot's items stand for state, not events: journaled outside the stream
+                # (seq 0), so the journal's positions stay the primary's events, one for one.
+                ev.replica = (it.epoch, 0 if self.in_snapshot else it.seq)
                 try:
                     self._event(it, pending.add)
                 except ModelError as exc:  # the primary's order makes this a bug: say so
@@ -69,13 +72,25 @@ class Replicator:
         pending.when_done(done)
 
     def _control(self, it: Item) -> None:
-        if it.kind == stream.SNAPSHOT_BEGIN:
+        if it.kind == stream.TRUNCATE and it.data is not None:
+            after = int(it.data.get("after", 0))
+            log.warning(
+                "history diverged from the primary's after seq %d: dropping the rest", after
+            )
+            self.events.journal.drop_stream_after(after, wait=False)
+            self.events.seq = min(self.events.seq, after)
+        elif it.kind == stream.SNAPSHOT_BEGIN:
+            self.in_snapshot = True
             self._clear_replicated(it)
+        elif it.kind == stream.SNAPSHOT_END:
+            self.in_snapshot = False
+            self.events.seq = max(self.events.seq, it.seq)
+            self.events.epoch = it.epoch
         self.on_control(it)
 
     def _clear_replicated(self, it: Item) -> None:
         ev, model = self.events, self.model
-        ev.replica = (it.epoch, it.seq)
+        ev.replica = (it.epoch, 0)
         try:
             for name in [n for n in model.queues if ev.queue_level(n) != levels.NONE]:
                 model.delete_queue(name)

@@ -36,6 +36,7 @@ TAIL = 102  # {"from": seq}: the backup's history is kept; events after `from` f
 READY = 103  # the backup holds everything the primary had when it connected
 CATCH_UP = 104  # a recovering primary timed this backup out
 MEMBERSHIP = 105  # {"members": [{"name", "address", "state"}...]}
+TRUNCATE = 106  # {"after": seq}: drop journaled stream records after seq (diverged history)
 
 
 class StreamError(Exception):

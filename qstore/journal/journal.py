@@ -21,9 +21,9 @@ from .errors import JournalError, NotAJournal, UnsupportedFormat
 from .lock import DataDirLock
 from .loopbatch import LoopBatcher
 from .reader import META_DB, RECORDS_DB, JournalReader, open_env
-from .records import COMPRESS_THRESHOLD, FORMAT_VERSION, KEY, Epoch, Record, prepare
+from .records import COMPRESS_THRESHOLD, FORMAT_VERSION, KEY, Epoch, Record, prepare, read_header
 from .state import JournalState
-from .writer import GroupCommitWriter, LoopWaiter, SyncWaiter, Txn, _Append, _Control
+from .writer import GroupCommitWriter, LogWaiter, LoopWaiter, SyncWaiter, Txn, _Append, _Control
 
 log = logging.getLogger("qstore.journal")
 
@@ -303,6 +303,34 @@ class Journal(JournalReader):
         n = self._control(cut, after=lambda _: self._rebuild())
         log.info("journal %s: truncated %d records after seq %d", self.data_dir, n, seq)
         return n
+
+    def drop_stream_after(self, origin: int, *, wait: bool = True) -> int | None:
+        """Delete every record of the replicated stream (origin > 0) above `origin`, keeping
+        this broker's own records (origin 0): a backup whose history diverged from the new
+        primary's after `origin` keeps the common prefix. Atomic. With `wait=False` (from the
+        event loop) the job is queued in order with appends and the count is only logged."""
+
+        def cut(txn: Txn) -> int:
+            txn.put(b"high-water", KEY.pack(self.writer.next_seq - 1), db=self.meta)
+            doomed = []
+            with txn.cursor() as cur:
+                for key, value in cur:
+                    if read_header(value)[4] > origin:
+                        doomed.append(key)
+            for key in doomed:
+                txn.delete(key)
+            log.info(
+                "journal %s: dropped %d stream records after origin seq %d",
+                self.data_dir,
+                len(doomed),
+                origin,
+            )
+            return len(doomed)
+
+        if wait:
+            return self._control(cut, after=lambda _: self._rebuild())
+        self.writer.submit(_Control(cut, LogWaiter(), lambda _: self._rebuild()))
+        return None
 
     def reset(self) -> None:
         """Atomically delete every record (the node id stays): a backup's full resync."""

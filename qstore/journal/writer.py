@@ -58,6 +58,14 @@ class SyncWaiter(Waiter):
         return self._result
 
 
+class LogWaiter(Waiter):
+    """For work nobody waits on: a failure is logged."""
+
+    def resolve(self, result: Result) -> None:
+        if isinstance(result, BaseException):
+            log.error("journal job failed: %s", result)
+
+
 class LoopWaiter(Waiter):
     """Runs `callback(result)` on `loop`, or resolves it if it is an asyncio Future there;
     the writer wakes each loop once per batch, whatever the number of waiters."""
