@@ -41,10 +41,11 @@ from tools._mgmt import (
     print_json,
     run_tool,
 )
+from tools.cluster_manager import NodeView, best_candidate
 
 PROG = "qstore-ha"
 CLUSTER_MANAGER = "--cluster-manager"
-MANAGER_VERBS = ("promote",)
+MANAGER_VERBS = ("promote", "recover")
 # Options that take a value as the next word: skipped when looking for a verb in argv.
 _VALUE_OPTIONS = ("-b", "--broker", "--timeout", "--expect", "--wait")
 _POLL = 0.1
@@ -167,6 +168,14 @@ def build_parser(cluster_manager: bool) -> argparse.ArgumentParser:
             "manager that ensures a single primary may use it: two primaries lose data.",
         )
         _common(pr)
+        rc = verbs.add_parser(
+            "recover",
+            help="[cluster manager only] after a total failure, promote the best broker",
+            description="[Cluster manager only] Ask every broker of the brokers URL for its "
+            "state and journal position; if none is primary, promote the ready backup, else the "
+            "joining broker, with the highest (epoch, seq), and say which brokers did not answer.",
+        )
+        _common(rc)
     return parser
 
 
@@ -334,6 +343,32 @@ def do_promote(client: ManagementClient, ns: argparse.Namespace, timeout: float)
     return 0
 
 
+def do_recover(client: ManagementClient, ns: argparse.Namespace, timeout: float) -> int:
+    """One pass of what qstore-cluster does after a total failure, for an external manager."""
+    statuses = cluster_statuses(read_status(client), client.where, timeout)
+    views, missing = [], []
+    for i, (address, st) in enumerate(statuses):
+        if isinstance(st, str):
+            missing.append(address)
+            views.append(NodeView(i, False, None))
+            continue
+        pos = st.get("position") or [0, 0]
+        views.append(NodeView(i, True, str(st["state"]), (int(pos[0]), int(pos[1]))))
+        if state_of(st).is_primary:
+            print(f"{address} is already primary ({st['state']}): nothing to do")
+            return 0
+    best = best_candidate(views, "ready") or best_candidate(views, "joining")
+    if best is None:
+        raise ToolError("no broker is ready or joining: nothing can be promoted")
+    address = statuses[best.index][0]
+    print(f"promoting {address} ({views[best.index].state}, position {list(best.position)})")
+    if missing:
+        print(f"not answering: {', '.join(missing)} (their journals were not compared)")
+    with connect(parse_broker(address), timeout) as target:
+        target.call("PROMOTE", "ha")
+    return 0
+
+
 def do_ping(client: ManagementClient, ns: argparse.Namespace, timeout: float) -> int:
     read_status(client)
     return 0
@@ -345,6 +380,7 @@ VERBS: dict[str, Callable[[ManagementClient, argparse.Namespace, float], int]] =
     "query": do_query,
     "ready": do_ready,
     "promote": do_promote,
+    "recover": do_recover,
 }
 
 
