@@ -15,13 +15,16 @@ sent and received (utime + stime from /proc/<pid>/stat), the goals (reported, no
 the machine.
 
     .venv/bin/python bench/ha_bench.py [--messages 20000] [--size 1024] [--profile ha.prof]
-        [--profile-clock cpu|wall] [--profile-backup] [--top 30] [--keep] [--dir DIR]
+        [--profile-clock cpu|wall] [--profile-backup] [--profile-standalone] [--top 30]
+        [--keep] [--dir DIR]
 
 `--profile FILE` adds a third, separate pass: a fresh cluster whose primary runs under cProfile
 (this file re-run as `--profiled-broker`: every thread gets its own profiler; the stats are
 written when the broker stops on SIGTERM: FILE for the event loop thread, FILE.threads for the
 others; timed by each thread's CPU time unless `--profile-clock wall`), and prints the top
-functions to stderr; `--profile-backup` profiles backup1 as well (FILE.backup1). Profiling slows
+functions to stderr; `--profile-backup` profiles backup1 as well (FILE.backup1);
+`--profile-standalone` also profiles a standalone broker under the same load (FILE.standalone)
+and prints, per function, how much more the primary spends per message. Profiling slows
 the brokers, so that pass's figures are printed with `"profiled": true` and are not the
 benchmark's.
 
@@ -196,9 +199,19 @@ class Setup:
     def cpu_ms(self) -> list[tuple[float, float]]:
         return [n.cpu_ms() for n in self.nodes]
 
+    def restart_profiles(self) -> None:
+        """Profiled members drop what their event loop thread's profile holds so far (start-up,
+        joining, promotion), so that it covers the load only (SIGUSR1, see profiled_broker)."""
+        for n in self.nodes:
+            if n.profile is not None and n.proc.poll() is None:
+                os.kill(n.proc.pid, signal.SIGUSR1)
+        time.sleep(0.2)
 
-def start_standalone(base: Path, started: list[Node]) -> Setup:
-    node = Node(base, "standalone", 0, [])
+
+def start_standalone(
+    base: Path, started: list[Node], profile: Path | None = None, clock: str = "cpu"
+) -> Setup:
+    node = Node(base, "standalone", 0, [], profile, clock)
     started.append(node)
     node.wait_listening()
     return Setup("standalone", [node])
@@ -318,6 +331,7 @@ def run_setup(setup: Setup, n: int, size: int) -> dict[str, Any]:
     the percentiles are broker_bench's); one JSON-ready dict."""
     from broker_bench import pct
 
+    setup.restart_profiles()
     queue = f"ha-bench-{time.monotonic_ns()}"
     shares = [n // SENDERS + (1 if i < n % SENDERS else 0) for i in range(SENDERS)]
     sent, cpu_in = _run_workers(
@@ -398,6 +412,38 @@ def print_profile(path: Path, who: str, top: int) -> None:
             pstats.Stats(str(p), stream=sys.stderr).sort_stats(key).print_stats(top)
 
 
+def print_profile_diff(primary: Path, alone: Path, n: int, top: int) -> None:
+    """Where the primary's event loop spends more than the standalone broker's under the same
+    load: per function, own time (tottime) and cumulative time, in us per message."""
+    import pstats
+
+    if not (primary.exists() and alone.exists()):
+        print("ha_bench: a profile is missing, no comparison", file=sys.stderr)
+        return
+    a = pstats.Stats(str(primary)).stats  # type: ignore[attr-defined]
+    b = pstats.Stats(str(alone)).stats  # type: ignore[attr-defined]
+    rows = []
+    for key in set(a) | set(b):
+        ta, ca = (a[key][2], a[key][3]) if key in a else (0.0, 0.0)
+        tb, cb = (b[key][2], b[key][3]) if key in b else (0.0, 0.0)
+        rows.append((ta - tb, ca - cb, ta, tb, key))
+    total = sum(r[2] for r in rows) - sum(r[3] for r in rows)
+    print(
+        f"--- primary minus standalone (event loop thread), us per message; "
+        f"total own time {total / n * 1e6:+.1f} ---",
+        file=sys.stderr,
+    )
+    for label, col in (("own time", 0), ("cumulative", 1)):
+        print(f"  top {top} by {label}:", file=sys.stderr)
+        for r in sorted(rows, key=lambda r: r[col], reverse=True)[:top]:
+            f, line, fn = r[4]
+            where = f"{f.replace(str(ROOT) + '/', '')}:{line}({fn})"
+            print(
+                f"  {r[0] / n * 1e6:+8.2f} own {r[1] / n * 1e6:+8.2f} cum  {where}",
+                file=sys.stderr,
+            )
+
+
 def run(args: argparse.Namespace) -> None:
     from broker_bench import machine
 
@@ -432,6 +478,18 @@ def run(args: argparse.Namespace) -> None:
             print_profile(prof, "primary", args.top)
             if args.profile_backup:
                 print_profile(Path(f"{prof}.backup1"), "backup1", args.top)
+            if args.profile_standalone:
+                alone_prof = Path(f"{prof}.standalone")
+                profiled = start_standalone(
+                    base / "profiled-standalone", started, alone_prof, args.profile_clock
+                )
+                res = run_setup(profiled, args.messages, args.size)
+                profiled.nodes[0].stop()
+                print(
+                    json.dumps({**res, "setup": "standalone under cProfile", "profiled": True}),
+                    flush=True,
+                )
+                print_profile_diff(prof, alone_prof, args.messages, args.top)
     finally:
         for node in started:
             with contextlib.suppress(Exception):
@@ -449,6 +507,7 @@ def profiled_broker(out: str, clock: str, argv: list[str]) -> None:
     """Run `broker.main.main(argv)` with one cProfile per thread. The broker stops on SIGTERM
     through its own handler (main raises SystemExit); then the event loop thread's stats go to
     OUT and those of every other thread (journal writer, anyio workers) merged to OUT.threads.
+    SIGUSR1 restarts the event loop thread's profile (the other threads' cover their lifetime).
 
     clock `cpu` times each thread by its own CPU time (time.thread_time: a syscall per reading,
     so many-call functions look dearer than they are, but time spent descheduled on a busy
@@ -477,6 +536,13 @@ def profiled_broker(out: str, clock: str, argv: list[str]) -> None:
     import broker.main
 
     main_prof = new_profile()
+
+    def restart(signum: int, frame: object) -> None:
+        main_prof.disable()
+        main_prof.clear()
+        main_prof.enable()
+
+    signal.signal(signal.SIGUSR1, restart)
     main_prof.enable()
     try:
         broker.main.main(argv)
@@ -547,6 +613,12 @@ def main() -> None:
         "--profile-backup",
         action="store_true",
         help="with --profile: also profile backup1 (stats to FILE.backup1)",
+    )
+    ap.add_argument(
+        "--profile-standalone",
+        action="store_true",
+        help="with --profile: also profile a standalone broker (FILE.standalone) and print "
+        "where the primary spends more",
     )
     ap.add_argument("--top", type=int, default=30, help="functions to print with --profile")
     args = ap.parse_args()
