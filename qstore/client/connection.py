@@ -1,0 +1,205 @@
+"""A client connection that fails over: the public face of the driver (see driver.py).
+
+    conn = Connection.establish("node1", reconnect=True, reconnect_urls=["node1", "node2", "node3"],
+                                heartbeat=10)
+
+URLs use the seed's grammar (`[amqp:][user[/password]@]host[:port][,host[:port]...]`); the
+connection tries `url`'s addresses, then `reconnect_urls`, in order. With `reconnect`, a lost
+connection is re-established (see reconnect.py for the order and the back-off) and every session,
+link and unacknowledged message comes back on its own; `reconnect_timeout` (seconds from the loss)
+or `reconnect_limit` (attempts) bound it, after which every call raises ConnectionError. Without
+`reconnect`, each URL is tried once and a loss is fatal. Bad credentials are never retried.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from proton import Connection as PnConnection
+
+from broker.urls import Address, UrlError, parse_url
+
+from .driver import Driver, log
+from .errors import AddressError, ConnectionError, MessagingError, Timeout
+from .reconnect import ReconnectPolicy
+from .session import Session
+
+DEFAULT_PORT = 5672
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+def _addresses(urls: list[str]) -> tuple[list[Address], str | None, str | None]:
+    """Every address of every URL, in order, once each; the first credentials found."""
+    out: list[Address] = []
+    user = password = None
+    for text in urls:
+        try:
+            parsed = parse_url(text)
+        except UrlError as exc:
+            raise AddressError(f"bad broker URL {text!r}: {exc}") from None
+        if user is None and parsed.user:
+            user, password = parsed.user, parsed.password
+        out.extend(a for a in parsed.addresses if a not in out)
+    return out, user, password
+
+
+class Connection:
+    def __init__(
+        self,
+        url: str = f"127.0.0.1:{DEFAULT_PORT}",
+        *,
+        reconnect: bool = False,
+        reconnect_urls: list[str] | None = None,
+        reconnect_timeout: float | None = None,
+        reconnect_limit: int | None = None,
+        reconnect_interval_min: float = 0.05,
+        reconnect_interval_max: float = 2.0,
+        heartbeat: float | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        sasl_mechanisms: str | None = None,
+        connect_timeout: float | None = None,
+        container_id: str | None = None,
+        properties: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(reconnect_urls, str):
+            reconnect_urls = [reconnect_urls]
+        urls, url_user, url_password = _addresses([url, *(reconnect_urls or [])])
+        if heartbeat is not None and not heartbeat > 0:
+            raise ValueError(f"heartbeat must be a number of seconds > 0, not {heartbeat!r}")
+        if connect_timeout is None:
+            connect_timeout = 2 * heartbeat if heartbeat else DEFAULT_CONNECT_TIMEOUT
+        elif not connect_timeout > 0:
+            raise ValueError(f"connect_timeout must be > 0, not {connect_timeout!r}")
+        policy = ReconnectPolicy(
+            len(urls),
+            enabled=reconnect,
+            interval_min=reconnect_interval_min,
+            interval_max=reconnect_interval_max,
+            timeout=reconnect_timeout,
+            limit=reconnect_limit,
+        )
+        self._sessions: list[Session] = []
+        self._n_sessions = 0
+        self._driver = Driver(
+            urls,
+            self,
+            policy,
+            heartbeat=heartbeat,
+            connect_timeout=connect_timeout,
+            user=username or url_user,
+            password=password if username else url_password,
+            mechanisms=sasl_mechanisms,
+            container_id=container_id or f"qstore-client-{uuid.uuid4()}",
+            properties=properties,
+        )
+
+    @classmethod
+    def establish(cls, url: str = f"127.0.0.1:{DEFAULT_PORT}", **options: Any) -> Connection:
+        """Create and open a connection (`timeout=` bounds the open; other options as __init__)."""
+        timeout = options.pop("timeout", None)
+        conn = cls(url, **options)
+        conn.open(timeout)
+        return conn
+
+    def open(self, timeout: float | None = None) -> Connection:
+        """Connect (failing over until a broker answers, if reconnect is on); Timeout after
+        `timeout` seconds (the connection is then closed)."""
+        d = self._driver
+        try:
+            with d.lock:
+                d.start()
+                if not d.wait(lambda: d.opened, timeout):
+                    raise Timeout(f"no broker accepted the connection within {timeout:g}s")
+        except MessagingError:
+            d.close(0.0)
+            raise
+        return self
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while an AMQP connection to a broker is open (False while failing over)."""
+        return self._driver.opened
+
+    @property
+    def url(self) -> str:
+        """The broker of the current (or last) connection, as host:port."""
+        return self._driver.url
+
+    @property
+    def error(self) -> MessagingError | None:
+        """Why the connection is unusable (closed, gave up, refused), or None."""
+        return self._driver.error
+
+    @property
+    def reconnects(self) -> int:
+        """How many times a connection was re-established after the first."""
+        return max(0, self._driver.connects - 1)
+
+    @property
+    def sessions(self) -> list[Session]:
+        return list(self._sessions)
+
+    def session(self, name: str | None = None) -> Session:
+        d = self._driver
+        with d.lock:
+            d.raise_error()
+            self._n_sessions += 1
+            s = Session(self, name or f"session-{self._n_sessions}")
+            self._sessions.append(s)
+            if d.connection is not None:
+                s._start(d.connection)
+                d.wake()
+            return s
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Give senders up to `timeout` seconds for their outstanding acknowledgements (failing
+        over if need be), then close the AMQP connection. Never raises for what it cannot finish:
+        call `sync()` first to see every send error."""
+        d = self._driver
+        deadline = time.monotonic() + timeout
+        with d.lock:
+            if d.error is None:
+                for s in list(self._sessions):
+                    try:
+                        s.sync(max(0.0, deadline - time.monotonic()))
+                    except Timeout:
+                        left = sum(x.unsettled for x in s.senders)
+                        log.warning("closing with %d unacknowledged messages", left)
+                    except MessagingError:
+                        pass  # logged when it happened
+        d.close(max(0.5, deadline - time.monotonic()))
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else ("failed" if self.error else "connecting")
+        return f"Connection({self.url!r}, {state})"
+
+    # -- the driver's calls (under the lock) ----------------------------------------------------
+
+    def engine_started(self, conn: PnConnection) -> None:
+        for s in self._sessions:
+            s._start(conn)
+
+    def engine_opened(self) -> None:
+        pass
+
+    def engine_lost(self) -> None:
+        for s in self._sessions:
+            s._lost()
+
+    def _forget(self, session: Session) -> None:
+        if session in self._sessions:
+            self._sessions.remove(session)
+
+
+__all__ = ["Connection", "ConnectionError"]
