@@ -252,7 +252,7 @@ def test_bad_input_is_one_line(conn: Connection) -> None:
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="capacity"):
         ssn.sender(create(qname()), capacity=0)
-    with pytest.raises(TypeError, match="proton.Message"):
+    with pytest.raises(TypeError, match=r"proton\.Message"):
         ssn.sender(create(qname()), timeout=T).send("not a message")  # type: ignore[arg-type]
     with pytest.raises(AddressError, match="bad broker URL"):
         Connection("127.0.0.1:99999")

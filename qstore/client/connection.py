@@ -22,6 +22,7 @@ from proton import Connection as PnConnection
 from broker.urls import Address, UrlError, parse_url
 
 from .driver import Driver, log
+from .engine import EngineOptions
 from .errors import AddressError, ConnectionError, MessagingError, Timeout
 from .reconnect import ReconnectPolicy
 from .session import Session
@@ -83,18 +84,15 @@ class Connection:
         )
         self._sessions: list[Session] = []
         self._n_sessions = 0
-        self._driver = Driver(
-            urls,
-            self,
-            policy,
+        options = EngineOptions(
+            container_id=container_id or f"qstore-client-{uuid.uuid4()}",
             heartbeat=heartbeat,
-            connect_timeout=connect_timeout,
             user=username or url_user,
             password=password if username else url_password,
             mechanisms=sasl_mechanisms,
-            container_id=container_id or f"qstore-client-{uuid.uuid4()}",
             properties=properties,
         )
+        self._driver = Driver(urls, self, policy, options, connect_timeout)
 
     @classmethod
     def establish(cls, url: str = f"127.0.0.1:{DEFAULT_PORT}", **options: Any) -> Connection:
@@ -189,9 +187,6 @@ class Connection:
     def engine_started(self, conn: PnConnection) -> None:
         for s in self._sessions:
             s._start(conn)
-
-    def engine_opened(self) -> None:
-        pass
 
     def engine_lost(self) -> None:
         for s in self._sessions:

@@ -1,16 +1,17 @@
-"""The I/O thread of one client connection: a socket, a proton engine, and failing over.
+"""The I/O thread of one client connection: connecting, serving the engine, failing over.
 
-One background thread owns the socket and drives a proton Transport/Connection/Collector over it
-(the engine, never proton's reactor, so that fail-over is ours to decide). Every touch of the
-engine, from this thread or from an application thread, happens under `Driver.lock`; application
-threads change the engine (send, credit, settle) and `wake()` the thread, which writes the output.
-Waits use `Driver.cond`, notified on every event that can end a wait.
+One background thread drives a proton engine (engine.py) over a socket: the engine, never proton's
+reactor, so that fail-over is ours to decide. Every touch of the engine, from this thread or from
+an application thread, happens under `Driver.lock`; application threads change the engine (send,
+credit, settle) and `wake()` the thread, which writes the output. Waits use `Driver.cond`,
+notified on every event that can end a wait.
 
-Each socket gets a fresh engine, a new generation number (`gen`), and the owner re-opens its
-sessions and links on it (pipelined behind the AMQP open). The attempt counts as connected only
+Each attempt gets a fresh engine and a new generation number (`gen`), and the owner re-opens its
+sessions and links on it, pipelined behind the AMQP open. The attempt counts as connected only
 when the broker answers with its own open: a backup drops the socket after reading ours, which
-sends us on to the next URL. Heartbeats: `transport.idle_timeout = 2 x heartbeat` advertises
-`heartbeat` to the broker and declares the connection dead after 2 x heartbeat without input.
+sends us on to the next URL (reconnect.py says which and when). Losing an open connection starts
+a new reconnect episode; bad credentials, a reconnect that gives up, or close() end the driver,
+and every later call raises `Driver.error`.
 """
 
 from __future__ import annotations
@@ -24,24 +25,22 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from proton import Collector, Connection, Event, Link, Transport, symbol
+from proton import Connection, Event, Link
 
 from broker.urls import Address
 
+from .engine import Engine, EngineOptions
 from .errors import UNAUTHORIZED, AuthenticationError, MessagingError, fresh
 from .errors import ConnectionError as ClientConnectionError
 from .reconnect import GiveUp, ReconnectPolicy
 
 log = logging.getLogger("qstore.client")
 
-_READ_SIZE = 1 << 16
-
 
 class EngineOwner(Protocol):
     """What the driver tells the `Connection` (always under the lock)."""
 
     def engine_started(self, conn: Connection) -> None: ...
-    def engine_opened(self) -> None: ...
     def engine_lost(self) -> None: ...
 
 
@@ -58,25 +57,14 @@ class Driver:
         urls: list[Address],
         owner: EngineOwner,
         policy: ReconnectPolicy,
-        *,
-        heartbeat: float | None,
+        options: EngineOptions,
         connect_timeout: float,
-        user: str | None,
-        password: str | None,
-        mechanisms: str | None,
-        container_id: str,
-        properties: dict[str, Any] | None,
     ) -> None:
         self.urls = urls
         self.owner = owner
         self.policy = policy
-        self.heartbeat = heartbeat
-        self.connect_timeout = connect_timeout
-        self.user = user
-        self.password = password
-        self.mechanisms = mechanisms
-        self.container_id = container_id
-        self.properties = {symbol(k): v for k, v in (properties or {}).items()}
+        self.options = options
+        self.connect_timeout = connect_timeout  # TCP connect, then again for the AMQP open
 
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
@@ -88,22 +76,17 @@ class Driver:
         self.index = 0  # the URL of the current (or last) engine
         self.last_reason = ""
 
+        self._engine: Engine | None = None
+        self._open_deadline = 0.0
         self._closing = False
         self._stopped = False
-        self._sock: socket.socket | None = None
-        self._transport: Transport | None = None
-        self._conn: Connection | None = None
-        self._collector: Collector | None = None
-        self._reason: str | None = None  # why the current engine is going
-        self._tick_deadline = 0.0
-        self._open_deadline = 0.0
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._woken = False
         self._thread = threading.Thread(target=self._run, name="qstore.client-io", daemon=True)
 
-    # -- for application threads ----------------------------------------------------------------
+    # -- for application threads (under the lock, except start and close) ----------------------
 
     @property
     def url(self) -> str:
@@ -111,11 +94,11 @@ class Driver:
 
     @property
     def connection(self) -> Connection | None:
-        """The engine's connection, None between engines."""
-        return self._conn
+        """The current engine's connection, None between engines."""
+        return self._engine.connection if self._engine is not None else None
 
     def start(self) -> None:
-        if not self._thread.is_alive() and not self._stopped:
+        if self._thread.ident is None and not self._stopped:
             self.policy.begin(time.monotonic())
             self._thread.start()
 
@@ -127,13 +110,13 @@ class Driver:
                 self._wake_w.send(b"x")
 
     def raise_error(self) -> None:
-        """Raise the connection's fatal error, if any (a fresh copy, so tracebacks stay short)."""
+        """Raise the connection's fatal error, if any."""
         if self.error is not None:
             raise fresh(self.error)
 
     def wait(self, ready: Callable[[], bool], timeout: float | None) -> bool:
-        """Under the lock: wait until ready() (which may raise), the connection fails (raised),
-        or the timeout passes (False)."""
+        """Wait until ready() (which may raise), the connection fails (raised), or the timeout
+        passes (False)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if ready():
@@ -154,19 +137,19 @@ class Driver:
             if self._stopped:
                 return
             self._closing = True
-            if self._conn is not None and self.opened and self.error is None:
-                self._conn.close()
+            if self._engine is not None and self.opened and self.error is None:
+                self._engine.connection.close()
                 self.wake()
-                while self._sock is not None and (left := deadline - time.monotonic()) > 0:
+                while self._engine is not None and (left := deadline - time.monotonic()) > 0:
                     self.cond.wait(left)
             self._stopped = True
-            if self._sock is not None:
+            if self._engine is not None:
                 self._drop_engine()
             if self.error is None:
                 self.error = ClientConnectionError("the connection is closed")
             self.cond.notify_all()
             self.wake()
-        if not self._thread.is_alive() and self._thread.ident is None:
+        if self._thread.ident is None:
             self._close_wake()  # never started: nobody else will
         elif threading.current_thread() is not self._thread:
             self._thread.join(max(0.1, deadline - time.monotonic()))
@@ -177,24 +160,23 @@ class Driver:
         try:
             while True:
                 with self.lock:
-                    sock = self._sock
-                    if self._stopped or self.error is not None or (self._closing and not sock):
+                    engine = self._engine
+                    if self._stopped or self.error is not None or (self._closing and not engine):
                         return
-                    if sock is None:
+                    if engine is None:
                         try:
                             index, at = self.policy.next(time.monotonic())
                         except GiveUp as exc:
                             urls = ", ".join(str(u) for u in self.urls)
                             last = f"; last error: {self.last_reason}" if self.last_reason else ""
-                            self._fail(
-                                ClientConnectionError(f"could not connect to {urls}: {exc}{last}")
-                            )
+                            err = f"could not connect to {urls}: {exc}{last}"
+                            self._fail(ClientConnectionError(err))
                             return
-                if sock is None:
+                if engine is None:
                     if self._sleep_until(at):
                         self._attempt(index)
                 else:
-                    self._service(sock)
+                    self._service(engine)
         except Exception as exc:  # a bug of ours: fail loudly rather than hang the application
             log.exception("qstore.client I/O thread failed")
             with self.lock:
@@ -220,6 +202,12 @@ class Driver:
             if r:
                 self._drain_wake()
 
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+        self._woken = False
+
     def _attempt(self, index: int) -> None:
         addr = self.urls[index]
         if addr.transport != "tcp":
@@ -240,154 +228,75 @@ class Driver:
                 sock.close()
                 return
             self.index = index
-            self._start_engine(sock, addr)
+            self._engine = Engine(sock, addr, self.options)
+            self.opened = False
+            self.gen += 1
+            self._open_deadline = time.monotonic() + self.connect_timeout
+            log.debug("connecting to %s", addr)
+            self._engine.connection.open()
+            self.owner.engine_started(self._engine.connection)
 
-    def _start_engine(self, sock: socket.socket, addr: Address) -> None:
-        transport = Transport()
-        if self.heartbeat:
-            transport.idle_timeout = 2 * self.heartbeat
-        sasl = transport.sasl()
-        if self.user:
-            sasl.allowed_mechs(self.mechanisms or "PLAIN")
-            sasl.allow_insecure_mechs = True
-        else:
-            sasl.allowed_mechs(self.mechanisms or "ANONYMOUS")
-        conn = Connection()
-        conn.container = self.container_id
-        conn.hostname = addr.host
-        if self.user:
-            conn.user = self.user
-            conn.password = self.password
-        if self.properties:
-            conn.properties = self.properties
-        collector = Collector()
-        conn.collect(collector)
-        transport.bind(conn)
-        self._sock, self._transport, self._conn, self._collector = sock, transport, conn, collector
-        self._reason = None
-        self.opened = False
-        self.gen += 1
-        self._tick_deadline = 0.0
-        self._open_deadline = time.monotonic() + self.connect_timeout
-        log.debug("connecting to %s", addr)
-        conn.open()
-        self.owner.engine_started(conn)
-
-    def _service(self, sock: socket.socket) -> None:
+    def _service(self, engine: Engine) -> None:
+        """One round: process the engine, wait for the socket, a wake-up or a deadline, do I/O."""
         with self.lock:
-            if self._sock is not sock:
+            if self._engine is not engine:
                 return
-            self._pump()
-            t = self._transport
-            if self._sock is not sock or t is None:
+            self._pump(engine)
+            if self._engine is not engine:
                 return
-            readers: list[socket.socket] = [self._wake_r]
-            if t.capacity() > 0:
-                readers.append(sock)
-            writers = [sock] if t.pending() > 0 else []
-            deadlines = [d for d in (self._tick_deadline, self._open_deadline) if d]
+            want_read, want_write = engine.wants()
+            readers = [self._wake_r, engine.sock] if want_read else [self._wake_r]
+            writers = [engine.sock] if want_write else []
+            deadlines = [d for d in (engine.tick_deadline, self._open_deadline) if d]
         timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         r, w, _ = select.select(readers, writers, [], timeout)
         with self.lock:
             if self._wake_r in r:
                 self._drain_wake()
-            if self._sock is not sock:
+            if self._engine is not engine:
                 return
-            if sock in r:
-                self._read(sock)
-            if sock in w:
-                self._write()
+            if engine.sock in r:
+                engine.read()
+            if engine.sock in w:
+                engine.write()
 
-    def _drain_wake(self) -> None:
-        with contextlib.suppress(OSError):
-            while self._wake_r.recv(4096):
-                pass
-        self._woken = False
-
-    def _read(self, sock: socket.socket) -> None:
-        t = self._transport
-        assert t is not None
-        cap = t.capacity()
-        if cap <= 0:
-            return
-        try:
-            data = sock.recv(min(cap, _READ_SIZE))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._reason = self._reason or f"socket error: {exc.strerror or exc}"
-            t.close_tail()
-            return
-        if data:
-            t.push(data)
-        else:
-            self._reason = self._reason or "the broker closed the socket"
-            t.close_tail()
-
-    def _write(self) -> None:
-        t, sock = self._transport, self._sock
-        assert t is not None and sock is not None
-        while (n := t.pending()) > 0:
-            try:
-                sent = sock.send(t.peek(n))
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._reason = self._reason or f"socket error: {exc.strerror or exc}"
-                t.close_head()
-                t.close_tail()
-                return
-            t.pop(sent)
-            if sent < n:
-                return
-
-    def _pump(self) -> None:
+    def _pump(self, engine: Engine) -> None:
         """Tick the engine, handle its events, write what it says; notice a dead engine."""
-        t = self._transport
-        assert t is not None
         now = time.monotonic()
-        self._tick_deadline = t.tick(now)
-        if not self._events():
+        engine.tick(now)
+        if not self._events(engine):
             return
-        self._write()
-        # capacity() and pending() process the engine and may post events (a SASL failure, say):
-        # handle them before judging the engine dead, so that the reason is known.
-        dead = t.capacity() < 0 and t.pending() < 0
-        if not self._events():
+        engine.write()
+        dead = engine.dead  # may post events (the reason): handle them first
+        if not self._events(engine):
             return
         if not self.opened and self._open_deadline and now >= self._open_deadline:
             self._lose(f"no AMQP open within {self.connect_timeout:g}s")
-        elif dead or t.closed:
-            self._lose(self._reason or "the connection closed")
+        elif dead:
+            self._lose(engine.reason or "the connection closed")
 
-    def _events(self) -> bool:
+    def _events(self, engine: Engine) -> bool:
         """Dispatch every collected event; False if the engine went meanwhile."""
-        collector, gen = self._collector, self.gen
-        assert collector is not None
-        while (ev := collector.peek()) is not None:
-            self._dispatch(ev)
-            if self.gen != gen or self._sock is None:
+        while (ev := engine.next_event()) is not None:
+            self._dispatch(ev, engine)
+            if self._engine is not engine:
                 return False
-            collector.pop()
+            engine.pop_event()
         return True
 
-    def _dispatch(self, ev: Event) -> None:
+    def _dispatch(self, ev: Event, engine: Engine) -> None:
         t = ev.type
-        if t == Event.DELIVERY:
+        if t in (Event.DELIVERY, Event.LINK_FLOW, Event.LINK_REMOTE_OPEN, Event.LINK_REMOTE_CLOSE):
             h = self.links.get(ev.link)
-            if h is not None:
+            if h is None:
+                pass
+            elif t == Event.DELIVERY:
                 h.on_delivery(ev.delivery)
-        elif t == Event.LINK_FLOW:
-            h = self.links.get(ev.link)
-            if h is not None:
+            elif t == Event.LINK_FLOW:
                 h.on_flow(ev.link)
-        elif t == Event.LINK_REMOTE_OPEN:
-            h = self.links.get(ev.link)
-            if h is not None:
+            elif t == Event.LINK_REMOTE_OPEN:
                 h.on_remote_open(ev.link)
-        elif t == Event.LINK_REMOTE_CLOSE:
-            h = self.links.get(ev.link)
-            if h is not None:
+            else:
                 h.on_remote_close(ev.link, ev.link.remote_condition)
         elif t == Event.SESSION_REMOTE_CLOSE:
             for link, h in list(self.links.items()):
@@ -400,46 +309,42 @@ class Driver:
             self.policy.connected()
             self.last_reason = ""
             log.info("connected to %s", self.url)
-            self.owner.engine_opened()
             self.cond.notify_all()
         elif t == Event.CONNECTION_REMOTE_CLOSE:
             cond = ev.connection.remote_condition
-            if self._closing:
-                pass
-            elif cond is not None and cond.name == UNAUTHORIZED:
-                self._fail(
-                    AuthenticationError(f"{self.url}: {cond.name}: {cond.description}", cond.name)
-                )
-                return
-            else:
+            if not self._closing:
+                if self._refused(cond):
+                    return
                 what = f"{cond.name}: {cond.description}" if cond is not None else "no reason"
-                self._reason = f"the broker closed the connection ({what})"
+                engine.reason = f"the broker closed the connection ({what})"
             ev.connection.close()
         elif t == Event.TRANSPORT_ERROR:
             cond = ev.transport.condition
-            if cond is not None and cond.name == UNAUTHORIZED and not self._closing:
-                self._fail(
-                    AuthenticationError(f"{self.url}: {cond.name}: {cond.description}", cond.name)
-                )
+            if not self._closing and self._refused(cond):
                 return
             if cond is not None:
-                self._reason = self._reason or f"{cond.name}: {cond.description}"
+                engine.reason = engine.reason or f"{cond.name}: {cond.description}"
         elif t == Event.TRANSPORT_CLOSED:
-            self._lose(self._reason or "the connection closed")
+            self._lose(engine.reason or "the connection closed")
+
+    def _refused(self, cond: Any) -> bool:
+        """Bad credentials end the driver: trying again (or elsewhere) cannot help."""
+        if cond is None or cond.name != UNAUTHORIZED:
+            return False
+        self._fail(AuthenticationError(f"{self.url}: {cond.name}: {cond.description}", cond.name))
+        return True
 
     # -- losing an engine -----------------------------------------------------------------------
 
     def _drop_engine(self) -> None:
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
-        self._sock = None
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
         self.links.clear()
         self.owner.engine_lost()
-        self._transport = self._conn = self._collector = None
         self.opened = False
         self.gen += 1
-        self._tick_deadline = self._open_deadline = 0.0
+        self._open_deadline = 0.0
 
     def _lose(self, reason: str) -> None:
         """The current engine is gone: fail over, or fail."""
@@ -467,6 +372,6 @@ class Driver:
             self.error = error
             if not self._closing:
                 log.error("connection failed: %s", error)
-        if self._sock is not None:
+        if self._engine is not None:
             self._drop_engine()
         self.cond.notify_all()
