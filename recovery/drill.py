@@ -1,0 +1,346 @@
+"""`qstore-drill`: recovery drills against a local cluster, with a Jepsen-style report.
+
+    qstore-drill total-failure [--messages N] [--one-at-a-time] [--data-dir D] [--base-port P]
+    qstore-drill rolling [--messages N] [--kills N] [--data-dir D] [--base-port P]
+    (both: [--json] [--seed S] [--timeout S])
+
+A drill starts `qstore-cluster up` in a temporary (or given) directory, sends numbered durable
+messages through `qstore.client` with every broker's URL, breaks the cluster while the sender runs,
+lets the manager recover, drains the queue, and compares: every message the cluster acknowledged
+must be read back (duplicates are allowed: clients re-send what was not acknowledged). It exits 1 if
+anything acknowledged was lost or anything unexpected appeared.
+
+- total-failure: kill -9 every broker at a random moment (with --one-at-a-time, one after another
+  with gaps); the manager restarts them, waits for them all and promotes the newest journal.
+- rolling: kill -9 the primary or a backup at random, N times, each once the cluster is whole again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proton import Message
+
+from qstore.client import Connection, Empty
+from tools._mgmt import query_status
+
+QUEUE = "drill"
+ADDRESS = f"{QUEUE}; {{create: always, node: {{durable: True}}}}"
+
+
+@dataclass
+class Report:
+    drill: str
+    sent: int = 0
+    acknowledged: int = 0
+    received: int = 0
+    lost: int = 0
+    unexpected: int = 0
+    duplicated: int = 0
+    resent: int = 0
+    recovery_seconds: float | None = None
+    kills: int = 0
+    lost_examples: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.unexpected == 0
+
+
+def log(text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} drill: {text}", file=sys.stderr, flush=True)
+
+
+def consecutive_free_ports(n: int) -> int:
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n >= 65535:
+            continue
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket() as t:
+                try:
+                    t.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no run of free ports found")
+
+
+class LocalCluster:
+    """`qstore-cluster up` as a child process, and what the drill needs to see of it."""
+
+    def __init__(self, root: Path, base_port: int, nodes: int = 3) -> None:
+        self.root = root
+        self.addresses = [f"127.0.0.1:{base_port + i}" for i in range(nodes)]
+        self.log = open(root / "manager.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "tools.qstore_cluster", "up",
+                "--nodes", str(nodes), "--base-port", str(base_port),
+                "--data-dir", str(root), "--heartbeat", "0.5", "--poll", "0.1",
+                "--recovery-wait", "10", "--backup-timeout", "5",
+            ],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def states(self) -> list[str | None]:
+        out = []
+        for a in self.addresses:
+            st = query_status(a, timeout=1.0)
+            out.append(None if st is None else str(st["state"]))
+        return out
+
+    def wait(self, pred: Any, what: str, timeout: float) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the cluster manager exited ({self.proc.returncode})")
+            if pred(self.states()):
+                return time.monotonic()
+            time.sleep(0.1)
+        raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+
+    def whole(self, timeout: float) -> float:
+        return self.wait(
+            lambda s: s.count("active") == 1 and s.count("ready") == len(s) - 1,
+            "an active primary and ready backups",
+            timeout,
+        )
+
+    def pids(self) -> list[int]:
+        info = json.loads((self.root / "cluster.json").read_text())
+        return [int(b["pid"]) for b in info["brokers"] if b.get("pid")]
+
+    def kill(self, index: int) -> None:
+        pid = self.pids()[index]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+class Load:
+    """A numbered sender through qstore.client, in its own thread."""
+
+    def __init__(self, addresses: list[str], count: int) -> None:
+        self.addresses = addresses
+        self.count = count
+        self.sent = 0
+        self.more = threading.Event()  # set: keep sending past `count` (load during kills)
+        self.error: BaseException | None = None
+        self.sender: Any = None
+        self.conn: Connection | None = None
+        self.thread = threading.Thread(target=self._run, name="drill-sender", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.conn = Connection.establish(
+                self.addresses[0], reconnect=True, reconnect_urls=self.addresses, heartbeat=0.5,
+                reconnect_interval_max=0.5,
+            )  # fmt: skip
+            self.sender = self.conn.session().sender(ADDRESS, capacity=500)
+            n = 0
+            while n < self.count or self.more.is_set():
+                self.sender.send(Message(body=n, durable=True), sync=False)
+                n += 1
+                self.sent = n
+            self.sender.sync(timeout=120)
+        except BaseException as exc:  # reported, not raised: the report says what happened
+            self.error = exc
+
+    def acknowledged(self) -> set[int]:
+        """Numbers the cluster acknowledged: sent, and no longer held for re-sending."""
+        held = set()
+        pending = getattr(self.sender, "_pending", {}) if self.sender is not None else {}
+        for out in list(pending.values()):
+            body = getattr(out.message, "body", None)
+            if isinstance(body, int):
+                held.add(body)
+        return set(range(self.sent)) - held
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close(timeout=5)
+
+
+def drain(addresses: list[str], idle: float = 3.0) -> list[int]:
+    conn = Connection.establish(addresses[0], reconnect=True, reconnect_urls=addresses)
+    got: list[int] = []
+    try:
+        ssn = conn.session()
+        rcv = ssn.receiver(ADDRESS, capacity=500)
+        while True:
+            try:
+                m = rcv.fetch(timeout=idle)
+            except Empty:
+                break
+            got.append(m.body)
+            if len(got) % 200 == 0:
+                ssn.acknowledge()
+        ssn.acknowledge()
+    finally:
+        conn.close(timeout=5)
+    return got
+
+
+def compare(report: Report, sent: int, acked: set[int], received: list[int]) -> None:
+    counts = Counter(received)
+    report.sent = sent
+    report.acknowledged = len(acked)
+    report.received = len(counts)
+    report.duplicated = sum(c - 1 for c in counts.values())
+    lost = sorted(acked - set(counts))
+    report.lost = len(lost)
+    report.lost_examples = lost[:20]
+    report.unexpected = sum(1 for n in counts if not (isinstance(n, int) and 0 <= n < sent))
+
+
+def total_failure(cluster: LocalCluster, load: Load, args: argparse.Namespace,
+                  rnd: random.Random, report: Report) -> None:  # fmt: skip
+    at = rnd.randint(args.messages // 5, max(args.messages // 5, args.messages * 4 // 5))
+    while load.sent < at and load.thread.is_alive():
+        time.sleep(0.01)
+    log(f"kill -9 every broker after {load.sent} messages sent")
+    old = cluster.pids()
+    for i in range(len(cluster.addresses)):
+        cluster.kill(i)
+        report.kills += 1
+        if args.one_at_a_time and i < len(cluster.addresses) - 1:
+            time.sleep(rnd.uniform(0.2, 1.0))
+    # the manager restarts them: recovery is timed from all being back to a primary active
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < args.timeout:
+        pids = cluster.pids()
+        if all(p not in old for p in pids) and all(s is not None for s in cluster.states()):
+            break
+        time.sleep(0.05)
+    restarted = time.monotonic()
+    active = cluster.wait(
+        lambda s: "active" in s, "a primary after the total failure", args.timeout
+    )
+    report.recovery_seconds = round(active - restarted, 2)
+    log(f"primary active {report.recovery_seconds}s after every broker was back")
+
+
+def rolling(cluster: LocalCluster, load: Load, args: argparse.Namespace,
+            rnd: random.Random, report: Report) -> None:  # fmt: skip
+    load.more.set()  # the kills happen under load, however fast the first N messages go
+    for k in range(args.kills):
+        cluster.whole(args.timeout)
+        states = cluster.states()
+        victim = rnd.randrange(len(states))
+        time.sleep(rnd.uniform(0.1, 0.5))
+        log(f"kill {k + 1}/{args.kills}: node{victim} ({states[victim]})")
+        cluster.kill(victim)
+        report.kills += 1
+        if states[victim] == "active":
+            t0 = time.monotonic()
+            t1 = cluster.wait(lambda s: "active" in s, "a new primary", args.timeout)
+            report.recovery_seconds = max(report.recovery_seconds or 0.0, round(t1 - t0, 2))
+    cluster.whole(args.timeout)
+    load.more.clear()
+
+
+def run(args: argparse.Namespace) -> Report:
+    rnd = random.Random(args.seed)
+    root = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="qstore-drill-"))
+    root.mkdir(parents=True, exist_ok=True)
+    base = args.base_port or consecutive_free_ports(3)
+    report = Report(args.drill)
+    cluster = LocalCluster(root, base)
+    load: Load | None = None
+    try:
+        cluster.whole(args.timeout)
+        log(f"cluster up in {root} on ports {base}-{base + 2}")
+        load = Load(cluster.addresses, args.messages)
+        load.start()
+        (total_failure if args.drill == "total-failure" else rolling)(
+            cluster, load, args, rnd, report
+        )
+        load.thread.join(args.timeout * 4)
+        if load.error is not None:
+            log(f"sender stopped: {load.error!r}")
+        report.resent = int(getattr(load.sender, "resent", 0) or 0)
+        acked = load.acknowledged()
+        load.close()
+        cluster.whole(args.timeout)
+        received = drain(cluster.addresses)
+        compare(report, load.sent, acked, received)
+    finally:
+        if load is not None:
+            load.close()
+        cluster.stop()
+        if not args.data_dir and not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="qstore-drill", description=__doc__.split("\n\n")[0])
+    p.add_argument("drill", choices=["total-failure", "rolling"])
+    p.add_argument("--messages", type=int, default=2000)
+    p.add_argument("--kills", type=int, default=3, help="rolling: how many brokers to kill")
+    p.add_argument("--one-at-a-time", action="store_true", help="total-failure: kill in turn")
+    p.add_argument("--data-dir", default=None, help="keep the cluster here (default: a temp dir)")
+    p.add_argument("--base-port", type=int, default=0, help="default: free ports from the OS")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--timeout", type=float, default=60.0, help="bound on each wait, seconds")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.messages < 1 or args.kills < 0:
+        p.error("--messages must be >= 1 and --kills >= 0")
+    try:
+        report = run(args)
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"qstore-drill: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if args.json:
+        print(json.dumps(asdict(report)))
+    else:
+        verdict = "PASS" if report.ok else "FAIL"
+        print(f"{report.drill}: {verdict}")
+        for k in ("sent", "acknowledged", "received", "lost", "unexpected", "duplicated",
+                  "resent", "kills", "recovery_seconds"):  # fmt: skip
+            print(f"  {k:<17}{getattr(report, k)}")
+        if report.lost_examples:
+            print(f"  lost (first)     {report.lost_examples}")
+    sys.exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":
+    main()
