@@ -17,7 +17,9 @@ Supported options (anything else is refused, so that a typo is not silently igno
 
 `create` that applies to the link's role becomes the terminus capability `create-on-demand` plus
 node properties (durable, type, auto-delete, exclusive, exchange-type, arguments); the broker
-creates the node from them. The name `#` on a receiver asks for a dynamic (broker-named) queue.
+creates the node from them. Unlike qpid.messaging, a node created without `durable` is durable:
+that is the broker's default (broker/amqp/nodes.py); say `durable: False` for a transient one.
+The name `#` on a receiver asks for a dynamic (broker-named) queue.
 A subject is the default message subject of a sender, and a receiver's binding key on an exchange.
 """
 

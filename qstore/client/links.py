@@ -4,7 +4,7 @@ On every new engine (a new connection, after a fail-over too) the session re-att
 with the same name, address and options (`_start`); when the engine is lost, `_lost` forgets the
 proton link. An attach the broker refuses (amqp:not-found, ...) or a link it closes is an error
 that will not heal: the link is not re-attached and every later call on it raises the error.
-The `_`-methods run under the driver's lock, called by the driver's I/O thread.
+Every `_`-method and `on_`-method runs under the driver's lock (`on_` ones on its I/O thread).
 """
 
 from __future__ import annotations
