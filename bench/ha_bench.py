@@ -585,6 +585,10 @@ def worker(kind: str, args: list[str]) -> None:
     print(json.dumps(res), flush=True)
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     if len(sys.argv) > 3 and sys.argv[1] == "--profiled-broker":
         profiled_broker(sys.argv[2], sys.argv[3], sys.argv[4:])
@@ -629,6 +633,7 @@ def main() -> None:
     except Exception as exc:
         raise SystemExit(f"ha_bench: cannot import bench/broker_bench.py: {exc}") from None
     try:
+        signal.signal(signal.SIGTERM, _interrupted)  # stop the brokers on SIGTERM too
         run(args)
     except BenchError as exc:
         raise SystemExit(f"ha_bench: {exc}") from None
