@@ -15,15 +15,17 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from broker_harness import BrokerProcess, Brokers
-from proton import symbol
+from proton import Timeout, symbol
+from proton.reactor import Copy
 from proton.utils import BlockingConnection
 
-from tools._mgmt import ManagementClient, ToolError, parse_broker, query_status
+from tools._mgmt import ManagementClient, ToolError, parse_broker
 
 FAST = [
     "--link-maintenance-interval",
@@ -57,8 +59,10 @@ class Cluster:
         self.replicate = replicate
         self.extra = extra
         self.members: list[BrokerProcess | None] = [None] * n
-        for i in range(n):
-            self.start(i)
+        # one admin client per member for status polls (a new proton Container costs ~0.1 s)
+        self._status_clients: dict[int, ManagementClient] = {}
+        with ThreadPoolExecutor(n) as pool:  # each start waits for its port: start them at once
+            list(pool.map(self.start, range(n)))
 
     def args(self, i: int) -> list[str]:
         return [
@@ -74,10 +78,20 @@ class Cluster:
             *self.extra,
         ]
 
-    def start(self, i: int) -> BrokerProcess:
-        """Start (or restart, with the same data directory and port) member i."""
-        data_dir = self.brokers.tmp_path / f"node{i}"
-        b = self.brokers.start(data_dir=data_dir, args=self.args(i), port=self.ports[i])
+    def data_dir(self, i: int) -> Path:
+        return self.brokers.tmp_path / f"node{i}"
+
+    def start(self, i: int, extra: list[str] | None = None) -> BrokerProcess:
+        """Start (or restart, with the same data directory and port) member i; `extra` options
+        for this start only (later options win, so they override the cluster's)."""
+        # BrokerProcess directly (Brokers.start numbers logs, not thread-safe); one log per member
+        b = BrokerProcess(
+            self.data_dir(i),
+            self.args(i) + list(extra or []),
+            self.brokers.tmp_path / f"node{i}.log",
+            self.ports[i],
+        )
+        self.brokers.started.append(b)  # stopped (SIGKILL) by the `brokers` fixture
         self.members[i] = b
         return b
 
@@ -85,7 +99,32 @@ class Cluster:
         return f"127.0.0.1:{self.ports[i]}"
 
     def status(self, i: int, timeout: float = 3.0) -> dict[str, Any] | None:
-        return query_status(self.address(i), timeout)
+        """Member i's HA status, or None if it does not answer. A kept connection is used, and
+        replaced once if it broke (the member was restarted)."""
+        for _ in range(2):
+            client = self._status_clients.pop(i, None)
+            try:
+                if client is None:
+                    client = ManagementClient(
+                        parse_broker(self.address(i)), ha_admin=True, timeout=timeout
+                    )
+                code, _, body = client.request("READ", "ha")
+            except ToolError:
+                if client is not None:
+                    client.close()
+                continue
+            self._status_clients[i] = client
+            if code == 200 and isinstance(body, dict):
+                return {str(k): v for k, v in body.items()}
+            return None
+        return None
+
+    def close(self) -> None:
+        """Close the kept status connections (the brokers are stopped by the fixture)."""
+        for i, client in self._status_clients.items():
+            if self.alive(i):
+                client.close()
+        self._status_clients.clear()
 
     def state(self, i: int) -> str | None:
         st = self.status(i)
@@ -126,6 +165,18 @@ class Cluster:
         b = self.members[i]
         if b is not None:
             b.kill()
+        # dropped, not closed: a graceful close to a dead peer waits out its timeout
+        self._status_clients.pop(i, None)
+
+    def pid(self, i: int) -> int:
+        b = self.members[i]
+        assert b is not None and b.alive(), f"member {i} is not running"
+        return b.pid
+
+    def log(self, i: int) -> str:
+        """Member i's log, every run of it (read from the file: works after a kill too)."""
+        path = self.brokers.tmp_path / f"node{i}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def start_primary(self, i: int = 0) -> None:
         """Promote member i of a new cluster and wait until every other member is ready."""
@@ -147,6 +198,21 @@ class Cluster:
         return ManagementClient(parse_broker(self.address(i)), ha_admin=True, timeout=10)
 
 
+def browse(conn: BlockingConnection, queue: str, quiet: float = 0.3) -> list[Any]:
+    """The bodies on `queue`, in order, without consuming (a `copy` receiver): read until nothing
+    arrives for `quiet` seconds."""
+    r = conn.create_receiver(queue, options=Copy())
+    out: list[Any] = []
+    try:
+        while True:
+            try:
+                out.append(r.receive(timeout=quiet).body)
+            except Timeout:
+                return out
+    finally:
+        r.close()
+
+
 @pytest.fixture
 def cluster(brokers: Brokers) -> Iterator[Callable[..., Cluster]]:
     """cluster(n=3, replicate="all", extra=[...], primary=0): started, promoted, backups ready.
@@ -156,12 +222,18 @@ def cluster(brokers: Brokers) -> Iterator[Callable[..., Cluster]]:
         n: int = 3, replicate: str = "all", extra: list[str] | None = None, primary: int | None = 0
     ) -> Cluster:
         c = Cluster(brokers, n, replicate, list(extra or []))
+        made.append(c)
         c.wait(lambda: all(c.state(i) == "joining" for i in range(n)), "every member joining")
         if primary is not None:
             c.start_primary(primary)
         return c
 
-    yield make
+    made: list[Cluster] = []
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.close()
 
 
-__all__ = ["FAST", "Cluster", "Path", "cluster", "free_ports"]
+__all__ = ["FAST", "Cluster", "Path", "browse", "cluster", "free_ports"]
