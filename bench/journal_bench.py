@@ -24,8 +24,8 @@ import lmdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qstore.journal import Enqueue, Journal, QueueDeclare  # noqa: E402
-from qstore.journal.records import KEY, prepare, seal  # noqa: E402
+from qstore.journal import Enqueue, Journal, QueueDeclare
+from qstore.journal.records import prepare, seal
 
 BODY = os.urandom(1024)
 
@@ -127,7 +127,9 @@ def replay_case(path: Path, n: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="duration of each append case")
-    ap.add_argument("--replay", type=int, default=1_000_000, help="live records for replay (0: skip)")
+    ap.add_argument(
+        "--replay", type=int, default=1_000_000, help="live records for replay (0: skip)"
+    )
     ap.add_argument("--dir", default=None, help="where to put the temporary journals")
     ap.add_argument("--appenders", default="1,10,100,1000")
     args = ap.parse_args()
@@ -143,8 +145,10 @@ def main() -> None:
                 res = asyncio.run(run_appenders(j, n, args.seconds))
             shutil.rmtree(d)
             res["ratio_to_raw"] = round(res["records_per_s"] / raw["records_per_s"], 3)
-            print(json.dumps({"case": f"append-{n}", "appenders": n, **res, "machine": info}),
-                  flush=True)
+            print(
+                json.dumps({"case": f"append-{n}", "appenders": n, **res, "machine": info}),
+                flush=True,
+            )
         if args.replay:
             res = replay_case(base / "replay", args.replay)
             print(json.dumps({"case": "replay", **res, "machine": info}), flush=True)

@@ -25,7 +25,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .urls import MASK, BrokerUrl, UrlError, mask_password, parse_host, parse_url
+from qstore.urls import MASK, BrokerUrl, UrlError, mask_password, parse_host, parse_url
 
 PROG = "qstored"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

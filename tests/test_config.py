@@ -21,7 +21,7 @@ from broker.config import (
     parse_seconds,
     parse_size,
 )
-from broker.urls import Address, parse_url
+from qstore.urls import Address, parse_url
 
 ROOT = Path(__file__).resolve().parent.parent
 

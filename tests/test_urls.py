@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.urls import (
+from qstore.urls import (
     DEFAULT_PORT,
     Address,
     BrokerUrl,

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 from proton import Message, symbol
 from proton.utils import BlockingConnection, BlockingReceiver, BlockingSender
 
-from broker.urls import Address, UrlError, parse_addresses
+from qstore.urls import Address, UrlError, parse_addresses
 
 DEFAULT_BROKER = "127.0.0.1:5672"
 DEFAULT_TIMEOUT = 10.0

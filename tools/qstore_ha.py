@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from broker.ha.states import BrokerState, matches
-from broker.urls import Address
+from qstore.urls import Address
 from tools._mgmt import (
     DEFAULT_BROKER,
     DEFAULT_TIMEOUT,

@@ -19,7 +19,7 @@ from typing import Any
 
 from proton import Connection as PnConnection
 
-from broker.urls import Address, UrlError, parse_url
+from qstore.urls import Address, UrlError, parse_url
 
 from .driver import Driver, log
 from .engine import EngineOptions

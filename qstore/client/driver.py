@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from proton import Connection, Event, Link
 
-from broker.urls import Address
+from qstore.urls import Address
 
 from .engine import Engine, EngineOptions
 from .errors import UNAUTHORIZED, AuthenticationError, MessagingError, fresh

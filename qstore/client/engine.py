@@ -15,7 +15,7 @@ from typing import Any
 
 from proton import Collector, Connection, Event, Transport, symbol
 
-from broker.urls import Address
+from qstore.urls import Address
 
 _READ_SIZE = 1 << 16
 
