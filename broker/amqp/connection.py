@@ -56,6 +56,7 @@ class AmqpConnection(ConnectionHandler):
         self.gone = False
         self.container: str | None = None
         self.kind = "client"  # or admin / backup (HA)
+        self.paused = False  # output backed up: consumers not fed
         self.properties: dict[str, Any] = {}
         self._links: dict[Link, IncomingLink | OutgoingLink | Any] = {}
         core.connections[self.id] = self
@@ -249,6 +250,23 @@ class AmqpConnection(ConnectionHandler):
         self.core.outbox.schedule()
 
     # -- the driver's other calls -------------------------------------------------------------
+
+    def process(self) -> None:
+        """After each batch of events: a connection whose peer reads slowly stops being fed
+        (its consumers' credit is held at zero in the model) until its output drains, when the
+        driver wakes us again and the credit the receiver granted counts once more."""
+        backed_up = self.driver.output_backed_up
+        if backed_up == self.paused:
+            return
+        self.paused = backed_up
+        model = self.core.model
+        for handler in self._links.values():
+            if isinstance(handler, OutgoingLink):
+                model.set_credit(handler.consumer, 0 if backed_up else handler.link.credit)
+        if not backed_up:
+            self.core.outbox.schedule()
+        log.debug("broker=%s conn=%s output %s", self.core.name, self.id,
+                  "backed up: not feeding" if backed_up else "drained: feeding again")  # fmt: skip
 
     def on_closed(self, error: str | None) -> None:
         if self.gone:

@@ -134,7 +134,8 @@ class OutgoingLink:
 
     def on_flow(self) -> None:
         core = self.conn.core
-        core.model.set_credit(self.consumer, self.link.credit)
+        if not self.conn.paused:
+            core.model.set_credit(self.consumer, self.link.credit)
         if self.link.drain_mode:
             core.outbox.drain_requested(self)
         core.outbox.schedule()

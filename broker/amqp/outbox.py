@@ -55,4 +55,4 @@ class Outbox:
                 if out.drain():
                     touched[out.driver] = None
         for driver in touched:
-            driver.wake()
+            driver.wake()  # its process() pauses the connection's consumers if it backed up
