@@ -114,9 +114,11 @@ class HaDriver:
             delay = max(0.0, self._wake_at - self.clock()) if self._wake_at else 3600.0
             with anyio.move_on_after(delay):
                 await self._kick.wait()
-            self._kick = anyio.Event()
             self._wake_at = 0.0
             self.handle(R.Tick())
+            # The tick's own WakeAt is in _wake_at already; the kick is only for an earlier
+            # deadline that some other event sets while we sleep (else this loop would spin).
+            self._kick = anyio.Event()
 
     def handle(self, event: object) -> list[R.Action]:
         try:

@@ -362,7 +362,11 @@ class ConnectionDriver:
 
     def _finish(self) -> None:
         error, text = self._reason()
+        # A client end whose peer hung up without a word is an HA backup probing a broker
+        # that is not primary (it drops the socket after our open): expected, not a warning.
         quiet = error is None or self._aborted is not None or self._bytes_in == 0
+        never_opened = bool(self.connection.state & Endpoint.REMOTE_UNINIT)
+        quiet = quiet or (self._opts.client and never_opened)
         level = logging.INFO if quiet else logging.WARNING
         log.log(level, "close conn=%s peer=%s: %s", self.conn_id, self.peer, text)
         handler = self.handler
