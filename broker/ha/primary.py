@@ -69,9 +69,12 @@ class BackupStream:
         self.pending: list[Item | None] = []
         self._enqueues: dict[Key, int] = {}  # unsent enqueue -> index in pending
         self._tags = 0
+        self.added = 0  # highest seq given to this stream, dropped pairs included
+        self.sent = 0  # highest seq acknowledged by a batch already sent
         self.closed = False
 
     def add(self, item: Item, key: Key | None = None) -> None:
+        self.added = max(self.added, item.seq)
         if key is not None:
             kind = item.kind
             if kind == stream.RT_ENQUEUE:
@@ -102,11 +105,17 @@ class BackupStream:
                     break
             del self.pending[:taken]
             self._enqueues = {k: at - taken for k, at in self._enqueues.items() if at >= taken}
-            if not batch:
+            last = batch[-1].seq if batch else 0
+            if not self.pending:
+                # Everything given is sent or was a dropped pair: the batch stands for all of it,
+                # else a backup whose last items were such a pair would never reach its target.
+                last = max(last, self.added)
+            if not batch and last <= self.sent:
                 continue
+            self.sent = max(self.sent, last)
             self._tags += 1
             dlv = link.delivery(str(self._tags))
-            dlv.qs_last = batch[-1].seq
+            dlv.qs_last = last
             link.send(stream.encode(batch))
             link.advance()
         self.conn.driver.wake()
@@ -194,7 +203,11 @@ class Primary:
                 s.add(it)
         self.streams[name] = s
         self.guard.expect(name)
-        self.ha.backup_connected(name, target=ev.seq)
+        # Ready once it acknowledges the last item queued for it now. Not `ev.seq`: durable events
+        # of non-replicated entities are numbered too but never sent, so a backup would never
+        # acknowledge that seq (and would stay catch-up, holding a recovering primary up).
+        last = next((it for it in reversed(s.pending) if it is not None), None)
+        self.ha.backup_connected(name, target=last.seq if last is not None else p.tail_from)
         self._schedule()
         return s
 
