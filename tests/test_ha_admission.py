@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import pytest
-from cluster_harness import browse
+from cluster_harness import Cluster, browse
 from proton import ConnectionException, Message
 from proton.handlers import MessagingHandler
 from proton.reactor import Backoff, Container
@@ -164,3 +164,72 @@ def test_promote_refused_to_a_catch_up_backup(cluster) -> None:
     finally:
         os.kill(c.pid(0), signal.SIGCONT)
     c.wait_states({0: "active", 1: "ready"})
+
+
+def _queue_names(c: Cluster, i: int) -> list[str]:
+    m = c.management(i)
+    try:
+        queues = m.call("QUERY", "queue")
+    finally:
+        m.close()
+    return sorted(q["name"] for q in queues if not q["name"].startswith("qstore."))
+
+
+def test_admin_on_backup_cannot_change_what_replicates(cluster) -> None:
+    """An admin tool on a backup looks; it does not create, delete or empty what the primary
+    replicates (that would make the backup differ from the primary), even by accident."""
+    c = cluster(2)
+    m = c.management(0)
+    try:
+        m.call("CREATE", "queue", "ad", {"durable": True, "auto-delete": True})
+        m.call("CREATE", "exchange", "x", {"type": "direct", "durable": True})
+    finally:
+        m.close()
+    conn = c.client(0)
+    try:
+        conn.create_sender("ad").send(Message(body="kept", durable=True))
+    finally:
+        conn.close()
+    c.wait(lambda: "ad" in _queue_names(c, 1), "member 1 to hold `ad`")
+
+    admin = c.admin(1)
+    try:
+        # browsing an auto-delete queue on a backup does not delete it when the browser goes
+        assert browse(admin, "ad") == ["kept"]
+        assert browse(admin, "ad") == ["kept"]
+        # attaching to a name the backup does not hold creates nothing (even with auto-create)
+        with pytest.raises(LinkDetached, match="not-found"):
+            admin.create_receiver("no-such-queue")
+        with pytest.raises(LinkDetached, match="not-found"):
+            admin.create_sender("no-such-queue")
+    finally:
+        admin.close()
+    assert _queue_names(c, 1) == ["ad"]
+
+    m = c.management(1)
+    try:
+        for op, kind, name, body in (
+            ("CREATE", "queue", "made-here", {"durable": True}),
+            ("CREATE", "exchange", "made-here", {"type": "fanout"}),
+            ("CREATE", "binding", None, {"exchange": "x", "queue": "ad", "key": "k"}),
+            ("PURGE", "queue", "ad", {}),
+            ("DELETE", "queue", "ad", {"force": True}),
+            ("DELETE", "exchange", "x", {}),
+        ):
+            code, desc, _ = m.request(op, kind, name, body)
+            assert code == 403, (op, kind, code, desc)
+            assert "replicated" in desc and "backup" in desc, desc
+        # what does not replicate is the backup's own business
+        code, desc, _ = m.request(
+            "CREATE", "queue", "local", {"arguments": {"qpid.replicate": "none"}}
+        )
+        assert code == 201, desc
+        assert m.request("DELETE", "queue", "local")[0] == 204
+    finally:
+        m.close()
+    assert _queue_names(c, 1) == ["ad"]
+    a = c.admin(1)
+    try:
+        assert browse(a, "ad") == ["kept"]
+    finally:
+        a.close()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from proton import Condition, Endpoint, Event, Link, Terminus
 
-from broker.model import Broker, Exchange, ModelError, NotAllowed, Queue
+from broker.model import Broker, Exchange, ModelError, NotAllowed, NotFound, Queue
 from broker.net import ConnectionDriver, ConnectionHandler
 
 from . import nodes
@@ -138,9 +138,7 @@ class AmqpConnection(ConnectionHandler):
                 elif not target.address and not target.dynamic:
                     handler = IncomingLink(self, link, None)  # routed by each message's `to`
                 else:
-                    node = nodes.resolve(
-                        core.model, target, auto_create=core.auto_create, owner=self.id
-                    )
+                    node = self._resolve(target)
                     self._check_backup_admin(node)
                     link.target.address = node.name
                     handler = IncomingLink(self, link, node)
@@ -152,9 +150,7 @@ class AmqpConnection(ConnectionHandler):
             else:  # the client receives from us
                 source = link.remote_source
                 link.source.copy(source)
-                node = nodes.resolve(
-                    core.model, source, auto_create=core.auto_create, owner=self.id
-                )
+                node = self._resolve(source)
                 browse = source.distribution_mode == Terminus.DIST_MODE_COPY
                 if not browse:
                     self._check_backup_admin(node)
@@ -173,6 +169,10 @@ class AmqpConnection(ConnectionHandler):
                     browse=browse,
                     presettled=link.remote_snd_settle_mode == Link.SND_SETTLED,
                 )
+                if browse and queue.auto_delete and self._replicated_on_backup(queue):
+                    # An admin looking at a replica is not a consumer: when it goes, the queue
+                    # must not auto-delete here (the primary decides; its delete replicates).
+                    queue.had_consumers = False
                 handler = OutgoingLink(self, link, consumer)
                 consumer.context = handler
                 link.open()
@@ -195,16 +195,36 @@ class AmqpConnection(ConnectionHandler):
         info = self.properties.get("qpid.ha-backup")
         return primary.attach(self, link, info if isinstance(info, dict) else {})
 
-    def _check_backup_admin(self, node: Queue | Exchange) -> None:
-        """On a backup, an admin may look but not change what the primary replicates."""
+    def _on_backup(self) -> bool:
         ha = self.core.ha
-        if ha is None or not ha.state.is_backup or self.core.events is None:
-            return
+        return ha is not None and ha.state.is_backup and self.core.events is not None
+
+    def _resolve(self, terminus: Terminus) -> Queue | Exchange:
+        """The node a terminus names, made on demand if allowed. Not on a backup: what it holds
+        comes from the primary, and a node made here would be one the primary does not know
+        (or, refused afterwards, a stray left behind)."""
+        core = self.core
+        address = terminus.address
+        on_backup = self._on_backup() and not terminus.dynamic and address
+        if on_backup and core.model.resolve(address) is None:
+            raise NotFound(
+                f"no queue or exchange named {address!r} (a backup creates nothing on attach)"
+            )
+        return nodes.resolve(core.model, terminus, auto_create=core.auto_create, owner=self.id)
+
+    def _replicated_on_backup(self, node: Queue | Exchange) -> bool:
+        if not self._on_backup():
+            return False
         ev = self.core.events
+        assert ev is not None
         level = (
             ev.queue_level(node.name) if isinstance(node, Queue) else ev.exchange_level(node.name)
         )
-        if level != "none":
+        return level != "none"
+
+    def _check_backup_admin(self, node: Queue | Exchange) -> None:
+        """On a backup, an admin may look but not change what the primary replicates."""
+        if self._replicated_on_backup(node):
             raise NotAllowed(
                 f"{node.name!r} is replicated from the primary: on a backup it can only be browsed"
             )

@@ -19,6 +19,7 @@ from proton import Message as AmqpMessage
 
 from broker.amqp import codec
 from broker.amqp.links import DECODE_ERROR, reject
+from broker.ha import levels
 from broker.model import Message, Queue
 
 from .operations import Operations, Response
@@ -50,7 +51,48 @@ class Management:
         )
         if kind == "ha":
             return self._ha(op)
-        return self.ops.run(op, kind, name, props, codec.owned(request.body), conn)
+        body = codec.owned(request.body)
+        refused = self._backup_refusal(op, kind, name, body)
+        if refused is not None:
+            return Response(403, refused)
+        return self.ops.run(op, kind, name, props, body, conn)
+
+    def _backup_refusal(self, op: str, kind: str, name: Any, body: Any) -> str | None:
+        """On a backup, an admin may not create, delete or purge what the primary replicates:
+        the backup would then differ from the primary (seed 1.12.6). What does not replicate
+        (`qpid.replicate: none`) is the backup's own business."""
+        ha, ev = self.core.ha, self.core.events
+        if ha is None or ev is None or not ha.state.is_backup:
+            return None
+        if op not in ("CREATE", "DELETE", "PURGE") or kind not in ("queue", "exchange", "binding"):
+            return None
+        args = {str(k): v for k, v in body.items()} if isinstance(body, dict) else {}
+        arguments = args.get("arguments")
+        arguments = {str(k): v for k, v in arguments.items()} if isinstance(arguments, dict) else {}
+        creating = op == "CREATE"
+        if kind == "queue":
+            auto_delete = args.get("auto-delete") in (True, "true", "True", "yes", "1")
+            level = (
+                levels.queue_level(arguments, ev.default_level, auto_delete=auto_delete)
+                if creating
+                else ev.queue_level(str(name))
+            )
+        elif kind == "exchange":
+            level = (
+                levels.exchange_level(str(name), arguments, ev.default_level)
+                if creating
+                else ev.exchange_level(str(name))
+            )
+        else:
+            x, q = str(args.get("exchange", "")), str(args.get("queue", ""))
+            replicated = levels.binding_replicates(
+                ev.exchange_level(x), ev.queue_level(q), arguments
+            )
+            level = levels.ALL if replicated else levels.NONE
+        if level == levels.NONE:
+            return None
+        what = f"{kind} {name!r}" if name else kind
+        return f"{what} is replicated from the primary: on a backup it can only be read"
 
     def _ha(self, op: str) -> Response | Awaitable[Response]:
         """HA status and promote (what `qstore-ha` asks)."""
