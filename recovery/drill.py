@@ -146,6 +146,14 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        # The brokers run in sessions of their own: a manager that could not stop them leaves
+        # them running. Kill what is still ours (its command line names our data directory).
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            for pid in self.pids():
+                with contextlib.suppress(OSError):
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    if str(self.root).encode() in cmdline:
+                        os.kill(pid, signal.SIGKILL)
         self.log.close()
 
 

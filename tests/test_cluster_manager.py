@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -109,10 +110,9 @@ def test_qstore_cluster_up_keeps_one_primary(tmp_path: Path) -> None:
         )  # fmt: skip
         assert out.returncode == 0 and out.stdout.count("ready") == 2, out.stdout
         # kill -9 the primary: another is promoted and the dead one comes back as a backup
-        pids = subprocess.run(
-            ["pgrep", "-f", f"broker.main --name node{primary} "], capture_output=True, text=True
-        ).stdout.split()
-        os.kill(int(pids[0]), signal.SIGKILL)
+        info = json.loads((tmp_path / "d" / "cluster.json").read_text())
+        pid = int(info["brokers"][primary]["pid"])  # this cluster's, not another test's node
+        os.kill(pid, signal.SIGKILL)
         _wait(
             lambda: (
                 _states(ports).count("active") == 1
@@ -132,3 +132,16 @@ def test_qstore_cluster_up_keeps_one_primary(tmp_path: Path) -> None:
     assert "promoting" in text and "stopping every broker" in text
     assert mgr.returncode == 0
     assert all(s is None for s in _states(ports))
+
+
+def test_a_silent_primary_whose_process_runs_is_waited_for_then_restarted_never_doubled() -> None:
+    m = Memory()
+    decide([nv(0, "active"), nv(1, "ready"), nv(2, "ready")], 0.0, m, 10, hung_after=4)
+    busy = [nv(0, None), nv(1, "ready", (1, 9)), nv(2, "ready", (1, 9))]
+    for t in (1.0, 2.0, 4.5):  # busy, not dead: promoting a backup now would make two
+        out = decide(busy, t, m, 10, hung_after=4)
+        assert not any(isinstance(a, Promote) for a in out)
+    assert any(isinstance(a, Restart) and a.index == 0 for a in decide(busy, 5.5, m, 10, 4))
+    # once its process is gone, the best ready backup is promoted
+    out = decide([nv(0, None, running=False), *busy[1:]], 6.0, m, 10, hung_after=4)
+    assert [a.index for a in out if isinstance(a, Promote)] == [1]

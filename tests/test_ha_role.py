@@ -287,11 +287,15 @@ def test_promote_ready_with_expected_backups_recovers_until_the_timeout() -> Non
     assert role.expected == {"b1", "b2"}
 
 
-def test_promote_drops_the_link_to_the_old_primary() -> None:
+def test_promote_is_refused_while_following_a_live_primary() -> None:
     role = backup(S.READY)
     role.step(Tick(), 0.0)
     role.step(PrimaryFound("h1:5672"), 0.0)
-    role.step(Promote(), 1.0)
+    (refuse,) = role.step(Promote(), 1.0)
+    assert isinstance(refuse, Refuse) and "live primary" in refuse.reason
+    assert role.state == S.READY
+    role.step(PrimaryLost("socket closed"), 2.0)  # the primary is gone: now it may lead
+    assert any(isinstance(a, Transition) for a in role.step(Promote(), 2.1))
     assert role.connected_to is None
     assert connects(role.step(Tick(), 50.0)) == []
 

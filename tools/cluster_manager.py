@@ -6,6 +6,9 @@ exactly one primary:
 
 - A primary exists (recovering or active): nothing to do. Two primaries would be a bug; it is
   reported, never "fixed" by promoting more.
+- The last primary seen is running but does not answer (busy, or hung): wait `hung_after`; then
+  restart it (its process is killed first), and only then promote another. A broker whose process
+  runs is never taken for gone: promoting beside a live primary makes two.
 - No primary, some backup is ready: promote the ready backup with the highest position.
   A catch-up backup is never promoted: it does not hold everything that was acknowledged.
 - No primary, no ready backup, every node joining (a new cluster, or after a total failure): wait
@@ -60,6 +63,8 @@ class Memory:
 
     no_primary_since: float | None = None
     promoting: int | None = None  # a promote in flight: wait for it
+    primary: int | None = None  # the last primary seen
+    primary_silent_since: float | None = None
     noted: set[str] = field(default_factory=set)
 
 
@@ -74,7 +79,13 @@ def best_candidate(nodes: list[NodeView], state: str) -> NodeView | None:
     return max(pool, key=lambda n: (n.position, -n.index))
 
 
-def decide(nodes: list[NodeView], now: float, memory: Memory, recovery_wait: float) -> list[Action]:
+def decide(
+    nodes: list[NodeView],
+    now: float,
+    memory: Memory,
+    recovery_wait: float,
+    hung_after: float = 5.0,
+) -> list[Action]:
     actions: list[Action] = [
         Restart(n.index, "its process is not running") for n in nodes if not n.running
     ]
@@ -85,7 +96,19 @@ def decide(nodes: list[NodeView], now: float, memory: Memory, recovery_wait: flo
     if primaries:
         memory.no_primary_since = None
         memory.promoting = None
+        memory.primary = primaries[0].index
+        memory.primary_silent_since = None
         return actions
+    last = nodes[memory.primary] if memory.primary is not None else None
+    if last is not None and last.running and last.state is None:
+        if memory.primary_silent_since is None:
+            memory.primary_silent_since = now
+        silent = now - memory.primary_silent_since
+        if silent < hung_after:
+            return actions  # busy or hung: never promote beside a primary that may be alive
+        memory.primary = memory.primary_silent_since = None
+        return [*actions, Restart(last.index, f"primary silent for {silent:.1f}s: presumed hung")]
+    memory.primary = memory.primary_silent_since = None
     if memory.promoting is not None:
         return actions  # the promote we asked for has not shown yet
     if memory.no_primary_since is None:

@@ -141,7 +141,7 @@ class ClusterManager:
 
     def view(self, node: Node) -> NodeView:
         st = (
-            query_status(node.address, timeout=max(0.5, self.args.heartbeat))
+            query_status(node.address, timeout=max(1.0, 2 * self.args.heartbeat))
             if node.running()
             else None
         )
@@ -179,7 +179,10 @@ class ClusterManager:
             self.start(node)
         while not self.stopping:
             views = [self.view(n) for n in self.nodes]
-            actions = decide(views, time.monotonic(), self.memory, self.args.recovery_wait)
+            hung_after = max(2.0, 4 * self.args.heartbeat)
+            actions = decide(
+                views, time.monotonic(), self.memory, self.args.recovery_wait, hung_after
+            )
             for a in actions:
                 if self.stopping:
                     break

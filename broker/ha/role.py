@@ -235,6 +235,9 @@ class HaRole:
             return [Refuse(f"already primary ({self.state})")]
         if self.state == S.CATCH_UP:
             return [Refuse("a catch-up backup cannot be promoted: it does not hold everything")]
+        if self.connected_to is not None:
+            why = f"following the live primary at {self.connected_to}: two primaries lose data"
+            return [Refuse(why)]
         if self.state == S.JOINING and ev.peers_primary_or_ready:
             who = ", ".join(ev.peers_primary_or_ready)
             return [Refuse(f"joining, and these brokers are primary or ready: {who}")]
