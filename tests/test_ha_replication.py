@@ -125,9 +125,16 @@ def test_levels_default_and_per_entity_steady_and_catch_up(cluster, default: str
     holder.create_receiver(
         "private", options=DynamicNodeProperties({"exclusive": True, "auto-delete": True})
     )
+    # the level asked for in the address, as the seed's clients do (x-declare arguments)
+    for level in ("none", "all"):
+        holder.create_sender(
+            f"by-address-{level}",
+            options=DynamicNodeProperties({"x-declare": {"arguments": {"qpid.replicate": level}}}),
+        ).close()
     try:
         primary = replicated_view(c, 0)
         assert "private" in primary["queues"]
+        assert {"by-address-none", "by-address-all"} <= set(primary["queues"])
         # steady state: member 1 followed every change
         c.wait(lambda: replicated_view(c, 1)["queues"].get("qa", (0, 0, 0))[2] == 3, "qa on 1")
         c.wait(
@@ -137,10 +144,12 @@ def test_levels_default_and_per_entity_steady_and_catch_up(cluster, default: str
             ),
             "qd on 1",
         )
+        c.wait(lambda: "by-address-all" in replicated_view(c, 1)["queues"], "by-address-all")
         view = replicated_view(c, 1)
         for suffix, level in cases.items():
             _expect(level, suffix, view)
         assert "private" not in view["queues"]
+        assert "by-address-none" not in view["queues"]
         # catch-up: member 2 was down; it gets the same
         c.start(2)
         c.wait_states({2: "ready"})
@@ -232,6 +241,17 @@ def test_backups_joining_at_different_times_end_identical(cluster) -> None:
             assert browse(a, "big") == [f"m{n}" for n in range(990, 1000)]
         finally:
             a.close()
+    # deletions follow too
+    m = c.management(0)
+    try:
+        m.call("DELETE", "binding", None, {"exchange": "orders", "queue": "big", "key": "o.#"})
+        m.call("DELETE", "queue", "config-only", {})
+        m.call("DELETE", "queue", "later", {})
+        m.call("DELETE", "exchange", "orders", {})
+    finally:
+        m.close()
+    want = wait_same(c, [1, 2])
+    assert sorted(want["queues"]) == ["big"] and not want["exchanges"] and not want["bindings"]
 
 
 def test_fresh_backup_after_total_restart_gets_a_snapshot(cluster) -> None:
@@ -343,3 +363,23 @@ def test_priority_lvq_and_ring_contents_match(cluster) -> None:
     assert sorted(contents[0]["lvq"]) == ["a3", "b4", "c2"]
     assert contents[1] == contents[0]
     assert contents[2] == contents[0]
+    # after fail-over the promoted backup dispatches them as the primary would have
+    c.kill(0)
+    code, desc = c.promote(2)
+    assert code == 200, desc
+    c.wait_states({2: "active", 1: "ready"})
+    conn = c.client(2)
+    try:
+        consumed = {}
+        for q in ("prio", "lvq", "ring"):
+            r = conn.create_receiver(q, credit=20)
+            consumed[q] = []
+            for _ in contents[0][q]:
+                consumed[q].append(r.receive(timeout=10).body)
+                r.accept()
+            r.close()
+    finally:
+        conn.close()
+    assert consumed["prio"] == ["p1@9", "p4@9", "p2@5", "p5@3", "p0@1", "p3@0"]
+    assert consumed["lvq"] == contents[0]["lvq"]
+    assert consumed["ring"] == contents[0]["ring"]
