@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 from cluster_harness import Cluster, browse
 from proton import Delivery, Message, Timeout
 from proton.handlers import MessagingHandler
@@ -185,5 +186,40 @@ def test_stopped_backup_does_not_block_senders(cluster) -> None:
         a = c.admin(i)
         try:
             c.wait(lambda a=a: browse(a, "work") == want, f"member {i} to hold every message")
+        finally:
+            a.close()
+
+
+def test_consumer_ack_releases_a_held_sender(cluster) -> None:
+    """Both backups hung (and heartbeats long, so the primary keeps waiting for them): a sender's
+    message is held, until a consumer on the primary acknowledges it; then nobody needs it."""
+    c = cluster(3, extra=["--link-heartbeat-interval", "30"])
+    conn = c.client(0)
+    try:
+        s = conn.create_sender("g")
+        s.send(Message(body="warm-up", durable=True))
+        r = conn.create_receiver("g", credit=10)
+        assert r.receive(timeout=10).body == "warm-up"
+        r.accept()
+        stopped = [c.pid(1), c.pid(2)]
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            dlv = s.link.send(Message(body="held", durable=True))
+            with pytest.raises(Timeout):
+                conn.wait(lambda: dlv.settled, timeout=1.5, msg="held for the backups")
+            assert r.receive(timeout=10).body == "held"
+            r.accept()
+            conn.wait(lambda: dlv.settled, timeout=10, msg="released by the consumer's ack")
+            assert dlv.remote_state == Delivery.ACCEPTED
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+    finally:
+        conn.close()
+    for i in (1, 2):
+        a = c.admin(i)
+        try:
+            c.wait(lambda a=a: browse(a, "g") == [], f"member {i}: nothing left on g")
         finally:
             a.close()
