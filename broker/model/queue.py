@@ -22,6 +22,7 @@ marked dirty (new message, message given back, credit granted, new consumer) are
 
 from __future__ import annotations
 
+import math
 import uuid as uuidlib
 from collections import deque
 from collections.abc import Iterator
@@ -73,6 +74,7 @@ class Queue:
         self.acquired = 0
         self.acquired_bytes = 0
         self._store = MessageStore(settings.levels)
+        self._next_expiry = math.inf  # no message expires before this (see expire)
         self._prio = priority_table(settings.levels) if settings.levels > 1 else None
         self._lvq: dict[Any, QueuedMessage] | None = {} if settings.lvq_key else None
         self._ready: deque[Consumer] = deque()  # acquiring consumers with credit, in turn
@@ -172,6 +174,8 @@ class Queue:
         """Store `message` as `id` at the back. With `policy`, apply last-value replacement and
         ring eviction first (call `admit` before: `put` does not refuse). Without, store it as is
         (restore and replica apply: the source already applied its policies)."""
+        if message.expiry is not None and message.expiry < self._next_expiry:
+            self._next_expiry = message.expiry
         level = self._prio[min(max(message.priority, 0), 9)] if self._prio else 0
         e = QueuedMessage(self.name, id, message, level)
         if self._lvq is not None:
@@ -246,10 +250,15 @@ class Queue:
                 self.remove(h, EXPIRED)
 
     def expire(self, now: float) -> int:
-        """Drop every available expired message; return how many."""
+        """Drop every available expired message; return how many. A queue none of whose
+        messages can have expired yet (`_next_expiry`, a lower bound) is not walked at all."""
+        if now < self._next_expiry:
+            return 0
         doomed = [e for e in self._store.entries() if e.state is AVAILABLE and _expired(e, now)]
         for e in doomed:
             self.remove(e, EXPIRED)
+        left = [e.message.expiry for e in self._store.entries() if e.message.expiry is not None]
+        self._next_expiry = min(left, default=math.inf)
         return len(doomed)
 
     def purge(self) -> int:
