@@ -59,9 +59,19 @@ class AmqpConnection(ConnectionHandler):
         self.paused = False  # output backed up: consumers not fed
         self.properties: dict[str, Any] = {}
         self._links: dict[Link, IncomingLink | OutgoingLink | Any] = {}
+        # link pointer -> its handler's `on_raw_delivery` (handlers that have one)
+        self._raw: dict[Any, Callable[[Any], None]] = {}
         core.connections[self.id] = self
 
     # -- events -------------------------------------------------------------------------------
+
+    def on_raw_delivery(self, link: Any, delivery: Any) -> bool:
+        """The hot path: a delivery on a link whose handler takes bare pointers."""
+        handler = self._raw.get(link)
+        if handler is None:
+            return False  # management, replication: through on_event
+        handler(delivery)
+        return True
 
     def on_event(self, event: Event) -> None:
         t = event.type
@@ -180,6 +190,9 @@ class AmqpConnection(ConnectionHandler):
             self._refuse(link, exc.condition, str(exc))
             return
         self._links[link] = handler
+        raw = getattr(handler, "on_raw_delivery", None)
+        if raw is not None:
+            self._raw[link._impl] = raw
         log.debug("broker=%s conn=%s attached %s", core.name, self.id, link.name)
 
     def _replication_link(self, link: Link) -> Any:
@@ -260,6 +273,7 @@ class AmqpConnection(ConnectionHandler):
 
     def _forget(self, link: Link) -> None:
         handler = self._links.pop(link, None)
+        self._raw.pop(link._impl, None)
         if handler is not None:
             handler.close()
 

@@ -5,6 +5,12 @@
 condition) when a queue refuses it. `OutgoingLink` (the client receives): a model consumer whose
 deliveries the outbox sends; the client's outcomes (accepted, released, modified, rejected) are
 passed back to the model.
+
+The per-message paths (`on_raw_delivery`, `send`) call the engine through cproton's bare
+functions on pointers: proton's wrapper objects (a Delivery, its Link, Session, ...) cost more
+CPU than everything else a message does. Rare paths (rejects, credit, drain) keep the wrappers.
+A raw delivery pointer is never touched after it was settled (proton may free it then); one whose
+outcome waits for the journal is kept alive by a reference of our own (`pn_incref`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from cproton_ffi import ffi, lib
 from proton import Condition, Delivery, Link
 
 from broker.model import Consumer, Exchange, ModelError, Queue, QueuedMessage
@@ -30,6 +37,18 @@ DECODE_ERROR = "amqp:decode-error"
 NOT_FOUND = "amqp:not-found"
 WINDOW = 1000  # credit kept open on each incoming link
 
+_from_buffer = ffi.from_buffer
+_incref, _decref = lib.pn_incref, lib.pn_decref
+_partial, _readable = lib.pn_delivery_partial, lib.pn_delivery_readable
+_pending = lib.pn_delivery_pending
+_settled, _remote_state = lib.pn_delivery_settled, lib.pn_delivery_remote_state
+_update, _settle, _new_delivery = lib.pn_delivery_update, lib.pn_delivery_settle, lib.pn_delivery
+_recv, _send, _advance = lib.pn_link_recv, lib.pn_link_send, lib.pn_link_advance
+_credit, _flow = lib.pn_link_credit, lib.pn_link_flow
+_EOS = lib.PN_EOS
+_ACCEPTED, _REJECTED = lib.PN_ACCEPTED, lib.PN_REJECTED
+_RELEASED, _MODIFIED = lib.PN_RELEASED, lib.PN_MODIFIED
+
 
 def reject(dlv: Delivery, condition: str, description: str) -> None:
     dlv.local.condition = Condition(condition, description)
@@ -44,30 +63,45 @@ class IncomingLink:
         self.conn = conn
         self.link = link
         self.node = node
+        self._link = link._impl
+        self._held: set[Any] = set()  # deliveries we hold a reference to until their outcome
         link.flow(WINDOW)
 
     def on_delivery(self, dlv: Delivery) -> None:
-        link = self.link
-        if dlv.partial or not dlv.readable:
+        self.on_raw_delivery(dlv._impl)
+
+    def on_raw_delivery(self, dlv: Any) -> None:
+        """A delivery (a cproton pointer) has data: once complete, route it."""
+        if _partial(dlv) or not _readable(dlv):
             return  # the rest of a large message is still coming
-        data = link.recv(dlv.pending)
-        link.advance()
-        if link.credit < WINDOW // 2:
-            link.flow(WINDOW - link.credit)
-        if dlv.settled:  # the client sent it pre-settled: at most once, no outcome wanted
+        link = self._link
+        size = _pending(dlv)
+        data = bytearray(size)
+        got = _recv(link, _from_buffer(data), size)
+        if got != size:
+            if got < 0 and got != _EOS:
+                self.link._check(got)  # raises, as Link.recv does
+            data = data[: max(got, 0)]
+        _advance(link)
+        credit = _credit(link)
+        if credit < WINDOW // 2:
+            _flow(link, WINDOW - credit)
+        if _settled(dlv):  # the client sent it pre-settled: at most once, no outcome wanted
             self._route(data, None)
-            dlv.settle()
+            _settle(dlv)
         else:
+            _incref(dlv)  # its outcome may wait for the journal: keep it alive until then
+            self._held.add(dlv)
             self._route(data, dlv)
 
-    def _route(self, data: bytes, dlv: Delivery | None) -> None:
+    def _route(self, data: bytes, dlv: Any) -> None:
         core = self.conn.core
         now = core.clock()
         try:
             message, decoded = codec.extract(data, now)
         except codec.BadMessage as exc:
             if dlv is not None:
-                reject(dlv, DECODE_ERROR, str(exc))
+                self._reject(dlv, DECODE_ERROR, str(exc))
             return
         node = self.node
         model = core.model
@@ -85,7 +119,7 @@ class IncomingLink:
                 result = model.publish(node.name, message, now)
         except (ModelError, _NoRoute) as exc:
             if dlv is not None:
-                reject(dlv, getattr(exc, "condition", NOT_FOUND), str(exc))
+                self._reject(dlv, getattr(exc, "condition", NOT_FOUND), str(exc))
             return
         finally:
             if core.events:
@@ -94,25 +128,45 @@ class IncomingLink:
         if dlv is None:
             return
         if not result.accepted:
-            reject(dlv, result.condition or RESOURCE_LIMIT, result.description or "refused")
+            self._reject(dlv, result.condition or RESOURCE_LIMIT, result.description or "refused")
             return
         if pending is None:
             self._settle(dlv, None)
         else:
             pending.when_done(lambda err: self._settle(dlv, err))
 
-    def _settle(self, dlv: Delivery, error: BaseException | None) -> None:
+    def _reject(self, dlv: Any, condition: str, description: str) -> None:
+        """Rare: through a wrapper, which knows how to carry the condition."""
+        if self._release(dlv):
+            reject(Delivery.wrap(dlv), condition, description)
+            _decref(dlv)
+
+    def _settle(self, dlv: Any, error: BaseException | None) -> None:
         if self.conn.gone:
+            if self._release(dlv):
+                _decref(dlv)
             return
         if error is not None:
-            reject(dlv, RESOURCE_LIMIT, f"not stored: {error}")
-        else:
-            dlv.update(Delivery.ACCEPTED)
-            dlv.settle()
+            self._reject(dlv, RESOURCE_LIMIT, f"not stored: {error}")
+        elif self._release(dlv):
+            _update(dlv, _ACCEPTED)
+            _settle(dlv)
+            _decref(dlv)
         self.conn.driver.wake()
 
+    def _release(self, dlv: Any) -> bool:
+        """True if we still hold `dlv` (the caller then drops our reference)."""
+        try:
+            self._held.remove(dlv)
+        except KeyError:
+            return False  # the connection went and close() let it go
+        return True
+
     def close(self) -> None:
-        pass
+        if self.conn.gone:  # outcomes that never came must not keep the engine's memory alive
+            held, self._held = self._held, set()
+            for dlv in held:
+                _decref(dlv)
 
 
 class _NoRoute(Exception):
@@ -127,7 +181,10 @@ class OutgoingLink:
         self.link = link
         self.consumer = consumer
         self.driver: ConnectionDriver = conn.driver
+        self._link = link._impl
         self._tags = 0
+        # unsettled delivery pointer -> the message id it carries; popped when we settle it
+        self._ids: dict[Any, Any] = {}
 
     def __repr__(self) -> str:
         return f"OutgoingLink({self.link.name!r}, queue={self.consumer.queue.name!r})"
@@ -142,12 +199,19 @@ class OutgoingLink:
 
     def send(self, qm: QueuedMessage) -> None:
         self._tags += 1
-        dlv = self.link.delivery(str(self._tags))
-        dlv.qs_id = qm.id
-        self.link.send(codec.outgoing_bytes(qm))
-        self.link.advance()
-        if self.consumer.presettled or self.consumer.browse:
-            dlv.settle()
+        tag = str(self._tags).encode()
+        link = self._link
+        dlv = _new_delivery(link, (len(tag), _from_buffer(tag)))
+        body = codec.outgoing_bytes(qm)
+        sent = _send(link, _from_buffer(body), len(body))
+        if sent < 0:
+            self.link._check(sent)  # raises, as Link.stream does
+        _advance(link)
+        consumer = self.consumer
+        if consumer.presettled or consumer.browse:
+            _settle(dlv)  # no outcome will come: forget it
+        else:
+            self._ids[dlv] = qm.id
 
     def drain(self) -> bool:
         """The receiver asked to drain: whatever credit is left after dispatch is used up."""
@@ -158,28 +222,41 @@ class OutgoingLink:
         return True
 
     def on_delivery(self, dlv: Delivery) -> None:
-        """The client's outcome for a message we sent."""
-        id_: Any = getattr(dlv, "qs_id", None)
-        if id_ is None or not (dlv.settled or dlv.remote_state):
+        self.on_raw_delivery(dlv._impl)
+
+    def on_raw_delivery(self, dlv: Any) -> None:
+        """The client's outcome for a message we sent (`dlv`: a cproton pointer)."""
+        ids = self._ids
+        id_ = ids.get(dlv)
+        if id_ is None:
+            return
+        state = _remote_state(dlv)
+        if not state:
+            # Settled without an outcome is not taken as accepted (the wrapper-based code this
+            # replaces never did: proton reports no state as 0, not None); the message stays
+            # with the consumer until it goes.
             return
         model = self.conn.core.model
-        state = dlv.remote_state
-        if state == Delivery.ACCEPTED or (state is None and dlv.settled):
+        if state == _ACCEPTED:
             model.accept(self.consumer, id_)
-        elif state == Delivery.REJECTED:
+        elif state == _REJECTED:
             model.reject(self.consumer, id_)
-        elif state == Delivery.RELEASED:
+        elif state == _RELEASED:
             model.release(self.consumer, id_)
-        elif state == Delivery.MODIFIED:
-            if dlv.remote.undeliverable:
+        elif state == _MODIFIED:
+            remote = lib.pn_delivery_remote(dlv)
+            if lib.pn_disposition_is_undeliverable(remote):
                 model.reject(self.consumer, id_)
             else:
-                model.release(self.consumer, id_, delivery_failed=bool(dlv.remote.failed))
+                failed = bool(lib.pn_disposition_is_failed(remote))
+                model.release(self.consumer, id_, delivery_failed=failed)
         else:
             return  # a non-terminal state (received): wait for the outcome
-        dlv.settle()
+        del ids[dlv]
+        _settle(dlv)
         self.conn.core.outbox.schedule()
 
     def close(self) -> None:
+        self._ids.clear()
         self.conn.core.model.unsubscribe(self.consumer)
         self.conn.core.outbox.schedule()

@@ -10,7 +10,7 @@ edge can do (wake, abort, graceful close, back-pressure).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proton import Event
 
@@ -31,6 +31,14 @@ class ConnectionHandler:
         """One proton event: `event.type` (e.g. `Event.CONNECTION_REMOTE_OPEN`) and
         `event.connection` / `.session` / `.link` / `.delivery`. Events arrive in engine order;
         after `driver.abort()` no further event is delivered."""
+
+    def on_raw_delivery(self, link: Any, delivery: Any) -> bool:
+        """Optional fast path for the most frequent event, PN_DELIVERY, without proton's
+        wrapper objects (making them costs more than the rest of a message's work). `link` and
+        `delivery` are cproton pointers (cffi cdata: they hash and compare by address), valid
+        during the call only unless the handler takes a reference (`pn_incref`). Return True
+        when handled; False (the default) hands the event to `on_event` as usual."""
+        return False
 
     def process(self) -> None:
         """Runs after each batch of events and after each `driver.wake()`, before output is
