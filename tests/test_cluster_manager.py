@@ -145,3 +145,16 @@ def test_a_silent_primary_whose_process_runs_is_waited_for_then_restarted_never_
     # once its process is gone, the best ready backup is promoted
     out = decide([nv(0, None, running=False), *busy[1:]], 6.0, m, 10, hung_after=4)
     assert [a.index for a in out if isinstance(a, Promote)] == [1]
+
+
+def test_a_promote_whose_target_died_before_showing_is_chosen_again() -> None:
+    m = Memory()
+    out = decide([nv(0, None, running=False), nv(1, "ready", (1, 5)), nv(2, "ready", (1, 4))],
+                 0.0, m, 10)  # fmt: skip
+    assert [a.index for a in out if isinstance(a, Promote)] == [1]
+    # node 1 died before it showed as primary; everyone is back joining
+    joining = [nv(0, "joining", (1, 3)), nv(1, None, running=False), nv(2, "joining", (2, 9))]
+    assert not any(isinstance(a, Promote) for a in decide(joining, 0.5, m, 10))
+    joining[1] = nv(1, "joining", (2, 9))
+    out = decide(joining, 1.0, m, 10)
+    assert [a.index for a in out if isinstance(a, Promote)] == [1]

@@ -62,13 +62,15 @@ class Memory:
     """What the manager remembers between polls."""
 
     no_primary_since: float | None = None
-    promoting: int | None = None  # a promote in flight: wait for it
+    promoting: int | None = None  # a promote in flight: wait for it to show
+    promoting_since: float = 0.0
     primary: int | None = None  # the last primary seen
     primary_silent_since: float | None = None
     noted: set[str] = field(default_factory=set)
 
 
 PRIMARY = ("recovering", "active")
+PROMOTE_GRACE = 3.0  # seconds a promote may take to show before the manager chooses again
 
 
 def best_candidate(nodes: list[NodeView], state: str) -> NodeView | None:
@@ -110,12 +112,15 @@ def decide(
         return [*actions, Restart(last.index, f"primary silent for {silent:.1f}s: presumed hung")]
     memory.primary = memory.primary_silent_since = None
     if memory.promoting is not None:
-        return actions  # the promote we asked for has not shown yet
+        target = nodes[memory.promoting]
+        if target.running and now - memory.promoting_since < PROMOTE_GRACE:
+            return actions  # the promote we asked for has not shown yet
+        memory.promoting = None  # it died, or never showed as primary: choose again
     if memory.no_primary_since is None:
         memory.no_primary_since = now
     ready = best_candidate(nodes, "ready")
     if ready is not None:
-        memory.promoting = ready.index
+        memory.promoting, memory.promoting_since = ready.index, now
         return [*actions, Promote(ready.index, f"ready backup with position {ready.position}")]
     answering = [n for n in nodes if n.state is not None]
     catching_up = [n for n in answering if n.state == "catch-up"]
@@ -137,5 +142,5 @@ def decide(
     why = f"joining with the highest journal position {best.position}"
     if missing:
         why += f"; nodes {missing} did not answer within {recovery_wait:g}s"
-    memory.promoting = best.index
+    memory.promoting, memory.promoting_since = best.index, now
     return [*actions, Promote(best.index, why)]

@@ -90,7 +90,9 @@ class ClusterManager:
                 for n in self.nodes
             ],
         }
-        (self.root / "cluster.json").write_text(json.dumps(info, indent=2) + "\n")
+        tmp = self.root / "cluster.json.tmp"  # readers never see half a file
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        tmp.replace(self.root / "cluster.json")
 
     # -- brokers ------------------------------------------------------------------------------
 
