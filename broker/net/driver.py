@@ -114,6 +114,8 @@ class ConnectionDriver:
     def wake(self) -> None:
         """Ask for a pump soon: pending events, `process()`, then flush. Call it from the event
         loop thread (any task), e.g. when another connection's message is routed to this one."""
+        if self._wake_requested:  # the signal is set already (cleared only with the flag)
+            return
         self._wake_requested = True
         self._signal.set()
 
@@ -339,24 +341,29 @@ class ConnectionDriver:
                 if handler is None:
                     continue
                 if _event_type(event) == _PN_DELIVERY:
-                    link, delivery = _event_link(event), _event_delivery(event)
-                    if self._call(handler.on_raw_delivery, link, delivery) or self._handler_failed:
+                    try:
+                        if handler.on_raw_delivery(_event_link(event), _event_delivery(event)):
+                            continue
+                    except Exception as exc:
+                        self._failed(exc)
                         continue
                 self._call(handler.on_event, _wrap(event))
             finally:
                 _pop(collector)
         self.wake()  # more to do: continue in a later pump, after the others had their turn
 
-    def _call(self, fn: Callable[..., object], *args: object) -> object:
-        """`fn(*args)`'s result; None if it failed (the handler is then no longer used)."""
+    def _call(self, fn: Callable[..., None], *args: object) -> None:
         try:
-            return fn(*args)
+            fn(*args)
         except Exception as exc:
-            # Our bug, not the peer's: say it loudly once, stop using this handler, close.
-            log.exception("conn=%s peer=%s: handler failed", self.conn_id, self.peer)
-            self._handler_failed = True
-            self._error = self._error or f"handler failed: {exc!r}"
-            self.close(_INTERNAL_ERROR, "the broker failed on this connection")
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """Our bug, not the peer's: say it loudly once, stop using this handler, close."""
+        log.exception("conn=%s peer=%s: handler failed", self.conn_id, self.peer)
+        self._handler_failed = True
+        self._error = self._error or f"handler failed: {exc!r}"
+        self.close(_INTERNAL_ERROR, "the broker failed on this connection")
 
     def _start_closing(self) -> None:
         if self._drop_deadline is None:
