@@ -289,21 +289,31 @@ def test_fresh_backup_after_total_restart_gets_a_snapshot(cluster) -> None:
 
 def test_same_name_recreated_while_backup_down(cluster) -> None:
     c = cluster(3)
+    m = c.management(0)
+    try:
+        m.call("CREATE", "exchange", "x", {"type": "direct", "durable": True})
+    finally:
+        m.close()
     send(c, 0, "q", ["old-1", "old-2"])
-    wait_same(c, [1, 2])
-    old_uuid = replicated_view(c, 2)["queues"]["q"][0]
+    old = wait_same(c, [1, 2])
     c.kill(2)
     m = c.management(0)
     try:
         m.call("DELETE", "queue", "q", {"force": True})
         m.call("CREATE", "queue", "q", {"durable": True})
+        m.call("DELETE", "exchange", "x", {})
+        m.call("CREATE", "exchange", "x", {"type": "fanout", "durable": True})
+        m.call("CREATE", "binding", None, {"exchange": "x", "queue": "q"})
     finally:
         m.close()
     send(c, 0, "q", ["new-1"])
     c.start(2)
     c.wait_states({2: "ready"})
     want = wait_same(c, [1, 2])
-    assert want["queues"]["q"][0] != old_uuid
+    assert want["queues"]["q"][0] != old["queues"]["q"][0]
+    assert want["exchanges"]["x"][0] != old["exchanges"]["x"][0]
+    assert want["exchanges"]["x"][1] == "fanout"
+    assert want["bindings"] == [("x", "q", "")]
     a = c.admin(2)
     try:
         assert browse(a, "q") == ["new-1"]
