@@ -93,6 +93,7 @@ class Cluster:
         )
         self.brokers.started.append(b)  # stopped (SIGKILL) by the `brokers` fixture
         self.members[i] = b
+        self._status_clients.pop(i, None)  # a kept connection is to the previous run, if any
         return b
 
     def address(self, i: int) -> str:
