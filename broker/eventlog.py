@@ -215,6 +215,22 @@ class EventLog:
         self.epochs.append((rec.number, str(rec.node), seq))
         self.journal.submit_one(rec, done, epoch=epoch, origin=seq, replica=True)
 
+    def explicit_levels(
+        self, kind: str, name: str, args: dict[str, Any], exclusive: bool, auto_delete: bool
+    ) -> dict[str, Any]:
+        """In a cluster, the level a default gives is written into a new queue's or exchange's
+        arguments (as the seed's primary does), so every broker agrees on it whatever its own
+        --ha-replicate (see `Registry.fill_arguments`)."""
+        if levels.KEY in args:
+            return args
+        if kind == "queue":
+            level = levels.queue_level(
+                args, self.default_level, exclusive=exclusive, auto_delete=auto_delete
+            )
+        else:
+            level = levels.exchange_level(name, args, self.default_level)
+        return {**args, levels.KEY: level}
+
     def on_event(self, ev: Event) -> None:
         match ev:
             case Enqueued(queue=q, id=id, message=m):

@@ -78,6 +78,7 @@ class BrokerService:
         self.stop_requested = anyio.Event()
         self.ha: HaDriver | None = None
         if cfg.ha_cluster:
+            self.model.fill_arguments = self.events.explicit_levels
             self.ha = HaDriver(self, time.monotonic)
             self.core.ha = self.ha
             self.state = str(self.ha.state)

@@ -123,7 +123,8 @@ def snapshot_items(
     for x in model.exchanges.values():
         if x.builtin or exchange_level(x.name) == levels.NONE:
             continue
-        rec = ExchangeDeclare(x.name, x.uuid, x.type, dict(x.arguments))
+        xargs = {levels.KEY: exchange_level(x.name), **x.arguments}
+        rec = ExchangeDeclare(x.name, x.uuid, x.type, xargs)
         yield stream.event(rec, epoch, seq, DURABLE if x.durable else 0)
     for q in model.queues.values():
         if queue_level(q.name) == levels.NONE:
@@ -133,7 +134,8 @@ def snapshot_items(
             | (AUTO_DELETE if q.auto_delete else 0)
             | (EXCLUSIVE if q.exclusive_owner is not None else 0)
         )
-        yield stream.event(QueueDeclare(q.name, q.uuid, dict(q.arguments)), epoch, seq, flags)
+        qargs = {levels.KEY: queue_level(q.name), **q.arguments}
+        yield stream.event(QueueDeclare(q.name, q.uuid, qargs), epoch, seq, flags)
     for (x, q, k), (_durable, replicated) in bindings.items():
         if replicated:
             binding = model.queues[q].bindings.get((x, k)) if q in model.queues else None

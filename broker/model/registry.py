@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -54,6 +54,12 @@ class Registry:
         self._by_owner: dict[Any, dict[Consumer, None]] = {}
         self._owned: dict[Any, set[str]] = {}  # exclusive owner -> queue names
         self._retired = [0, 0, 0, 0]  # enqueues, dequeues, routed, dropped of deleted entities
+        # Arguments a deployment adds to every new queue/exchange that lacks them, e.g. an HA
+        # primary writes the replication level a default gave: fill(kind, name, args, exclusive,
+        # auto_delete) -> args. Applied before validation; None: arguments kept as given.
+        self.fill_arguments: (
+            Callable[[str, str, dict[str, Any], bool, bool], dict[str, Any]] | None
+        ) = None
 
     # -- events --------------------------------------------------------------------------------
 
@@ -114,6 +120,10 @@ class Registry:
                 raise ResourceLocked(f"queue {name!r} is exclusive to another connection")
             return q, False
         args = check_arguments(arguments, "queue")
+        if self.fill_arguments is not None:
+            args = self.fill_arguments(
+                "queue", name, args, exclusive_owner is not None, auto_delete
+            )
         settings = parse_queue_arguments(args)
         q = Queue(
             name,
@@ -192,6 +202,8 @@ class Registry:
         if name.startswith("amq."):
             raise NotAllowed(f"exchange name {name!r}: names starting 'amq.' are reserved")
         args = check_arguments(arguments, "exchange")
+        if self.fill_arguments is not None:
+            args = self.fill_arguments("exchange", name, args, False, False)
         parse_exchange_arguments(args)
         x = TYPES[type](name, uuid or uuidlib.uuid4(), durable=durable, arguments=args)
         self.exchanges[name] = x
