@@ -232,6 +232,9 @@ class ConnectionDriver:
                 c.condition = Condition(_FRAMING_ERROR, "connection aborted mid-frame")
                 c.close()
             self._start_closing()
+            self._pump()  # whatever proton still writes (our open, a close if it will) goes out
+            with contextlib.suppress(TransportException):
+                self.transport.close_head()  # then nothing more: the peer is gone mid-frame
         self._pump()
 
     async def _timer_loop(self) -> None:
