@@ -5,11 +5,19 @@ broker its durable queues, exchanges, bindings and messages; the journal keeps a
 live to learn which records a later record has cancelled, which is all compaction needs. Each call
 returns the seqs it cancelled as one unit, ordered so that the cancelled records come first and the
 cancelling record last: deleting a unit's prefix never changes what replay produces.
+
+A live message is held packed (a bytes object, its body in a dict of its own), not as an object
+with fields: a broker's journal holds up to millions of them, and bytes are invisible to Python's
+cyclic garbage collector, which would otherwise walk every one of them at each collection of the
+old generation (these collections cost the writer thread more than its LMDB work did).
+`QueueState.messages` presents them as `MessageState` values, built on access.
 """
 
 from __future__ import annotations
 
+import struct
 import uuid
+from collections.abc import Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +38,8 @@ from .records import (
 
 @dataclass(slots=True)
 class MessageState:
+    """A live message as the journal describes it (a copy: changing it changes no state)."""
+
     msgid: int
     seq: int  # the enqueue record
     size: int  # body bytes
@@ -44,18 +54,73 @@ class MessageState:
         return [self.seq, self.update_seq] if self.update_seq else [self.seq]
 
 
+# A live message packed: seq, update_seq, size, expiry, origin, epoch, delivery count, priority.
+_MSG = struct.Struct("=QQQQQIIB")
+_SEQS = struct.Struct("=QQQ")  # its first fields: seq, update_seq, size
+_pack_msg = _MSG.pack
+
+
+def _seqs_of(packed: bytes) -> list[int]:
+    seq, update, _ = _SEQS.unpack_from(packed)
+    return [seq, update] if update else [seq]
+
+
 @dataclass(slots=True)
 class QueueState:
     name: str
     uuid: uuid.UUID
     arguments: dict[str, Any]
     seq: int
-    messages: dict[int, MessageState] = field(default_factory=dict)  # enqueue order
+    packed: dict[int, bytes] = field(default_factory=dict)  # msgid -> packed, enqueue order
+    bodies: dict[int, bytes] = field(default_factory=dict)  # msgid -> body, when kept
     bytes: int = 0
 
     @property
     def depth(self) -> int:
-        return len(self.messages)
+        return len(self.packed)
+
+    @property
+    def messages(self) -> Messages:
+        """The live messages in enqueue order, by msgid (a read-only view)."""
+        return Messages(self)
+
+
+class Messages(Mapping[int, MessageState]):
+    """A queue's live messages as `MessageState`s, each built when it is read."""
+
+    __slots__ = ("_q",)
+
+    def __init__(self, q: QueueState) -> None:
+        self._q = q
+
+    def _state(self, msgid: int, packed: bytes) -> MessageState:
+        seq, update, size, expiry, origin, epoch, count, prio = _MSG.unpack(packed)
+        body = self._q.bodies.get(msgid)
+        return MessageState(msgid, seq, size, prio, expiry, count, body, (epoch, origin), update)
+
+    def __getitem__(self, msgid: int) -> MessageState:
+        return self._state(msgid, self._q.packed[msgid])
+
+    def __contains__(self, msgid: object) -> bool:
+        return msgid in self._q.packed
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._q.packed)
+
+    def __len__(self) -> int:
+        return len(self._q.packed)
+
+    def values(self) -> _Values:
+        return _Values(self)
+
+
+class _Values(ValuesView[MessageState]):
+    _mapping: Messages
+
+    def __iter__(self) -> Iterator[MessageState]:
+        m = self._mapping
+        for msgid, packed in m._q.packed.items():
+            yield m._state(msgid, packed)
 
 
 @dataclass(slots=True)
@@ -102,36 +167,40 @@ class JournalState:
         self.bindings: dict[BindingKey, BindingState] = {}
         self.epochs: list[EpochInfo] = []
         self.last_seq = 0
-        self.position: tuple[int, int] = (0, 0)
+        self._pos_epoch = 0  # position, kept as two ints: no tuple per record
+        self._pos_origin = 0
         self.max_origin = 0
 
     @property
     def epoch(self) -> int:
         return self.epochs[-1].number if self.epochs else 0
 
+    @property
+    def position(self) -> tuple[int, int]:
+        """(epoch, origin seq) of the last record that had an origin seq."""
+        return (self._pos_epoch, self._pos_origin)
+
     def apply(self, e: Entry) -> list[int]:
         """Apply one entry; return the seqs it cancelled (possibly including its own)."""
+        r = e.record
+        if r.__class__ is Enqueue:
+            return self._enqueue(e, r)  # type: ignore[arg-type]
         self.last_seq = e.seq
         if e.origin:
-            self.position = (e.epoch, e.origin)
-            self.max_origin = max(self.max_origin, e.origin)
-        r = e.record
+            self._pos_epoch, self._pos_origin = e.epoch, e.origin
+            if e.origin > self.max_origin:
+                self.max_origin = e.origin
         match r:
-            case Enqueue():
-                return self._enqueue(e, r)
             case Dequeue():
-                q = self.queues.get(r.queue)
-                m = q.messages.pop(r.msgid, None) if q else None
-                if m is None:
-                    return [e.seq]
-                q.bytes -= m.size  # type: ignore[union-attr]
-                return [*m.seqs(), e.seq]
+                return self.dequeue(e.seq, r.queue, r.msgid)
             case Delivery():
                 q = self.queues.get(r.queue)
-                m = q.messages.get(r.msgid) if q else None
-                if m is None:
+                packed = q.packed.get(r.msgid) if q else None
+                if packed is None:
                     return [e.seq]
-                old, m.update_seq, m.delivery_count = m.update_seq, e.seq, r.delivery_count
+                f = list(_MSG.unpack(packed))
+                old, f[1], f[6] = f[1], e.seq, r.delivery_count
+                q.packed[r.msgid] = _pack_msg(*f)  # type: ignore[union-attr]
                 return [old] if old else []
             case QueueDeclare():
                 old = self.queues.get(r.name)
@@ -195,33 +264,41 @@ class JournalState:
         """Apply an Enqueue given as fields: replay's fast path skips building the record."""
         self.last_seq = seq
         if origin:
-            self.position = (epoch, origin)
+            self._pos_epoch = epoch
+            self._pos_origin = origin
             if origin > self.max_origin:
                 self.max_origin = origin
         q = self.queues.get(queue)
         if q is None:
             return [seq]
-        old = q.messages.pop(msgid, None)
+        msgs = q.packed
+        old = msgs.pop(msgid, None)
         size = len(body)
-        q.messages[msgid] = MessageState(
-            msgid,
-            seq,
-            size,
-            priority,
-            expiry,
-            delivery_count,
-            bytes(body) if self.keep_bodies else None,
-            (epoch, origin),
-        )
+        msgs[msgid] = _pack_msg(seq, 0, size, expiry, origin, epoch, delivery_count, priority)
+        if self.keep_bodies:
+            q.bodies[msgid] = bytes(body)
         q.bytes += size
         if old is None:
             return []
-        q.bytes -= old.size
-        return old.seqs()
+        seq0, update, size0 = _SEQS.unpack_from(old)
+        q.bytes -= size0
+        return [seq0, update] if update else [seq0]
+
+    def dequeue(self, seq: int, queue: str, msgid: int) -> list[int]:
+        """Apply a Dequeue given as fields (its position is the caller's to set)."""
+        q = self.queues.get(queue)
+        packed = q.packed.pop(msgid, None) if q else None
+        if packed is None:
+            return [seq]
+        seq0, update, size = _SEQS.unpack_from(packed)
+        q.bytes -= size  # type: ignore[union-attr]
+        if self.keep_bodies:
+            q.bodies.pop(msgid, None)  # type: ignore[union-attr]
+        return [seq0, update, seq] if update else [seq0, seq]
 
     def _drop_queue(self, q: QueueState) -> list[int]:
         del self.queues[q.name]
-        garbage = [s for m in q.messages.values() for s in m.seqs()]
+        garbage = [s for packed in q.packed.values() for s in _seqs_of(packed)]
         for key in [k for k in self.bindings if k[1] == q.name]:
             garbage.append(self.bindings.pop(key).seq)
         garbage.append(q.seq)
@@ -240,8 +317,8 @@ class JournalState:
         seqs.update(b.seq for b in self.bindings.values())
         seqs.update(ep.seq for ep in self.epochs)
         for q in self.queues.values():
-            for m in q.messages.values():
-                seqs.update(m.seqs())
+            for packed in q.packed.values():
+                seqs.update(_seqs_of(packed))
         return seqs
 
     def snapshot(self) -> dict[str, Any]:
