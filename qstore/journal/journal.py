@@ -8,6 +8,7 @@ Everything that writes goes through that thread; reads (replay, entries) come fr
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import uuid
@@ -240,11 +241,7 @@ class Journal(JournalReader):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # another anyio backend (trio): wait in a worker thread
-            import anyio.to_thread
-
-            return await anyio.to_thread.run_sync(
-                lambda: self.append(record, epoch=epoch, origin=origin, replica=replica)
-            )
+            return await _in_thread(self.append, record, epoch, origin, replica)
         fut: asyncio.Future[int] = loop.create_future()
         self.submit_one(record, fut, epoch=epoch, origin=origin, replica=replica)
         return await fut
@@ -261,11 +258,7 @@ class Journal(JournalReader):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            import anyio.to_thread
-
-            return await anyio.to_thread.run_sync(
-                lambda: self.append_many(records, epoch=epoch, origin=origin, replica=replica)
-            )
+            return await _in_thread(self.append_many, records, epoch, origin, replica)
         fut: asyncio.Future[list[int]] = loop.create_future()
         prepared = self._prepared(records, epoch, origin, replica)
         self.writer.submit(_Append(prepared, LoopWaiter(loop, fut)))
@@ -380,3 +373,18 @@ class Journal(JournalReader):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _in_thread(
+    fn: Any, records: Any, epoch: int | None, origin: int | None, replica: bool
+) -> Any:
+    """Another anyio backend (trio): wait for `fn` in a worker thread.
+
+    A helper rather than a lambda in the caller: a closure there would make every call of the
+    async appenders allocate cells for its arguments, on the broker's hottest path.
+    """
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(
+        functools.partial(fn, records, epoch=epoch, origin=origin, replica=replica)
+    )
