@@ -5,11 +5,16 @@ every backup that was expected when it was enqueued has acknowledged a position 
 seq, or a consumer on the primary has acknowledged the message (then no backup needs it). A backup
 that leaves the expected set (dropped, timed out) stops holding anything. Holds are released in seq
 order; positions only grow, so one pass from the oldest hold suffices.
+
+Who a hold waits for is kept as a membership generation, not as a set per hold: the generation
+moves on each time a backup becomes expected, and a backup holds exactly the holds taken at or
+after the generation it joined in, for as long as it stays expected. So the holds of one
+generation are all due once the lowest position of the backups they wait for reaches them.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,35 +23,43 @@ MessageKey = tuple[str, int]  # (queue, message id)
 
 
 class _Hold:
-    __slots__ = ("key", "release", "required", "seq")
+    __slots__ = ("gen", "key", "release", "seq")
 
-    def __init__(self, seq: int, key: MessageKey, required: frozenset[str], release: Release):
+    def __init__(self, seq: int, key: MessageKey, gen: int, release: Release | None) -> None:
         self.seq = seq
         self.key = key
-        self.required = required
-        self.release = release
+        self.gen = gen  # the membership generation when it was taken
+        self.release = release  # None once released (consumed: it stays queued until reached)
 
 
 class QueueGuard:
     def __init__(self) -> None:
-        self._holds: OrderedDict[int, _Hold] = OrderedDict()  # by seq, oldest first
-        self._by_key: dict[MessageKey, int] = {}
+        self._holds: deque[_Hold] = deque()  # by seq, oldest first; released ones linger
+        self._by_key: dict[MessageKey, _Hold] = {}
+        self._count = 0  # holds not yet released
         self.acked: dict[str, int] = {}  # backup name -> highest seq it acknowledged
         self.expected: set[str] = set()  # backups whose acks are required for new holds
+        self._since: dict[str, int] = {}  # expected backup -> generation it joined in
+        self._gen = 0
 
     def __len__(self) -> int:
-        return len(self._holds)
+        return self._count
 
     def expect(self, name: str, acked: int = 0) -> None:
-        self.expected.add(name)
+        if name not in self.expected:
+            self._gen += 1  # holds taken from now on wait for it; earlier ones do not
+            self.expected.add(name)
+            self._since[name] = self._gen
         self.acked[name] = max(self.acked.get(name, 0), acked)
 
     def hold(self, seq: int, key: MessageKey, release: Release) -> bool:
         """Hold a message until the expected backups have it; False (not held) if none expected."""
         if not self.expected:
             return False
-        self._holds[seq] = _Hold(seq, key, frozenset(self.expected), release)
-        self._by_key[key] = seq
+        h = _Hold(seq, key, self._gen, release)
+        self._holds.append(h)
+        self._by_key[key] = h
+        self._count += 1
         return True
 
     def acknowledged(self, name: str, seq: int) -> list[Release]:
@@ -57,38 +70,53 @@ class QueueGuard:
 
     def consumed(self, key: MessageKey) -> list[Release]:
         """A consumer acknowledged the message on the primary: its hold goes at once."""
-        seq = self._by_key.pop(key, None)
-        if seq is None:
+        h = self._by_key.pop(key, None)
+        if h is None or h.release is None:
             return []
-        hold = self._holds.pop(seq)
-        return [hold.release]
+        release, h.release = h.release, None
+        self._count -= 1
+        return [release]
 
     def drop(self, names: Iterable[str]) -> list[Release]:
         """Backups no longer expected (lost, timed out): nothing waits for them any more."""
-        gone = set(names)  # once: `names` may be a one-shot iterable
-        for name in gone:
+        for name in set(names):  # once: `names` may be a one-shot iterable
             self.expected.discard(name)
             self.acked.pop(name, None)
-        if gone:
-            for hold in self._holds.values():
-                if hold.required & gone:
-                    hold.required = hold.required - gone
+            self._since.pop(name, None)
         return self._due()
 
     def release_all(self) -> list[Release]:
-        out = [h.release for h in self._holds.values()]
+        out = [h.release for h in self._holds if h.release is not None]
         self._holds.clear()
         self._by_key.clear()
+        self._count = 0
         return out
+
+    def _low(self, gen: int) -> float:
+        """The lowest position among the backups that holds of generation `gen` wait for."""
+        acked, low = self.acked, float("inf")
+        for name, since in self._since.items():
+            if since <= gen:
+                a = acked.get(name, -1)
+                if a < low:
+                    low = a
+        return low
 
     def _due(self) -> list[Release]:
         out: list[Release] = []
-        acked = self.acked
-        while self._holds:
-            seq, hold = next(iter(self._holds.items()))
-            if any(acked.get(b, -1) < seq for b in hold.required if b in self.expected):
-                break
-            self._holds.popitem(last=False)
-            self._by_key.pop(hold.key, None)
-            out.append(hold.release)
+        holds, by_key = self._holds, self._by_key
+        gen, low = -1, 0.0
+        while holds:
+            h = holds[0]
+            if h.release is not None:
+                if h.gen != gen:
+                    gen, low = h.gen, self._low(h.gen)
+                if h.seq > low:
+                    break
+                out.append(h.release)
+                h.release = None
+                if by_key.get(h.key) is h:
+                    del by_key[h.key]
+            holds.popleft()
+        self._count -= len(out)
         return out
