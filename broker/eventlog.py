@@ -51,11 +51,15 @@ from qstore.journal import (
     QueueDeclare,
     QueueDelete,
     Record,
+    RecordType,
     Unbind,
 )
 from qstore.journal.state import is_builtin_exchange
 
 log = logging.getLogger("qstore.events")
+
+_ALL = levels.ALL
+_ENQUEUE, _DEQUEUE = RecordType.ENQUEUE, RecordType.DEQUEUE
 
 AUTO_DELETE_KEY = "qstore.auto-delete"  # journaled with a queue's arguments, stripped on restore
 Done = Callable[[BaseException | None], None]
@@ -125,6 +129,9 @@ class EventLog:
             (ep.number, str(ep.node), ep.origin) for ep in journal.state.epochs
         ]
         self.replica: tuple[int, int] | None = None  # set by a backup's replicator
+        # ... with the stream item being applied: its record and payload are journaled as the
+        # primary packed them when the event they cause is that record (no second packing)
+        self.replica_item: Item | None = None
         self.numbering = True  # False on a backup: its own events are outside the stream
         self.adopting = False  # restoring from the journal: track entities, write nothing
         self.sink: ReplicationSink | None = None  # set on a primary
@@ -164,19 +171,6 @@ class EventLog:
 
     # -- events -------------------------------------------------------------------------------
 
-    def _position(self) -> tuple[int, int, bool]:
-        """(epoch, seq, replica) for the event being handled."""
-        if self.replica is not None:
-            epoch, seq = self.replica
-            if seq > self.seq:
-                self.seq = seq
-            self.epoch = epoch
-            return epoch, seq, True
-        if not self.numbering:
-            return self.epoch, 0, False
-        self.seq += 1
-        return self.epoch, self.seq, False
-
     def _emit(
         self,
         record: Record,
@@ -185,16 +179,42 @@ class EventLog:
         flags: int = 0,
         key: tuple[str, int] | None = None,
         pending: Pending | None = None,
-    ) -> tuple[int, int] | None:
+        payload: bytes | None = None,
+    ) -> int | None:
+        """Number the event, journal it if durable, publish it to the backups if replicated;
+        return its seq (None if neither). The record is packed once for both (`payload`, if
+        the caller has it already)."""
         if not (durable or replicated) or self.adopting:
             return None
-        epoch, seq, replica = self._position()
+        # the position: the primary's while a backup applies its stream; else our own next seq,
+        # or seq 0 for a backup's local events (outside the stream)
+        replica = self.replica
+        if replica is not None:
+            epoch, seq = replica
+            if seq > self.seq:
+                self.seq = seq
+            self.epoch = epoch
+        elif self.numbering:
+            seq = self.seq = self.seq + 1
+            epoch = self.epoch
+        else:
+            epoch, seq = self.epoch, 0
+        sink = self.sink if replicated else None
+        if payload is None and (durable or sink is not None):
+            payload = record.pack()
         if durable:
             target = pending.add() if pending is not None else _log_failure
-            self.journal.submit_one(record, target, epoch=epoch, origin=seq, replica=replica)
-        if replicated and self.sink is not None:
-            self.sink.publish(event(record, epoch, seq, flags), key)
-        return epoch, seq
+            self.journal.submit_one(
+                record,
+                target,
+                epoch=epoch,
+                origin=seq,
+                replica=replica is not None,
+                payload=payload,
+            )
+        if sink is not None:
+            sink.publish(Item(record.TYPE, epoch, seq, flags, record, None, payload), key)
+        return seq
 
     def start_epoch(self, number: int, node: uuid.UUID) -> tuple[int, int]:
         """A promotion: the epoch record is the first event of the new epoch, journaled and
@@ -232,31 +252,66 @@ class EventLog:
         return {**args, levels.KEY: level}
 
     def on_event(self, ev: Event) -> None:
+        cls = ev.__class__
+        if cls is Enqueued:  # the hot pair first, without the match statement's generality
+            self._enqueued(ev)  # type: ignore[arg-type]
+        elif cls is Dequeued:
+            self._dequeued(ev)  # type: ignore[arg-type]
+        else:
+            self._other(ev)
+
+    def _enqueued(self, ev: Enqueued) -> None:
+        q = ev.queue
+        e = self.queues.get(q)
+        if e is None:
+            return
+        m = ev.message
+        durable = m.durable and e.durable
+        replicated = e.level == _ALL
+        if not (durable or replicated) or self.adopting:
+            return
+        id = ev.id
+        rec: Record | None = None
+        payload = None
+        it = self.replica_item
+        if it is not None and it.kind == _ENQUEUE and it.payload is not None:
+            r = it.record
+            if r.msgid == id and r.queue == q:  # type: ignore[union-attr]
+                rec, payload = r, it.payload  # as the primary packed it
+        if rec is None:
+            expiry = int(m.expiry * 1000) if m.expiry else 0
+            rec = Enqueue(q, id, m.body, m.priority, expiry, m.delivery_count)
+        pending = self._pending
+        key = (q, id)
+        flags = DURABLE if m.durable else 0
+        seq = self._emit(rec, durable, replicated, flags, key, pending, payload)
+        if replicated and seq is not None and pending is not None:
+            sink = self.sink
+            if sink is not None:
+                release = pending.add()
+                if not sink.hold(seq, key, release):
+                    release(None)
+
+    def _dequeued(self, ev: Dequeued) -> None:
+        q = ev.queue
+        e = self.queues.get(q)
+        if e is None:
+            return
+        id = ev.id
+        replicated = e.level == _ALL
+        if replicated and self.sink is not None and ev.reason == DequeueReason.CONSUMED:
+            self.sink.consumed((q, id))
+        durable = ev.durable and e.durable
+        it = self.replica_item
+        if it is not None and it.kind == _DEQUEUE and it.payload is not None:
+            r = it.record
+            if r.msgid == id and r.queue == q:  # type: ignore[union-attr]
+                self._emit(r, durable, replicated, 0, (q, id), None, it.payload)
+                return
+        self._emit(Dequeue(q, id), durable, replicated, key=(q, id))
+
+    def _other(self, ev: Event) -> None:
         match ev:
-            case Enqueued(queue=q, id=id, message=m):
-                e = self.queues.get(q)
-                if e is None:
-                    return
-                durable = m.durable and e.durable
-                replicated = e.level == levels.ALL
-                expiry = int(m.expiry * 1000) if m.expiry else 0
-                rec = Enqueue(q, id, m.body, m.priority, expiry, m.delivery_count)
-                pending = self._pending
-                pos = self._emit(
-                    rec, durable, replicated, DURABLE if m.durable else 0, (q, id), pending
-                )
-                if replicated and pos and pending is not None and self.sink is not None:
-                    release = pending.add()
-                    if not self.sink.hold(pos[1], (q, id), release):
-                        release(None)
-            case Dequeued(queue=q, id=id, durable=durable, reason=reason):
-                e = self.queues.get(q)
-                if e is None:
-                    return
-                replicated = e.level == levels.ALL
-                if replicated and self.sink is not None and reason == DequeueReason.CONSUMED:
-                    self.sink.consumed((q, id))
-                self._emit(Dequeue(q, id), durable and e.durable, replicated, key=(q, id))
             case DeliveryCountChanged(queue=q, id=id, delivery_count=n, durable=durable):
                 e = self.queues.get(q)
                 if e is not None:

@@ -36,6 +36,12 @@ RECENT_ITEMS = 200_000  # events kept for tails (bounded memory; older positions
 BATCH_ITEMS = 1000
 BATCH_BYTES = 256 << 10
 Key = tuple[str, int]
+_ENQUEUE, _DEQUEUE = stream.RT_ENQUEUE, stream.RT_DEQUEUE
+
+
+def _size(it: Item) -> int:
+    """What an item counts against BATCH_BYTES (the same whether it still has its payload)."""
+    return len(it.record.body) + 64 if it.kind == _ENQUEUE else 64  # type: ignore[union-attr]
 
 
 class RecentLog:
@@ -67,45 +73,71 @@ class BackupStream:
         self.name = name
         self.address = address
         self.pending: list[Item | None] = []
-        self._enqueues: dict[Key, int] = {}  # unsent enqueue -> index in pending
+        # unsent enqueue -> its index counted from the stream's start (`_base` is the index of
+        # pending[0]): entries below `_base` were sent and are only dropped lazily
+        self._enqueues: dict[Key, int] = {}
+        self._base = 0
+        self._bytes = 0  # what `_size` counts of the pending items (dropped pairs excluded)
+        self._holes = 0  # dropped pairs' places (None) in pending
         self._tags = 0
         self.added = 0  # highest seq given to this stream, dropped pairs included
         self.sent = 0  # highest seq acknowledged by a batch already sent
         self.closed = False
 
-    def add(self, item: Item, key: Key | None = None) -> None:
-        self.added = max(self.added, item.seq)
+    def add(self, item: Item, key: Key | None = None, size: int | None = None) -> None:
+        """Queue an item; `key` (queue, message id) for enqueues and dequeues; `size` is
+        `_size(item)` if the caller has it."""
+        seq = item.seq
+        if seq > self.added:
+            self.added = seq
         if key is not None:
             kind = item.kind
-            if kind == stream.RT_ENQUEUE:
-                self._enqueues[key] = len(self.pending)
-            elif kind in (stream.RT_DEQUEUE, stream.RT_DELIVERY):
-                at = self._enqueues.get(key)
-                if at is not None:  # never sent: drop the pair, the backup needs neither
-                    if kind == stream.RT_DEQUEUE:
-                        self.pending[at] = None
-                        del self._enqueues[key]
-                        return
-                    self.pending.append(item)
+            if kind == _ENQUEUE:
+                self._enqueues[key] = self._base + len(self.pending)
+            elif kind == _DEQUEUE:
+                at = self._enqueues.pop(key, None)
+                if at is not None and at >= self._base:
+                    # never sent: drop the pair, the backup needs neither
+                    at -= self._base
+                    self._bytes -= _size(self.pending[at])  # type: ignore[arg-type]
+                    self.pending[at] = None
+                    self._holes += 1
                     return
         self.pending.append(item)
+        self._bytes += _size(item) if size is None else size
 
     def flush(self) -> None:
         link = self.link
+        sent = False
         while self.pending and link.credit > 0 and not self.closed:
-            batch: list[Item] = []
-            size = taken = 0
-            for it in self.pending:
-                taken += 1
-                if it is None:
-                    continue
-                batch.append(it)
-                size += len(getattr(it.record, "body", b"")) + 64
-                if len(batch) >= BATCH_ITEMS or size >= BATCH_BYTES:
-                    break
-            del self.pending[:taken]
-            self._enqueues = {k: at - taken for k, at in self._enqueues.items() if at >= taken}
-            last = batch[-1].seq if batch else 0
+            pending = self.pending
+            if len(pending) <= BATCH_ITEMS and self._bytes < BATCH_BYTES:
+                # all of it fits one batch (the common case: what one loop turn published)
+                taken = len(pending)
+                batch = [it for it in pending if it is not None] if self._holes else pending
+                self.pending = []
+                self._bytes = self._holes = 0
+            else:
+                batch = []
+                size = taken = 0
+                for it in pending:
+                    taken += 1
+                    if it is None:
+                        self._holes -= 1
+                        continue
+                    batch.append(it)
+                    size += _size(it)
+                    if len(batch) >= BATCH_ITEMS or size >= BATCH_BYTES:
+                        break
+                del pending[:taken]
+                self._bytes = self._bytes - size if pending else 0
+            self._base += taken
+            if not self.pending:
+                self._enqueues.clear()  # every entry is below `_base` now
+            elif len(self._enqueues) > 2 * len(self.pending) + 1024:  # a backlog: shed sent ones
+                base = self._base
+                self._enqueues = {k: at for k, at in self._enqueues.items() if at >= base}
+            last = batch[-1].seq if batch else 0  # type: ignore[union-attr]
             if not self.pending:
                 # Everything given is sent or was a dropped pair: the batch stands for all of it,
                 # else a backup whose last items were such a pair would never reach its target.
@@ -116,9 +148,11 @@ class BackupStream:
             self._tags += 1
             dlv = link.delivery(str(self._tags))
             dlv.qs_last = last
-            link.send(stream.encode(batch))
+            link.send(self.primary.encode(batch))  # type: ignore[arg-type]
             link.advance()
-        self.conn.driver.wake()
+            sent = True
+        if sent:
+            self.conn.driver.wake()
 
     def on_flow(self) -> None:
         self.primary._schedule()
@@ -149,19 +183,26 @@ class Primary:
         self.events = events
         self.recent = recent
         self.guard = QueueGuard()
+        self.hold = self.guard.hold  # the event log's call, without a frame of ours
         self.streams: dict[str, BackupStream] = {}
         self._flush_scheduled = False
+        self._fresh: list[Item] = []  # published since the last flush, still with payloads
+        self._encoded: tuple[list[Item], bytes] | None = None  # this flush's last batch
 
     # -- the event log's calls ----------------------------------------------------------------
 
     def publish(self, item: Item, key: Key | None) -> None:
-        self.recent.append(item)
-        for s in self.streams.values():
-            s.add(item, key)
-        self._schedule()
-
-    def hold(self, seq: int, key: Key, release: Callable[[Any], None]) -> bool:
-        return self.guard.hold(seq, key, release)
+        recent = self.recent  # RecentLog.append, inline on this per-event path
+        recent.items.append(item)
+        if len(recent.items) > recent.size:
+            recent.start = recent.items.popleft().seq
+        self._fresh.append(item)
+        if self.streams:
+            size = _size(item)
+            for s in self.streams.values():
+                s.add(item, key, size)
+        if not self._flush_scheduled:
+            self._schedule()
 
     def consumed(self, key: Key) -> None:
         _run(self.guard.consumed(key))
@@ -250,8 +291,25 @@ class Primary:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        for s in list(self.streams.values()):
-            s.flush()
+        try:
+            for s in list(self.streams.values()):
+                s.flush()
+        finally:
+            self._encoded = None
+            # Sent to every stream with credit: the recent log keeps the records without a
+            # second copy of each body (what is still pending, or a tail, packs again).
+            for it in self._fresh:
+                it.payload = None
+            self._fresh.clear()
+
+    def encode(self, batch: list[Item]) -> bytes:
+        """A batch's bytes; the streams of one flush mostly send the same items: encode once."""
+        last = self._encoded
+        if last is not None and last[0] == batch:
+            return last[1]
+        data = stream.encode(batch)
+        self._encoded = (batch, data)
+        return data
 
 
 def _run(releases: list[Callable[[Any], None]]) -> None:

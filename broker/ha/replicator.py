@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qstore.ha")
 
+_CONSUMED = DequeueReason.CONSUMED
+
 
 class Replicator:
     def __init__(self, model: Broker, events: EventLog, recent: RecentLog) -> None:
@@ -52,6 +54,8 @@ class Replicator:
         """Apply a batch; `done(error)` once everything durable in it is journaled."""
         ev = self.events
         pending = ev.begin()
+        add = pending.add
+        recent = self.recent.append
         try:
             for it in items:
                 if it.record is None:
@@ -60,13 +64,16 @@ class Replicator:
                 # A snapshot's items stand for state, not events: journaled outside the stream
                 # (seq 0), so the journal's positions stay the primary's events, one for one.
                 ev.replica = (it.epoch, 0 if self.in_snapshot else it.seq)
+                ev.replica_item = it  # its payload is journaled as the primary packed it
                 try:
-                    self._event(it, pending.add)
+                    self._event(it, add)
                 except ModelError as exc:  # the primary's order makes this a bug: say so
                     log.error("replica apply of %s at seq %d failed: %s", it.record, it.seq, exc)
                 finally:
                     ev.replica = None
-                self.recent.append(it)
+                    ev.replica_item = None
+                it.payload = None  # the journal has its own reference; the recent log keeps
+                recent(it)  # no second copy of each body (a tail from it packs again)
         finally:
             ev.end()
         pending.when_done(done)
@@ -104,24 +111,26 @@ class Replicator:
     def _event(self, it: Item, add: Callable[[], Callable[[Any], None]]) -> None:
         model = self.model
         r = it.record
+        if isinstance(r, Enqueue):  # the hot pair first, outside the match statement
+            q = model.queues.get(r.queue)
+            if q is None or q.get(r.msgid) is not None:
+                return
+            lvq = "qpid.last_value_queue_key" in q.arguments
+            msg = Message(
+                body=r.body,
+                durable=bool(it.flags & DURABLE),
+                priority=r.priority,
+                expiry=r.expiry / 1000 if r.expiry else None,
+                properties=codec.extract(r.body, 0.0)[0].properties if lvq else {},
+                delivery_count=r.delivery_count,
+            )
+            model.restore_message(r.queue, r.msgid, msg)
+            return
+        if isinstance(r, Dequeue):
+            if r.queue in model.queues:
+                model.remove_message(r.queue, r.msgid, _CONSUMED)
+            return
         match r:
-            case Enqueue():
-                q = model.queues.get(r.queue)
-                if q is None or q.get(r.msgid) is not None:
-                    return
-                lvq = "qpid.last_value_queue_key" in q.arguments
-                msg = Message(
-                    body=r.body,
-                    durable=it.durable,
-                    priority=r.priority,
-                    expiry=r.expiry / 1000 if r.expiry else None,
-                    properties=codec.extract(r.body, 0.0)[0].properties if lvq else {},
-                    delivery_count=r.delivery_count,
-                )
-                model.restore_message(r.queue, r.msgid, msg)
-            case Dequeue():
-                if r.queue in model.queues:
-                    model.remove_message(r.queue, r.msgid, DequeueReason.CONSUMED)
             case Delivery():
                 if r.queue in model.queues:
                     model.set_delivery_count(r.queue, r.msgid, r.delivery_count)

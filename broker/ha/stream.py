@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +46,17 @@ class StreamError(Exception):
 
 @dataclass(slots=True)
 class Item:
+    """One event or control item. `payload` is an event's record packed once (`record.pack()`):
+    the journal, every backup's batches and the recent log share it instead of packing again;
+    None until first needed where nobody packed it yet (snapshots)."""
+
     kind: int
     epoch: int
     seq: int
     flags: int = 0
     record: Record | None = None
     data: dict[str, Any] | None = None
+    payload: bytes | None = None
 
     @property
     def is_event(self) -> bool:
@@ -61,47 +67,77 @@ class Item:
         return bool(self.flags & DURABLE)
 
 
-def event(record: Record, epoch: int, seq: int, flags: int = 0) -> Item:
-    return Item(int(record.TYPE), epoch, seq, flags, record)
+def event(
+    record: Record, epoch: int, seq: int, flags: int = 0, payload: bytes | None = None
+) -> Item:
+    return Item(int(record.TYPE), epoch, seq, flags, record, None, payload)
 
 
 def control(kind: int, epoch: int = 0, seq: int = 0, **data: Any) -> Item:
     return Item(kind, epoch, seq, 0, None, data)
 
 
+_local = threading.local()  # zstd contexts are reusable but not thread-safe: one per thread
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "c", None)
+    if c is None:
+        c = _local.c = zstandard.ZstdCompressor(level=1)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    return d
+
+
 def encode(items: list[Item]) -> bytes:
-    parts: list[bytes] = []
+    parts: list[bytes] = [b"P"]
+    add, head = parts.append, ITEM.pack
     for it in items:
-        payload = it.record.pack() if it.record is not None else json.dumps(it.data).encode()
-        parts.append(ITEM.pack(it.kind, it.flags, it.epoch, it.seq, len(payload)))
-        parts.append(payload)
+        payload = it.payload
+        if payload is None:  # a control item, or an event no longer carrying its payload
+            r = it.record
+            payload = r.pack() if r is not None else json.dumps(it.data).encode()
+        add(head(it.kind, it.flags, it.epoch, it.seq, len(payload)))
+        add(payload)
     raw = b"".join(parts)
-    if len(raw) > COMPRESS_OVER:
-        return b"Z" + zstandard.ZstdCompressor(level=1).compress(raw)
-    return b"P" + raw
+    if len(raw) > COMPRESS_OVER + 1:
+        return b"Z" + _compressor().compress(memoryview(raw)[1:])
+    return raw
 
 
 def decode(data: bytes) -> list[Item]:
+    """The batch's items; an event item keeps its payload bytes, which a backup journals as
+    they are (they are what the primary journaled) instead of packing the record again."""
     if not data:
         raise StreamError("empty batch")
     marker, body = data[:1], data[1:]
     try:
         if marker == b"Z":
-            body = zstandard.ZstdDecompressor().decompress(body)
+            body = _decompressor().decompress(body)
         elif marker != b"P":
             raise StreamError(f"unknown batch marker {marker!r}")
         items: list[Item] = []
+        add = items.append
+        classes = RECORD_CLASSES
+        unpack_from, size = ITEM.unpack_from, ITEM.size
         off, end = 0, len(body)
         while off < end:
-            kind, flags, epoch, seq, n = ITEM.unpack_from(body, off)
-            off += ITEM.size
+            kind, flags, epoch, seq, n = unpack_from(body, off)
+            off += size
             payload = body[off : off + n]
+            if len(payload) != n:
+                raise ValueError(f"item at seq {seq} is cut short")
             off += n
-            cls = RECORD_CLASSES.get(kind)  # type: ignore[call-overload]
+            cls = classes.get(kind)
             if cls is not None:
-                items.append(Item(kind, epoch, seq, flags, cls.unpack(payload)))
+                add(Item(kind, epoch, seq, flags, cls.unpack(payload), None, payload))
             else:
-                items.append(Item(kind, epoch, seq, flags, None, json.loads(payload)))
+                add(Item(kind, epoch, seq, flags, None, json.loads(payload)))
         return items
     except (struct.error, ValueError, UnicodeDecodeError, zstandard.ZstdError) as exc:
         raise StreamError(f"replication batch does not decode: {exc}") from None

@@ -82,6 +82,7 @@ class Journal(JournalReader):
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBatcher] = (
             weakref.WeakKeyDictionary()
         )
+        self._batcher: LoopBatcher | None = None  # the last loop's, looked up without the dict
         self.writer.start()
         self._closed = False
 
@@ -217,17 +218,24 @@ class Journal(JournalReader):
         epoch: int | None = None,
         origin: int | None = None,
         replica: bool = False,
+        payload: bytes | None = None,
     ) -> None:
         """Queue one record from the running event loop; `target` is a Future of that loop
         (it gets the seq) or a callable given the seq or the error, called on the loop.
+        `payload`: the record already packed (`record.pack()`), if the caller has it.
 
         Appends made in the same loop turn travel to the writer as one job (see loopbatch.py).
         """
         loop = asyncio.get_running_loop()
-        batcher = self._batchers.get(loop)
-        if batcher is None:
-            batcher = self._batchers[loop] = LoopBatcher(self.writer, loop)
-        batcher.add(prepare(record, epoch, origin, replica, self.compress_threshold), target)
+        batcher = self._batcher
+        if batcher is None or batcher.loop is not loop:  # one loop in a broker: rarely taken
+            batcher = self._batchers.get(loop)
+            if batcher is None:
+                batcher = self._batchers[loop] = LoopBatcher(self.writer, loop)
+            self._batcher = batcher  # holds no more than the batcher already does (its loop)
+        batcher.add(
+            prepare(record, epoch, origin, replica, self.compress_threshold, payload), target
+        )
 
     async def append_async(
         self,

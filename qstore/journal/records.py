@@ -367,9 +367,15 @@ def prepare(
     origin: int | None = None,
     replica: bool = False,
     threshold: int = COMPRESS_THRESHOLD,
+    payload: bytes | None = None,
 ) -> Prepared:
-    """Pack a record's payload; zstd it when it is over `threshold` and compression pays."""
-    payload = record.pack()
+    """Pack a record's payload; zstd it when it is over `threshold` and compression pays.
+
+    `payload`: `record.pack()` already made by the caller (a broker packs each event once for
+    the journal and the replication stream; a backup has the primary's bytes).
+    """
+    if payload is None:
+        payload = record.pack()
     flags = FLAG_REPLICA if replica else 0
     if len(payload) > threshold:  # zstd only where it can pay (level 1: about 5 us per KiB)
         packed = _compressor().compress(payload)
