@@ -158,6 +158,8 @@ class GroupCommitWriter:
         self._cond = threading.Condition()
         self._closing = False
         self._idle = False
+        # Outcomes of the last commit not yet handed to their waiters (see _deliver).
+        self._outcomes: list[tuple[Waiter, Result]] = []
         self._thread = threading.Thread(target=self._run, name=f"{name}-writer", daemon=True)
 
     def start(self) -> None:
@@ -205,13 +207,17 @@ class GroupCommitWriter:
                 batch = self._take()
             try:
                 if batch is None:
+                    self._deliver()
                     self._compact_step()
                 elif isinstance(batch, _Control):
+                    self._deliver()  # what was submitted before is handled before it
                     self._control(batch)
                 else:
                     self._write(batch)
             except Exception:  # keep the writer alive: waiters got their error already
                 log.exception("journal writer: unexpected error")
+            if not self._jobs:  # no next commit to overlap with: wake the waiters now
+                self._deliver()
 
     def _compaction_due(self) -> bool:
         return self.auto_compact and self.compaction.ready()
@@ -255,13 +261,14 @@ class GroupCommitWriter:
             self._write_when_full(batch, exc)
             return
         except lmdb.Error as exc:
+            self._deliver()
             err = JournalError(f"journal write failed: {exc}")
             self._resolve([(job.waiter, err) for job in batch])
             return
         self.full = False
         first = self.next_seq - len(positions) // 2
         self._after_commit(batch, first, positions)
-        self._resolve(_seqs_per_job(batch, first))
+        self._outcomes = _seqs_per_job(batch, first)  # delivered by the next commit or _run
 
     def _commit(self, batch: list[_Append], compact: bool = False) -> list[int]:
         """Write and fsync one transaction (MapFull/ENOSPC -> JournalFull); return the epoch and
@@ -280,7 +287,8 @@ class GroupCommitWriter:
         positions: list[int] = []
         garbage = self.compaction.take(self.compaction_batch) if compact else []
         try:
-            with self.env.begin(write=True, db=self.db) as txn:
+            txn = self.env.begin(write=True, db=self.db)
+            try:
                 put, keep = txn.put, positions.extend
                 for job in batch:
                     for p in job.records:
@@ -308,6 +316,11 @@ class GroupCommitWriter:
                 delete = txn.delete
                 for s in garbage:
                     delete(KEY.pack(s))
+            except BaseException:
+                txn.abort()
+                raise
+            self._deliver()  # the last commit's waiters wake while this one syncs
+            txn.commit()
         except lmdb.MapFullError:
             self.compaction.restore(garbage)
             raise JournalFull("journal is full (LMDB map size reached)") from None
@@ -323,6 +336,7 @@ class GroupCommitWriter:
 
     def _write_when_full(self, batch: list[_Append], exc: JournalFull) -> None:
         """Refuse new work but let dequeues through, using the reserve if need be."""
+        self._deliver()
         self.full = True
         dequeues: list[_Append] = []  # what may still be written
         refused: list[tuple[Waiter, Result]] = []
@@ -427,6 +441,22 @@ class GroupCommitWriter:
         except lmdb.MapFullError:
             return False
         return True
+
+    def _deliver(self) -> None:
+        """Hand the last commit's outcomes to their waiters.
+
+        Pipelining: a commit's outcomes wait while the writer puts the next batch, and go just
+        before that batch's commit, which releases the GIL for the fsync. Woken earlier, the
+        event loop would take the GIL at the writer's first put (py-lmdb releases it in every
+        put) and keep it while it runs its wakeups, delaying the next fsync by as much; this
+        way the loop's work overlaps the fsync. `_run` delivers at once when nothing follows.
+        """
+        if self._outcomes:
+            outcomes, self._outcomes = self._outcomes, []
+            try:
+                self._resolve(outcomes)
+            except Exception:  # not the next commit's problem
+                log.exception("journal writer: waking waiters failed")
 
     def _resolve(self, results: list[tuple[Waiter, Result]]) -> None:
         per_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
