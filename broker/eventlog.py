@@ -60,6 +60,7 @@ log = logging.getLogger("qstore.events")
 
 _ALL = levels.ALL
 _ENQUEUE, _DEQUEUE = RecordType.ENQUEUE, RecordType.DEQUEUE
+_CONSUMED = DequeueReason.CONSUMED
 
 AUTO_DELETE_KEY = "qstore.auto-delete"  # journaled with a queue's arguments, stripped on restore
 Done = Callable[[BaseException | None], None]
@@ -298,17 +299,18 @@ class EventLog:
         if e is None:
             return
         id = ev.id
+        key = (q, id)
         replicated = e.level == _ALL
-        if replicated and self.sink is not None and ev.reason == DequeueReason.CONSUMED:
-            self.sink.consumed((q, id))
+        if replicated and self.sink is not None and ev.reason == _CONSUMED:
+            self.sink.consumed(key)
         durable = ev.durable and e.durable
         it = self.replica_item
         if it is not None and it.kind == _DEQUEUE and it.payload is not None:
             r = it.record
             if r.msgid == id and r.queue == q:  # type: ignore[union-attr]
-                self._emit(r, durable, replicated, 0, (q, id), None, it.payload)
+                self._emit(r, durable, replicated, 0, key, None, it.payload)
                 return
-        self._emit(Dequeue(q, id), durable, replicated, key=(q, id))
+        self._emit(Dequeue(q, id), durable, replicated, 0, key)
 
     def _other(self, ev: Event) -> None:
         match ev:

@@ -221,7 +221,8 @@ class Primary:
             self._schedule()
 
     def consumed(self, key: Key) -> None:
-        _run(self.guard.consumed(key))
+        for release in self.guard.consumed(key):
+            release(None)
 
     # -- backups ------------------------------------------------------------------------------
 
