@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import struct
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +35,8 @@ RECORDS_DB = b"records"
 META_DB = b"meta"
 CHUNK = 4096  # entries per read transaction
 ENQUEUE = int(RecordType.ENQUEUE)
+# An enqueue's header and fixed fields, read in one call
+_ENQ_HEAD = struct.Struct(">" + HEADER.format.lstrip(">") + ENQ_FIELDS.format.lstrip(">"))
 
 Progress = Callable[[int], None]
 
@@ -210,44 +213,61 @@ class JournalReader:
         `garbage(unit, seq)` receives each unit of cancelled seqs with the seq of the record
         that cancelled it, as replay meets them (compaction work left from before an open).
 
-        The cyclic garbage collector is paused meanwhile: replay allocates an object per live
-        message and nothing it builds is garbage, so collections would only rescan a growing heap.
+        Each chunk of records is applied inside its own short read transaction, straight from
+        LMDB's map (no copy of a record unless a body is kept). The cyclic garbage collector is
+        paused meanwhile: replay allocates an object per live message and nothing it builds is
+        garbage, so collections would only rescan a growing heap.
         """
         st = state if state is not None else JournalState(keep_bodies=keep_bodies)
         apply, enqueue = st.apply, st.enqueue
-        head, fields, crc, unpack = HEADER.unpack_from, ENQ_FIELDS.unpack_from, crc32c, KEY.unpack
-        start = HEADER.size + ENQ_FIELDS.size
+        fields, crc, unpack = _ENQ_HEAD.unpack_from, crc32c, KEY.unpack
+        start = _ENQ_HEAD.size
+        nxt = KEY.pack(0)
         paused = gc.isenabled()
         gc.disable()
         try:
-            for chunk in self.chunks(progress=progress):
-                for key, value in chunk:
-                    # Fast path for the bulk of a journal: a verified, uncompressed enqueue,
-                    # applied from its fields without building a record object.
-                    if value[1] == ENQUEUE and not value[3] and len(value) >= start:
-                        version, _t, _f, epoch, origin, want = head(value, 0)
-                        mv = memoryview(value)
-                        if version <= FORMAT_VERSION and want == crc(
-                            mv[HEADER.size :], crc(mv[:16], crc(key))
-                        ):
-                            msgid, prio, expiry, count, n = fields(value, HEADER.size)
-                            try:
-                                queue = str(mv[start : start + n], "utf-8")
-                            except UnicodeDecodeError:
-                                pass  # decode() below names the damage
-                            else:
-                                seq = unpack(key)[0]
-                                unit = enqueue(
-                                    seq, epoch, origin, queue, msgid, mv[start + n :], prio,
-                                    expiry, count,
-                                )
-                                if unit and garbage is not None:
-                                    garbage(unit, seq)
-                                continue
-                    seq = unpack(key)[0]
-                    unit = apply(decode(seq, value))
-                    if unit and garbage is not None:
-                        garbage(unit, seq)
+            while True:
+                n = 0
+                with self.env.begin(db=self.records, buffers=True) as txn, txn.cursor() as cur:
+                    if not cur.set_range(nxt):
+                        break
+                    for key, value in cur:  # memoryviews of the map, valid in this txn only
+                        n += 1
+                        # Fast path for the bulk of a journal: a verified, uncompressed enqueue,
+                        # applied from its fields without building a record object.
+                        if value[1] == ENQUEUE and not value[3] and len(value) >= start:
+                            version, _t, _f, epoch, origin, want, msgid, prio, expiry, count, qn = (
+                                fields(value, 0)
+                            )
+                            if version <= FORMAT_VERSION and want == crc(
+                                value[HEADER.size :], crc(value[:16], crc(key))
+                            ):
+                                try:
+                                    queue = str(value[start : start + qn], "utf-8")
+                                except UnicodeDecodeError:
+                                    pass  # decode() below names the damage
+                                else:
+                                    seq = unpack(key)[0]
+                                    unit = enqueue(
+                                        seq, epoch, origin, queue, msgid, value[start + qn :],
+                                        prio, expiry, count,
+                                    )  # fmt: skip
+                                    if unit and garbage is not None:
+                                        garbage(unit, seq)
+                                    if n == CHUNK:
+                                        break
+                                    continue
+                        seq = unpack(key)[0]
+                        unit = apply(decode(seq, bytes(value)))
+                        if unit and garbage is not None:
+                            garbage(unit, seq)
+                        if n == CHUNK:
+                            break
+                    nxt = KEY.pack(unpack(key)[0] + 1)
+                if progress and n:
+                    progress(n)
+                if n < CHUNK:
+                    break
         finally:
             if paused:
                 gc.enable()
