@@ -35,6 +35,7 @@ _KEY_HEAD = struct.Struct(">QBBHIQ").pack
 _HEAD = HEADER.pack
 
 Result = Any  # a list of seqs, a control job's return value, or an exception
+_Written = tuple[Prepared, int, int]  # a committed record, its epoch and origin seq
 Txn = lmdb.Transaction
 
 
@@ -251,12 +252,12 @@ class GroupCommitWriter:
                 return
         try:
             try:
-                positions = self._commit(batch, compact=self.auto_compact)
+                written = self._commit(batch, compact=self.auto_compact)
             except JournalFull:
                 # Deleting garbage first frees pages that the next transaction may reuse.
                 while self._compact_step():
                     pass
-                positions = self._commit(batch, compact=False)
+                written = self._commit(batch, compact=False)
         except JournalFull as exc:
             self._write_when_full(batch, exc)
             return
@@ -266,17 +267,18 @@ class GroupCommitWriter:
             self._resolve([(job.waiter, err) for job in batch])
             return
         self.full = False
-        first = self.next_seq - len(positions) // 2
-        self._after_commit(batch, first, positions)
+        first = self.next_seq - len(written)
+        self._after_commit(first, written)
         self._outcomes = _seqs_per_job(batch, first)  # delivered by the next commit or _run
 
-    def _commit(self, batch: list[_Append], compact: bool = False) -> list[int]:
-        """Write and fsync one transaction (MapFull/ENOSPC -> JournalFull); return the epoch and
-        origin seq given to each record, in turn: [epoch, origin, epoch, origin, ...].
+    def _commit(self, batch: list[_Append], compact: bool = False) -> list[_Written]:
+        """Write and fsync one transaction (MapFull/ENOSPC -> JournalFull); return each record
+        with the epoch and origin seq it was given, in order.
 
-        The records take consecutive seqs up to the new `next_seq - 1`. Nothing per record is
-        built here but its key and value: plain ints and bytes, which the cyclic garbage
-        collector does not count (the GIL is shared with the event loop that wakes the waiters).
+        The records take consecutive seqs up to the new `next_seq - 1`. Per record, nothing is
+        built here but its key, its value and a short-lived tuple: no Entry, whose numbers
+        the cyclic garbage collector would have counted (the GIL is shared with the event loop
+        that wakes the waiters, so the writer's collections slow both).
 
         With `compact`, a bounded batch of garbage is deleted in the same transaction, so that
         compaction keeps up under steady load without fsyncs of its own.
@@ -284,12 +286,12 @@ class GroupCommitWriter:
         seq = self.next_seq
         epoch = self.tracker.epoch
         origin = self.tracker.max_origin
-        positions: list[int] = []
+        written: list[_Written] = []
         garbage = self.compaction.take(self.compaction_batch) if compact else []
         try:
             txn = self.env.begin(write=True, db=self.db)
             try:
-                put, keep = txn.put, positions.extend
+                put, keep = txn.put, written.append
                 for job in batch:
                     for p in job.records:
                         if p.origin is None:
@@ -311,7 +313,7 @@ class GroupCommitWriter:
                             _HEAD(FORMAT_VERSION, p.type, p.flags, e, o, crc) + payload,
                             append=True,
                         )
-                        keep((e, o))
+                        keep((p, e, o))
                         seq += 1
                 delete = txn.delete
                 for s in garbage:
@@ -332,7 +334,7 @@ class GroupCommitWriter:
         self.compaction.done(len(garbage))
         self.next_seq = seq
         self.commits += 1
-        return positions
+        return written
 
     def _write_when_full(self, batch: list[_Append], exc: JournalFull) -> None:
         """Refuse new work but let dequeues through, using the reserve if need be."""
@@ -359,14 +361,14 @@ class GroupCommitWriter:
         try:
             with self.env.begin(write=True, db=self.meta) as txn:
                 txn.delete(b"reserve")
-            positions = self._commit(dequeues)
+            written = self._commit(dequeues)
         except (JournalFull, lmdb.Error) as again:
             err = JournalFull(str(again))
             self._resolve([(job.waiter, err) for job in dequeues if job.waiter])
             self._resolve([(job.waiter, err) for job, _ in mixed])  # type: ignore[misc]
             return
-        first = self.next_seq - len(positions) // 2
-        self._after_commit(dequeues, first, positions)
+        first = self.next_seq - len(written)
+        self._after_commit(first, written)
         results = _seqs_per_job(dequeues, first)
         self._resolve([r for r in results if r[0] is not None])
         seq_of = {id(part): seqs for part, (_, seqs) in zip(dequeues, results, strict=True)}
@@ -375,26 +377,21 @@ class GroupCommitWriter:
             out = [next(got) if p.type == _DEQUEUE else exc for p in job.records]
             self._resolve([(job.waiter, out)])  # type: ignore[list-item]
 
-    def _after_commit(self, batch: list[_Append], first: int, positions: list[int]) -> None:
+    def _after_commit(self, first: int, written: list[_Written]) -> None:
         """The tracker learns the committed records (seqs from `first`), compaction their units."""
         apply, enqueue, add = self.tracker.apply, self.tracker.enqueue, self.compaction.add
         seq = first
-        pos = iter(positions)
-        for job in batch:
-            for p in job.records:
-                r = p.record
-                e = next(pos)
-                o = next(pos)
-                if r.__class__ is Enqueue:  # the hot path, without the dispatch on record type
-                    unit = enqueue(
-                        seq, e, o, r.queue, r.msgid, r.body, r.priority, r.expiry,
-                        r.delivery_count,
-                    )  # fmt: skip
-                else:
-                    unit = apply(Entry(seq, e, o, p.flags, r))
-                if unit:
-                    add(unit, seq)
-                seq += 1
+        for p, e, o in written:
+            r = p.record
+            if r.__class__ is Enqueue:  # the hot path, without the dispatch on record type
+                unit = enqueue(
+                    seq, e, o, r.queue, r.msgid, r.body, r.priority, r.expiry, r.delivery_count
+                )
+            else:
+                unit = apply(Entry(seq, e, o, p.flags, r))
+            if unit:
+                add(unit, seq)
+            seq += 1
         if seq > first:  # compaction keeps the newest record (see compaction.py)
             self.compaction.newest = seq - 1
 
