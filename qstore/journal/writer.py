@@ -204,6 +204,7 @@ class GroupCommitWriter:
                     self._cond.wait()
                 self._idle = False
                 if not self._jobs and self._closing:
+                    self._deliver()  # nothing is left behind (already done after each write)
                     return
                 batch = self._take()
             try:
