@@ -3,6 +3,10 @@
 Prints one JSON line per case. Appenders are asyncio tasks (the broker's shape); each appends 1 KiB
 Enqueue records one at a time and waits until its record is durable (sync on, always).
 
+Wall-clock figures follow the disk's fsync rate and whatever else the machine runs; the CPU time
+per record of the event loop's thread and of the journal's writer thread (Linux) does not, so it
+is printed too, to compare changes on a noisy machine.
+
     .venv/bin/python bench/journal_bench.py [--seconds 3] [--replay 1000000] [--dir /tmp]
 """
 
@@ -48,6 +52,16 @@ def machine() -> dict[str, object]:
     }
 
 
+def thread_cpu(native_id: int) -> float | None:
+    """CPU seconds (user + system) of one thread of this process; None where /proc has none."""
+    try:
+        stat = Path(f"/proc/self/task/{native_id}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))] if values else 0.0
@@ -64,11 +78,17 @@ async def run_appenders(journal: Journal, n: int, seconds: float) -> dict[str, f
             await journal.append_async(Enqueue("bench", next(counter), BODY))
             latencies.append(time.perf_counter() - t)
 
+    writer = journal.writer._thread.native_id or 0
     commits0 = journal.commits
+    loop_cpu0, writer_cpu0 = time.thread_time(), thread_cpu(writer)
     t0 = time.perf_counter()
     await asyncio.gather(*(appender() for _ in range(n)))
     elapsed = time.perf_counter() - t0
+    loop_cpu, writer_cpu = time.thread_time() - loop_cpu0, thread_cpu(writer)
     done = len(latencies)
+    cpu = {"loop": round(loop_cpu / done * 1e6, 2)}
+    if writer_cpu is not None and writer_cpu0 is not None:
+        cpu["writer"] = round((writer_cpu - writer_cpu0) / done * 1e6, 2)
     return {
         "records_per_s": round(done / elapsed),
         "mb_per_s": round(done * len(BODY) / elapsed / 1e6, 1),
@@ -76,6 +96,7 @@ async def run_appenders(journal: Journal, n: int, seconds: float) -> dict[str, f
         "p99_ms": round(pct(latencies, 0.99) * 1e3, 3),
         "commits_per_s": round((journal.commits - commits0) / elapsed),
         "records": done,
+        "cpu_us_per_record": cpu,
     }
 
 
@@ -108,18 +129,20 @@ def replay_case(path: Path, n: int) -> dict[str, float]:
         fill = time.perf_counter() - t0
     # The broker's start: opening the journal replays it once without bodies (bodies are read
     # from the journal when a message is delivered), then hands that state over.
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with Journal(path) as j:
-        opened = time.perf_counter() - t0
+        opened, open_cpu = time.perf_counter() - t0, time.process_time() - c0
         assert j.state.queues["bench"].depth == n
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         state = j.replay()  # everything in memory, bodies included: what forensics tools do
-        replay = time.perf_counter() - t1
+        replay, replay_cpu = time.perf_counter() - t1, time.process_time() - c1
     assert state.queues["bench"].depth == n
     return {
         "live_records": n,
         "open_replay_s": round(opened, 2),
         "replay_with_bodies_s": round(replay, 2),
+        "open_replay_cpu_s": round(open_cpu, 2),
+        "replay_with_bodies_cpu_s": round(replay_cpu, 2),
         "fill_s": round(fill, 2),
     }
 
