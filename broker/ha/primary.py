@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -41,8 +42,13 @@ BATCH_BYTES = 256 << 10
 # no latency under load and saves the per-batch work of all three brokers (ha_bench: cluster CPU
 # 240-280 -> 190-230 ms per 1000 messages, 10-12.7k -> 13.2-14k msg/s; 1 was slower, 3 alike).
 MAX_IN_FLIGHT = 2
+FRESH_ITEMS = 20_000  # items published but not yet sent to every backup that keep their payload
 Key = tuple[str, int]
 _ENQUEUE, _DEQUEUE = stream.RT_ENQUEUE, stream.RT_DEQUEUE
+
+
+def _seq(it: Item) -> int:
+    return it.seq
 
 
 def _size(it: Item) -> int:
@@ -202,7 +208,7 @@ class Primary:
         self.hold = self.guard.hold  # the event log's call, without a frame of ours
         self.streams: dict[str, BackupStream] = {}
         self._flush_scheduled = False
-        self._fresh: list[Item] = []  # published since the last flush, still with payloads
+        self._fresh: list[Item] = []  # published, with payloads, in seq order (_drop_payloads)
         self._encoded: tuple[list[Item], bytes] | None = None  # this flush's last batch
 
     # -- the event log's calls ----------------------------------------------------------------
@@ -313,11 +319,25 @@ class Primary:
                 s.flush()
         finally:
             self._encoded = None
-            # Sent to every stream with credit: the recent log keeps the records without a
-            # second copy of each body (what is still pending, or a tail, packs again).
-            for it in self._fresh:
-                it.payload = None
-            self._fresh.clear()
+            self._drop_payloads()
+
+    def _drop_payloads(self) -> None:
+        """Items every stream has sent lose their payload: the recent log keeps the records
+        without a second copy of each body (a tail from it packs again). Those still pending
+        somewhere keep it, up to FRESH_ITEMS (a backup far behind packs the older ones again)."""
+        fresh = self._fresh
+        keep_from = None  # seq of the oldest item a stream has yet to send
+        for s in self.streams.values():
+            for it in s.pending:
+                if it is not None:
+                    if keep_from is None or it.seq < keep_from:
+                        keep_from = it.seq
+                    break
+        end = len(fresh) if keep_from is None else bisect_left(fresh, keep_from, key=_seq)
+        end = max(end, len(fresh) - FRESH_ITEMS)
+        for i in range(end):
+            fresh[i].payload = None
+        del fresh[:end]
 
     def encode(self, batch: list[Item]) -> bytes:
         """A batch's bytes; the streams of one flush mostly send the same items: encode once."""
