@@ -191,6 +191,8 @@ class JournalState:
             if e.origin > self.max_origin:
                 self.max_origin = e.origin
         match r:
+            case Enqueue():  # a subclass (the exact class took the fast path above)
+                return self._enqueue(e, r)
             case Dequeue():
                 return self.dequeue(e.seq, r.queue, r.msgid)
             case Delivery():

@@ -4,6 +4,9 @@ Any number of appenders (threads, or tasks on an event loop) hand over prepared 
 takes everything queued (up to a bound), writes it in one transaction with MDB_APPEND, commits with
 sync on (one fsync for the lot), then wakes the waiters: a thread through its Event, an event loop
 through one `call_soon_threadsafe` per loop per batch, so waking costs do not grow per record.
+When more work is queued, the waiters are woken only once the next batch is written, just before
+its commit: the event loop then runs their wakeups while that commit syncs (see `_deliver`).
+A record is never reported before the commit that holds it has returned.
 Control work (truncate, reset, compaction steps) runs on the same thread, in order with appends.
 """
 
