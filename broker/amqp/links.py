@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from cproton_ffi import ffi, lib
 from proton import Condition, Delivery, Link
 
-from broker.model import Consumer, Exchange, ModelError, Queue, QueuedMessage
+from broker.model import Consumer, DequeueReason, Exchange, ModelError, Queue, QueuedMessage
 
 from . import codec
 
@@ -133,7 +133,7 @@ class IncomingLink:
         if pending is None:
             self._settle(dlv, None)
         else:
-            pending.when_done(lambda err: self._settle(dlv, err))
+            pending.when_done(lambda err: self._settle(dlv, err, result))
 
     def _reject(self, dlv: Any, condition: str, description: str) -> None:
         """Rare: through a wrapper, which knows how to carry the condition."""
@@ -141,7 +141,14 @@ class IncomingLink:
             reject(Delivery.wrap(dlv), condition, description)
             _decref(dlv)
 
-    def _settle(self, dlv: Any, error: BaseException | None) -> None:
+    def _settle(self, dlv: Any, error: BaseException | None, result: Any = None) -> None:
+        if error is not None and result is not None and result.id is not None:
+            # Not stored (journal full): the sender is told `rejected`, so the message must not
+            # stay queued either (unless a consumer already holds it: then at least once).
+            model = self.conn.core.model
+            for q in result.queues:
+                if q in model.queues:
+                    model.remove_message(q, result.id, DequeueReason.REJECTED)
         if self.conn.gone:
             if self._release(dlv):
                 _decref(dlv)
