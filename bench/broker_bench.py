@@ -36,9 +36,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 20.0
 CASE_TIMEOUT = 600.0
@@ -257,9 +259,9 @@ def worker_recv(url: str, queue: str, count: int, credit: int) -> dict[str, Any]
 # -- one case --------------------------------------------------------------------------------
 
 
-def _spawn(args: list[str]) -> subprocess.Popen[str]:
+def _spawn(args: list[str], script: str = __file__) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, __file__, "--worker", *args],
+        [sys.executable, script, "--worker", *args],
         cwd=ROOT,
         text=True,
         stdin=subprocess.PIPE,
@@ -267,20 +269,21 @@ def _spawn(args: list[str]) -> subprocess.Popen[str]:
     )
 
 
-def _run_workers(
-    broker: Broker, arg_lists: list[list[str]]
-) -> tuple[list[dict[str, Any]], tuple[float, float]]:
-    """Start the workers, wait until each is connected, release them together, collect their
-    results; returns them with the broker CPU (ms: all, main thread) spent meanwhile."""
-    procs = [_spawn(a) for a in arg_lists]
+def run_workers(
+    arg_lists: list[list[str]], cpu_ms: Callable[[], T], script: str = __file__
+) -> tuple[list[dict[str, Any]], T, T]:
+    """Start the workers (this file, or `script`, in worker mode), wait until each is connected
+    (it prints `ready`), release them together, collect their results; returns them with the
+    `cpu_ms()` readings taken at the release and after the last result. Shared by ha_bench."""
+    procs = [_spawn(a, script) for a in arg_lists]
     try:
         deadline = time.monotonic() + START_TIMEOUT
         for p in procs:
             assert p.stdout is not None
             ready, _, _ = select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))
             if not ready or p.stdout.readline().strip() != "ready":
-                raise SystemExit("broker_bench: a worker did not connect")
-        cpu0 = broker.cpu_ms()
+                raise RuntimeError("a worker did not connect")
+        cpu0 = cpu_ms()
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("go\n")
@@ -289,15 +292,25 @@ def _run_workers(
         for p in procs:
             out, _ = p.communicate(timeout=CASE_TIMEOUT)
             if p.returncode != 0:
-                raise SystemExit(f"broker_bench: a worker failed ({p.returncode})")
+                raise RuntimeError(f"a worker failed (exit {p.returncode})")
             results.append(json.loads(out.strip().splitlines()[-1]))
-        cpu1 = broker.cpu_ms()
-        return results, (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
+        return results, cpu0, cpu_ms()
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def _run_workers(
+    broker: Broker, arg_lists: list[list[str]]
+) -> tuple[list[dict[str, Any]], tuple[float, float]]:
+    """The workers' results and the broker's CPU (ms: all, main thread) spent meanwhile."""
+    try:
+        results, cpu0, cpu1 = run_workers(arg_lists, broker.cpu_ms)
+    except RuntimeError as exc:
+        raise SystemExit(f"broker_bench: {exc}") from None
+    return results, (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
 
 
 def run_case(broker: Broker, n: int, senders: int, window: int, size: int) -> dict[str, Any]:

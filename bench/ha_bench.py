@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -287,48 +286,18 @@ def start_cluster(
 # -- the run -------------------------------------------------------------------------------------
 
 
-def _spawn(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--worker", *args],
-        cwd=ROOT,
-        text=True,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-
-
 def _run_workers(
     setup: Setup, arg_lists: list[list[str]]
 ) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
-    """Start the workers, wait until each is connected (it prints `ready`), release them
-    together, collect their results; also returns each member's CPU (ms: all threads, main
-    thread) spent between the release and the last result."""
-    procs = [_spawn(a) for a in arg_lists]
+    """The workers' results (broker_bench's workers, released together) and each member's CPU
+    (ms: all threads, main thread) spent between the release and the last result."""
+    from broker_bench import run_workers
+
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        for p in procs:
-            assert p.stdout is not None
-            ready, _, _ = select.select([p.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready or p.stdout.readline().strip() != "ready":
-                raise BenchError(f"a worker did not connect to {setup.label}")
-        cpu0 = setup.cpu_ms()
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        results = []
-        for p in procs:
-            out, _ = p.communicate(timeout=CASE_TIMEOUT)
-            if p.returncode != 0:
-                raise BenchError(f"a worker failed on {setup.label} (exit {p.returncode})")
-            results.append(json.loads(out.strip().splitlines()[-1]))
-        cpu1 = setup.cpu_ms()
-        return results, [(b[0] - a[0], b[1] - a[1]) for a, b in zip(cpu0, cpu1, strict=True)]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        results, cpu0, cpu1 = run_workers(arg_lists, setup.cpu_ms, str(Path(__file__).resolve()))
+    except RuntimeError as exc:
+        raise BenchError(f"{exc} ({setup.label})") from None
+    return results, [(b[0] - a[0], b[1] - a[1]) for a, b in zip(cpu0, cpu1, strict=True)]
 
 
 def run_setup(setup: Setup, n: int, size: int) -> dict[str, Any]:
