@@ -61,6 +61,9 @@ log = logging.getLogger("qstore.events")
 _ALL = levels.ALL
 _ENQUEUE, _DEQUEUE = RecordType.ENQUEUE, RecordType.DEQUEUE
 _CONSUMED = DequeueReason.CONSUMED
+# Records nobody waits for: lost in a crash, a message is delivered again (counted as a
+# duplicate), so their fsync may wait for company (qstore/journal/writer.py, lazy appends).
+_LAZY = frozenset({RecordType.DEQUEUE, RecordType.DELIVERY})
 
 AUTO_DELETE_KEY = "qstore.auto-delete"  # journaled with a queue's arguments, stripped on restore
 Done = Callable[[BaseException | None], None]
@@ -204,7 +207,10 @@ class EventLog:
         if payload is None and (durable or sink is not None):
             payload = record.pack()
         if durable:
-            target = pending.add() if pending is not None else _log_failure
+            if pending is not None:
+                target, lazy = pending.add(), False
+            else:  # nobody waits: a dequeue or delivery count may share a later commit
+                target, lazy = _log_failure, record.TYPE in _LAZY
             self.journal.submit_one(
                 record,
                 target,
@@ -212,6 +218,7 @@ class EventLog:
                 origin=seq,
                 replica=replica is not None,
                 payload=payload,
+                lazy=lazy,
             )
         if sink is not None:
             sink.publish(Item(record.TYPE, epoch, seq, flags, record, None, payload), key)

@@ -219,10 +219,13 @@ class Journal(JournalReader):
         origin: int | None = None,
         replica: bool = False,
         payload: bytes | None = None,
+        lazy: bool = False,
     ) -> None:
         """Queue one record from the running event loop; `target` is a Future of that loop
         (it gets the seq) or a callable given the seq or the error, called on the loop.
         `payload`: the record already packed (`record.pack()`), if the caller has it.
+        `lazy`: nobody waits for it soon, so its commit may wait up to the writer's
+        `lazy_delay` to be shared with later records (writer.py).
 
         Appends made in the same loop turn travel to the writer as one job (see loopbatch.py).
         """
@@ -234,7 +237,7 @@ class Journal(JournalReader):
                 batcher = self._batchers[loop] = LoopBatcher(self.writer, loop)
             self._batcher = batcher  # holds no more than the batcher already does (its loop)
         batcher.add(
-            prepare(record, epoch, origin, replica, self.compress_threshold, payload), target
+            prepare(record, epoch, origin, replica, self.compress_threshold, payload), target, lazy
         )
 
     async def append_async(

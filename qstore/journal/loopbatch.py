@@ -51,11 +51,15 @@ class LoopBatcher:
         self.loop = loop
         self._records: list[Prepared] = []
         self._targets: list[Any] = []
+        self._lazy = True  # every record gathered so far was added lazy
 
-    def add(self, record: Prepared, target: Any) -> None:
-        """`target`: an asyncio Future of the loop (gets the seq) or a callable(seq or error)."""
+    def add(self, record: Prepared, target: Any, lazy: bool = False) -> None:
+        """`target`: an asyncio Future of the loop (gets the seq) or a callable(seq or error).
+        `lazy`: nobody waits for it soon (see writer.py); a job is lazy if all its records are."""
         if not self._records:
             self.loop.call_soon(self.flush)
+        if not lazy:
+            self._lazy = False
         self._records.append(record)
         self._targets.append(target)
         if len(self._records) >= self.chunk:  # let the writer start while this turn goes on
@@ -65,7 +69,7 @@ class LoopBatcher:
     def flush(self) -> None:
         if not self._records:
             return
-        records, targets = self._records, self._targets
-        self._records, self._targets = [], []
-        job = _Append(records, LoopWaiter(self.loop, _Fanout(targets)), atomic=False)
+        records, targets, lazy = self._records, self._targets, self._lazy
+        self._records, self._targets, self._lazy = [], [], True
+        job = _Append(records, LoopWaiter(self.loop, _Fanout(targets)), atomic=False, lazy=lazy)
         self.writer.submit(job)

@@ -8,6 +8,12 @@ When more work is queued, the waiters are woken only once the next batch is writ
 its commit: the event loop then runs their wakeups while that commit syncs (see `_deliver`).
 A record is never reported before the commit that holds it has returned.
 Control work (truncate, reset, compaction steps) runs on the same thread, in order with appends.
+
+Work nobody waits on (`lazy` appends: the broker's dequeues) may be held for up to `lazy_delay`
+so that it shares a commit with what follows: a consumer acknowledging one message at a time
+would otherwise cost an fsync per few records. Any other job ends the wait at once. Likewise,
+garbage is deleted in a transaction of its own only after `idle_compact_delay` without appends
+(under load it rides in the appends' commits).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import contextlib
 import logging
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,6 +125,7 @@ class _Append:
     # False for a batch of independent appends gathered on an event loop: when the journal is
     # full its dequeues may commit without the rest, each record getting its own outcome.
     atomic: bool = True
+    lazy: bool = False  # nobody waits on it: it may wait up to `lazy_delay` for company
 
 
 @dataclass(slots=True)
@@ -143,6 +151,9 @@ class GroupCommitWriter:
         compaction_batch: int = 1024,
         auto_compact: bool = True,
         reserve: int = 64 << 10,
+        lazy_delay: float = 0.010,
+        lazy_limit: int = 1024,
+        idle_compact_delay: float = 0.050,
         name: str = "journal",
     ) -> None:
         self.env = env
@@ -156,8 +167,16 @@ class GroupCommitWriter:
         self.compaction_batch = compaction_batch
         self.auto_compact = auto_compact
         self.reserve = reserve
+        self.lazy_delay = lazy_delay
+        self.lazy_limit = lazy_limit
+        self.idle_compact_delay = idle_compact_delay
         self.full = False
         self.commits = 0
+        # Lazy holding: the leading jobs already seen to be lazy, their records, since when.
+        self._lazy_jobs = 0
+        self._lazy_records = 0
+        self._lazy_since = 0.0
+        self._last_write = 0.0
         self._jobs: deque[_Append | _Control] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -203,8 +222,8 @@ class GroupCommitWriter:
         while True:
             with self._cond:
                 self._idle = True
-                while not self._jobs and not self._closing and not self._compaction_due():
-                    self._cond.wait()
+                while (wait := self._wait()) != 0.0:
+                    self._cond.wait(wait)
                 self._idle = False
                 if not self._jobs and self._closing:
                     self._deliver()  # nothing is left behind (already done after each write)
@@ -219,16 +238,50 @@ class GroupCommitWriter:
                     self._control(batch)
                 else:
                     self._write(batch)
+                    self._last_write = time.monotonic()
             except Exception:  # keep the writer alive: waiters got their error already
                 log.exception("journal writer: unexpected error")
-            if not self._jobs:  # no next commit to overlap with: wake the waiters now
-                self._deliver()
+            if not self._jobs or self._lazy_hold() > 0.0:
+                self._deliver()  # no next commit to overlap with: wake the waiters now
+
+    def _wait(self) -> float | None:
+        """How long to sleep before the next step: 0.0 for now, None until woken."""
+        if self._closing:
+            return 0.0
+        if self._jobs:
+            return self._lazy_hold()
+        if self._compaction_due():
+            if self.full:  # room is what new work waits for: no delay
+                return 0.0
+            return max(0.0, self._last_write + self.idle_compact_delay - time.monotonic())
+        return None
+
+    def _lazy_hold(self) -> float:
+        """How much longer the queued jobs may wait: 0.0 unless every one is lazy, they hold
+        fewer than `lazy_limit` records and the first came less than `lazy_delay` ago.
+        Only the writer pops jobs, so the leading ones seen before need no second look."""
+        jobs = self._jobs
+        n = len(jobs)
+        if n == 0 or not self.lazy_delay:
+            return 0.0
+        if self._lazy_jobs == 0:
+            self._lazy_since = time.monotonic()
+        for i in range(self._lazy_jobs, n):
+            job = jobs[i]
+            if job.__class__ is not _Append or not job.lazy:  # type: ignore[union-attr]
+                return 0.0
+            self._lazy_records += len(job.records)  # type: ignore[union-attr]
+            self._lazy_jobs = i + 1
+        if self._lazy_records >= self.lazy_limit:
+            return 0.0
+        return max(0.0, self._lazy_since + self.lazy_delay - time.monotonic())
 
     def _compaction_due(self) -> bool:
         return self.auto_compact and self.compaction.ready()
 
     def _take(self) -> list[_Append] | _Control | None:
         jobs = self._jobs
+        self._lazy_jobs = self._lazy_records = 0
         if not jobs:
             return None
         if isinstance(jobs[0], _Control):
