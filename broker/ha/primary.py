@@ -43,8 +43,15 @@ BATCH_BYTES = 256 << 10
 # 240-280 -> 190-230 ms per 1000 messages, 10-12.7k -> 13.2-14k msg/s; 1 was slower, 3 alike).
 MAX_IN_FLIGHT = 2
 FRESH_ITEMS = 20_000  # items published but not yet sent to every backup that keep their payload
+# Dequeues and delivery counts hold nobody up (no sender waits for them), so alone they wait up to
+# LAZY_DELAY, or LAZY_ITEMS of them, to travel together: a consumer settling one message at a
+# time otherwise costs every broker a batch per few messages. Any other event sends them at once.
+# Lost with the primary, a consumed message is delivered again by the next one (a duplicate).
+LAZY_DELAY = 0.010
+LAZY_ITEMS = 512
 Key = tuple[str, int]
 _ENQUEUE, _DEQUEUE = stream.RT_ENQUEUE, stream.RT_DEQUEUE
+_LAZY_KINDS = frozenset({stream.RT_DEQUEUE, stream.RT_DELIVERY})
 
 
 def _seq(it: Item) -> int:
@@ -208,6 +215,8 @@ class Primary:
         self.hold = self.guard.hold  # the event log's call, without a frame of ours
         self.streams: dict[str, BackupStream] = {}
         self._flush_scheduled = False
+        self._lazy_items = 0  # lazy items published since the last flush
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._fresh: list[Item] = []  # published, with payloads, in seq order (_drop_payloads)
         self._encoded: tuple[list[Item], bytes] | None = None  # this flush's last batch
 
@@ -223,8 +232,20 @@ class Primary:
             size = _size(item)
             for s in self.streams.values():
                 s.add(item, key, size)
-        if not self._flush_scheduled:
-            self._schedule()
+        if self._flush_scheduled:
+            return
+        if item.kind in _LAZY_KINDS:
+            self._lazy_items += 1
+            if self._lazy_items < LAZY_ITEMS:
+                if self._lazy_timer is None:
+                    loop = asyncio.get_running_loop()
+                    self._lazy_timer = loop.call_later(LAZY_DELAY, self._lazy_due)
+                return
+        self._schedule()
+
+    def _lazy_due(self) -> None:
+        self._lazy_timer = None
+        self._schedule()
 
     def consumed(self, key: Key) -> None:
         for release in self.guard.consumed(key):
@@ -314,6 +335,10 @@ class Primary:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._lazy_items = 0
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         try:
             for s in list(self.streams.values()):
                 s.flush()
