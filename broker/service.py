@@ -8,6 +8,7 @@ data directory.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -105,6 +106,10 @@ class BrokerService:
                 tmp.write_text(f"{self.port}\n")
                 tmp.replace(self.cfg.port_file)
             log.info("ready on %s:%d", self.cfg.interface, self.port)
+            # What start-up built (code, the restored backlog) lives as long as the broker: out
+            # of the collector's full passes, which would otherwise walk every restored message.
+            gc.collect()
+            gc.freeze()
             self._tg = tg
             if self.ha is not None:
                 tg.start_soon(self.ha.run, tg)
