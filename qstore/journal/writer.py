@@ -44,6 +44,7 @@ _DEQUEUE = int(RecordType.DEQUEUE)
 _KEY_HEAD = struct.Struct(">QBBHIQ").pack
 _HEAD = HEADER.pack
 
+_BUSY, _SLEEPING, _HOLDING = 0, 1, 2  # the writer: working, waiting, holding lazy jobs
 Result = Any  # a list of seqs, a control job's return value, or an exception
 _Written = tuple[Prepared, int, int]  # a committed record, its epoch and origin seq
 Txn = lmdb.Transaction
@@ -176,6 +177,7 @@ class GroupCommitWriter:
         self._lazy_jobs = 0
         self._lazy_records = 0
         self._lazy_since = 0.0
+        self._held = 0  # records of lazy jobs submitted during the current hold
         self._last_write = 0.0
         self._jobs: deque[_Append | _Control] = deque()
         # Released when the writer has a reason to look again (a binary semaphore: waking it
@@ -183,7 +185,7 @@ class GroupCommitWriter:
         self._wakeup = threading.Lock()
         self._wakeup.acquire()
         self._closing = False
-        self._idle = False
+        self._idle = _BUSY
         # Outcomes of the last commit not yet handed to their waiters (see _deliver).
         self._outcomes: list[tuple[Waiter, Result]] = []
         self._thread = threading.Thread(target=self._run, name=f"{name}-writer", daemon=True)
@@ -201,7 +203,15 @@ class GroupCommitWriter:
             job.waiter.resolve(JournalClosed("the journal is closed"))
             return
         self._jobs.append(job)
-        if self._idle:
+        idle = self._idle
+        if idle == _SLEEPING:
+            self.wake()
+        elif idle == _HOLDING:
+            # A lazy job joins the hold (the writer's timeout covers it) unless it fills it.
+            if getattr(job, "lazy", False):
+                self._held += len(job.records)  # type: ignore[union-attr]
+                if self._held < self.lazy_limit:
+                    return
             self.wake()
 
     def wake(self) -> None:
@@ -221,10 +231,14 @@ class GroupCommitWriter:
 
     def _run(self) -> None:
         while True:
-            self._idle = True  # set before the look at the queue: see submit
+            self._idle = _SLEEPING  # set before the look at the queue: see submit
             while (wait := self._wait()) != 0.0:
+                if wait is not None and self._jobs:
+                    self._held = self._lazy_records
+                    self._idle = _HOLDING  # only a job somebody waits for need wake us
                 self._wakeup.acquire(timeout=-1 if wait is None else wait)
-            self._idle = False
+                self._idle = _SLEEPING
+            self._idle = _BUSY
             if not self._jobs and self._closing:
                 self._deliver()  # nothing is left behind (already done after each write)
                 return
