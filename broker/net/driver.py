@@ -4,8 +4,9 @@ Three small tasks share the engine on the event loop thread (the engine is never
 an await, so no locking is needed):
 
 - the reader pushes socket bytes into the transport (never more than `capacity()`) and pumps;
-- the timer waits for `wake()`, for the engine's next heartbeat deadline (`transport.tick`), for
-  the open and close deadlines, and pumps;
+- the timer waits for the engine's next heartbeat deadline (`transport.tick`), for the open
+  and close deadlines, and pumps; `wake()` pumps from a loop callback instead (cheaper than a
+  task switch: every settlement the journal releases wakes its connection);
 - the writer sends what the pumps moved out of proton (`OutputBuffer`). Only this task waits on
   a slow peer, so a slow reader stalls nobody else, and while it waits the reader still takes
   the peer's input (its acknowledgements are what lets it drain).
@@ -19,6 +20,7 @@ frame instead of a reset. Every connection that starts closing is gone within `c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -95,6 +97,8 @@ class ConnectionDriver:
         self._reader_done = anyio.Event()
         self._scope: anyio.CancelScope | None = None
         self._wake_requested = False
+        self._loop = asyncio.get_running_loop()
+        self._ended = False  # run() has returned: no more pumps
         self._tick_deadline = 0.0  # 0: the engine wants no tick
         self._timer_until = math.inf  # the deadline the timer currently sleeps towards
         self._drop_deadline: float | None = None
@@ -114,10 +118,21 @@ class ConnectionDriver:
     def wake(self) -> None:
         """Ask for a pump soon: pending events, `process()`, then flush. Call it from the event
         loop thread (any task), e.g. when another connection's message is routed to this one."""
-        if self._wake_requested:  # the signal is set already (cleared only with the flag)
+        if self._wake_requested:  # a pump is due already (the flag is cleared by it)
             return
         self._wake_requested = True
-        self._signal.set()
+        self._loop.call_soon(self._woken)
+
+    def _woken(self) -> None:
+        if self._wake_requested and not self._ended:
+            self._wake_requested = False
+            try:
+                self._pump()
+            except Exception as exc:  # as in run(): our bug, kept in this connection
+                log.exception("conn=%s peer=%s: driver failed", self.conn_id, self.peer)
+                self._error = self._error or f"internal error: {exc!r}"
+                if self._scope is not None:
+                    self._scope.cancel()
 
     def abort(self, reason: str = "aborted") -> None:
         """Drop the socket now and write nothing more; no further event reaches the handler
@@ -181,6 +196,7 @@ class ConnectionDriver:
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(Exception):
                     await self._stream.aclose()
+            self._ended = True
             self._finish()
 
     async def _read_loop(self) -> None:
