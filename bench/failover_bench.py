@@ -26,15 +26,12 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +41,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from proton import Message  # noqa: E402
 
 from qstore.client import Connection, Empty  # noqa: E402
-from recovery.drill import consecutive_free_ports  # noqa: E402
-from tools._mgmt import query_status  # noqa: E402
+from recovery.localcluster import LocalCluster, consecutive_free_ports  # noqa: E402
 
 QUEUE = "failover-bench"
 ADDRESS = (
@@ -57,76 +53,6 @@ POLL = 0.001  # seconds between samples of the sender's counters
 
 def log(text: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} failover-bench: {text}", file=sys.stderr, flush=True)
-
-
-class Cluster:
-    """`qstore-cluster up` as a child process in its own process group (as recovery/drill.py's
-    LocalCluster, with the heartbeat as a parameter and parallel status polls); stop() leaves no
-    broker behind (they run in sessions of their own)."""
-
-    def __init__(self, root: Path, base_port: int, heartbeat: float) -> None:
-        self.root = root
-        self.addresses = [f"127.0.0.1:{base_port + i}" for i in range(3)]
-        self.log = open(root / "manager.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "tools.qstore_cluster", "up", "--nodes", "3",
-                "--base-port", str(base_port), "--data-dir", str(root),
-                "--heartbeat", str(heartbeat), "--poll", "0.1", "--backup-timeout", "5",
-            ],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
-            start_new_session=True,
-        )  # fmt: skip
-        self.pool = ThreadPoolExecutor(len(self.addresses))
-
-    def states(self) -> list[str | None]:
-        found = self.pool.map(lambda a: query_status(a, timeout=1.0), self.addresses)
-        return [None if st is None else str(st["state"]) for st in found]
-
-    def whole(self, timeout: float) -> list[str | None]:
-        """Wait for one active primary and ready backups; return the states."""
-        deadline = time.monotonic() + timeout
-        states: list[str | None] = []
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"qstore-cluster exited ({self.proc.returncode})")
-            states = self.states()
-            if states.count("active") == 1 and states.count("ready") == len(states) - 1:
-                return states
-            time.sleep(0.05)
-        raise TimeoutError(f"cluster not whole after {timeout:g}s: states {states}")
-
-    def pids(self) -> list[int | None]:
-        for _ in range(50):
-            with contextlib.suppress(OSError, ValueError):
-                info = json.loads((self.root / "cluster.json").read_text())
-                return [b.get("pid") for b in info["brokers"]]
-            time.sleep(0.02)  # caught the manager rewriting it
-        raise RuntimeError("cannot read cluster.json")
-
-    def kill(self, index: int) -> None:
-        pid = self.pids()[index]
-        if pid is None:
-            raise RuntimeError(f"node{index} has no pid")
-        os.kill(pid, signal.SIGKILL)
-
-    def stop(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(5)
-            for pid in self.pids():
-                with contextlib.suppress(OSError):
-                    if pid and os.fsencode(self.root) in Path(f"/proc/{pid}/cmdline").read_bytes():
-                        os.kill(pid, signal.SIGKILL)
-        finally:
-            self.pool.shutdown(wait=False)
-            self.log.close()
 
 
 class SteadySender:
@@ -238,7 +164,7 @@ def machine() -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="qstore-failover-bench-"))
-    cluster = Cluster(root, consecutive_free_ports(3), args.heartbeat)
+    cluster = LocalCluster(root, consecutive_free_ports(3), heartbeat=args.heartbeat)
     load: SteadySender | None = None
     gaps: list[float] = []
     missed = 0

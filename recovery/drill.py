@@ -20,11 +20,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,7 +34,7 @@ from typing import Any
 from proton import Message
 
 from qstore.client import Connection, Empty
-from tools._mgmt import query_status
+from recovery.localcluster import LocalCluster, consecutive_free_ports
 
 QUEUE = "drill"
 ADDRESS = f"{QUEUE}; {{create: always, node: {{durable: True}}}}"
@@ -64,97 +61,6 @@ class Report:
 
 def log(text: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} drill: {text}", file=sys.stderr, flush=True)
-
-
-def consecutive_free_ports(n: int) -> int:
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65535:
-            continue
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as t:
-                try:
-                    t.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no run of free ports found")
-
-
-class LocalCluster:
-    """`qstore-cluster up` as a child process, and what the drill needs to see of it."""
-
-    def __init__(self, root: Path, base_port: int, nodes: int = 3) -> None:
-        self.root = root
-        self.addresses = [f"127.0.0.1:{base_port + i}" for i in range(nodes)]
-        self.log = open(root / "manager.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "tools.qstore_cluster", "up",
-                "--nodes", str(nodes), "--base-port", str(base_port),
-                "--data-dir", str(root), "--heartbeat", "0.5", "--poll", "0.1",
-                "--recovery-wait", "10", "--backup-timeout", "5",
-            ],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-
-    def states(self) -> list[str | None]:
-        out = []
-        for a in self.addresses:
-            st = query_status(a, timeout=1.0)
-            out.append(None if st is None else str(st["state"]))
-        return out
-
-    def wait(self, pred: Any, what: str, timeout: float) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the cluster manager exited ({self.proc.returncode})")
-            if pred(self.states()):
-                return time.monotonic()
-            time.sleep(0.1)
-        raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-
-    def whole(self, timeout: float) -> float:
-        return self.wait(
-            lambda s: s.count("active") == 1 and s.count("ready") == len(s) - 1,
-            "an active primary and ready backups",
-            timeout,
-        )
-
-    def pids(self) -> list[int]:
-        info = json.loads((self.root / "cluster.json").read_text())
-        return [int(b["pid"]) for b in info["brokers"] if b.get("pid")]
-
-    def kill(self, index: int) -> None:
-        pid = self.pids()[index]
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        # The brokers run in sessions of their own: a manager that could not stop them leaves
-        # them running. Kill what is still ours (its command line names our data directory).
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            for pid in self.pids():
-                with contextlib.suppress(OSError):
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                    if str(self.root).encode() in cmdline:
-                        os.kill(pid, signal.SIGKILL)
-        self.log.close()
 
 
 class Load:
@@ -289,7 +195,7 @@ def run(args: argparse.Namespace) -> Report:
     root.mkdir(parents=True, exist_ok=True)
     base = args.base_port or consecutive_free_ports(3)
     report = Report(args.drill)
-    cluster = LocalCluster(root, base)
+    cluster = LocalCluster(root, base, heartbeat=0.5, recovery_wait=10)
     load: Load | None = None
     try:
         cluster.whole(args.timeout)

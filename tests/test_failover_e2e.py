@@ -16,17 +16,10 @@ run in sessions of their own). Every wait is bounded.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,12 +28,10 @@ from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
 from qstore.client import Connection, Empty
-from recovery.drill import consecutive_free_ports
-from tools._mgmt import query_status
+from recovery.localcluster import LocalCluster, consecutive_free_ports
 
 T = 30.0  # bound on each wait for the cluster or a client across a fail-over
 RATE = 1000  # msg/s of each sender: load without starving the manager's status polls
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def address(queue: str) -> str:
@@ -57,92 +48,13 @@ def until(pred: Callable[[], object], what: str, timeout: float = T) -> None:
         time.sleep(0.02)
 
 
-class ManagedCluster:
-    """`qstore-cluster up` in `root` on three consecutive free ports, as a child process."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        base = consecutive_free_ports(3)
-        self.addresses = [f"127.0.0.1:{base + i}" for i in range(3)]
-        self.log = open(root / "manager.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "tools.qstore_cluster", "up", "--nodes", "3",
-                "--base-port", str(base), "--data-dir", str(root), "--poll", "0.1",
-                "--recovery-wait", "5", "--backup-timeout", "5",
-            ],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=ROOT, start_new_session=True,
-        )  # fmt: skip
-        self._pool = ThreadPoolExecutor(3)
-
-    def states(self) -> list[str | None]:
-        """Each broker's HA state (None: not answering), polled in parallel."""
-        found = self._pool.map(lambda a: query_status(a, timeout=1.0), self.addresses)
-        return [None if st is None else str(st["state"]) for st in found]
-
-    def wait_whole(self, timeout: float = T) -> list[str | None]:
-        """Wait for one active primary and two ready backups; return the states."""
-        deadline = time.monotonic() + timeout
-        states: list[str | None] = []
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"qstore-cluster exited ({self.proc.returncode})")
-            states = self.states()
-            if states.count("active") == 1 and states.count("ready") == 2:
-                return states
-            time.sleep(0.05)
-        raise AssertionError(f"cluster not whole after {timeout:g}s: states {states}")
-
-    def broker_pids(self) -> list[int | None]:
-        """The brokers' pids from DATA_DIR/cluster.json (re-read: the manager rewrites it)."""
-        for _ in range(50):
-            with contextlib.suppress(OSError, ValueError):
-                info = json.loads((self.root / "cluster.json").read_text())
-                return [b.get("pid") for b in info["brokers"]]
-            time.sleep(0.02)  # caught mid-write
-        raise AssertionError("cannot read cluster.json")
-
-    def kill(self, index: int) -> None:
-        pid = self.broker_pids()[index]
-        assert pid, f"node{index} has no pid"
-        os.kill(pid, signal.SIGKILL)
-
-    def _ours(self, pid: int) -> bool:
-        """A broker of this cluster (guards against a reused pid)."""
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-        return os.fsencode(self.root) in cmdline
-
-    def stop(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(5)
-            for pid in self.broker_pids():
-                if pid and self._ours(pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-        finally:
-            self._pool.shutdown(wait=False)
-            self.log.close()
-
-    def manager_log(self) -> str:
-        return (self.root / "manager.log").read_text(errors="replace")
-
-
 @pytest.fixture(scope="module")
-def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedCluster]:
-    c = ManagedCluster(tmp_path_factory.mktemp("cluster"))
+def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    c = LocalCluster(
+        tmp_path_factory.mktemp("cluster"), consecutive_free_ports(3), recovery_wait=5
+    )
     try:
-        c.wait_whole()
+        c.whole(T)
         yield c
     finally:
         c.stop()
@@ -152,7 +64,7 @@ def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedCluster
 
 
 def test_client_loses_nothing_acknowledged_across_three_primary_kills(
-    managed: ManagedCluster,
+    managed: LocalCluster,
 ) -> None:
     c = managed
     urls = c.addresses
@@ -199,14 +111,14 @@ def test_client_loses_nothing_acknowledged_across_three_primary_kills(
             t.start()
         killed = []
         for _ in range(3):
-            states = c.wait_whole()  # the next backup is ready again
+            states = c.whole(T)  # the next backup is ready again
             acked = snd.acknowledged
             until(lambda a=acked: snd.acknowledged >= a + 200 or failures, "acks on this primary")
             assert not failures, failures
             primary = states.index("active")
             c.kill(primary)
             killed.append(primary)
-        c.wait_whole()
+        c.whole(T)
         acked = snd.acknowledged
         until(lambda: snd.acknowledged >= acked + 200 or failures, "acks on the last primary")
         stop.set()
@@ -229,7 +141,7 @@ def test_client_loses_nothing_acknowledged_across_three_primary_kills(
         )
         assert set(received) == set(range(snd.sent)), "a gap, or a number never sent"
         assert producer.reconnects >= 3 and consumer.reconnects >= 3
-        states = c.wait_whole()
+        states = c.whole(T)
         assert sorted(s or "" for s in states) == ["active", "ready", "ready"]
     finally:
         stop.set()
@@ -315,9 +227,9 @@ def drain(urls: list[str], queue: str, idle: float = 2.0) -> list[int]:
     return got
 
 
-def test_stock_container_fails_over_and_resends_nothing(managed: ManagedCluster) -> None:
+def test_stock_container_fails_over_and_resends_nothing(managed: LocalCluster) -> None:
     c = managed
-    states = c.wait_whole()
+    states = c.whole(T)
     h = StockSender(c.addresses, "e2e-stock")
     container = Container(h)
     thread = threading.Thread(target=container.run, name="stock-container", daemon=True)
@@ -341,7 +253,7 @@ def test_stock_container_fails_over_and_resends_nothing(managed: ManagedCluster)
         thread.join(10)
     assert not thread.is_alive(), "the Container did not stop"
 
-    c.wait_whole()  # the restarted broker is ready: drain from a quiet primary
+    c.whole(T)  # the restarted broker is ready: drain from a quiet primary
     got = drain(c.addresses, "e2e-stock")
     counts = Counter(got)
     accepted = set(h.accepted)
