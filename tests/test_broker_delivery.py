@@ -216,9 +216,12 @@ CONSUMER = """
 import sys
 from proton.utils import BlockingConnection
 conn = BlockingConnection(sys.argv[1], timeout=10)
-r = conn.create_receiver(sys.argv[2], credit=int(sys.argv[3]))
-for _ in range(int(sys.argv[3])):
-    r.receive(timeout=10)
+n = int(sys.argv[3])
+# Exactly n credits: a prefetch window would be topped up as messages arrive, and receive()
+# grants one more whenever the link has none left, so how many arrive would depend on timing.
+r = conn.create_receiver(sys.argv[2], credit=0)
+r.link.flow(n)
+conn.wait(lambda: len(r.fetcher.incoming) >= n, timeout=10)
 print("holding", flush=True)
 sys.stdin.read()  # never settles; the test kills this process
 """

@@ -9,7 +9,10 @@ an await, so no locking is needed):
   task switch: every settlement the journal releases wakes its connection);
 - the writer sends what the pumps moved out of proton (`OutputBuffer`). Only this task waits on
   a slow peer, so a slow reader stalls nobody else, and while it waits the reader still takes
-  the peer's input (its acknowledgements are what lets it drain).
+  the peer's input (its acknowledgements are what lets it drain). While the socket keeps up, a
+  pump hands its output to the event loop's transport itself (it never blocks: the transport
+  sends or buffers), which spares a task switch per pump; the writer takes over as soon as
+  anything is left over or being sent.
 
 A pump ticks the engine, hands every collected event to the handler, runs the handler's
 `process()` hook once, takes proton's output and wakes the writer. When proton closes its head
@@ -25,6 +28,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 from anyio.abc import SocketStream
@@ -111,6 +115,8 @@ class ConnectionDriver:
         self._handler_failed = False
         self._backed_up = False  # output_backed_up said True and output has not drained since
         self._out = OutputBuffer(self.transport)
+        self._writing = False  # the writer task holds a chunk it has not handed over yet
+        self._sock_out = _transport_of(stream)  # the asyncio transport, for direct writes
         self.finished = anyio.Event()
 
     # --- what the handler (the layer above) may use -------------------------------------------
@@ -289,15 +295,36 @@ class ConnectionDriver:
                 self._output = anyio.Event()
                 continue
             data = self._out.take()
+            self._writing = True
             try:
                 await self._stream.send(data)
             except _SOCKET_ERRORS as exc:
                 self._error = self._error or f"write failed: {exc!r}"
                 return
+            finally:
+                self._writing = False
             self._out.sent(len(data))
             if self._backed_up and self.output_pending_bytes <= low_water:
                 self._backed_up = False
                 self.wake()  # drained: let the layer above feed again
+
+    def _write_now(self) -> bool:
+        """Hand the output to the transport from the pump, if the socket keeps up: nothing is
+        buffered in the transport and the writer task is not sending. True if all of it went."""
+        t = self._sock_out
+        if t is None or self._writing or t.is_closing() or t.get_write_buffer_size():
+            return False
+        out = self._out
+        while out:
+            data = out.take()
+            t.write(data)  # sends at once; what the socket does not take, the transport keeps
+            out.sent(len(data))
+            if t.get_write_buffer_size():
+                break  # the peer is slow: the writer task takes it from here
+        if self._backed_up and self.output_pending_bytes <= self._opts.output_high_water // 2:
+            self._backed_up = False
+            self.wake()
+        return not out
 
     async def _linger(self) -> None:
         """Half-close, then give the peer a moment to read our last frames and go."""
@@ -325,8 +352,12 @@ class ConnectionDriver:
         self._dispatch()
         if self._aborted is not None:
             return
-        self._out.pull()
-        if self._out or self._out.head_closed:
+        out = self._out
+        out.pull()
+        if out:
+            if out.head_closed or not self._write_now():
+                self._output.set()
+        elif out.head_closed:
             self._output.set()
         if self._open_deadline is not None and not self.connection.state & Endpoint.REMOTE_UNINIT:
             self._open_deadline = None
@@ -431,6 +462,13 @@ class ConnectionDriver:
             except Exception:
                 log.exception("conn=%s peer=%s: handler on_closed failed", self.conn_id, self.peer)
         self.finished.set()
+
+
+def _transport_of(stream: SocketStream) -> Any:
+    """The asyncio transport under anyio's socket stream (private there), or None."""
+    t = getattr(stream, "_transport", None)
+    needed = ("write", "get_write_buffer_size", "is_closing")
+    return t if all(callable(getattr(t, n, None)) for n in needed) else None
 
 
 def _condition_text(cond: Condition) -> str:
