@@ -12,7 +12,7 @@ an await, so no locking is needed):
   the peer's input (its acknowledgements are what lets it drain). While the socket keeps up, a
   pump hands its output to the event loop's transport itself (it never blocks: the transport
   sends or buffers), which spares a task switch per pump; the writer takes over as soon as
-  anything is left over or being sent.
+  anything is left over or being sent. The socket edge and its shortcuts: sockio.py.
 
 A pump ticks the engine, hands every collected event to the handler, runs the handler's
 `process()` hook once, takes proton's output and wakes the writer. When proton closes its head
@@ -28,7 +28,6 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 from anyio.abc import SocketStream
@@ -46,7 +45,8 @@ from proton import (
 
 from .handler import ConnectionHandler, HandlerFactory
 from .options import ConnectionOptions, peer_of
-from .output import OutputBuffer, unsent_bytes
+from .output import OutputBuffer
+from .sockio import SocketIO
 
 log = logging.getLogger("qstore.net")
 
@@ -80,7 +80,7 @@ class ConnectionDriver:
         self.conn_id = conn_id
         self.peer = peer_of(stream)
         self.handler: ConnectionHandler | None = None
-        self._stream = stream
+        self._io = SocketIO(stream)
         self._factory = handler_factory
         self._opts = options
         self._clock = options.clock
@@ -115,10 +115,6 @@ class ConnectionDriver:
         self._handler_failed = False
         self._backed_up = False  # output_backed_up said True and output has not drained since
         self._out = OutputBuffer(self.transport)
-        self._writing = False  # the writer task holds a chunk it has not handed over yet
-        self._sock_out = _transport_of(stream)  # the asyncio transport, for direct writes
-        self._proto = _protocol_of(stream) if self._sock_out is not None else None
-        self._reading = False  # reading resumed for good (see _receive)
         self.finished = anyio.Event()
 
     # --- what the handler (the layer above) may use -------------------------------------------
@@ -203,7 +199,7 @@ class ConnectionDriver:
         finally:
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(Exception):
-                    await self._stream.aclose()
+                    await self._io.aclose()
             self._ended = True
             self._finish()
 
@@ -221,7 +217,7 @@ class ConnectionDriver:
                     await anyio.sleep(0.01)
                     continue
                 try:
-                    data = await self._receive(min(cap, self._opts.read_size))
+                    data = await self._io.receive(min(cap, self._opts.read_size))
                 except anyio.EndOfStream:
                     self._close_tail()
                     return
@@ -237,36 +233,11 @@ class ConnectionDriver:
             # Read and drop what the peer still sends until it goes, so that closing our end
             # does not reset the connection before the peer has read our last frame.
             while True:
-                await self._stream.receive()
+                await self._io.stream.receive()
         except (anyio.EndOfStream, *_SOCKET_ERRORS):
             pass
         finally:
             self._reader_done.set()
-
-    async def _receive(self, max_bytes: int) -> bytes:
-        """What the socket has, as anyio's `receive` would return it, without its per-call
-        costs where the stream's asyncio protocol is reachable: reading is never paused and
-        resumed around each wait (two epoll_ctl calls), and queued data is taken at once."""
-        p = self._proto
-        if p is None:
-            return await self._stream.receive(max_bytes)
-        queue = p.read_queue
-        if not queue:
-            if not (p.is_at_eof or p.exception is not None or self._sock_out.is_closing()):
-                if not self._reading:
-                    self._reading = True
-                    self._sock_out.resume_reading()
-                await p.read_event.wait()
-            if not queue:  # the end of the stream or an error: anyio's receive says which
-                self._reading = False  # (it pauses reading again when it has waited)
-                return await self._stream.receive(max_bytes)
-        chunk = queue.popleft()
-        if len(chunk) > max_bytes:
-            chunk, rest = chunk[:max_bytes], chunk[max_bytes:]
-            queue.appendleft(rest)
-        if not queue:
-            p.read_event.clear()
-        return chunk
 
     def _close_tail(self) -> None:
         """The peer will send nothing more."""
@@ -322,47 +293,36 @@ class ConnectionDriver:
                 self._output = anyio.Event()
                 continue
             data = self._out.take()
-            self._writing = True
             try:
-                await self._stream.send(data)
+                await self._io.send(data)
             except _SOCKET_ERRORS as exc:
                 self._error = self._error or f"write failed: {exc!r}"
                 return
-            finally:
-                self._writing = False
             self._out.sent(len(data))
             if self._backed_up and self.output_pending_bytes <= low_water:
                 self._backed_up = False
                 self.wake()  # drained: let the layer above feed again
 
     def _write_now(self) -> bool:
-        """Hand the output to the transport from the pump, if the socket keeps up: nothing is
-        buffered in the transport and the writer task is not sending. True if all of it went."""
-        t = self._sock_out
-        if t is None or self._writing or t.is_closing() or t.get_write_buffer_size():
+        """From a pump: the output goes to the socket at once if it keeps up (see sockio.py).
+        True if all of it went."""
+        if not self._io.write_now(self._out):
             return False
-        out = self._out
-        while out:
-            data = out.take()
-            t.write(data)  # sends at once; what the socket does not take, the transport keeps
-            out.sent(len(data))
-            if t.get_write_buffer_size():
-                break  # the peer is slow: the writer task takes it from here
         if self._backed_up and self.output_pending_bytes <= self._opts.output_high_water // 2:
             self._backed_up = False
             self.wake()
-        return not out
+        return True
 
     async def _linger(self) -> None:
         """Half-close, then give the peer a moment to read our last frames and go."""
         self._start_closing()
         try:
-            await self._stream.send_eof()
+            await self._io.send_eof()
         except Exception:
             return
         with anyio.move_on_after(self._opts.linger):
             await self._reader_done.wait()
-            while unsent_bytes(self._stream) > 0:
+            while self._io.unsent() > 0:
                 await anyio.sleep(0.01)
 
     # --- pumping events to the handler ------------------------------------------------------
@@ -489,20 +449,6 @@ class ConnectionDriver:
             except Exception:
                 log.exception("conn=%s peer=%s: handler on_closed failed", self.conn_id, self.peer)
         self.finished.set()
-
-
-def _transport_of(stream: SocketStream) -> Any:
-    """The asyncio transport under anyio's socket stream (private there), or None."""
-    t = getattr(stream, "_transport", None)
-    needed = ("write", "get_write_buffer_size", "is_closing", "resume_reading")
-    return t if all(callable(getattr(t, n, None)) for n in needed) else None
-
-
-def _protocol_of(stream: SocketStream) -> Any:
-    """anyio's asyncio protocol under the stream (private there), or None."""
-    p = getattr(stream, "_protocol", None)
-    needed = ("read_queue", "read_event", "is_at_eof", "exception")
-    return p if all(hasattr(p, n) for n in needed) else None
 
 
 def _condition_text(cond: Condition) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import deque
 
-from anyio.abc import SocketStream
 from proton import Transport, TransportException
 
 WRITE_CHUNK = 256 * 1024  # at most this much per socket send, unless one frame is bigger
@@ -59,13 +58,3 @@ class OutputBuffer:
 
     def sent(self, n: int) -> None:
         self.size -= n
-
-
-def unsent_bytes(stream: SocketStream) -> int:
-    """Bytes the event loop still buffers for the socket (asyncio exposes this, anyio does not)."""
-    transport = getattr(stream, "_transport", None)
-    size = getattr(transport, "get_write_buffer_size", None)
-    try:
-        return int(size()) if callable(size) else 0
-    except Exception:
-        return 0
