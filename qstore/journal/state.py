@@ -286,6 +286,16 @@ class JournalState:
         q.bytes -= size0
         return [seq0, update] if update else [seq0]
 
+    def dequeued(self, seq: int, epoch: int, origin: int, queue: str, msgid: int) -> list[int]:
+        """Apply a Dequeue given as fields, position included (the writer's fast path)."""
+        self.last_seq = seq
+        if origin:
+            self._pos_epoch = epoch
+            self._pos_origin = origin
+            if origin > self.max_origin:
+                self.max_origin = origin
+        return self.dequeue(seq, queue, msgid)
+
     def dequeue(self, seq: int, queue: str, msgid: int) -> list[int]:
         """Apply a Dequeue given as fields (its position is the caller's to set)."""
         q = self.queues.get(queue)

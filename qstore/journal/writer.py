@@ -34,7 +34,7 @@ from crc32c import crc32c
 
 from .compaction import CompactionQueue
 from .errors import JournalClosed, JournalError, JournalFull
-from .records import FORMAT_VERSION, HEADER, KEY, Enqueue, Entry, Prepared, RecordType
+from .records import FORMAT_VERSION, HEADER, KEY, Dequeue, Enqueue, Entry, Prepared, RecordType
 from .state import JournalState
 
 log = logging.getLogger("qstore.journal")
@@ -450,14 +450,18 @@ class GroupCommitWriter:
 
     def _after_commit(self, first: int, written: list[_Written]) -> None:
         """The tracker learns the committed records (seqs from `first`), compaction their units."""
-        apply, enqueue, add = self.tracker.apply, self.tracker.enqueue, self.compaction.add
+        tracker, add = self.tracker, self.compaction.add
+        apply, enqueue, dequeued = tracker.apply, tracker.enqueue, tracker.dequeued
         seq = first
         for p, e, o in written:
             r = p.record
-            if r.__class__ is Enqueue:  # the hot path, without the dispatch on record type
+            cls = r.__class__
+            if cls is Enqueue:  # the hot pair, without the dispatch on record type
                 unit = enqueue(
                     seq, e, o, r.queue, r.msgid, r.body, r.priority, r.expiry, r.delivery_count
                 )
+            elif cls is Dequeue:
+                unit = dequeued(seq, e, o, r.queue, r.msgid)  # type: ignore[attr-defined]
             else:
                 unit = apply(Entry(seq, e, o, p.flags, r))
             if unit:
