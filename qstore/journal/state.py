@@ -185,11 +185,7 @@ class JournalState:
         r = e.record
         if r.__class__ is Enqueue:
             return self._enqueue(e, r)  # type: ignore[arg-type]
-        self.last_seq = e.seq
-        if e.origin:
-            self._pos_epoch, self._pos_origin = e.epoch, e.origin
-            if e.origin > self.max_origin:
-                self.max_origin = e.origin
+        self._at(e.seq, e.epoch, e.origin)
         match r:
             case Enqueue():  # a subclass (the exact class took the fast path above)
                 return self._enqueue(e, r)
@@ -264,12 +260,7 @@ class JournalState:
         delivery_count: int,
     ) -> list[int]:
         """Apply an Enqueue given as fields: replay's fast path skips building the record."""
-        self.last_seq = seq
-        if origin:
-            self._pos_epoch = epoch
-            self._pos_origin = origin
-            if origin > self.max_origin:
-                self.max_origin = origin
+        self._at(seq, epoch, origin)
         q = self.queues.get(queue)
         if q is None:
             return [seq]
@@ -286,14 +277,18 @@ class JournalState:
         q.bytes -= size0
         return [seq0, update] if update else [seq0]
 
-    def dequeued(self, seq: int, epoch: int, origin: int, queue: str, msgid: int) -> list[int]:
-        """Apply a Dequeue given as fields, position included (the writer's fast path)."""
+    def _at(self, seq: int, epoch: int, origin: int) -> None:
+        """The last record applied is `seq`; one with an origin seq moves the position."""
         self.last_seq = seq
         if origin:
             self._pos_epoch = epoch
             self._pos_origin = origin
             if origin > self.max_origin:
                 self.max_origin = origin
+
+    def dequeued(self, seq: int, epoch: int, origin: int, queue: str, msgid: int) -> list[int]:
+        """Apply a Dequeue given as fields, position included (the writer's fast path)."""
+        self._at(seq, epoch, origin)
         return self.dequeue(seq, queue, msgid)
 
     def dequeue(self, seq: int, queue: str, msgid: int) -> list[int]:
