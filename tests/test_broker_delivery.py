@@ -212,6 +212,27 @@ def test_rejected_message_is_dropped(broker: Any) -> None:
     assert fetch(broker.url, "rej") == ["good"]
 
 
+
+def test_settled_without_an_outcome_counts_as_accepted(broker: Any) -> None:
+    queue_with(broker.url, "noout", ["done", "next"])
+    conn = BlockingConnection(broker.url, timeout=TIMEOUT)
+    try:
+        r = conn.create_receiver("noout", credit=0)
+        m, d = take(r)
+        d.settle()  # no outcome: the client is done with it
+
+        def acquired() -> int:
+            conn.container.process()  # the settlement goes out with the connection's I/O
+            return int(mg.call("READ", "queue", "noout").body["acquired"])
+
+        with Mgmt(broker.url) as mg:  # gone while the consumer is still there, not stuck on it
+            wait_for(lambda: acquired() == 0)
+            assert mg.call("READ", "queue", "noout").body["depth"] == 1
+    finally:
+        conn.close()
+    assert m.body == "done"
+    assert fetch(broker.url, "noout") == ["next"]
+
 CONSUMER = """
 import sys
 from proton.utils import BlockingConnection

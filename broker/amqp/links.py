@@ -41,7 +41,7 @@ _from_buffer = ffi.from_buffer
 _incref, _decref = lib.pn_incref, lib.pn_decref
 _partial, _readable = lib.pn_delivery_partial, lib.pn_delivery_readable
 _pending = lib.pn_delivery_pending
-_settled, _remote_state = lib.pn_delivery_settled, lib.pn_delivery_remote_state
+_settled, _remote_state = lib.pn_delivery_settled, lib.pn_delivery_remote_state  # the peer's
 _update, _settle, _new_delivery = lib.pn_delivery_update, lib.pn_delivery_settle, lib.pn_delivery
 _recv, _send, _advance = lib.pn_link_recv, lib.pn_link_send, lib.pn_link_advance
 _credit, _flow = lib.pn_link_credit, lib.pn_link_flow
@@ -238,11 +238,14 @@ class OutgoingLink:
         if id_ is None:
             return
         state = _remote_state(dlv)
-        if not state:
-            # Settled without an outcome is not taken as accepted (the wrapper-based code this
-            # replaces never did: proton reports no state as 0, not None); the message stays
-            # with the consumer until it goes.
-            return
+        if not state:  # proton reports no state as 0
+            if not _settled(dlv):
+                return  # nothing to act on yet
+            # Settled without an outcome: the client is done with the message and no outcome
+            # can follow. AMQP leaves it to the source's default-outcome, which ours do not set;
+            # accepted is what a client that settles means. Kept acquired, the message would be
+            # stuck with the consumer until its link went.
+            state = _ACCEPTED
         model = self.conn.core.model
         if state == _ACCEPTED:
             model.accept(self.consumer, id_)
