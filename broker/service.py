@@ -113,7 +113,7 @@ class BrokerService:
             gc.freeze()
             # Every message leaves a few long-lived objects (queued message, HA recent log), so
             # the default young threshold (700) collects every hundred or so messages, for
-            # nothing: cycles are rare here. ha_bench: cluster CPU 143-144 -> 135-140 ms per 1000.
+            # nothing: cycles are rare here. ha_bench: cluster CPU 147-154 -> 130-134 ms per 1000.
             gc.set_threshold(*GC_THRESHOLDS)
             self._tg = tg
             if self.ha is not None:
