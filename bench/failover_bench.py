@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -38,10 +36,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
+from machine import machine  # noqa: E402
 from proton import Message  # noqa: E402
 
-from qstore.client import Connection, Empty  # noqa: E402
-from recovery.localcluster import LocalCluster, consecutive_free_ports  # noqa: E402
+from qstore.client import Connection  # noqa: E402
+from recovery.localcluster import LocalCluster, consecutive_free_ports, drain  # noqa: E402
 
 QUEUE = "failover-bench"
 ADDRESS = (
@@ -126,42 +125,6 @@ class SteadySender:
             self.conn.close(timeout=5)
 
 
-def drain(addresses: list[str], idle: float = 3.0) -> list[Any]:
-    conn = Connection.establish(
-        addresses[0], reconnect=True, reconnect_urls=addresses, heartbeat=1, timeout=30
-    )
-    got: list[Any] = []
-    try:
-        ssn = conn.session()
-        rcv = ssn.receiver(ADDRESS, capacity=1000)
-        while True:
-            try:
-                got.append(rcv.fetch(timeout=idle).body)
-            except Empty:
-                break
-            if len(got) % 500 == 0:
-                ssn.acknowledge()
-        ssn.acknowledge()
-    finally:
-        conn.close(timeout=5)
-    return got
-
-
-def machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "system": f"{platform.system()} {platform.release()}",
-    }
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="qstore-failover-bench-"))
     cluster = LocalCluster(root, consecutive_free_ports(3), heartbeat=args.heartbeat)
@@ -214,7 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "resent": load.sender.resent,
         }
         load.close()
-        received = drain(cluster.addresses)
+        received = drain(cluster.addresses, ADDRESS)
         counts = Counter(received)
         result["received"] = len(counts)
         result["lost"] = len(set(range(sent)) - set(counts))  # after sync: every one was acked

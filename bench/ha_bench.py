@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,20 +66,6 @@ HA_ARGS = ["--ha-replicate", "all", "--link-maintenance-interval", "0.2"]
 GOAL_RATIO = 0.5  # cluster send throughput / standalone
 GOAL_RATE = 10_000  # cluster msg/s
 GOAL_CPU_MS = 150.0  # all three cluster brokers, CPU ms per 1000 messages sent and received
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports from the OS: each cluster member must know all of them up front."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # -- brokers -----------------------------------------------------------------------------------
@@ -233,6 +218,7 @@ def start_cluster(
     """Three members; member 0 is promoted and the others are waited for until ready. With
     `profile`, member 0 runs under cProfile (and member 1 too, to `profile`.backup1, if
     `profile_backup`)."""
+    from recovery.localcluster import free_ports
     from tools._mgmt import ManagementClient, ToolError, parse_broker, query_status
 
     ports = free_ports(3)

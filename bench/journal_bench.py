@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import lmdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import machine as machine_info
+
 from qstore.journal import Enqueue, Journal, QueueDeclare
 from qstore.journal.records import prepare, seal
 
@@ -35,21 +36,7 @@ BODY = os.urandom(1024)
 
 
 def machine() -> dict[str, object]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "system": platform.platform(),
-        "lmdb": lmdb.version(),
-    }
+    return {**machine_info(), "lmdb": lmdb.version()}
 
 
 def thread_cpu(native_id: int) -> float | None:

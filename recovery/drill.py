@@ -33,8 +33,8 @@ from typing import Any
 
 from proton import Message
 
-from qstore.client import Connection, Empty
-from recovery.localcluster import LocalCluster, consecutive_free_ports
+from qstore.client import Connection
+from recovery.localcluster import LocalCluster, consecutive_free_ports, drain
 
 QUEUE = "drill"
 ADDRESS = f"{QUEUE}; {{create: always, node: {{durable: True}}}}"
@@ -109,26 +109,6 @@ class Load:
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.close(timeout=5)
-
-
-def drain(addresses: list[str], idle: float = 3.0) -> list[int]:
-    conn = Connection.establish(addresses[0], reconnect=True, reconnect_urls=addresses)
-    got: list[int] = []
-    try:
-        ssn = conn.session()
-        rcv = ssn.receiver(ADDRESS, capacity=500)
-        while True:
-            try:
-                m = rcv.fetch(timeout=idle)
-            except Empty:
-                break
-            got.append(m.body)
-            if len(got) % 200 == 0:
-                ssn.acknowledge()
-        ssn.acknowledge()
-    finally:
-        conn.close(timeout=5)
-    return got
 
 
 def compare(report: Report, sent: int, acked: set[int], received: list[int]) -> None:
@@ -212,7 +192,7 @@ def run(args: argparse.Namespace) -> Report:
         acked = load.acknowledged()
         load.close()
         cluster.whole(args.timeout)
-        received = drain(cluster.addresses)
+        received = drain(cluster.addresses, ADDRESS)
         compare(report, load.sent, acked, received)
     finally:
         if load is not None:

@@ -20,11 +20,28 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+from qstore.client import Connection, Empty
 from tools._mgmt import query_status
 
 ROOT = Path(__file__).resolve().parent.parent
 States = list[str | None]  # each broker's HA state; None: not answering
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports the OS says are free on 127.0.0.1 (all held while choosing, so distinct:
+    each cluster member must know every address up front)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def consecutive_free_ports(n: int) -> int:
@@ -168,3 +185,26 @@ class LocalCluster:
         finally:
             self._pool.shutdown(wait=False)
             self.log.close()
+
+
+def drain(addresses: list[str], address: str, idle: float = 3.0) -> list[Any]:
+    """Every body left at `address`, through qstore.client (failing over as need be),
+    acknowledged; done once nothing arrives for `idle` seconds."""
+    conn = Connection.establish(
+        addresses[0], reconnect=True, reconnect_urls=addresses, heartbeat=1, timeout=30
+    )
+    got: list[Any] = []
+    try:
+        ssn = conn.session()
+        rcv = ssn.receiver(address, capacity=1000)
+        while True:
+            try:
+                got.append(rcv.fetch(timeout=idle).body)
+            except Empty:
+                break
+            if len(got) % 500 == 0:
+                ssn.acknowledge()
+        ssn.acknowledge()
+    finally:
+        conn.close(timeout=5)
+    return got

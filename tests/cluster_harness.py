@@ -12,7 +12,6 @@ Ports come from the OS (bind to port 0, read it, close) because every broker mus
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from proton import Timeout, symbol
 from proton.reactor import Copy
 from proton.utils import BlockingConnection
 
+from recovery.localcluster import free_ports
 from tools._mgmt import ManagementClient, ToolError, parse_broker
 
 FAST = [
@@ -36,19 +36,6 @@ FAST = [
     "3",
 ]
 WAIT = 20.0
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Cluster:

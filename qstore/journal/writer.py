@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import lmdb
 from crc32c import crc32c
@@ -134,6 +134,7 @@ class _Control:
     fn: Callable[[Txn], Any] | None  # run in a write transaction; None: no transaction
     waiter: Waiter
     after: Callable[[Any], None] | None = None  # runs after commit, on the writer thread
+    lazy: ClassVar[bool] = False  # control work is never held
 
 
 class GroupCommitWriter:
@@ -208,7 +209,7 @@ class GroupCommitWriter:
             self.wake()
         elif idle == _HOLDING:
             # A lazy job joins the hold (the writer's timeout covers it) unless it fills it.
-            if getattr(job, "lazy", False):
+            if job.lazy:
                 self._held += len(job.records)  # type: ignore[union-attr]
                 if self._held < self.lazy_limit:
                     return
@@ -282,7 +283,7 @@ class GroupCommitWriter:
             self._lazy_since = time.monotonic()
         for i in range(self._lazy_jobs, n):
             job = jobs[i]
-            if job.__class__ is not _Append or not job.lazy:  # type: ignore[union-attr]
+            if not job.lazy:
                 return 0.0
             self._lazy_records += len(job.records)  # type: ignore[union-attr]
             self._lazy_jobs = i + 1
