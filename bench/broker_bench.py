@@ -91,6 +91,8 @@ class Broker:
             str(base / "d"),
             "--auto-create",
             "yes",
+            "--auth",
+            "no",
             "--log-level",
             "warning",
         ]

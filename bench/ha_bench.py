@@ -98,6 +98,8 @@ class Node:
             name,
             "--auto-create",
             "yes",
+            "--auth",
+            "no",
             "--log-level",
             "warning",
             *extra,

@@ -32,6 +32,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 REPLICATE_LEVELS = ("none", "configuration", "all")
 MIN_FRAME_SIZE = 512  # AMQP 1.0 MIN-MAX-FRAME-SIZE
 MIN_JOURNAL_SIZE = 1 << 20
+DEFAULT_SSL_PORT = 5671
 
 
 class ConfigError(Exception):
@@ -65,11 +66,20 @@ class BrokerConfig:
     ha_username: str | None = None
     ha_password: str | None = field(default=None, repr=False)
     ha_mechanism: str | None = None
+    ha_password_file: Path | None = None
     ha_backup_timeout: float = 10.0
     link_maintenance_interval: float = 2.0
     link_heartbeat_interval: float = 120.0
-    auth: bool = False
+    auth: bool = True
+    sasl_db: Path | None = None
     acl_file: Path | None = None
+    ssl_cert_file: Path | None = None
+    ssl_key_file: Path | None = None
+    ssl_key_password_file: Path | None = None
+    ssl_port: int | None = None  # None: 5671 when a certificate is given, else no TLS listener
+    ssl_ca_file: Path | None = None
+    ssl_require_client_auth: bool = False
+    require_encryption: bool = False
     log_level: str = "info"
     auto_create: bool = False
     journal_max_size: int = 16 << 30
@@ -80,6 +90,8 @@ class BrokerConfig:
     def __post_init__(self) -> None:
         if not self.name:
             object.__setattr__(self, "name", default_name(self.interface, self.port))
+        if self.ssl_port is None and self.ssl_cert_file is not None:
+            object.__setattr__(self, "ssl_port", DEFAULT_SSL_PORT)
 
     def bound(self, port: int) -> BrokerConfig:
         """This config once the listener is bound to `port` (matters with --port 0): a default
@@ -258,7 +270,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("ha-queue-replication", parse_bool, _YES_NO, "replicate queues without a cluster"),
     Option("ha-username", _text, "USER", "user for broker-to-broker connections"),
     Option("ha-password", _text, "PASS", "password for broker-to-broker connections", secret=True),
-    Option("ha-mechanism", _mechanism, "MECHANISM", "SASL mechanism for broker-to-broker links"),
+    Option(
+        "ha-password-file",
+        _path,
+        "FILE",
+        "read the HA password from FILE (its first line), instead of --ha-password",
+    ),
+    Option(
+        "ha-mechanism",
+        _mechanism,
+        "MECHANISM",
+        "SASL mechanism for broker-to-broker links (default SCRAM-SHA-256)",
+    ),
     Option(
         "ha-backup-timeout",
         parse_seconds,
@@ -278,7 +301,30 @@ OPTIONS: tuple[Option, ...] = (
         "a backup silent for twice this long is dropped; also the status-check timeout",
     ),
     Option("auth", parse_bool, _YES_NO, "require authentication of clients"),
-    Option("acl-file", _path, "FILE", "access control list file"),
+    Option("sasl-db", _path, "FILE", "user database (made with qstore-passwd)"),
+    Option("acl-file", _path, "FILE", "access control list file (qpidd syntax)"),
+    Option("ssl-cert-file", _path, "PEM", "TLS certificate (chain) of this broker"),
+    Option("ssl-key-file", _path, "PEM", "TLS private key of this broker"),
+    Option("ssl-key-password-file", _path, "FILE", "password of the TLS private key"),
+    Option(
+        "ssl-port",
+        _integer(0, 65535),
+        "PORT",
+        f"TLS port to listen on (default {DEFAULT_SSL_PORT} when a certificate is given)",
+    ),
+    Option("ssl-ca-file", _path, "PEM", "CA certificates trusted for peers' certificates"),
+    Option(
+        "ssl-require-client-auth",
+        parse_bool,
+        _YES_NO,
+        "TLS clients must present a certificate signed by --ssl-ca-file (then EXTERNAL)",
+    ),
+    Option(
+        "require-encryption",
+        parse_bool,
+        _YES_NO,
+        "refuse plain TCP connections except from loopback",
+    ),
     Option(
         "log-level",
         _choice(*LOG_LEVELS, aliases={"warn": "warning"}),
@@ -412,7 +458,25 @@ def parse_args(argv: Sequence[str]) -> BrokerConfig:
     values["name_given"] = "name" in given
     config = BrokerConfig(**values)
     _check(config, given)
+    if config.ha_password_file is not None:
+        where = given["ha-password-file"].where
+        config = dataclasses.replace(
+            config, ha_password=_read_secret(config.ha_password_file, where)
+        )
     return config
+
+
+def _read_secret(path: Path, where: str) -> str:
+    """The first line of a password file (so that the secret need not sit in a process list)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{where}: cannot read '{path}': {reason}") from None
+    secret = text.splitlines()[0] if text else ""
+    if not secret:
+        raise ConfigError(f"{where}: '{path}' is empty (expected the password on its first line)")
+    return secret
 
 
 def _convert(option: Option, given: _Given) -> Any:
@@ -443,11 +507,16 @@ def _check(config: BrokerConfig, given: dict[str, _Given]) -> None:
         )
     if config.ha_password is not None and config.ha_username is None:
         raise ConfigError(f"{where('ha-password')}: given without --ha-username")
-    if config.acl_file is not None and not config.acl_file.is_file():
-        problem = "is not a file" if config.acl_file.exists() else "does not exist"
-        raise ConfigError(f"{where('acl-file')}: '{config.acl_file}' {problem}")
-    if config.acl_file is not None and not os.access(config.acl_file, os.R_OK):
-        raise ConfigError(f"{where('acl-file')}: '{config.acl_file}' is not readable")
+    for key in _FILES:
+        path = getattr(config, key.replace("-", "_"))
+        if path is None:
+            continue
+        if not path.is_file():
+            problem = "is not a file" if path.exists() else "does not exist"
+            raise ConfigError(f"{where(key)}: '{path}' {problem}")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"{where(key)}: '{path}' is not readable")
+    _check_security(config, where)
     if config.data_dir.exists() and not config.data_dir.is_dir():
         raise ConfigError(f"{where('data-dir')}: '{config.data_dir}' is not a directory")
     if config.port_file is not None:
@@ -456,6 +525,65 @@ def _check(config: BrokerConfig, given: dict[str, _Given]) -> None:
         parent = config.port_file.parent
         if not parent.is_dir():
             raise ConfigError(f"{where('port-file')}: directory '{parent}' does not exist")
+
+
+_FILES = (
+    "acl-file",
+    "sasl-db",
+    "ha-password-file",
+    "ssl-cert-file",
+    "ssl-key-file",
+    "ssl-key-password-file",
+    "ssl-ca-file",
+)
+HA_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN", "EXTERNAL", "ANONYMOUS")
+
+
+def _check_security(config: BrokerConfig, where: Callable[[str], str]) -> None:
+    """Authentication, the HA identity and TLS: what must go together (seed 1.12.9)."""
+    if config.auth and config.sasl_db is None:
+        raise ConfigError(
+            "--auth yes needs a user database: create one with "
+            "'qstore-passwd FILE add USER' and pass --sasl-db FILE, or pass --auth no"
+        )
+    if config.ha_password is not None and config.ha_password_file is not None:
+        raise ConfigError(f"{where('ha-password-file')}: given together with --ha-password")
+    if config.ha_password_file is not None and config.ha_username is None:
+        raise ConfigError(f"{where('ha-password-file')}: given without --ha-username")
+    mechanism = config.ha_mechanism
+    if mechanism is not None and mechanism not in HA_MECHANISMS:
+        raise ConfigError(
+            f"{where('ha-mechanism')}: invalid value '{mechanism}': expected one of "
+            + ", ".join(HA_MECHANISMS)
+        )
+    if config.ha_cluster and config.auth:
+        if config.ha_username is None:
+            raise ConfigError(
+                "--ha-cluster yes with --auth yes needs the HA identity: --ha-username and "
+                "--ha-password-file (seed 1.12.9), or --auth no"
+            )
+        if (
+            config.ha_password is None
+            and config.ha_password_file is None
+            and mechanism not in ("EXTERNAL", "ANONYMOUS")
+        ):
+            raise ConfigError(f"{where('ha-username')}: needs --ha-password-file or --ha-password")
+    if config.ssl_key_file is not None and config.ssl_cert_file is None:
+        raise ConfigError(f"{where('ssl-key-file')}: given without --ssl-cert-file")
+    if config.ssl_key_password_file is not None and config.ssl_cert_file is None:
+        raise ConfigError(f"{where('ssl-key-password-file')}: given without --ssl-cert-file")
+    if config.ssl_require_client_auth and config.ssl_ca_file is None:
+        raise ConfigError(
+            f"{where('ssl-require-client-auth')}: needs --ssl-ca-file (the CA that signs "
+            "client certificates)"
+        )
+    if config.ssl_require_client_auth and config.ssl_cert_file is None:
+        raise ConfigError(f"{where('ssl-require-client-auth')}: needs --ssl-cert-file")
+    if config.require_encryption and config.ssl_cert_file is None:
+        raise ConfigError(
+            f"{where('require-encryption')}: needs --ssl-cert-file (clients off loopback "
+            "could not connect at all)"
+        )
 
 
 def main_parse(argv: Sequence[str] | None = None) -> BrokerConfig:

@@ -45,6 +45,8 @@ class BrokerProcess:
             str(self.port_file),
             "--data-dir",
             str(data_dir),
+            "--auth",  # tests of authentication pass --auth yes (later options win)
+            "no",
             *args,
         ]
         self.proc = subprocess.Popen(

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from broker import config
 from broker.config import (
     OPTIONS,
     BrokerConfig,
     ConfigError,
     build_parser,
     main_parse,
-    parse_args,
     parse_bool,
     parse_seconds,
     parse_size,
@@ -24,6 +24,15 @@ from broker.config import (
 from qstore.urls import Address, parse_url
 
 ROOT = Path(__file__).resolve().parent.parent
+# Parsing checks only that a user database is there (the broker reads it when it starts), so any
+# file will do; authentication's own rules are in test_config_security.py.
+SASL_DB = Path(__file__)
+OPEN = ["--auth", "no", "--sasl-db", str(SASL_DB)]
+
+
+def parse_args(argv: list[str]) -> BrokerConfig:
+    """Options as given, on an open broker (later options win, so `--auth yes` still counts)."""
+    return config.parse_args([*OPEN, *argv])
 
 
 def error_of(argv: list[str]) -> str:
@@ -35,8 +44,9 @@ def error_of(argv: list[str]) -> str:
 
 
 def test_defaults() -> None:
+    assert BrokerConfig().auth is True  # as qpidd: --auth yes unless told otherwise
     c = parse_args([])
-    assert c == BrokerConfig()
+    assert c == BrokerConfig(auth=False, sasl_db=SASL_DB)
     assert c.port == 5672
     assert c.interface == "127.0.0.1"
     assert c.data_dir == Path("data")
@@ -49,7 +59,7 @@ def test_defaults() -> None:
     assert c.ha_backup_timeout == 10.0
     assert c.link_maintenance_interval == 2.0
     assert c.link_heartbeat_interval == 120.0
-    assert c.auth is False and c.acl_file is None
+    assert c.acl_file is None
     assert c.log_level == "info"
     assert c.auto_create is False
     assert c.journal_max_size == 16 * 1024**3
@@ -428,7 +438,7 @@ def test_config_file_unreadable(tmp_path: Path) -> None:
 def test_config_file_with_bom_and_crlf(tmp_path: Path) -> None:
     conf = tmp_path / "win.conf"
     conf.write_bytes(b"\xef\xbb\xbfport=6002\r\nauth=true\r\n")
-    c = parse_args(["--config", str(conf)])
+    c = config.parse_args(["--sasl-db", str(SASL_DB), "--config", str(conf)])
     assert (c.port, c.auth) == (6002, True)
 
 
@@ -436,7 +446,7 @@ def test_config_file_with_bom_and_crlf(tmp_path: Path) -> None:
 
 
 def test_main_parse_in_process(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main_parse(["--port", "6000"]).port == 6000
+    assert main_parse([*OPEN, "--port", "6000"]).port == 6000
     with pytest.raises(SystemExit) as exit_:
         main_parse(["--port", "x"])
     assert exit_.value.code == 2

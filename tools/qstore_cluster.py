@@ -111,6 +111,7 @@ class ClusterManager:
             "--link-maintenance-interval", str(min(0.1, a.heartbeat / 4)),
             "--ha-backup-timeout", str(a.backup_timeout),
             "--auto-create", "yes",
+            "--auth", "no",
         ]  # fmt: skip
         log = open(self.root / f"node{node.index}.log", "ab")  # noqa: SIM115 - child's stdout
         node.proc = subprocess.Popen(
