@@ -27,10 +27,12 @@ import asyncio
 import contextlib
 import logging
 import math
+import weakref
 from collections.abc import Callable
 
 import anyio
 from anyio.abc import SocketStream
+from anyio.streams.tls import TLSAttribute
 from cproton import pn_session_head, pn_session_next, pn_session_outgoing_bytes
 from cproton_ffi import ffi, lib
 from proton import (
@@ -44,7 +46,7 @@ from proton import (
 )
 
 from .handler import ConnectionHandler, HandlerFactory
-from .options import ConnectionOptions, peer_of
+from .options import ConnectionOptions, anonymous_sasl, peer_of
 from .output import OutputBuffer
 from .sockio import SocketIO
 
@@ -65,6 +67,21 @@ _event_type = lib.pn_event_type
 _event_link = lib.pn_event_link
 _event_delivery = lib.pn_event_delivery
 _wrap = Event.wrap
+_PASSWORD_CHECKS = 2  # at most this many password checks (PBKDF2) at once, per process
+
+
+_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _password_checks() -> anyio.CapacityLimiter:
+    """The event loop's limiter of password checks (a limiter belongs to one loop)."""
+    loop = asyncio.get_running_loop()
+    limiter = _limiters.get(loop)
+    if limiter is None:
+        limiter = _limiters[loop] = anyio.CapacityLimiter(_PASSWORD_CHECKS)
+    return limiter
 
 
 class ConnectionDriver:
@@ -90,7 +107,12 @@ class ConnectionDriver:
             self.transport.max_frame_size = options.max_frame_size
         if options.idle_timeout:
             self.transport.idle_timeout = options.idle_timeout
-        options.setup_transport(self.transport)
+        self.user: str | None = None  # the SASL identity, once authenticated ("name@QPID")
+        self.peer_certificate = stream.extra(TLSAttribute.peer_certificate, None)
+        self.encrypted = stream.extra(TLSAttribute.ssl_object, None) is not None
+        self._sasl = options.sasl(self) if options.sasl is not None else None
+        if self._sasl is None:
+            anonymous_sasl(self.transport)
         self.connection = Connection()
         self._collector = Collector()
         self.connection.collect(self._collector)
@@ -113,8 +135,12 @@ class ConnectionDriver:
         self._dropped = False
         self._error: str | None = None  # the first failure the driver itself saw
         self._handler_failed = False
+        self._said = False  # the reason was logged already (as a warning)
         self._backed_up = False  # output_backed_up said True and output has not drained since
         self._out = OutputBuffer(self.transport)
+        if self._sasl is not None:
+            self._out.hold = True  # nothing of proton's goes out before the SASL outcome
+            self._out.push(self._sasl.take_output())  # a client's SASL header
         self.finished = anyio.Event()
 
     # --- what the handler (the layer above) may use -------------------------------------------
@@ -226,9 +252,16 @@ class ConnectionDriver:
                     self._close_tail()
                     return
                 self._bytes_in += len(data)
+                if self._sasl is not None:
+                    data = await self._authenticate(data)
+                    if self._sasl is not None:  # still authenticating, or failed
+                        if self._sasl.state == "failed":
+                            break
+                        continue
                 # On failure the engine has recorded why; what follows is read and dropped.
-                with contextlib.suppress(TransportException, OverflowError):
-                    t.push(data)
+                if data:
+                    with contextlib.suppress(TransportException, OverflowError):
+                        t.push(data)
                 self._pump()
             # Read and drop what the peer still sends until it goes, so that closing our end
             # does not reset the connection before the peer has read our last frame.
@@ -239,9 +272,43 @@ class ConnectionDriver:
         finally:
             self._reader_done.set()
 
+    async def _authenticate(self, data: bytes) -> bytes:
+        """Feed the SASL layer; once it succeeds, the bytes that followed its outcome (for
+        proton). A password check runs in a worker thread, a few at a time, so that logins
+        (failed ones included) never stall the event loop."""
+        sasl = self._sasl
+        assert sasl is not None
+        sasl.feed(data)
+        while sasl.pending_check is not None:
+            check = sasl.pending_check
+            ok = await anyio.to_thread.run_sync(check, limiter=_password_checks())
+            sasl.check_done(ok)
+        self._out.push(sasl.take_output())
+        if sasl.state == "pending":
+            self._output.set()
+            return b""
+        if sasl.state == "failed":
+            self._error = self._error or sasl.failure or "SASL: authentication failed"
+            log.warning("conn=%s peer=%s: %s", self.conn_id, self.peer, self._error)
+            self._said = True
+            self._out.head_closed = True  # the outcome goes out, then the socket closes
+            self._start_closing()
+            self._output.set()
+            return b""
+        self.user = sasl.user
+        self._sasl = None
+        self._out.hold = False
+        return sasl.rest
+
     def _close_tail(self) -> None:
         """The peer will send nothing more."""
         self._tail_closed = True
+        if self._sasl is not None:  # gone before the SASL outcome: proton never started
+            if self._bytes_in and self._sasl.state != "failed":
+                self._error = self._error or "peer closed the socket during SASL"
+            self._out.head_closed = True
+            self._output.set()
+            return
         with contextlib.suppress(TransportException):
             self.transport.close_tail()
         c = self.connection
@@ -329,8 +396,8 @@ class ConnectionDriver:
 
     def _pump(self) -> None:
         """Tick, dispatch the events, run `process()`, dispatch what it caused, wake the writer."""
-        if self._aborted is not None:
-            return
+        if self._aborted is not None or self._sasl is not None:
+            return  # before the SASL outcome the engine has nothing to say
         t = self.transport
         self._tick_deadline = t.tick(self._clock())
         self._dispatch()
@@ -437,7 +504,7 @@ class ConnectionDriver:
         error, text = self._reason()
         # A client end whose peer hung up without a word is an HA backup probing a broker
         # that is not primary (it drops the socket after our open): expected, not a warning.
-        quiet = error is None or self._aborted is not None or self._bytes_in == 0
+        quiet = error is None or self._aborted is not None or self._bytes_in == 0 or self._said
         never_opened = bool(self.connection.state & Endpoint.REMOTE_UNINIT)
         quiet = quiet or (self._opts.client and never_opened)
         level = logging.INFO if quiet else logging.WARNING

@@ -1,21 +1,43 @@
-"""Per-connection settings, the default SASL policy, and naming a peer in logs."""
+"""Per-connection settings, the SASL layer's contract, and naming a peer in logs."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from anyio.abc import SocketAttribute, SocketStream
 from proton import Transport
 
+if TYPE_CHECKING:
+    from .driver import ConnectionDriver
+
 Clock = Callable[[], float]
-TransportSetup = Callable[[Transport], None]
+
+
+class SaslLayer(Protocol):
+    """One connection's SASL exchange, sans I/O, run by the driver before proton sees a byte
+    (`qstore.sasl.SaslServer` / `SaslClient`). proton's own server SASL cannot check a password
+    without Cyrus, so the exchange is ours; what follows it is handed to a transport on which
+    `sasl()` is never called, which then speaks plain AMQP."""
+
+    state: str  # "pending" | "ok" | "failed"
+    rest: bytes  # once ok: what came after the exchange, for proton
+    user: str | None  # once ok: the authenticated identity, "name@QPID"
+    failure: str | None  # once failed: one log line, never a password
+    pending_check: Callable[[], bool] | None  # a slow check to run off the event loop
+
+    def feed(self, data: bytes) -> None: ...
+    def take_output(self) -> bytes: ...
+    def check_done(self, ok: bool) -> None: ...
+
+
+SaslFactory = Callable[["ConnectionDriver"], SaslLayer]
 
 
 def anonymous_sasl(transport: Transport) -> None:
-    """Offer only SASL ANONYMOUS. A deployment that requires login passes its own setup
-    (allowed mechanisms, `require_auth(True)`, config path) as `setup_transport`."""
+    """Without a SASL layer of ours: proton's own, offering only ANONYMOUS."""
     transport.sasl().allowed_mechs("ANONYMOUS")
 
 
@@ -30,7 +52,7 @@ class ConnectionOptions:
     open_timeout: float = 30.0  # the peer's AMQP open must arrive within this long (0: no limit)
     output_high_water: int = 1 << 20  # `output_backed_up` above this many bytes
     read_size: int = 64 * 1024
-    setup_transport: TransportSetup = anonymous_sasl
+    sasl: SaslFactory | None = None  # None: proton's own SASL, ANONYMOUS only
     clock: Clock = time.monotonic
     client: bool = False  # drive the client end (an HA backup's link to its primary)
 

@@ -23,6 +23,7 @@ class OutputBuffer:
         self._chunks: deque[bytes | bytearray] = deque()
         self.size = 0  # includes the chunk being sent
         self.head_closed = False  # proton has nothing more to say, ever
+        self.hold = False  # proton's output waits (the SASL layer speaks first)
 
     def __bool__(self) -> bool:
         return bool(self._chunks)
@@ -30,7 +31,7 @@ class OutputBuffer:
     def pull(self) -> None:
         """Move everything proton has encoded so far into this buffer."""
         t = self._transport
-        while not self.head_closed:
+        while not (self.head_closed or self.hold):
             try:
                 n = t.pending()
             except TransportException:
@@ -43,6 +44,12 @@ class OutputBuffer:
                 self._chunks.append(t.peek(n) or b"")
                 t.pop(n)
                 self.size += n
+
+    def push(self, data: bytes) -> None:
+        """Bytes of our own (the SASL layer's) to send before anything proton encodes next."""
+        if data:
+            self._chunks.append(data)
+            self.size += len(data)
 
     def take(self) -> bytes | bytearray:
         """The next chunk to send (small chunks joined); call `sent` once the socket took it."""

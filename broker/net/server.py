@@ -13,16 +13,20 @@ A connection's failure, whatever it is, stays in that connection's task: `serve`
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import itertools
 import logging
+import ssl
 from dataclasses import replace
 
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
+from anyio.streams.tls import TLSStream
 
 from .driver import ConnectionDriver
 from .handler import HandlerFactory
-from .options import Clock, ConnectionOptions, TransportSetup, anonymous_sasl
+from .options import Clock, ConnectionOptions, SaslFactory, peer_of
 
 log = logging.getLogger("qstore.net")
 
@@ -44,7 +48,9 @@ class Server:
         linger: float = 1.0,
         open_timeout: float = 30.0,
         output_high_water: int = 1 << 20,
-        setup_transport: TransportSetup = anonymous_sasl,
+        sasl: SaslFactory | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        require_encryption: bool = False,
         clock: Clock | None = None,
         stop_timeout: float = 5.0,
     ) -> None:
@@ -52,6 +58,8 @@ class Server:
         self.port = port
         self.stop_timeout = stop_timeout
         self._factory = handler_factory
+        self._ssl = ssl_context
+        self._require_encryption = require_encryption and ssl_context is None
         options = ConnectionOptions(
             idle_timeout=idle_timeout,
             max_frame_size=max_frame_size,
@@ -59,7 +67,7 @@ class Server:
             linger=linger,
             open_timeout=open_timeout,
             output_high_water=output_high_water,
-            setup_transport=setup_transport,
+            sasl=sasl,
         )
         self.options = replace(options, clock=clock) if clock is not None else options
         self._ids = itertools.count(1)
@@ -108,12 +116,17 @@ class Server:
             tg.start_soon(self._run_connection, stream, next(self._ids))
 
     async def _run_connection(self, stream: SocketStream, conn_id: int) -> None:
+        secured = await self._secure(stream, conn_id)
+        if secured is None:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            return
         try:
-            driver = ConnectionDriver(stream, self._factory, conn_id, self.options)
+            driver = ConnectionDriver(secured, self._factory, conn_id, self.options)
         except Exception:  # e.g. a failing setup_transport: our bug, keep it to this socket
             log.exception("conn=%s: cannot set up the connection", conn_id)
             with anyio.CancelScope(shield=True):
-                await stream.aclose()
+                await secured.aclose()
             return
         self._drivers.add(driver)
         try:
@@ -124,6 +137,31 @@ class Server:
             self._drivers.discard(driver)
             if not self._drivers and self._idle is not None:
                 self._idle.set()
+
+    async def _secure(self, stream: SocketStream, conn_id: int) -> SocketStream | None:
+        """The stream to speak AMQP on: through TLS on a TLS listener (the handshake bounded by
+        the open timeout); None to drop the socket (a failed handshake, or plain TCP from off
+        this host with --require-encryption)."""
+        peer = peer_of(stream)
+        if self._ssl is None:
+            if self._require_encryption and not _loopback(stream):
+                log.warning(
+                    "conn=%s peer=%s refused: connection is not encrypted "
+                    "(--require-encryption; use the TLS port)",
+                    conn_id,
+                    peer,
+                )
+                return None
+            return stream
+        try:
+            with anyio.fail_after(self.options.open_timeout or None):
+                return await TLSStream.wrap(  # type: ignore[return-value]
+                    stream, server_side=True, ssl_context=self._ssl, standard_compatible=False
+                )
+        except (TimeoutError, ssl.SSLError, OSError, anyio.BrokenResourceError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else _tls_reason(exc)
+            log.warning("conn=%s peer=%s: TLS handshake failed: %s", conn_id, peer, reason)
+            return None
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting; let each connection's handler close it (by default with
@@ -152,3 +190,18 @@ class Server:
             driver.abort("server stop timed out")
         if self._done is not None:
             await self._done.wait()
+
+
+def _loopback(stream: SocketStream) -> bool:
+    with contextlib.suppress(Exception):
+        host = stream.extra(SocketAttribute.remote_address)[0]
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    return False
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """One line: the SSL library's reason (e.g. CERTIFICATE_VERIFY_FAILED), not its repr."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if isinstance(cause, ssl.SSLError):
+        return cause.reason or str(cause)
+    return " ".join(str(cause).split()) or type(cause).__name__
