@@ -27,10 +27,13 @@ if TYPE_CHECKING:
     from broker.eventlog import EventLog
     from broker.ha.driver import HaDriver
     from broker.mgmt.node import Management
+    from broker.security import Authorizer
 
 log = logging.getLogger("qstore.amqp")
 
 REPLICATION = "$ha.replication"
+UNAUTHORIZED = "amqp:unauthorized-access"
+ANONYMOUS = "anonymous@QPID"
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Core:
     events: EventLog | None = None
     management: Management | None = None
     ha: HaDriver | None = None
+    security: Authorizer | None = None
     auto_create: bool = False
     connections: dict[int, AmqpConnection] = field(default_factory=dict)
 
@@ -55,6 +59,8 @@ class AmqpConnection(ConnectionHandler):
         self.id = driver.conn_id
         self.gone = False
         self.container: str | None = None
+        self.user = driver.user or ANONYMOUS  # the SASL identity
+        self.denied = False  # refused at open: nothing more it sends is looked at
         self.kind = "client"  # or admin / backup (HA)
         self.paused = False  # output backed up: consumers not fed
         self.properties: dict[str, Any] = {}
@@ -75,6 +81,8 @@ class AmqpConnection(ConnectionHandler):
 
     def on_event(self, event: Event) -> None:
         t = event.type
+        if self.denied and t != Event.CONNECTION_REMOTE_CLOSE:
+            return
         if t == Event.DELIVERY:
             handler = self._links.get(event.link)
             if handler is not None:
@@ -107,9 +115,20 @@ class AmqpConnection(ConnectionHandler):
         self.container = conn.remote_container
         props = conn.remote_properties
         self.properties = {str(k): v for k, v in props.items()} if props else {}
+        security = self.core.security
+        if security is not None:
+            host = self.driver.peer.rpartition(":")[0].strip("[]")
+            denied = security.check(self.user, "access", "connection", {"host": host})
+            if denied is not None:
+                self._deny(denied)
+                return
         ha = self.core.ha
         if ha is not None:
-            self.kind = ha.admit(self.properties)
+            privileged = security is None or security.ha_privileged(self.user)
+            self.kind = ha.admit(self.properties, privileged)
+            if self.kind == "denied":
+                self._deny(_ha_denial(self.user, self.properties))
+                return
             if self.kind == "refuse":
                 # Drop the socket without an `open`: stock clients then try their next URL.
                 log.info(
@@ -128,12 +147,33 @@ class AmqpConnection(ConnectionHandler):
         conn.container = self.core.name
         conn.open()
         log.info(
-            "broker=%s conn=%s peer=%s container=%s opened",
+            "broker=%s conn=%s peer=%s container=%s user=%s opened%s",
             self.core.name,
             self.id,
             self.driver.peer,
             self.container,
+            self.user,
+            "" if self.kind == "client" else f" as {self.kind}",
         )
+
+    def _deny(self, why: str) -> None:
+        """Refuse the connection with amqp:unauthorized-access (an open, then a close with the
+        reason: a stock client reports it and does not retry, which is right for a refusal
+        that retrying cannot cure)."""
+        self.denied = True
+        log.warning(
+            "broker=%s conn=%s peer=%s container=%s refused: %s",
+            self.core.name,
+            self.id,
+            self.driver.peer,
+            self.container,
+            why,
+        )
+        conn = self.driver.connection
+        conn.container = self.core.name
+        conn.open()
+        conn.condition = Condition(UNAUTHORIZED, why)
+        conn.close()
 
     def _attach(self, link: Link) -> None:
         if not link.state & Endpoint.LOCAL_UNINIT:
@@ -151,6 +191,10 @@ class AmqpConnection(ConnectionHandler):
                     node = self._resolve(target)
                     self._check_backup_admin(node)
                     link.target.address = node.name
+                    if isinstance(node, Queue):  # the default exchange, its name as the key
+                        self._authorize(
+                            "publish", "exchange", {"name": "", "routingkey": node.name}
+                        )
                     handler = IncomingLink(self, link, node)
                 link.open()
             elif link.remote_source.address == REPLICATION:
@@ -161,6 +205,11 @@ class AmqpConnection(ConnectionHandler):
                 source = link.remote_source
                 link.source.copy(source)
                 node = self._resolve(source)
+                if isinstance(node, Exchange):  # a private queue bound to it
+                    key = nodes.filter_key(source) or ""
+                    self._authorize("bind", "exchange", {"name": node.name, "routingkey": key})
+                else:
+                    self._authorize("consume", "queue", {"name": node.name})
                 browse = source.distribution_mode == Terminus.DIST_MODE_COPY
                 if not browse:
                     self._check_backup_admin(node)
@@ -202,11 +251,22 @@ class AmqpConnection(ConnectionHandler):
         if self.kind != "backup" or primary is None:
             self._refuse(link, "amqp:not-allowed", "this broker does not serve replication")
             return None
+        info = self.properties.get("qpid.ha-backup")
+        info = {str(k): v for k, v in info.items()} if isinstance(info, dict) else {}
+        name = str(info.get("name") or f"conn-{self.id}")
+        holder = primary.holder(name)
+        if holder is not None and holder is not self:
+            self._refuse(
+                link,
+                "amqp:resource-locked",
+                f"backup name {name!r} is in use by connection {holder.id} from "
+                f"{holder.driver.peer}",
+            )
+            return None
         link.source.copy(link.remote_source)
         link.target.copy(link.remote_target)
         link.open()
-        info = self.properties.get("qpid.ha-backup")
-        return primary.attach(self, link, info if isinstance(info, dict) else {})
+        return primary.attach(self, link, info)
 
     def _on_backup(self) -> bool:
         ha = self.core.ha
@@ -223,7 +283,24 @@ class AmqpConnection(ConnectionHandler):
             raise NotFound(
                 f"no queue or exchange named {address!r} (a backup creates nothing on attach)"
             )
+        security = core.security
+        if security is None or terminus.dynamic or core.model.resolve(address) is not None:
+            return nodes.resolve(core.model, terminus, auto_create=core.auto_create, owner=self.id)
+        self._authorize("create", "queue", {"name": address})  # made on demand, if at all
         return nodes.resolve(core.model, terminus, auto_create=core.auto_create, owner=self.id)
+
+    def _authorize(self, action: str, obj: str, props: dict[str, str]) -> None:
+        """Raise `Unauthorized` (the link is refused with its text) if the ACL says no."""
+        security = self.core.security
+        if security is not None:
+            denied = security.check(self.user, action, obj, props)
+            if denied is not None:
+                raise Unauthorized(denied)
+
+    def publisher(self, exchange: str) -> Any:
+        """The per-message check of publishing to `exchange`, or None (nothing to check)."""
+        security = self.core.security
+        return security.publisher(self.user, exchange) if security is not None else None
 
     def _replicated_on_backup(self, node: Queue | Exchange) -> bool:
         if not self._on_backup():
@@ -308,6 +385,8 @@ class AmqpConnection(ConnectionHandler):
         self.gone = True
         self._release_all()
         self.core.connections.pop(self.id, None)
+        if self.container is None:
+            return  # never opened (a probe, a failed login): the driver's line says it all
         log.info(
             "broker=%s conn=%s peer=%s closed%s",
             self.core.name,
@@ -315,3 +394,17 @@ class AmqpConnection(ConnectionHandler):
             self.driver.peer,
             f": {error}" if error else "",
         )
+
+
+class Unauthorized(ModelError):
+    condition = UNAUTHORIZED
+
+
+def _ha_denial(user: str, properties: dict[str, Any]) -> str:
+    """The seed's words for a connection that claims HA privileges it does not have."""
+    if "qpid.ha-backup" in properties:
+        return (
+            f"ACL denied {user} creating a federation link: a backup must log in as the HA "
+            "identity (--ha-username) or a user the ACL allows 'update broker'"
+        )
+    return f"ACL denied {user} update broker (qpid.ha-admin needs the HA identity)"

@@ -65,6 +65,10 @@ class IncomingLink:
         self.node = node
         self._link = link._impl
         self._held: set[Any] = set()  # deliveries we hold a reference to until their outcome
+        # The ACL's say per message, where the routing key varies (an exchange, the relay);
+        # None when there is nothing to check (no ACL, or a queue: checked at attach).
+        self._may_publish = conn.publisher(node.name) if isinstance(node, Exchange) else None
+        self._relay_checked = node is None and conn.publisher("") is not None
         link.flow(WINDOW)
 
     def on_delivery(self, dlv: Delivery) -> None:
@@ -113,11 +117,15 @@ class IncomingLink:
                 if target is None:
                     raise _NoRoute(f"no queue or exchange named {to!r} (the message's 'to')")
                 node = target
+                if self._relay_checked:
+                    self._check_relay(node, message.subject)
+            elif self._may_publish is not None and not self._may_publish(message.subject or ""):
+                raise _Denied(f"ACL denied {self.conn.user} publish exchange {node.name!r}")
             if isinstance(node, Queue):
                 result = model.enqueue(node.name, message, now)
             else:
                 result = model.publish(node.name, message, now)
-        except (ModelError, _NoRoute) as exc:
+        except (ModelError, _NoRoute, _Denied) as exc:
             if dlv is not None:
                 self._reject(dlv, getattr(exc, "condition", NOT_FOUND), str(exc))
             return
@@ -134,6 +142,13 @@ class IncomingLink:
             self._settle(dlv, None)
         else:
             pending.when_done(lambda err: self._settle(dlv, err, result))
+
+    def _check_relay(self, node: Queue | Exchange, subject: str | None) -> None:
+        """The anonymous relay: the ACL decides per message, by where its `to` leads."""
+        exchange, key = ("", node.name) if isinstance(node, Queue) else (node.name, subject or "")
+        may_publish = self.conn.publisher(exchange)
+        if may_publish is not None and not may_publish(key):
+            raise _Denied(f"ACL denied {self.conn.user} publish exchange {exchange!r} key {key!r}")
 
     def _reject(self, dlv: Any, condition: str, description: str) -> None:
         """Rare: through a wrapper, which knows how to carry the condition."""
@@ -178,6 +193,10 @@ class IncomingLink:
 
 class _NoRoute(Exception):
     condition = NOT_FOUND
+
+
+class _Denied(Exception):
+    condition = "amqp:unauthorized-access"
 
 
 class OutgoingLink:

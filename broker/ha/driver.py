@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,8 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from broker.net import ConnectionDriver, ConnectionOptions
-from broker.net.options import anonymous_sasl
+from broker.security import client_context, ha_sasl_client
+from qstore.urls import Address
 
 from . import role as R
 from . import stream
@@ -26,6 +28,7 @@ from .backup_link import BackupLink
 from .primary import Primary, RecentLog
 from .replicator import Replicator
 from .states import BrokerState, IllegalTransition
+from .status_check import StatusCheck
 from .stream import Item
 
 if TYPE_CHECKING:
@@ -36,6 +39,18 @@ log = logging.getLogger("qstore.ha")
 ADMIN_PROPERTY = "qpid.ha-admin"
 BACKUP_PROPERTY = "qpid.ha-backup"
 _ids = itertools.count(1_000_000)  # connection ids of outgoing links, apart from accepted ones
+
+
+def admission(properties: dict[str, Any], privileged: bool, state: BrokerState) -> str:
+    """Who this connection is to this broker (see `HaDriver.admit`)."""
+    claims_admin = bool(properties.get(ADMIN_PROPERTY))
+    if (claims_admin or BACKUP_PROPERTY in properties) and not privileged:
+        return "denied"
+    if claims_admin:
+        return "admin"
+    if BACKUP_PROPERTY in properties:
+        return "backup" if state.is_primary else "refuse"
+    return "client" if state.is_primary else "refuse"
 
 
 def _address_key(address: str) -> tuple[str, int]:
@@ -55,6 +70,11 @@ class HaDriver:
         assert self.url is not None
         self.heartbeat = cfg.link_heartbeat_interval
         self.all_addresses = [f"{a.host}:{a.port}" for a in self.url.addresses]
+        self._by_address: dict[str, Address] = {f"{a.host}:{a.port}": a for a in self.url.addresses}
+        # `ssl:` peers: TLS checked against --ssl-ca-file, never a fall-back to plain TCP
+        # (made now: a CA or key that cannot be used stops start-up)
+        needs_tls = any(a.transport == "ssl" for a in self.url.addresses)
+        self._tls = client_context(cfg) if needs_tls else None
         self.role = R.HaRole(
             addresses=[],
             maintenance_interval=cfg.link_maintenance_interval,
@@ -88,8 +108,11 @@ class HaDriver:
         return self.role.state
 
     def _others(self) -> list[str]:
-        me = _address_key(self.address)
-        return [a for a in self.all_addresses if _address_key(a) != me]
+        cfg = self.service.cfg
+        me = {_address_key(self.address)}
+        if cfg.ssl_port:
+            me.add(_address_key(f"{cfg.interface}:{self.service.ssl_port}"))
+        return [a for a in self.all_addresses if _address_key(a) not in me]
 
     def backup_info(self) -> dict[str, Any]:
         ev = self.service.events
@@ -168,25 +191,42 @@ class HaDriver:
 
     # -- backup side --------------------------------------------------------------------------
 
-    async def _connect(self, address: str) -> None:
+    async def _dial(
+        self, address: str, timeout: float, handler: Callable[[ConnectionDriver], Any]
+    ) -> ConnectionDriver:
+        """A client connection to another broker, logged in as the HA identity (over TLS for
+        an `ssl:` address); raises OSError or TimeoutError if the socket cannot be had."""
         host, port = _address_key(address)
+        addr = self._by_address.get(address)
+        with anyio.fail_after(timeout):
+            if addr is not None and addr.transport == "ssl":
+                sock: Any = await anyio.connect_tcp(
+                    addr.host,
+                    port,
+                    ssl_context=self._tls,
+                    tls_hostname=addr.host,
+                    tls_standard_compatible=False,
+                )
+            else:
+                sock = await anyio.connect_tcp(host, port)
+        cfg = self.service.cfg
+        options = ConnectionOptions(
+            client=True,
+            idle_timeout=self.heartbeat * 2,
+            open_timeout=max(2.0, self.heartbeat * 2),
+            sasl=lambda d: ha_sasl_client(cfg, host),
+        )
+        return ConnectionDriver(sock, handler, next(_ids), options)
+
+    async def _connect(self, address: str) -> None:
         driver: ConnectionDriver | None = None
         try:
             try:
-                with anyio.fail_after(max(1.0, self.role.maintenance_interval * 5)):
-                    sock = await anyio.connect_tcp(host, port)
-            except (OSError, TimeoutError) as exc:
+                timeout = max(1.0, self.role.maintenance_interval * 5)
+                driver = await self._dial(address, timeout, lambda d: BackupLink(self, d, address))
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
                 self.handle(R.ConnectFailed(address, str(exc) or type(exc).__name__))
                 return
-            options = ConnectionOptions(
-                client=True,
-                idle_timeout=self.heartbeat * 2,
-                open_timeout=max(2.0, self.heartbeat * 2),
-                setup_transport=anonymous_sasl,
-            )
-            driver = ConnectionDriver(
-                sock, lambda d: BackupLink(self, d, address), next(_ids), options
-            )
             self._link = driver
             await driver.run()
         finally:
@@ -230,7 +270,7 @@ class HaDriver:
         peers: tuple[str, ...] = ()
         self._peer_epochs: list[int] = []
         if self.state == BrokerState.JOINING:
-            statuses = await anyio.to_thread.run_sync(self._peer_statuses)
+            statuses = await self._peer_statuses()
             peers = tuple(
                 addr
                 for addr, st in statuses.items()
@@ -243,14 +283,30 @@ class HaDriver:
                 return a.reason
         return None
 
-    def _peer_statuses(self) -> dict[str, dict[str, Any]]:
-        from tools._mgmt import query_status  # a blocking client, run in a worker thread
-
+    async def _peer_statuses(self) -> dict[str, dict[str, Any]]:
+        """The HA status of every other broker that answers within the heartbeat (at once)."""
         out: dict[str, dict[str, Any]] = {}
-        for address in self.role.addresses:
-            st = query_status(address, timeout=max(1.0, self.heartbeat))
-            if st is not None:
-                out[address] = st
+
+        async def ask(address: str) -> None:
+            timeout = max(1.0, self.heartbeat)
+            with anyio.move_on_after(timeout):
+                try:
+                    driver = await self._dial(
+                        address, timeout, lambda d: StatusCheck(self, d, address)
+                    )
+                except (OSError, TimeoutError, ssl.SSLError):
+                    return
+                try:
+                    await driver.run()
+                finally:
+                    driver.abort("status check over")
+                handler = driver.handler
+                if isinstance(handler, StatusCheck) and handler.status is not None:
+                    out[address] = handler.status
+
+        async with anyio.create_task_group() as tg:
+            for address in self.role.addresses:
+                tg.start_soon(ask, address)
         return out
 
     def _become_primary(self) -> None:
@@ -301,13 +357,11 @@ class HaDriver:
 
     # -- what the rest of the broker asks ------------------------------------------------------
 
-    def admit(self, properties: dict[str, Any]) -> str:
-        """`admin`, `backup` or `client` if this connection may stay, else `refuse`."""
-        if properties.get(ADMIN_PROPERTY):
-            return "admin"
-        if BACKUP_PROPERTY in properties:
-            return "backup" if self.state.is_primary else "refuse"
-        return "client" if self.state.is_primary else "refuse"
+    def admit(self, properties: dict[str, Any], privileged: bool) -> str:
+        """`admin`, `backup` or `client` if this connection may stay; `refuse` (dropped
+        without a word, so that a client moves on to the next broker) or `denied` (claims HA
+        privileges its user does not have: the HA identity's, or `update broker`)."""
+        return admission(properties, privileged, self.state)
 
     def status(self) -> dict[str, Any]:
         ev = self.service.events

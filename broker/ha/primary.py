@@ -130,10 +130,7 @@ class BackupStream:
         link = self.link
         sent = False
         while (
-            self.pending
-            and self.in_flight < MAX_IN_FLIGHT
-            and link.credit > 0
-            and not self.closed
+            self.pending and self.in_flight < MAX_IN_FLIGHT and link.credit > 0 and not self.closed
         ):
             pending = self.pending
             if len(pending) <= BATCH_ITEMS and self._bytes < BATCH_BYTES:
@@ -252,6 +249,12 @@ class Primary:
             release(None)
 
     # -- backups ------------------------------------------------------------------------------
+
+    def holder(self, name: str) -> AmqpConnection | None:
+        """The live connection whose replication stream goes by `name`, if any: a second one
+        may not take the name over while it lives (the seed's backups are one link each)."""
+        s = self.streams.get(name)
+        return s.conn if s is not None and not s.conn.gone else None
 
     def attach(self, conn: AmqpConnection, link: Link, info: dict[str, Any]) -> BackupStream:
         """A backup attached its replication link: plan its catch-up and start its stream."""

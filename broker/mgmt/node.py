@@ -22,6 +22,7 @@ from broker.amqp.links import DECODE_ERROR, reject
 from broker.ha import levels
 from broker.model import Message, Queue
 
+from . import access
 from .operations import Operations, Response
 
 if TYPE_CHECKING:
@@ -49,9 +50,14 @@ class Management:
         log.info(
             "broker=%s conn=%s management %s %s %s", self.core.name, conn.id, op, kind, name or ""
         )
-        if kind == "ha":
-            return self._ha(op)
         body = codec.owned(request.body)
+        denied = self._denial(conn, op, kind, name, body)
+        if denied is not None:
+            return Response(403, denied)
+        if kind == "ha":
+            return self._ha(op, conn)
+        if kind == "acl":
+            return self._acl(op)
         refused = self._backup_refusal(op, kind, name, body)
         if refused is not None:
             return Response(403, refused)
@@ -94,7 +100,26 @@ class Management:
         what = f"{kind} {name!r}" if name else kind
         return f"{what} is replicated from the primary: on a backup it can only be read"
 
-    def _ha(self, op: str) -> Response | Awaitable[Response]:
+    def _denial(self, conn: AmqpConnection, op: str, kind: str, name: Any, body: Any) -> str | None:
+        """Why the ACL refuses this request, or None."""
+        security = self.core.security
+        if security is None:
+            return None
+        args = {str(k): v for k, v in body.items()} if isinstance(body, dict) else {}
+        action, obj, props = access.lookup(op, kind, name, args)
+        return security.check(conn.user, action, obj, props)
+
+    def _acl(self, op: str) -> Response:
+        """`RELOAD` re-reads the ACL file (as SIGHUP does); a bad file keeps the old rules."""
+        if op != "RELOAD":
+            return Response(501, f"unsupported operation {op!r} on type 'acl'")
+        security = self.core.security
+        if security is None:
+            return Response(400, "no ACL file (--acl-file) to reload")
+        ok, text = security.reload()
+        return Response(200 if ok else 400, text)
+
+    def _ha(self, op: str, conn: AmqpConnection) -> Response | Awaitable[Response]:
         """HA status and promote (what `qstore-ha` asks)."""
         ha = self.core.ha
         if op in ("READ", "QUERY"):
@@ -112,6 +137,12 @@ class Management:
         if op == "PROMOTE":
             if ha is None:
                 return Response(400, "not a cluster broker (--ha-cluster no)")
+            if conn.kind != "admin":  # the broker says so, not only the tool
+                return Response(
+                    403,
+                    f"promote refused for {conn.user}: only a cluster manager's HA admin "
+                    "connection (qpid.ha-admin, as the HA identity) may promote",
+                )
             return self._promote(ha)
         return Response(501, f"unsupported operation {op!r} on type 'ha'")
 
