@@ -14,8 +14,11 @@ from collections.abc import Callable, Sequence
 
 import anyio
 
+from broker.acl import AclError
 from broker.config import BrokerConfig, main_parse
+from broker.security import TlsError
 from qstore.journal import JournalError
+from qstore.sasl.userdb import UserDbError
 
 log = logging.getLogger("qstore.broker")
 
@@ -52,9 +55,12 @@ async def _serve(cfg: BrokerConfig) -> int:
     setup_logging(cfg, lambda: service.cfg.name, lambda: service.state)
 
     async def watch_signals() -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 log.info("received %s", signal.Signals(signum).name)
+                if signum == signal.SIGHUP:  # as `qstore-config reload-acl`
+                    service.security.reload()
+                    continue
                 service.request_stop()
                 return
 
@@ -87,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def _user_error(exc: BaseException) -> BaseException | None:
     """A start-up failure that is the user's to fix (data dir locked or damaged, port taken),
     found also inside the exception groups that task groups raise."""
-    if isinstance(exc, JournalError | OSError):
+    if isinstance(exc, JournalError | OSError | AclError | TlsError | UserDbError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:

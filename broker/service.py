@@ -26,6 +26,7 @@ from broker.ha.driver import HaDriver
 from broker.mgmt.node import Management
 from broker.model import Broker
 from broker.net import Server
+from broker.security import Authenticator, Authorizer, server_context
 from qstore.journal import Journal
 from recovery.startup import restore
 
@@ -58,6 +59,13 @@ class BrokerService:
             self.journal.position,
         )
         self.outbox = Outbox(self.model, clock)
+        try:  # every file is read now, so that a bad one stops start-up with one line
+            self.security = Authorizer(cfg.acl_file, cfg.ha_username, auth=cfg.auth)
+            authenticator = Authenticator(cfg)
+            tls = server_context(cfg)
+        except BaseException:
+            self.journal.close()
+            raise
         self.core = Core(
             name=cfg.name,
             model=self.model,
@@ -65,16 +73,26 @@ class BrokerService:
             clock=clock,
             events=self.events,
             auto_create=cfg.auto_create,
+            security=self.security,
         )
         self.core.management = Management(self.core, self.info())
-        self.server = Server(
-            cfg.interface,
-            cfg.port,
-            lambda driver: AmqpConnection(self.core, driver),
-            idle_timeout=cfg.heartbeat,
-            max_frame_size=cfg.max_frame_size,
-        )
+
+        def listener(port: int, ssl_context: Any = None) -> Server:
+            return Server(
+                cfg.interface,
+                port,
+                lambda driver: AmqpConnection(self.core, driver),
+                idle_timeout=cfg.heartbeat,
+                max_frame_size=cfg.max_frame_size,
+                sasl=authenticator,
+                ssl_context=ssl_context,
+                require_encryption=cfg.require_encryption,
+            )
+
+        self.server = listener(cfg.port)
+        self.tls_server = listener(cfg.ssl_port or 0, tls) if tls is not None else None
         self.port = cfg.port
+        self.ssl_port = cfg.ssl_port
         self.exit_code = 0
         self._tg: Any = None
         self.stop_requested = anyio.Event()
@@ -100,6 +118,8 @@ class BrokerService:
         """Serve until `stop()`; report the bound port once listening."""
         async with anyio.create_task_group() as tg:
             self.port = await tg.start(self.server.serve)
+            if self.tls_server is not None:
+                self.ssl_port = await tg.start(self.tls_server.serve)
             self.cfg = self.cfg.bound(self.port)
             self.core.name = self.cfg.name
             if self.cfg.port_file is not None:
@@ -150,6 +170,8 @@ class BrokerService:
         """Close every connection (amqp:connection:forced; in a cluster, dropped without a word, so
         that clients fail over), flush the journal, release it."""
         log.info("stopping: closing %d connections", len(self.server.connections))
+        if self.tls_server is not None:
+            await self.tls_server.stop()
         await self.server.stop()
         self._stopped.set()
         await anyio.to_thread.run_sync(self.journal.close)

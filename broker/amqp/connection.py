@@ -59,7 +59,7 @@ class AmqpConnection(ConnectionHandler):
         self.id = driver.conn_id
         self.gone = False
         self.container: str | None = None
-        self.user = driver.user or ANONYMOUS  # the SASL identity
+        self.user = ANONYMOUS  # the SASL identity, known by the time the peer opens
         self.denied = False  # refused at open: nothing more it sends is looked at
         self.kind = "client"  # or admin / backup (HA)
         self.paused = False  # output backed up: consumers not fed
@@ -115,6 +115,7 @@ class AmqpConnection(ConnectionHandler):
         self.container = conn.remote_container
         props = conn.remote_properties
         self.properties = {str(k): v for k, v in props.items()} if props else {}
+        self.user = self.driver.user or ANONYMOUS
         security = self.core.security
         if security is not None:
             host = self.driver.peer.rpartition(":")[0].strip("[]")

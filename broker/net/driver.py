@@ -303,9 +303,14 @@ class ConnectionDriver:
     def _close_tail(self) -> None:
         """The peer will send nothing more."""
         self._tail_closed = True
-        if self._sasl is not None:  # gone before the SASL outcome: proton never started
-            if self._bytes_in and self._sasl.state != "failed":
-                self._error = self._error or "peer closed the socket during SASL"
+        sasl = self._sasl
+        if sasl is not None:  # gone before the SASL outcome: proton never started
+            if sasl.state == "pending":
+                sasl.peer_closed()
+                if self._bytes_in:  # not a port probe: say why, once
+                    self._error = self._error or sasl.failure or "peer closed during SASL"
+                    log.warning("conn=%s peer=%s: %s", self.conn_id, self.peer, self._error)
+                    self._said = True
             self._out.head_closed = True
             self._output.set()
             return

@@ -38,7 +38,7 @@ class Authenticator:
             mechanisms = [*AUTH_MECHANISMS, *(["EXTERNAL"] if external else [])]
         else:
             mechanisms = list(OPEN_MECHANISMS)
-        users = self.users.get() if self.users is not None else None
+        users = self.users.current() if self.users is not None else None
         return SaslServer(mechanisms=mechanisms, users=users, auth=self.auth, external_id=external)
 
 

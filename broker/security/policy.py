@@ -46,16 +46,10 @@ class Authorizer:
         if acl is None:
             return None
         decision = acl.check(user, action, obj, props)
-        if decision.allowed and not decision.log:
-            return None
-        text = acl.denial(user, action, obj, props)
-        if decision.allowed:
-            log.info("ACL allowed %s (%s)", printable(text.removeprefix("ACL denied ")),
-                     decision.rule)  # fmt: skip
-            return None
-        log.log(logging.INFO if decision.log else logging.WARNING, "%s (%s)",
-                printable(text), decision.rule)  # fmt: skip
-        return printable(text)
+        if decision.log or not decision.allowed:
+            line = printable(acl.log_line(decision, user, action, obj, props))
+            log.log(logging.INFO if decision.allowed else logging.WARNING, "%s", line)
+        return None if decision.allowed else printable(acl.denial(user, action, obj, props))
 
     def ha_privileged(self, user: str) -> bool:
         """May this user promote, act as `qpid.ha-admin`, or replicate as a backup?"""
@@ -87,10 +81,10 @@ class Authorizer:
             return False, "no ACL file (--acl-file) to reload"
         try:
             self.acl = Acl.load(self.acl_file)
-        except (AclError, OSError) as exc:
+        except AclError as exc:
             text = f"ACL reload failed, the previous rules stay in force: {exc}"
             log.error("%s", text)
             return False, text
-        text = f"ACL reloaded from {self.acl_file}"
+        text = f"ACL reloaded from {self.acl_file}: {len(self.acl.rules)} rules"
         log.info("%s", text)
         return True, text
