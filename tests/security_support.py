@@ -127,10 +127,15 @@ def scram_open(port: int, user: str, password: str, mechanism: str = "SCRAM-SHA-
     return False, "timed out"
 
 
+_request_response: dict[int, SyncRequestResponse] = {}
+
+
 def mgmt(conn: BlockingConnection, operation: str, kind: str, name: str | None = None,
          body: Any = None) -> tuple[int, str, Any]:  # fmt: skip
     """One `$management` request over `conn`: (statusCode, statusDescription, body)."""
-    rr = SyncRequestResponse(conn, "$management")
+    rr = _request_response.get(id(conn))
+    if rr is None or rr.connection is not conn:  # one per connection (its link name is fixed)
+        rr = _request_response[id(conn)] = SyncRequestResponse(conn, "$management")
     props: dict[str, Any] = {"operation": operation, "type": kind}
     if name is not None:
         props["name"] = name

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 from broker_harness import Brokers
-from proton import Message
+from proton import Delivery, Message
 from proton.utils import LinkDetached, SendException
 from security_support import closing, connect, mgmt, refusal, start_secure, wait_for_log
 
@@ -21,6 +21,7 @@ acl deny-log eve access connection
 acl allow all access connection
 acl allow alice consume queue name=public.*
 acl allow alice publish exchange name=amq.default routingkey=public.*
+acl allow alice publish exchange name=amq.default routingkey=alice.*
 acl allow alice publish exchange name=news routingkey=sport.#
 acl allow alice create queue name=alice.*
 acl allow alice access broker
@@ -69,7 +70,7 @@ def test_publish_to_an_exchange_is_checked_per_message(secured) -> None:  # type
         sender.send(Message(subject="sport.football", body="goal", durable=True))
         with pytest.raises(SendException) as err:
             sender.send(Message(subject="politics", body="vote", durable=True))
-        assert "REJECTED" in str(err.value).upper()
+        assert err.value.state == Delivery.REJECTED
         # the link is still good for what the ACL allows
         sender.send(Message(subject="sport.tennis", body="ace", durable=True))
         r = c.create_receiver("public.a")
@@ -107,10 +108,13 @@ def test_management_changes_and_reads(secured) -> None:  # type: ignore[no-untyp
 
 def test_auto_create_on_attach_needs_create(secured) -> None:  # type: ignore[no-untyped-def]
     with closing(connect(secured.url, "alice")) as c:
-        c.create_sender("public.new").send(Message(body=1, durable=True))  # publish ok...
+        with pytest.raises(LinkDetached) as err:  # alice may publish to public.* ...
+            c.create_sender("public.new")
+        assert "ACL denied alice@QPID create queue name=public.new" in str(err.value)
+        c.create_sender("alice.new").send(Message(body=1, durable=True))  # ...create alice.*
     with closing(connect(secured.url, "admin")) as c:
-        code, _, _ = mgmt(c, "READ", "queue", "public.new")
-        assert code == 404  # ...but alice may not create it: the attach was refused
+        assert mgmt(c, "READ", "queue", "public.new")[0] == 404
+        assert mgmt(c, "READ", "queue", "alice.new")[2]["depth"] == 1
 
 
 def test_reload_by_sighup_and_by_management(secured, brokers: Brokers) -> None:  # type: ignore[no-untyped-def]

@@ -206,7 +206,9 @@ class AmqpConnection(ConnectionHandler):
                 source = link.remote_source
                 link.source.copy(source)
                 node = self._resolve(source)
-                if isinstance(node, Exchange):  # a private queue bound to it
+                if source.dynamic:
+                    pass  # its own private queue (a reply-to): nothing for the ACL to say
+                elif isinstance(node, Exchange):  # a private queue bound to it
                     key = nodes.filter_key(source) or ""
                     self._authorize("bind", "exchange", {"name": node.name, "routingkey": key})
                 else:
