@@ -342,6 +342,12 @@ class HaDriver:
     def _broadcast_membership(self) -> None:
         if self.primary is None:
             return
+        self.members = self._membership()
+        self.primary.broadcast(stream.MEMBERSHIP, members=self.members)
+
+    def _membership(self) -> list[dict[str, Any]]:
+        """On a primary: itself and the backups it has now (read live from the role)."""
+        assert self.primary is not None
         members = [{"name": self.name, "address": self.address, "state": str(self.state)}]
         for name, b in sorted(self.role.backups.items()):
             s = self.primary.streams.get(name)
@@ -352,8 +358,7 @@ class HaDriver:
                     "state": "ready" if b.ready else "catch-up",
                 }
             )
-        self.members = members
-        self.primary.broadcast(stream.MEMBERSHIP, members=members)
+        return members
 
     # -- what the rest of the broker asks ------------------------------------------------------
 
@@ -371,5 +376,8 @@ class HaDriver:
             "epoch": ev.epoch,
             "position": [ev.epoch, ev.seq],
             "brokers_url": ",".join(self.all_addresses),
-            "members": [{**m, "position": None} for m in self.members],
+            "members": [
+                {**m, "position": None}
+                for m in (self._membership() if self.primary is not None else self.members)
+            ],
         }

@@ -85,6 +85,13 @@ class SaslClient(SaslEndpoint):
         self._started = False
         self._got_mechanisms = False
 
+    # The transport's contract (broker.net's SaslLayer): a client has no slow check to hand
+    # off (its one PBKDF2 for SCRAM runs in `feed`, a few ms per connection).
+    pending_check: None = None
+
+    def check_done(self, ok: bool) -> None:
+        raise RuntimeError("a SASL client never has a pending check")
+
     def start(self) -> None:
         """Queue the SASL protocol header (the client speaks first)."""
         if not self._started:

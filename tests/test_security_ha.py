@@ -1,0 +1,165 @@
+"""The HA identity: backups log in as it, only it (or an ACL grant of `update broker`) may
+replicate, act as `qpid.ha-admin` or promote, and a backup with the wrong credentials never
+becomes ready, saying why in the seed's words (1.12.9, 1.12.12.2). Real brokers, stock clients."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker_harness import BrokerProcess, Brokers
+from cluster_harness import FAST
+from proton import Message, symbol
+from proton.utils import BlockingConnection, LinkDetached
+from security_support import PASSWORDS, closing, connect, mgmt, refusal, secure_args, wait_for_log
+
+from recovery.localcluster import free_ports
+
+ADMIN = {symbol("qpid.ha-admin"): True}
+WAIT = 20.0
+
+
+class SecureCluster:
+    """Brokers with `--auth yes`, the HA identity `ha` given by a password file."""
+
+    def __init__(self, brokers: Brokers, n: int, *, auth: bool = True) -> None:
+        self.brokers = brokers
+        self.ports = free_ports(n)
+        self.url = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        tmp = brokers.tmp_path
+        self.password_file = tmp / "ha.password"
+        self.password_file.write_text(PASSWORDS["ha"] + "\n")
+        self.auth = auth
+        self.members: list[BrokerProcess] = [self.start(i) for i in range(n)]
+
+    def args(self, i: int, password_file: Path | None = None) -> list[str]:
+        tmp = self.brokers.tmp_path
+        auth = secure_args(tmp) if self.auth else ["--auth", "no"]
+        return [
+            *auth,
+            "--ha-cluster", "yes",
+            "--ha-brokers-url", self.url,
+            "--ha-replicate", "all",
+            "--ha-username", "ha",
+            "--ha-password-file", str(password_file or self.password_file),
+            "--auto-create", "yes",
+            "--name", f"node{i}",
+            *FAST,
+        ]  # fmt: skip
+
+    def start(self, i: int, password_file: Path | None = None) -> BrokerProcess:
+        tmp = self.brokers.tmp_path
+        b = BrokerProcess(
+            tmp / f"node{i}", self.args(i, password_file), tmp / f"node{i}.log", self.ports[i]
+        )
+        self.brokers.started.append(b)
+        return b
+
+    def admin(self, i: int) -> BlockingConnection:
+        return connect(f"127.0.0.1:{self.ports[i]}", "ha", properties=ADMIN)
+
+    def state(self, i: int) -> str | None:
+        try:
+            with closing(self.admin(i)) as c:
+                code, _, body = mgmt(c, "READ", "ha")
+        except Exception:
+            return None
+        return str(body["state"]) if code == 200 else None
+
+    def wait_state(self, i: int, state: str, timeout: float = WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.state(i) == state:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"node{i} not {state} (is {self.state(i)}):\n{self.members[i].log()}")
+
+    def promote(self, i: int) -> tuple[int, str]:
+        with closing(self.admin(i)) as c:
+            code, text, _ = mgmt(c, "PROMOTE", "ha")
+        return code, text
+
+
+def backup_claim(name: str) -> dict[Any, Any]:
+    info = {"name": name, "address": "127.0.0.1:1", "position": {"epoch": 0, "node": "", "seq": 0}}
+    return {symbol("qpid.ha-backup"): info}
+
+
+def test_backups_log_in_as_the_ha_identity_and_fail_over(brokers: Brokers) -> None:
+    c = SecureCluster(brokers, 2)
+    assert c.promote(0)[0] == 200
+    c.wait_state(1, "ready")
+    with closing(connect(f"127.0.0.1:{c.ports[0]}", "alice")) as conn:
+        conn.create_sender("orders").send(Message(body="order-1", durable=True))
+    c.members[0].kill()
+    assert c.promote(1)[0] == 200
+    with closing(connect(f"127.0.0.1:{c.ports[1]}", "alice")) as conn:
+        assert conn.create_receiver("orders").receive(timeout=5).body == "order-1"
+    for b in c.members:  # the HA password is in no log and on no command line
+        assert PASSWORDS["ha"] not in b.log_path.read_text()
+        cmdline = Path(f"/proc/{b.pid}/cmdline").read_bytes() if b.alive() else b""
+        assert PASSWORDS["ha"].encode() not in cmdline
+
+
+def test_impostors_are_refused_on_primary_and_backup(brokers: Brokers) -> None:
+    c = SecureCluster(brokers, 2)
+    assert c.promote(0)[0] == 200
+    c.wait_state(1, "ready")
+    for i in (0, 1):  # an ordinary user claiming to be a backup, or an HA admin
+        url = f"127.0.0.1:{c.ports[i]}"
+        text = refusal(url, "alice", properties=backup_claim("node1"))
+        assert "ACL denied alice@QPID creating a federation link" in text, text
+        text = refusal(url, "alice", properties=ADMIN)
+        assert "ACL denied alice@QPID update broker" in text, text
+    wait_for_log(c.members[0], "creating a federation link")
+    # nothing changed: the real backup is still ready, and promote needs the HA admin
+    assert c.state(1) == "ready"
+    with closing(connect(f"127.0.0.1:{c.ports[0]}", "alice")) as conn:
+        code, text, _ = mgmt(conn, "PROMOTE", "ha")
+    assert code == 403 and "promote refused for alice@QPID" in text
+
+
+def test_a_backup_name_cannot_be_taken_over(brokers: Brokers) -> None:
+    c = SecureCluster(brokers, 2)
+    assert c.promote(0)[0] == 200
+    c.wait_state(1, "ready")
+    url = f"127.0.0.1:{c.ports[0]}"
+    conn = connect(url, "ha", properties=backup_claim("node1"))
+    with closing(conn), pytest.raises(LinkDetached) as err:
+        conn.create_receiver("$ha.replication")
+    assert "backup name 'node1' is in use" in str(err.value)
+    time.sleep(0.5)
+    assert c.state(1) == "ready"
+
+
+def test_wrong_ha_credentials_never_become_ready(brokers: Brokers) -> None:
+    c = SecureCluster(brokers, 1 + 1)
+    assert c.promote(0)[0] == 200
+    c.wait_state(1, "ready")
+    c.members[1].kill()
+    wrong = brokers.tmp_path / "wrong.password"
+    wrong.write_text("not-the-ha-password\n")
+    c.members[1] = c.start(1, password_file=wrong)
+    line = wait_for_log(c.members[1], "SASL: Authentication failed")
+    assert f"127.0.0.1:{c.ports[0]}" in line
+    wait_for_log(c.members[0], "password verification failed")
+    time.sleep(1.0)  # several link-maintenance intervals: it keeps trying, never in
+    assert c.members[1].log().count("SASL: Authentication failed") >= 2
+    assert c.state(1) == "joining"
+    with closing(c.admin(0)) as conn:
+        _, _, status = mgmt(conn, "READ", "ha")
+    assert all(m["name"] != "node1" for m in status["members"]), status["members"]
+
+
+def test_open_cluster_still_needs_the_ha_identity_for_ha(brokers: Brokers) -> None:
+    """`--auth no` with an HA user: anyone connects, only that user (by name) replicates."""
+    c = SecureCluster(brokers, 2, auth=False)
+    assert c.promote(0)[0] == 200
+    c.wait_state(1, "ready")
+    url = f"127.0.0.1:{c.ports[0]}"
+    text = refusal(url, properties=backup_claim("node9"))  # anonymous
+    assert "ACL denied anonymous@QPID creating a federation link" in text
+    with closing(BlockingConnection(url, timeout=10)) as conn:
+        conn.create_sender("q").send(Message(body=1))
