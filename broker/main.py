@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from broker.config import BrokerConfig, main_parse
+from broker.logfmt import EscapingFormatter
 from qstore.journal import JournalError
 
 log = logging.getLogger("qstore.broker")
@@ -36,8 +37,9 @@ class _BrokerFields(logging.Filter):
 
 def setup_logging(cfg: BrokerConfig, name: Callable[[], str], state: Callable[[], str]) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    # Names from the network reach messages: the formatter escapes their control characters.
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s [%(broker)s %(state)s] %(name)s: %(message)s")
+        EscapingFormatter("%(asctime)s %(levelname)s [%(broker)s %(state)s] %(name)s: %(message)s")
     )
     handler.addFilter(_BrokerFields(name, state))
     root = logging.getLogger()
