@@ -16,6 +16,7 @@ import anyio
 
 from broker.acl import AclError
 from broker.config import BrokerConfig, main_parse
+from broker.logfmt import EscapingFormatter
 from broker.security import TlsError
 from qstore.journal import JournalError
 from qstore.sasl.userdb import UserDbError
@@ -39,8 +40,9 @@ class _BrokerFields(logging.Filter):
 
 def setup_logging(cfg: BrokerConfig, name: Callable[[], str], state: Callable[[], str]) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    # Names from the network reach messages: the formatter escapes their control characters.
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s [%(broker)s %(state)s] %(name)s: %(message)s")
+        EscapingFormatter("%(asctime)s %(levelname)s [%(broker)s %(state)s] %(name)s: %(message)s")
     )
     handler.addFilter(_BrokerFields(name, state))
     root = logging.getLogger()

@@ -9,6 +9,10 @@ supported instead of mistaking "rdma" for a host name. An IPv6 host is written i
 at the first "/", so a password may hold any character.
 
 A password never appears in an error message or a repr; `BrokerUrl.masked()` renders a URL for logs.
+
+Clients and tools also take the usual URL form (`parse_client_url`):
+`amqp://[user[:password]@]host[:port]` and `amqps://...`, the latter meaning TLS (the `ssl`
+transport, port 5671 by default); user and password are percent-decoded there.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 DEFAULT_PORT = 5672
+DEFAULT_TLS_PORT = 5671
 TRANSPORTS = ("tcp", "ssl")
 UNSUPPORTED_TRANSPORTS = ("rdma",)
 MASK = "****"
@@ -27,6 +33,7 @@ _PREFIX = re.compile(r"(?i)(tcp|ssl|rdma):")
 _AMQP = "amqp:"
 _DIGITS = re.compile(r"[0-9]{1,5}")
 _CRED_PREFIX = re.compile(r"(?i)amqps?:(?://)?")
+_SCHEME = re.compile(r"(?i)(amqps?)://")
 
 
 class UrlError(ValueError):
@@ -235,3 +242,37 @@ def mask_password(text: str) -> str:
     if cut < 0:
         return text
     return f"{head}{cred[: cut + 1]}{MASK}@{rest}"
+
+
+def parse_client_url(text: str) -> BrokerUrl:
+    """A URL as a client or tool takes it: the seed's grammar (`parse_url`) or the usual
+    `amqp://[user[:password]@]host[:port][,host[:port]...]`, where `amqps://` means TLS on
+    every address (default port 5671). Never falls back: `amqps://` addresses are all `ssl`."""
+    body = text.strip()
+    scheme = _SCHEME.match(body)
+    if scheme is None:
+        return parse_url(body)
+    tls = scheme.group(1).lower() == "amqps"
+    body = body[scheme.end() :]
+    user = password = None
+    cred, at, rest = body.rpartition("@")
+    if at:
+        name, colon, pw = cred.partition(":")
+        user = unquote(name)
+        if not user:
+            raise UrlError("empty user name before '@'")
+        if colon:
+            if not pw:
+                raise UrlError(f"empty password after '{user}:'")
+            password = unquote(pw)
+        body = rest
+    body = body.rstrip("/")
+    for part in body.split(","):
+        if _PREFIX.match(part.strip()):
+            raise UrlError(
+                f"'{part.strip()}': no transport prefix in an {scheme.group(1).lower()}:// URL"
+            )
+    addresses = parse_address_list(body, DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
+    if tls:
+        addresses = tuple(Address("ssl", a.host, a.port) for a in addresses)
+    return BrokerUrl(user, password, addresses)

@@ -14,6 +14,7 @@ from qstore.urls import (
     format_addresses,
     mask_password,
     parse_addresses,
+    parse_client_url,
     parse_host,
     parse_url,
 )
@@ -201,3 +202,22 @@ def test_render_parses_back(
     url = BrokerUrl(user, password, tuple(addresses))
     assert parse_url(str(url)) == url
     assert parse_url(url.masked()).addresses == url.addresses
+
+
+def test_parse_client_url_takes_both_forms() -> None:
+    u = parse_client_url("amqps://app:p%40ss%2Fw@h1:1,h2")
+    assert (u.user, u.password) == ("app", "p@ss/w")
+    assert u.addresses == (Address("ssl", "h1", 1), Address("ssl", "h2", 5671))
+    assert "p@ss" not in repr(u) and u.masked() == "amqp:app/****@ssl:h1:1,ssl:h2:5671"
+    u = parse_client_url("amqp://admin:pw@127.0.0.1:5672/")
+    assert (u.user, u.password, u.addresses) == ("admin", "pw", (tcp("127.0.0.1", 5672),))
+    assert parse_client_url("amqp://[::1]").addresses == (tcp("::1"),)
+    assert parse_client_url("u/p@ssl:h:9") == parse_url("u/p@ssl:h:9")  # the seed's grammar
+    for bad, why in (
+        ("amqps://ssl:h", "no transport prefix in an amqps:// URL"),
+        ("amqp://:pw@h", "empty user name"),
+        ("amqp://u:@h", "empty password after 'u:'"),
+        ("amqps://", "no address"),
+    ):
+        with pytest.raises(UrlError, match=why):
+            parse_client_url(bad)

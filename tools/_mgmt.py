@@ -7,37 +7,46 @@ answer carries `statusCode` and `statusDescription`. Every failure a person can 
 message, so the tools can print it and exit 1 instead of showing a traceback.
 
 `--ha-admin` puts `qpid.ha-admin: true` in the connection properties, as the seed's tools do, so a
-backup lets the tool in.
+backup lets the tool in. Credentials and TLS (`-b USER/PASS@HOST:PORT`, `--sasl-mechanism`,
+`--password-file`, `--ssl-*`) are read by _login.py; a password never appears in what we print.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import re
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from proton import Message, symbol
 from proton.utils import BlockingConnection, BlockingReceiver, BlockingSender
 
 from qstore.urls import Address, UrlError, parse_addresses
+from tools._errors import ToolError, UsageError
+from tools._login import (
+    Login,
+    TlsSettings,
+    add_login_options,
+    check_mechanism,
+    describe_addresses,
+    parse_broker_url,
+    resolve_login,
+)
 
 DEFAULT_BROKER = "127.0.0.1:5672"
 DEFAULT_TIMEOUT = 10.0
 MANAGEMENT = "$management"
-_CONDITION = re.compile(r"Condition\('[^']*', '([^']*)'")
-
-
-class ToolError(Exception):
-    """A failure to report as one line and exit status 1."""
+_CONDITION = re.compile(r"Condition\('([^']*)', '([^']*)'")
 
 
 def parse_broker(text: str) -> list[Address]:
-    """`-b` value: host[:port][,host[:port]...] with optional amqp:/tcp: prefixes (seed grammar)."""
+    """host[:port][,host[:port]...] with optional amqp:/tcp:/ssl: prefixes (seed grammar), no
+    credentials: for addresses that come without them (a brokers URL a broker reports)."""
     try:
         return list(parse_addresses(text))
     except UrlError as exc:
@@ -55,16 +64,17 @@ def parse_timeout(text: str) -> float:
 
 
 def add_connection_options(parser: argparse.ArgumentParser, *, short_b: bool = True) -> None:
-    """`-b/--broker`, `--ha-admin`, `--timeout`; SUPPRESS defaults so that a subparser repeating
-    them (options after the verb) does not overwrite a value given before the verb."""
+    """`-b/--broker`, `--ha-admin`, `--timeout` and the login options; SUPPRESS defaults so that
+    a subparser repeating them (options after the verb) does not overwrite a value given before
+    the verb."""
     flags = ("-b", "--broker") if short_b else ("--broker",)
     parser.add_argument(
         *flags,
         dest="broker",
         metavar="BROKER",
-        type=parse_broker,
+        type=parse_broker_url,
         default=argparse.SUPPRESS,
-        help=f"broker address host[:port] (default {DEFAULT_BROKER})",
+        help=f"broker [USER[/PASS]@][ssl:]HOST[:PORT] (default {DEFAULT_BROKER})",
     )
     parser.add_argument(
         "--ha-admin",
@@ -79,10 +89,14 @@ def add_connection_options(parser: argparse.ArgumentParser, *, short_b: bool = T
         metavar="S",
         help=f"seconds to wait for the broker (default {DEFAULT_TIMEOUT:g})",
     )
+    add_login_options(parser)
 
 
-def broker_addresses(ns: argparse.Namespace) -> list[Address]:
-    return getattr(ns, "broker", None) or parse_broker(DEFAULT_BROKER)
+def login_of(ns: argparse.Namespace, env: Mapping[str, str] | None = None) -> Login:
+    """The broker addresses and login the options (and the environment, default os.environ) ask
+    for; `UsageError` if they cannot work together."""
+    url = getattr(ns, "broker", None) or parse_broker_url(DEFAULT_BROKER)
+    return resolve_login(ns, url, env)
 
 
 class ManagementClient:
@@ -92,31 +106,67 @@ class ManagementClient:
         self,
         addresses: Sequence[Address],
         *,
+        user: str | None = None,
+        password: str | None = None,
+        mechanism: str | None = None,
+        ssl: TlsSettings | None = None,
         ha_admin: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
+        """`mechanism`: PLAIN, ANONYMOUS or EXTERNAL (None: PLAIN with a user, else whatever the
+        broker offers that proton can do). `ssl`: the TLS files for `ssl:` addresses (None: the
+        system's CAs); an `ssl:` address is never tried over plain TCP."""
         self.timeout = timeout
-        self.where = ",".join(a.hostport for a in addresses)
-        props = {symbol("qpid.ha-admin"): True} if ha_admin else None
+        self.where = describe_addresses(addresses)
+        mechanism = check_mechanism(mechanism) or ("PLAIN" if user else None)
+        options: dict[str, Any] = {
+            "user": user,
+            "password": password,
+            "allow_insecure_mechs": True,  # PLAIN over plain TCP, as the seed's clients allow
+        }
+        if mechanism:
+            options["allowed_mechs"] = mechanism
+        if ha_admin:
+            options["properties"] = {symbol("qpid.ha-admin"): True}
+        if any(a.transport == "ssl" for a in addresses):
+            options["ssl_domain"] = (ssl or TlsSettings()).domain()
         urls = [f"{'amqps' if a.transport == 'ssl' else 'amqp'}://{a.hostport}" for a in addresses]
         self.conn: BlockingConnection | None = None
         try:
             # One address: the plain form (no reconnect); several: try each in turn once.
             if len(urls) == 1:
-                self.conn = BlockingConnection(urls[0], timeout=timeout, properties=props)
+                self.conn = BlockingConnection(urls[0], timeout=timeout, **options)
             else:
                 self.conn = BlockingConnection(
-                    urls=urls, reconnect=False, timeout=timeout, properties=props
+                    urls=urls, reconnect=False, timeout=timeout, **options
                 )
             self.sender: BlockingSender = self.conn.create_sender(MANAGEMENT)
             self.receiver: BlockingReceiver = self.conn.create_receiver(None, dynamic=True)
             self.reply_to: str = self.receiver.remote_source.address
         except Exception as exc:
             self.close()
-            raise ToolError(f"cannot connect to {self.where}: {_describe(exc)}") from None
+            why = _describe(exc)
+            raise ToolError(
+                f"cannot connect to {self.where}: {why}{_tls_hint(addresses, why)}"
+            ) from None
         if not self.reply_to:
             self.close()
             raise ToolError(f"cannot connect to {self.where}: broker gave no reply address")
+
+    @classmethod
+    def login(
+        cls, login: Login, *, ha_admin: bool = False, timeout: float = DEFAULT_TIMEOUT
+    ) -> ManagementClient:
+        """A client for what `resolve_login` decided."""
+        return cls(
+            login.addresses,
+            user=login.user,
+            password=login.password,
+            mechanism=login.mechanism,
+            ssl=login.tls,
+            ha_admin=ha_admin,
+            timeout=timeout,
+        )
 
     def request(
         self,
@@ -182,32 +232,67 @@ class ManagementClient:
 
 
 def _describe(exc: BaseException) -> str:
-    """One line for an exception from proton or the socket layer."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """One line for an exception from proton or the socket layer: `condition: description`.
+    proton's exceptions name the URL we built (no credentials are ever in it)."""
     cond = getattr(exc, "condition", None)
     if cond is not None and getattr(cond, "description", None):
-        return f"{cond.name}: {cond.description}"
+        return _clean(f"{cond.name}: {cond.description}")
+    text = " ".join(str(exc).split()) or type(exc).__name__
     # proton's ConnectionException renders as "Connection URL disconnected: Condition('x', 'why')".
     found = _CONDITION.search(text)
-    return found.group(1) if found else text
+    return _clean(f"{found.group(1)}: {found.group(2)}") if found else text
+
+
+def _clean(text: str) -> str:
+    """proton's SASL outcome reads "Authentication failed [mech=PLAIN]": the seed's line ends at
+    "failed" (the mechanism is the tool's own choice). Its TLS failures read "amqp:connection:
+    framing-error: SSL Failure: error:0A000086:SSL routines::certificate verify failed": only
+    the last part says anything to a person."""
+    text = re.sub(r"\s*\[mech=[^\]]*\]$", "", " ".join(text.split()))
+    _, tls, reason = text.partition("SSL Failure:")
+    if tls:
+        return f"TLS handshake failed: {reason.rsplit('::', 1)[-1].strip()}"
+    return text
+
+
+def _tls_hint(addresses: Sequence[Address], why: str) -> str:
+    """proton checks a certificate's DNS names, never its IP addresses: connecting to an IP
+    literal fails verification even with the right CA, which no message says."""
+    if "certificate verify failed" not in why:
+        return ""
+    hint = " (the certificate is not signed by --ssl-ca-file's CA, or does not name the host"
+    if any(a.transport == "ssl" and _is_ip(a.host) for a in addresses):
+        hint += (
+            "; this client matches host names, never IP addresses: connect by a name the "
+            "certificate holds, e.g. ssl:localhost:PORT"
+        )
+    return hint + ")"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def connect(ns: argparse.Namespace) -> ManagementClient:
-    return ManagementClient(
-        broker_addresses(ns),
+    return ManagementClient.login(
+        login_of(ns),
         ha_admin=bool(getattr(ns, "ha_admin", False)),
         timeout=getattr(ns, "timeout", DEFAULT_TIMEOUT),
     )
 
 
 def run_tool(prog: str, body: Callable[[], int]) -> NoReturn:
-    """Run a tool's body: `ToolError` -> "prog: message" on stderr and exit 1, never a traceback;
-    a closed stdout (`| head`) exits quietly."""
+    """Run a tool's body: `ToolError` -> "prog: message" on stderr and exit 1 (`UsageError`: 2),
+    never a traceback; a closed stdout (`| head`) exits quietly."""
     try:
         status = body()
     except ToolError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
-        status = 1
+        status = exc.status
     except KeyboardInterrupt:
         status = 130
     except BrokenPipeError:
@@ -231,12 +316,38 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def query_status(address: str, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any] | None:
-    """A broker's HA status (`READ ha`) over an admin connection, or None if it does not answer.
-    Also used by a joining broker asked to promote itself, to look at its peers."""
+def query_status(
+    address: str,
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    mechanism: str | None = None,
+    ssl: TlsSettings | None = None,
+) -> dict[str, Any] | None:
+    """A broker's HA status (`READ ha`) over an admin connection, or None if it does not answer
+    (refused logins included). Also used by a joining broker asked to promote itself, to look at
+    its peers, with the HA credentials. `address` may carry credentials (USER/PASS@HOST:PORT);
+    the keywords win over them. A mechanism this client cannot do raises `UsageError`: treating
+    that as "no answer" would make every peer look dead to whoever decides on a promote."""
     try:
-        client = ManagementClient(parse_broker(address), ha_admin=True, timeout=timeout)
-    except (ToolError, argparse.ArgumentTypeError):
+        url = parse_broker_url(address)
+    except argparse.ArgumentTypeError:
+        return None
+    mechanism = check_mechanism(mechanism)
+    try:
+        client = ManagementClient(
+            url.addresses,
+            user=user or url.user,
+            password=password if user else url.password,
+            mechanism=mechanism,
+            ssl=ssl,
+            ha_admin=True,
+            timeout=timeout,
+        )
+    except UsageError:
+        raise
+    except ToolError:
         return None
     try:
         code, _, body = client.request("READ", "ha")

@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from broker.logfmt import escape_controls
 from tools._mgmt import ManagementClient, ToolError, parse_broker, query_status
 from tools.cluster_manager import Memory, NodeView, Note, Promote, Restart, decide
 
@@ -37,7 +38,8 @@ def stamp() -> str:
 
 
 def say(text: str) -> None:
-    print(f"{stamp()} {text}", flush=True)
+    """One line per event: what a broker answered (a refusal's description) cannot add lines."""
+    print(f"{stamp()} {escape_controls(text)}", flush=True)
 
 
 @dataclass
@@ -70,6 +72,9 @@ class ClusterManager:
         self.url = ",".join(node.address for node in self.nodes)
         self.memory = Memory()
         self.stopping = False
+        # How the manager logs in to its brokers (user, password, mechanism, ssl: the keywords
+        # of query_status and ManagementClient); empty while the brokers run without --auth.
+        self.login: dict[str, Any] = {}
         self._save()
 
     # -- the cluster file ---------------------------------------------------------------------
@@ -144,7 +149,7 @@ class ClusterManager:
 
     def view(self, node: Node) -> NodeView:
         st = (
-            query_status(node.address, timeout=max(1.0, 2 * self.args.heartbeat))
+            query_status(node.address, timeout=max(1.0, 2 * self.args.heartbeat), **self.login)
             if node.running()
             else None
         )
@@ -160,7 +165,9 @@ class ClusterManager:
     def promote(self, node: Node, why: str) -> None:
         say(f"promoting node{node.index} ({why})")
         try:
-            client = ManagementClient(parse_broker(node.address), ha_admin=True, timeout=15)
+            client = ManagementClient(
+                parse_broker(node.address), ha_admin=True, timeout=15, **self.login
+            )
         except ToolError as exc:
             say(f"promote node{node.index} failed: {exc}")
             self.memory.promoting = None

@@ -2,7 +2,7 @@
 
 The seed's qpid-config, over the broker's `$management` node:
 
-    qstore-config [-b BROKER] [--ha-admin] [--timeout S] VERB ...
+    qstore-config [-b BROKER] [--ha-admin] [--timeout S] [LOGIN OPTIONS] VERB ...
       add queue NAME [--durable] [--replicate all|configuration|none] [--max-queue-size N]
                      [--max-queue-count N] [--limit-policy ring|reject] [--lvq-key K]
                      [--priorities N] [--argument K=V ...]
@@ -12,6 +12,10 @@ The seed's qpid-config, over the broker's `$management` node:
       bind EXCHANGE QUEUE [KEY] [all|any K=V ...] [--argument K=V ...]
       unbind EXCHANGE QUEUE [KEY]
       queues | exchanges | bindings [--json]
+
+BROKER is `[USER[/PASS]@][ssl:]HOST[:PORT]`; the login options (`--sasl-mechanism`,
+`--password-file`, `--ssl-ca-file`, `--ssl-cert-file`, `--ssl-key-file`, and QSTORE_USER /
+QSTORE_PASSWORD) are described in _login.py.
 
 Options may stand before or after the verb. The queue options become the queue's arguments
 (`qpid.max_size`, `qpid.max_count`, `qpid.policy_type`, `qpid.last_value_queue_key`,

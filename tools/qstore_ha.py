@@ -2,7 +2,7 @@
 
 The seed's qpid-ha (manual 1.12.10), over the broker's `$management` node (request type `ha`):
 
-    qstore-ha [-b BROKER] [--cluster-manager] [--timeout S] VERB
+    qstore-ha [-b BROKER] [--cluster-manager] [--timeout S] [LOGIN OPTIONS] VERB
       ping                            exit 0 if the broker answers
       status                          print the state (standalone joining catch-up ready
                                       recovering active)
@@ -16,27 +16,30 @@ The seed's qpid-ha (manual 1.12.10), over the broker's `$management` node (reque
 
 `promote` can make a cluster with two primaries, which loses data, so as in the seed it is only
 accepted with `--cluster-manager`, and `--help` lists it only then. The tool always connects as
-an admin (`qpid.ha-admin: true`) so that a backup lets it in. Options may stand before or after
-the verb. Exit status: 0 yes/success, 1 no, refused or unreachable (one line on stderr, never a
-traceback), 2 bad usage.
+an admin (`qpid.ha-admin: true`) so that a backup lets it in. BROKER and the login options are
+those of qstore-config (_login.py); `--all` asks every broker with the same login. Options may
+stand before or after the verb. Exit status: 0 yes/success, 1 no, refused or unreachable (one
+line on stderr, never a traceback), 2 bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from broker.ha.states import BrokerState, matches
-from qstore.urls import Address
+from qstore.urls import Address, UrlError, parse_client_url
+from tools._login import Login, add_login_options, parse_broker_url
 from tools._mgmt import (
     DEFAULT_BROKER,
     DEFAULT_TIMEOUT,
     ManagementClient,
     ToolError,
-    parse_broker,
+    login_of,
     parse_timeout,
     print_json,
     run_tool,
@@ -47,7 +50,18 @@ PROG = "qstore-ha"
 CLUSTER_MANAGER = "--cluster-manager"
 MANAGER_VERBS = ("promote", "recover")
 # Options that take a value as the next word: skipped when looking for a verb in argv.
-_VALUE_OPTIONS = ("-b", "--broker", "--timeout", "--expect", "--wait")
+_VALUE_OPTIONS = (
+    "-b",
+    "--broker",
+    "--timeout",
+    "--expect",
+    "--wait",
+    "--sasl-mechanism",
+    "--password-file",
+    "--ssl-ca-file",
+    "--ssl-cert-file",
+    "--ssl-key-file",
+)
 _POLL = 0.1
 
 
@@ -82,9 +96,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--broker",
         dest="broker",
         metavar="BROKER",
-        type=parse_broker,
+        type=parse_broker_url,
         default=argparse.SUPPRESS,
-        help=f"broker address host[:port] (default {DEFAULT_BROKER})",
+        help=f"broker [USER[/PASS]@][ssl:]HOST[:PORT] (default {DEFAULT_BROKER})",
     )
     parser.add_argument(
         "--timeout",
@@ -100,6 +114,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="enable the commands only a cluster manager may use",
     )
+    add_login_options(parser)
 
 
 def _json_option(parser: argparse.ArgumentParser) -> None:
@@ -196,8 +211,8 @@ def find_verb(argv: Sequence[str]) -> str | None:
 # -- talking to brokers ---------------------------------------------------------------------------
 
 
-def connect(addresses: Sequence[Address], timeout: float) -> ManagementClient:
-    return ManagementClient(addresses, ha_admin=True, timeout=timeout)
+def connect(login: Login, timeout: float) -> ManagementClient:
+    return ManagementClient.login(login, ha_admin=True, timeout=timeout)
 
 
 def read_status(client: ManagementClient) -> dict[str, Any]:
@@ -216,23 +231,32 @@ def state_of(st: dict[str, Any]) -> BrokerState:
     return BrokerState.parse(str(st["state"]))  # checked by read_status
 
 
-def ask(address: str, timeout: float) -> dict[str, Any]:
-    """One broker's status over its own connection (for --all)."""
-    with connect(parse_broker(address), timeout) as client:
+def ask(login: Login, address: str, timeout: float) -> dict[str, Any]:
+    """One broker's status over its own connection (for --all), logged in as the tool is."""
+    with connect(dataclasses.replace(login, addresses=addresses_of(address)), timeout) as client:
         return read_status(client)
 
 
+def addresses_of(url: str) -> tuple[Address, ...]:
+    """The addresses of a brokers URL a broker reports (credentials in it, masked or not, are
+    not ours to use: the tool logs in as its own options say)."""
+    try:
+        return parse_client_url(url).addresses
+    except UrlError as exc:
+        raise ToolError(f"the broker reports a brokers URL this tool cannot read: {exc}") from None
+
+
 def cluster_statuses(
-    first: dict[str, Any], where: str, timeout: float
+    first: dict[str, Any], login: Login, where: str, timeout: float
 ) -> list[tuple[str, dict[str, Any] | str]]:
     """(address, status or error) for every broker of the brokers URL, each asked itself; a
     broker outside a cluster has no brokers URL and stands alone."""
     url = str(first.get("brokers_url") or "")
-    addresses = [a.hostport for a in parse_broker(url)] if url else [where]
+    addresses = [str(a) for a in addresses_of(url)] if url else [where]
     out: list[tuple[str, dict[str, Any] | str]] = []
     for address in addresses:
         try:
-            out.append((address, ask(address, timeout)))
+            out.append((address, ask(login, address, timeout)))
         except ToolError as exc:
             out.append((address, str(exc)))
     return out
@@ -296,7 +320,7 @@ def do_status(client: ManagementClient, ns: argparse.Namespace, timeout: float) 
         else:
             print(state)
         return 0
-    results = cluster_statuses(st, client.where, timeout)
+    results = cluster_statuses(st, ns.login, client.where, timeout)
     if as_json:
         print_json([_as_json(a, r) for a, r in results])
         return 0
@@ -314,7 +338,7 @@ def do_query(client: ManagementClient, ns: argparse.Namespace, timeout: float) -
         else:
             print("\n".join(query_lines(st)))
         return 0
-    results = cluster_statuses(st, client.where, timeout)
+    results = cluster_statuses(st, ns.login, client.where, timeout)
     if as_json:
         print_json([_as_json(a, r) for a, r in results])
         return 0
@@ -345,7 +369,7 @@ def do_promote(client: ManagementClient, ns: argparse.Namespace, timeout: float)
 
 def do_recover(client: ManagementClient, ns: argparse.Namespace, timeout: float) -> int:
     """One pass of what qstore-cluster does after a total failure, for an external manager."""
-    statuses = cluster_statuses(read_status(client), client.where, timeout)
+    statuses = cluster_statuses(read_status(client), ns.login, client.where, timeout)
     views, missing = [], []
     for i, (address, st) in enumerate(statuses):
         if isinstance(st, str):
@@ -364,7 +388,7 @@ def do_recover(client: ManagementClient, ns: argparse.Namespace, timeout: float)
     print(f"promoting {address} ({views[best.index].state}, position {list(best.position)})")
     if missing:
         print(f"not answering: {', '.join(missing)} (their journals were not compared)")
-    with connect(parse_broker(address), timeout) as target:
+    with connect(dataclasses.replace(ns.login, addresses=addresses_of(address)), timeout) as target:
         target.call("PROMOTE", "ha")
     return 0
 
@@ -389,9 +413,9 @@ def run(ns: argparse.Namespace) -> int:
     that cannot be reached is also a `no`, but its one line still goes to stderr, as in the
     seed (stdout stays empty)."""
     timeout = getattr(ns, "timeout", DEFAULT_TIMEOUT)
-    addresses = getattr(ns, "broker", None) or parse_broker(DEFAULT_BROKER)
+    ns.login = login_of(ns)
     try:
-        with connect(addresses, timeout) as client:
+        with connect(ns.login, timeout) as client:
             return VERBS[ns.verb](client, ns, timeout)
     except No:
         return 1

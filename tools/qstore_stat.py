@@ -1,6 +1,9 @@
 """`qstore-stat`: a running broker's queues, exchanges, connections and identity with statistics.
 
-    qstore-stat [-b BROKER | --broker BROKER] [--ha-admin] [--timeout S] [--json] [-q|-e|-c|-b]
+    qstore-stat [-b BROKER | --broker BROKER] [--ha-admin] [--timeout S] [LOGIN OPTIONS] [--json]
+                [-q|-e|-c|-b]
+
+BROKER and the login options are those of qstore-config (_login.py).
 
 The seed's qpid-stat uses `-b` for its brokers view, and newer qpid tools use `-b BROKER` for the
 address; this tool takes both: `-b` takes a value only when the next word is not an option, so
@@ -18,11 +21,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from tools._login import add_login_options, parse_broker_url
 from tools._mgmt import (
     DEFAULT_BROKER,
     ManagementClient,
     connect,
-    parse_broker,
     parse_timeout,
     print_json,
     run_tool,
@@ -92,7 +95,7 @@ def _add_view(namespace: argparse.Namespace, view: str) -> None:
 
 def parse_broker_value(parser: argparse.ArgumentParser, text: str) -> Any:
     try:
-        return parse_broker(text)
+        return parse_broker_url(text)
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
 
@@ -101,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         usage=f"{PROG} [-b BROKER | --broker BROKER] [--ha-admin] [--timeout S] [--json] "
-        "[-q | -e | -c | -b]",
+        "[--sasl-mechanism MECH] [--password-file FILE] [--ssl-ca-file PEM] "
+        "[--ssl-cert-file PEM] [--ssl-key-file PEM] [-q | -e | -c | -b]",
         description="Show a qstore broker's queues, exchanges, connections or identity.",
         epilog=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -114,15 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
         action=_BrokerOrView,
         default=argparse.SUPPRESS,
         metavar="BROKER",
-        help="the broker address host[:port]; without a value: the brokers view",
+        help="the broker [USER[/PASS]@][ssl:]HOST[:PORT]; without a value: the brokers view",
     )
     parser.add_argument(
         "--broker",
         dest="broker",
-        type=parse_broker,
+        type=parse_broker_url,
         default=argparse.SUPPRESS,
         metavar="BROKER",
-        help=f"the broker address host[:port] (default {DEFAULT_BROKER})",
+        help=f"the broker [USER[/PASS]@][ssl:]HOST[:PORT] (default {DEFAULT_BROKER})",
     )
     parser.add_argument(
         "--ha-admin",
@@ -137,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the broker (default 10)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+    add_login_options(parser)
     for short, view in (("-q", "queues"), ("-e", "exchanges"), ("-c", "connections")):
         parser.add_argument(short, f"--{view}", action=_View, const=view, help=f"show {view}")
     parser.add_argument("--brokers", action=_View, const="brokers", help="show brokers")

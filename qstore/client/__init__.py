@@ -37,6 +37,7 @@ from .errors import (
     ReceiverError,
     SendError,
     Timeout,
+    TlsError,
     Unauthorized,
 )
 from .receiver import Receiver
@@ -60,6 +61,7 @@ __all__ = [
     "Sender",
     "Session",
     "Timeout",
+    "TlsError",
     "Unauthorized",
     "parse",
 ]

@@ -3,29 +3,37 @@
     conn = Connection.establish("node1", reconnect=True, reconnect_urls=["node1", "node2", "node3"],
                                 heartbeat=10)
 
-URLs use the seed's grammar (`[amqp:][user[/password]@]host[:port][,host[:port]...]`); the
-connection tries `url`'s addresses, then `reconnect_urls`, in order. With `reconnect`, a lost
-connection is re-established (see reconnect.py for the order and the back-off) and every session,
-link and unacknowledged message comes back on its own; `reconnect_timeout` (seconds from the loss)
-or `reconnect_limit` (attempts) bound it, after which every call raises ConnectionError. Without
-`reconnect`, each URL is tried once and a loss is fatal. Bad credentials are never retried.
+URLs use the seed's grammar (`[amqp:][user[/password]@][tcp:|ssl:]host[:port][,...]`) or the
+usual `amqp://[user:password@]host[:port]` / `amqps://...`; the connection tries `url`'s
+addresses, then `reconnect_urls`, in order. An `ssl:` or `amqps://` address is TLS (see tls.py),
+never plain TCP: verified against the system's CAs, or `ssl_ca_file`; `ssl_cert_file` and
+`ssl_key_file` present a client certificate (then `sasl_mechanisms="EXTERNAL"` logs in with it,
+the default when no user is given); `ssl_context` replaces all three with a context of your own.
+
+With `reconnect`, a lost connection is re-established (see reconnect.py for the order and the
+back-off) and every session, link and unacknowledged message comes back on its own;
+`reconnect_timeout` (seconds from the loss) or `reconnect_limit` (attempts) bound it, after which
+every call raises ConnectionError. Without `reconnect`, each URL is tried once and a loss is
+fatal. Bad credentials and a broker certificate that does not verify are never retried.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
 import uuid
 from typing import Any
 
 from proton import Connection as PnConnection
 
-from qstore.urls import Address, UrlError, parse_url
+from qstore.urls import Address, UrlError, parse_client_url
 
 from .driver import Driver, log
 from .engine import EngineOptions
 from .errors import AddressError, ConnectionError, MessagingError, Timeout
 from .reconnect import ReconnectPolicy
 from .session import Session
+from .tls import client_context
 
 DEFAULT_PORT = 5672
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -37,13 +45,32 @@ def _addresses(urls: list[str]) -> tuple[list[Address], str | None, str | None]:
     user = password = None
     for text in urls:
         try:
-            parsed = parse_url(text)
+            parsed = parse_client_url(text)
         except UrlError as exc:
             raise AddressError(f"bad broker URL {text!r}: {exc}") from None
         if user is None and parsed.user:
             user, password = parsed.user, parsed.password
         out.extend(a for a in parsed.addresses if a not in out)
     return out, user, password
+
+
+def _tls_context(
+    urls: list[Address],
+    context: ssl.SSLContext | None,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+) -> ssl.SSLContext | None:
+    """The context for the ssl: addresses; None when there are none (TLS options then are a
+    mistake worth saying: the connection would not use them)."""
+    files = ca_file or cert_file or key_file
+    if context is not None and files:
+        raise ValueError("give either ssl_context or ssl_ca_file/ssl_cert_file/ssl_key_file")
+    if not any(a.transport == "ssl" for a in urls):
+        if context is not None or files:
+            raise ValueError("TLS options given but no URL is ssl: or amqps://")
+        return None
+    return context or client_context(ca_file, cert_file, key_file)
 
 
 class Connection:
@@ -64,10 +91,18 @@ class Connection:
         connect_timeout: float | None = None,
         container_id: str | None = None,
         properties: dict[str, Any] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ssl_ca_file: str | None = None,
+        ssl_cert_file: str | None = None,
+        ssl_key_file: str | None = None,
     ) -> None:
         if isinstance(reconnect_urls, str):
             reconnect_urls = [reconnect_urls]
         urls, url_user, url_password = _addresses([url, *(reconnect_urls or [])])
+        tls = _tls_context(urls, ssl_context, ssl_ca_file, ssl_cert_file, ssl_key_file)
+        user = username or url_user
+        if sasl_mechanisms is None and not user and ssl_cert_file:
+            sasl_mechanisms = "EXTERNAL"  # the certificate is who we are
         if heartbeat is not None and not heartbeat > 0:
             raise ValueError(f"heartbeat must be a number of seconds > 0, not {heartbeat!r}")
         if connect_timeout is None:
@@ -87,12 +122,12 @@ class Connection:
         options = EngineOptions(
             container_id=container_id or f"qstore-client-{uuid.uuid4()}",
             heartbeat=heartbeat,
-            user=username or url_user,
+            user=user,
             password=password if username else url_password,
             mechanisms=sasl_mechanisms,
             properties=properties,
         )
-        self._driver = Driver(urls, self, policy, options, connect_timeout)
+        self._driver = Driver(urls, self, policy, options, connect_timeout, tls)
 
     @classmethod
     def establish(cls, url: str = f"127.0.0.1:{DEFAULT_PORT}", **options: Any) -> Connection:

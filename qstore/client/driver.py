@@ -20,6 +20,7 @@ import contextlib
 import logging
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -30,9 +31,10 @@ from proton import Connection, Event, Link
 from qstore.urls import Address
 
 from .engine import Engine, EngineOptions
-from .errors import UNAUTHORIZED, AuthenticationError, MessagingError, fresh
+from .errors import UNAUTHORIZED, AuthenticationError, MessagingError, TlsError, fresh
 from .errors import ConnectionError as ClientConnectionError
 from .reconnect import GiveUp, ReconnectPolicy
+from .tls import HandshakeFailed, handshake
 
 log = logging.getLogger("qstore.client")
 
@@ -59,12 +61,14 @@ class Driver:
         policy: ReconnectPolicy,
         options: EngineOptions,
         connect_timeout: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.urls = urls
         self.owner = owner
         self.policy = policy
         self.options = options
-        self.connect_timeout = connect_timeout  # TCP connect, then again for the AMQP open
+        self.connect_timeout = connect_timeout  # TCP connect (+ TLS), then again for the open
+        self.tls = tls  # for ssl: addresses; never None when one is in `urls`
 
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
@@ -210,10 +214,11 @@ class Driver:
 
     def _attempt(self, index: int) -> None:
         addr = self.urls[index]
-        if addr.transport != "tcp":
+        if addr.transport not in ("tcp", "ssl") or (addr.transport == "ssl" and not self.tls):
             with self.lock:
-                self._fail(ClientConnectionError(f"{addr}: only tcp is supported"))
+                self._fail(ClientConnectionError(f"{addr}: transport {addr.transport} unsupported"))
             return
+        deadline = time.monotonic() + self.connect_timeout
         try:
             sock = socket.create_connection((addr.host, addr.port), timeout=self.connect_timeout)
         except OSError as exc:
@@ -223,6 +228,26 @@ class Driver:
             return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if addr.transport == "ssl":
+            assert self.tls is not None
+            try:
+                sock = handshake(
+                    sock,
+                    self.tls,
+                    addr.host,
+                    deadline,
+                    lambda: self._stopped,
+                    self._wake_r,
+                    self._drain_wake,
+                )
+            except HandshakeFailed as exc:
+                with self.lock:
+                    self.index = index
+                    if exc.verify:  # the next attempt meets the same certificate
+                        self._fail(TlsError(f"{addr}: {exc}"))
+                    else:
+                        self._attempt_failed(str(exc))
+                return
         with self.lock:
             if self._stopped:
                 sock.close()
@@ -248,14 +273,16 @@ class Driver:
             readers = [self._wake_r, engine.sock] if want_read else [self._wake_r]
             writers = [engine.sock] if want_write else []
             deadlines = [d for d in (engine.tick_deadline, self._open_deadline) if d]
+            # TLS may hold decrypted bytes that select() cannot see: read them without waiting.
+            buffered = want_read and engine.buffered() > 0
         timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-        r, w, _ = select.select(readers, writers, [], timeout)
+        r, w, _ = select.select(readers, writers, [], 0.0 if buffered else timeout)
         with self.lock:
             if self._wake_r in r:
                 self._drain_wake()
             if self._engine is not engine:
                 return
-            if engine.sock in r:
+            if engine.sock in r or buffered:
                 engine.read()
             if engine.sock in w:
                 engine.write()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,10 @@ from proton import Collector, Connection, Event, Transport, symbol
 
 from qstore.urls import Address
 
+from .tls import buffered
+
 _READ_SIZE = 1 << 16
+_TLS_WRITE = 16 << 10  # one TLS record: a retried SSL write must start with the same bytes
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,10 @@ class EngineOptions:
 
 
 class Engine:
+    """`sock` is non-blocking, plain or an `ssl.SSLSocket` whose handshake is done: TLS asks for
+    a retry (SSLWantRead/WantWrite) where a socket would block, and may hold decrypted bytes
+    that select() does not see (`buffered()`)."""
+
     def __init__(self, sock: socket.socket, addr: Address, opts: EngineOptions) -> None:
         self.sock = sock
         self.addr = addr
@@ -79,36 +87,48 @@ class Engine:
         t = self.transport
         return t.closed or (t.capacity() < 0 and t.pending() < 0)
 
+    def buffered(self) -> int:
+        return buffered(self.sock)
+
     def read(self) -> None:
+        """Read what the socket has, and everything TLS decrypted with it."""
         t = self.transport
-        cap = t.capacity()
-        if cap <= 0:
-            return
-        try:
-            data = self.sock.recv(min(cap, _READ_SIZE))
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._broken(f"socket error: {exc.strerror or exc}")
-            return
-        if data:
+        while (cap := t.capacity()) > 0:
+            try:
+                data = self.sock.recv(min(cap, _READ_SIZE))
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except ssl.SSLError as exc:
+                self._broken(f"TLS error: {exc.reason or exc}")
+                return
+            except OSError as exc:
+                self._broken(f"socket error: {exc.strerror or exc}")
+                return
+            if not data:
+                self.reason = self.reason or "the broker closed the socket"
+                t.close_tail()
+                return
             t.push(data)
-        else:
-            self.reason = self.reason or "the broker closed the socket"
-            t.close_tail()
+            if not self.buffered():
+                return
 
     def write(self) -> None:
         t = self.transport
+        limit = _TLS_WRITE if isinstance(self.sock, ssl.SSLSocket) else None
         while (n := t.pending()) > 0:
+            chunk = min(n, limit) if limit else n
             try:
-                sent = self.sock.send(t.peek(n))
-            except (BlockingIOError, InterruptedError):
+                sent = self.sock.send(t.peek(chunk))
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except ssl.SSLError as exc:
+                self._broken(f"TLS error: {exc.reason or exc}")
                 return
             except OSError as exc:
                 self._broken(f"socket error: {exc.strerror or exc}")
                 return
             t.pop(sent)
-            if sent < n:
+            if sent < chunk:
                 return
 
     def _broken(self, reason: str) -> None:

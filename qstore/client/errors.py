@@ -33,6 +33,11 @@ class AuthenticationError(ConnectionError):
     """The broker refused our credentials (amqp:unauthorized-access): retrying cannot help."""
 
 
+class TlsError(ConnectionError):
+    """The broker's certificate did not verify (unknown CA, wrong host name): retrying cannot
+    help, and the connection never falls back to plain TCP."""
+
+
 class Timeout(MessagingError):
     """A bounded wait (open, attach, sync) ran out of time; nothing was lost or cancelled."""
 

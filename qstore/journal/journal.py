@@ -21,6 +21,7 @@ from typing import Any
 from .errors import JournalError, NotAJournal, UnsupportedFormat
 from .lock import DataDirLock
 from .loopbatch import LoopBatcher
+from .modes import PRIVATE_DIR
 from .reader import META_DB, RECORDS_DB, JournalReader, open_env
 from .records import COMPRESS_THRESHOLD, FORMAT_VERSION, KEY, Epoch, Record, prepare, read_header
 from .state import JournalState
@@ -48,7 +49,7 @@ class Journal(JournalReader):
         """`compaction_horizon`: as `set_compaction_horizon`, but in force before the writer
         starts (set later, background compaction could already have crossed it)."""
         path = Path(data_dir)
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)  # only when we create it
         self._lock = DataDirLock(path)
         self._lock.acquire()
         try:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from .errors import JournalLocked
+from .modes import PRIVATE_FILE
 
 
 class DataDirLock:
@@ -17,7 +18,7 @@ class DataDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -18,6 +18,7 @@ import lmdb
 from crc32c import crc32c
 
 from .errors import CorruptRecord, NotAJournal
+from .modes import PRIVATE_DIR, PRIVATE_FILE
 from .records import (
     ENQ_FIELDS,
     FORMAT_VERSION,
@@ -53,10 +54,11 @@ def open_env(data_dir: Path, *, readonly: bool, map_size: int) -> lmdb.Environme
         if not (path / "data.mdb").is_file():
             raise NotAJournal(f"{data_dir}: not a qstore data directory (no journal/data.mdb)")
     else:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
     try:
         return lmdb.open(
             str(path),
+            mode=PRIVATE_FILE,  # data.mdb and lock.mdb hold message bodies: the owner's only
             map_size=map_size,
             max_dbs=4,
             readonly=readonly,
