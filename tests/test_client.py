@@ -18,6 +18,7 @@ import pytest
 from broker_clients import Mgmt
 from broker_harness import BrokerProcess, Brokers
 from proton import Message
+from security_support import PASSWORDS, start_secure
 
 from qstore.client import (
     AddressError,
@@ -260,12 +261,15 @@ def test_bad_input_is_one_line(conn: Connection) -> None:
         Connection("127.0.0.1", heartbeat=0)
 
 
-def test_bad_credentials_are_not_retried(broker: BrokerProcess) -> None:
-    # This broker offers only ANONYMOUS: a PLAIN login cannot succeed, and retrying cannot help.
+def test_bad_credentials_are_not_retried(brokers: Brokers) -> None:
+    # A wrong password cannot succeed on the next try either: the client gives up at once.
+    b = start_secure(brokers)
     t0 = time.monotonic()
     with pytest.raises(AuthenticationError, match="unauthorized-access"):
-        Connection.establish(f"user/secret@{broker.url}", reconnect=True, timeout=T)
+        Connection.establish(f"alice/not-her-password@{b.url}", reconnect=True, timeout=T)
     assert time.monotonic() - t0 < T
+    conn = Connection.establish(f"alice/{PASSWORDS['alice']}@{b.url}", timeout=T)
+    conn.close(timeout=T)
 
 
 def test_no_broker_without_reconnect(tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ SIGHUP and by management, a bad file keeping the rules in force."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 
 import pytest
 from broker_harness import Brokers
@@ -140,3 +142,17 @@ def test_bad_acl_file_stops_start_up_with_one_line(brokers: Brokers) -> None:
         start_secure(brokers, acl="acl allow bob eat queue\n")
     text = str(err.value)
     assert "qstored: error:" in text and "broker.acl:1" in text and "Traceback" not in text
+
+
+def test_qstore_config_reload_acl(secured, brokers: Brokers) -> None:  # type: ignore[no-untyped-def]
+    password = brokers.tmp_path / "admin.password"
+    password.write_text("admin-secret-1\n")
+    cmd = [sys.executable, "-m", "tools.qstore_config", "-b", f"admin@{secured.url}",
+           "--password-file", str(password), "reload-acl"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ACL reloaded from") and "rules" in done.stdout
+    (brokers.tmp_path / "broker.acl").write_text("acl allow bob eat all\n")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "previous rules stay in force" in done.stderr

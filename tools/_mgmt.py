@@ -117,6 +117,7 @@ class ManagementClient:
         broker offers that proton can do). `ssl`: the TLS files for `ssl:` addresses (None: the
         system's CAs); an `ssl:` address is never tried over plain TCP."""
         self.timeout = timeout
+        self.last_description = ""  # the statusDescription of the last `call`
         self.where = describe_addresses(addresses)
         mechanism = check_mechanism(mechanism) or ("PLAIN" if user else None)
         options: dict[str, Any] = {
@@ -214,6 +215,7 @@ class ManagementClient:
     ) -> Any:
         """`request()` that raises `ToolError(description)` unless the status is 2xx."""
         code, desc, out = self.request(operation, type, name, body, properties)
+        self.last_description = desc
         if not 200 <= code < 300:
             raise ToolError(desc or f"{operation} {type} failed with status {code}")
         return out

@@ -186,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     unbind.add_argument("queue", metavar="QUEUE")
     unbind.add_argument("key", metavar="KEY", nargs="?", default="")
 
+    reload_acl = verbs.add_parser(
+        "reload-acl", help="re-read the broker's ACL file (a bad file keeps the old rules)"
+    )
+    _common(reload_acl)
+
     for verb, what in (("queues", "queues"), ("exchanges", "exchanges"), ("bindings", "bindings")):
         p = verbs.add_parser(verb, help=f"list {what}")
         _common(p, listing=True)
@@ -305,6 +310,8 @@ def plan(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[str, 
         return "DELETE", "queue", ns.name, {"force": ns.force}
     if verb == "del":
         return "DELETE", "exchange", ns.name, {}
+    if verb == "reload-acl":
+        return "RELOAD", "acl", None, {}
     if verb == "bind":
         args = {**_headers_match(parser, ns.match), **dict(ns.arguments)}
         return (
@@ -328,6 +335,8 @@ def run(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         else:
             assert request is not None
             client.call(*request)
+            if ns.verb == "reload-acl":
+                print(client.last_description)  # how many rules are now in force
     return 0
 
 
