@@ -49,11 +49,12 @@ class SecureCluster:
             *FAST,
         ]  # fmt: skip
 
-    def start(self, i: int, password_file: Path | None = None) -> BrokerProcess:
+    def start(
+        self, i: int, password_file: Path | None = None, extra: tuple[str, ...] = ()
+    ) -> BrokerProcess:
         tmp = self.brokers.tmp_path
-        b = BrokerProcess(
-            tmp / f"node{i}", self.args(i, password_file), tmp / f"node{i}.log", self.ports[i]
-        )
+        args = [*self.args(i, password_file), *extra]
+        b = BrokerProcess(tmp / f"node{i}", args, tmp / f"node{i}.log", self.ports[i])
         self.brokers.started.append(b)
         return b
 
@@ -163,3 +164,20 @@ def test_open_cluster_still_needs_the_ha_identity_for_ha(brokers: Brokers) -> No
     assert "ACL denied anonymous@QPID creating a federation link" in text
     with closing(BlockingConnection(url, timeout=10)) as conn:
         conn.create_sender("q").send(Message(body=1))
+
+
+def test_status_checks_between_brokers_log_in(brokers: Brokers) -> None:
+    """A joining broker told to promote asks its peers first (as the HA identity, by SCRAM):
+    with a primary among them, it refuses."""
+    c = SecureCluster(brokers, 3)
+    assert c.promote(1)[0] == 200
+    c.wait_state(0, "ready")
+    c.wait_state(2, "ready")
+    c.members[2].kill()
+    # its first attempt goes to node0 (a backup: refused), the next one only in 60 s
+    c.members[2] = c.start(2, extra=("--link-maintenance-interval", "60"))
+    c.wait_state(2, "joining")
+    code, text = c.promote(2)
+    assert code == 409 and f"127.0.0.1:{c.ports[1]}" in text, text
+    assert c.state(1) == "active"
+    assert "password verification failed" not in c.members[1].log()

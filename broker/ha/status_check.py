@@ -61,7 +61,7 @@ class StatusCheck(ConnectionHandler):
                     properties={"operation": "READ", "type": "ha"},
                     body={},
                 )
-                self._sender.send(request.encode())
+                self._sender.send(request)
         elif t == Event.DELIVERY and event.link.is_receiver:
             dlv: Delivery = event.delivery
             if dlv.partial or not dlv.readable:
