@@ -24,7 +24,10 @@ WAIT = 20.0
 class SecureCluster:
     """Brokers with `--auth yes`, the HA identity `ha` given by a password file."""
 
-    def __init__(self, brokers: Brokers, n: int, *, auth: bool = True) -> None:
+    def __init__(
+        self, brokers: Brokers, n: int, *, auth: bool = True, acl: str | None = None
+    ) -> None:
+        self.acl = acl
         self.brokers = brokers
         self.ports = free_ports(n)
         self.url = ",".join(f"127.0.0.1:{p}" for p in self.ports)
@@ -36,7 +39,7 @@ class SecureCluster:
 
     def args(self, i: int, password_file: Path | None = None) -> list[str]:
         tmp = self.brokers.tmp_path
-        auth = secure_args(tmp) if self.auth else ["--auth", "no"]
+        auth = secure_args(tmp, acl=self.acl) if self.auth else ["--auth", "no"]
         return [
             *auth,
             "--ha-cluster", "yes",
@@ -58,12 +61,12 @@ class SecureCluster:
         self.brokers.started.append(b)
         return b
 
-    def admin(self, i: int) -> BlockingConnection:
-        return connect(f"127.0.0.1:{self.ports[i]}", "ha", properties=ADMIN)
+    def admin(self, i: int, user: str = "ha") -> BlockingConnection:
+        return connect(f"127.0.0.1:{self.ports[i]}", user, properties=ADMIN)
 
-    def state(self, i: int) -> str | None:
+    def state(self, i: int, user: str = "ha") -> str | None:
         try:
-            with closing(self.admin(i)) as c:
+            with closing(self.admin(i, user)) as c:
                 code, _, body = mgmt(c, "READ", "ha")
         except Exception:
             return None
@@ -77,8 +80,8 @@ class SecureCluster:
             time.sleep(0.1)
         raise AssertionError(f"node{i} not {state} (is {self.state(i)}):\n{self.members[i].log()}")
 
-    def promote(self, i: int) -> tuple[int, str]:
-        with closing(self.admin(i)) as c:
+    def promote(self, i: int, user: str = "ha") -> tuple[int, str]:
+        with closing(self.admin(i, user)) as c:
             code, text, _ = mgmt(c, "PROMOTE", "ha")
         return code, text
 
@@ -181,3 +184,17 @@ def test_status_checks_between_brokers_log_in(brokers: Brokers) -> None:
     assert code == 409 and f"127.0.0.1:{c.ports[1]}" in text, text
     assert c.state(1) == "active"
     assert "password verification failed" not in c.members[1].log()
+
+
+def test_a_backup_refused_by_the_acl_says_so_and_stays_out(brokers: Brokers) -> None:
+    """The seed's 1.12.12.2: an ACL without a rule for the HA identity keeps the backups out,
+    and their logs say why."""
+    acl = "acl allow admin all all\nacl allow ha access broker\nacl allow ha update broker\n"
+    c = SecureCluster(brokers, 2, acl=acl)
+    assert c.promote(0, "admin")[0] == 200  # an ACL grant of `update broker` may promote
+    line = wait_for_log(c.members[1], "ACL denied ha@QPID access connection")
+    assert "amqp:unauthorized-access" in line
+    wait_for_log(c.members[0], "ACL denied ha@QPID")
+    time.sleep(0.5)
+    assert c.state(0, "admin") == "active"  # no backup ever got in
+    assert c.state(1, "admin") == "joining"
