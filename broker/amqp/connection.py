@@ -121,12 +121,14 @@ class AmqpConnection(ConnectionHandler):
             host = self.driver.peer.rpartition(":")[0].strip("[]")
             denied = security.check(self.user, "access", "connection", {"host": host})
             if denied is not None:
-                self._deny(denied)
+                self._deny(denied, logged=True)
                 return
         ha = self.core.ha
         if ha is not None:
-            privileged = security is None or security.ha_privileged(self.user)
-            self.kind = ha.admit(self.properties, privileged)
+            user = self.user
+            self.kind = ha.admit(
+                self.properties, lambda: security is None or security.ha_privileged(user)
+            )
             if self.kind == "denied":
                 self._deny(_ha_denial(self.user, self.properties))
                 return
@@ -157,12 +159,13 @@ class AmqpConnection(ConnectionHandler):
             "" if self.kind == "client" else f" as {self.kind}",
         )
 
-    def _deny(self, why: str) -> None:
+    def _deny(self, why: str, logged: bool = False) -> None:
         """Refuse the connection with amqp:unauthorized-access (an open, then a close with the
         reason: a stock client reports it and does not retry, which is right for a refusal
-        that retrying cannot cure)."""
+        that retrying cannot cure). A warning unless the ACL has just given one."""
         self.denied = True
-        log.warning(
+        log.log(
+            logging.INFO if logged else logging.WARNING,
             "broker=%s conn=%s peer=%s container=%s refused: %s",
             self.core.name,
             self.id,
@@ -286,11 +289,16 @@ class AmqpConnection(ConnectionHandler):
             raise NotFound(
                 f"no queue or exchange named {address!r} (a backup creates nothing on attach)"
             )
-        security = core.security
-        if security is None or terminus.dynamic or core.model.resolve(address) is not None:
-            return nodes.resolve(core.model, terminus, auto_create=core.auto_create, owner=self.id)
-        self._authorize("create", "queue", {"name": address})  # made on demand, if at all
-        return nodes.resolve(core.model, terminus, auto_create=core.auto_create, owner=self.id)
+        return nodes.resolve(
+            core.model,
+            terminus,
+            auto_create=core.auto_create,
+            owner=self.id,
+            may_create=self._may_create if core.security is not None else None,
+        )
+
+    def _may_create(self, kind: str, name: str, durable: bool) -> None:
+        self._authorize("create", kind, {"name": name, "durable": "true" if durable else "false"})
 
     def _authorize(self, action: str, obj: str, props: dict[str, str]) -> None:
         """Raise `Unauthorized` (the link is refused with its text) if the ACL says no."""

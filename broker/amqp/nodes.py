@@ -12,6 +12,7 @@ Created on demand, a node is durable unless its properties say `durable: false`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from proton import Data, Terminus
@@ -21,6 +22,7 @@ from broker.model import Broker, Exchange, ModelError, NotFound, Queue
 from . import codec
 
 CREATE_ON_DEMAND = "create-on-demand"
+MayCreate = Callable[[str, str, bool], None]
 MANAGEMENT = "$management"
 
 
@@ -88,8 +90,11 @@ def resolve(
     *,
     auto_create: bool,
     owner: Any,
+    may_create: MayCreate | None = None,
 ) -> Queue | Exchange:
-    """The node a terminus names, created if allowed; raise ModelError (not-found etc.)."""
+    """The node a terminus names, created if allowed; raise ModelError (not-found etc.).
+    `may_create(kind, name, durable)` is asked before a node is made on demand and raises to
+    refuse (the ACL's `create`); a dynamic node, private to its link, is not asked."""
     address = terminus.address
     if terminus.dynamic:
         props = node_properties(terminus)
@@ -115,7 +120,10 @@ def resolve(
     # durable messages to a name the broker invented for it should not lose them on restart.
     durable = _truthy(props.get("durable", True)) or terminus.durability != Terminus.NONDURABLE
     args = _creation_arguments(props)
-    if str(props.get("type", "queue")) in ("topic", "exchange"):
+    is_exchange = str(props.get("type", "queue")) in ("topic", "exchange")
+    if may_create is not None:
+        may_create("exchange" if is_exchange else "queue", address, durable)
+    if is_exchange:
         kind = str(props.get("exchange-type", "topic"))
         x, _ = model.declare_exchange(address, kind, durable=durable, arguments=args)
         return x

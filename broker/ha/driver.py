@@ -41,10 +41,13 @@ BACKUP_PROPERTY = "qpid.ha-backup"
 _ids = itertools.count(1_000_000)  # connection ids of outgoing links, apart from accepted ones
 
 
-def admission(properties: dict[str, Any], privileged: bool, state: BrokerState) -> str:
-    """Who this connection is to this broker (see `HaDriver.admit`)."""
+def admission(
+    properties: dict[str, Any], privileged: Callable[[], bool], state: BrokerState
+) -> str:
+    """Who this connection is to this broker (see `HaDriver.admit`); `privileged()` is asked
+    only of a connection that claims HA privileges."""
     claims_admin = bool(properties.get(ADMIN_PROPERTY))
-    if (claims_admin or BACKUP_PROPERTY in properties) and not privileged:
+    if (claims_admin or BACKUP_PROPERTY in properties) and not privileged():
         return "denied"
     if claims_admin:
         return "admin"
@@ -362,7 +365,7 @@ class HaDriver:
 
     # -- what the rest of the broker asks ------------------------------------------------------
 
-    def admit(self, properties: dict[str, Any], privileged: bool) -> str:
+    def admit(self, properties: dict[str, Any], privileged: Callable[[], bool]) -> str:
         """`admin`, `backup` or `client` if this connection may stay; `refuse` (dropped
         without a word, so that a client moves on to the next broker) or `denied` (claims HA
         privileges its user does not have: the HA identity's, or `update broker`)."""
