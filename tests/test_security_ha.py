@@ -4,6 +4,8 @@ becomes ready, saying why in the seed's words (1.12.9, 1.12.12.2). Real brokers,
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -155,6 +157,15 @@ def test_wrong_ha_credentials_never_become_ready(brokers: Brokers) -> None:
     with closing(c.admin(0)) as conn:
         _, _, status = mgmt(conn, "READ", "ha")
     assert all(m["name"] != "node1" for m in status["members"]), status["members"]
+    # what an operator runs (seed 1.12.12.2): the backup is not ready
+    done = subprocess.run(
+        [sys.executable, "-m", "tools.qstore_ha", "-b", f"ha@127.0.0.1:{c.ports[0]}",
+         "--password-file", str(c.password_file), "status", "--all"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    assert any(f":{c.ports[0]}" in line and "active" in line for line in lines), done.stdout
+    assert any(f":{c.ports[1]}" in line and "joining" in line for line in lines), done.stdout
 
 
 def test_open_cluster_still_needs_the_ha_identity_for_ha(brokers: Brokers) -> None:
