@@ -8,7 +8,6 @@ an illegal transition is logged as critical and stops the broker.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import ssl
 from collections.abc import Callable
@@ -17,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
+from anyio.streams.tls import TLSStream
 
-from broker.net import ConnectionDriver, ConnectionOptions
+from broker.net import ConnectionDriver, ConnectionOptions, next_conn_id
 from broker.security import client_context, ha_sasl_client
+from broker.security.tls import HANDSHAKE_ERRORS, handshake_reason
 from qstore.urls import Address
 
 from . import role as R
@@ -38,7 +39,6 @@ log = logging.getLogger("qstore.ha")
 
 ADMIN_PROPERTY = "qpid.ha-admin"
 BACKUP_PROPERTY = "qpid.ha-backup"
-_ids = itertools.count(1_000_000)  # connection ids of outgoing links, apart from accepted ones
 
 
 def admission(
@@ -202,16 +202,9 @@ class HaDriver:
         host, port = _address_key(address)
         addr = self._by_address.get(address)
         with anyio.fail_after(timeout):
+            sock: Any = await anyio.connect_tcp(host, port)
             if addr is not None and addr.transport == "ssl":
-                sock: Any = await anyio.connect_tcp(
-                    addr.host,
-                    port,
-                    ssl_context=self._tls,
-                    tls_hostname=addr.host,
-                    tls_standard_compatible=False,
-                )
-            else:
-                sock = await anyio.connect_tcp(host, port)
+                sock = await self._handshake(sock, address, addr.host)
         cfg = self.service.cfg
         options = ConnectionOptions(
             client=True,
@@ -219,7 +212,24 @@ class HaDriver:
             open_timeout=max(2.0, self.heartbeat * 2),
             sasl=lambda d: ha_sasl_client(cfg, host),
         )
-        return ConnectionDriver(sock, handler, next(_ids), options)
+        return ConnectionDriver(sock, handler, next_conn_id(), options)
+
+    async def _handshake(self, sock: Any, address: str, hostname: str) -> Any:
+        """TLS over `sock`, checked against --ssl-ca-file and `hostname`. A failure is logged
+        (a configuration mistake the operator must see: wrong CA, a plain port named `ssl:`)
+        and raised as OSError; anyio's EndOfStream for a peer that hangs up is not one."""
+        try:
+            return await TLSStream.wrap(
+                sock, hostname=hostname, ssl_context=self._tls, standard_compatible=False
+            )
+        except HANDSHAKE_ERRORS as exc:
+            await anyio.aclose_forcefully(sock)
+            reason = handshake_reason(exc)
+            log.warning("cannot connect to ssl:%s: TLS handshake failed: %s", address, reason)
+            raise OSError(f"TLS handshake failed: {reason}") from None
+        except BaseException:  # cancelled (the dial's timeout): the socket is still ours to close
+            await anyio.aclose_forcefully(sock)
+            raise
 
     async def _connect(self, address: str) -> None:
         driver: ConnectionDriver | None = None

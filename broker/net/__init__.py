@@ -7,7 +7,7 @@ The layer above implements `ConnectionHandler` and passes a factory to `Server`;
 from .driver import ConnectionDriver
 from .handler import FORCED, ConnectionHandler, HandlerFactory
 from .options import ConnectionOptions, anonymous_sasl
-from .server import Server
+from .server import Server, next_conn_id
 
 __all__ = [
     "FORCED",
@@ -17,4 +17,5 @@ __all__ = [
     "HandlerFactory",
     "Server",
     "anonymous_sasl",
+    "next_conn_id",
 ]

@@ -109,7 +109,9 @@ class ConnectionDriver:
             self.transport.idle_timeout = options.idle_timeout
         self.user: str | None = None  # the SASL identity, once authenticated ("name@QPID")
         self.peer_certificate = stream.extra(TLSAttribute.peer_certificate, None)
-        self.encrypted = stream.extra(TLSAttribute.ssl_object, None) is not None
+        ssl_object = stream.extra(TLSAttribute.ssl_object, None)
+        self.encrypted = ssl_object is not None
+        self._tls_version: str | None = ssl_object.version() if ssl_object is not None else None
         self._sasl = options.sasl(self) if options.sasl is not None else None
         if self._sasl is None:
             anonymous_sasl(self.transport)
@@ -207,8 +209,13 @@ class ConnectionDriver:
 
     # --- the connection task ----------------------------------------------------------------
 
+    def _tls_note(self) -> str:
+        """The " tls=TLSv1.3" of an encrypted connection's accept line, so that the log shows which
+        connections were plain."""
+        return f" tls={self._tls_version}" if self._tls_version else ""
+
     async def run(self) -> None:
-        log.info("accept conn=%s peer=%s", self.conn_id, self.peer)
+        log.info("accept conn=%s peer=%s%s", self.conn_id, self.peer, self._tls_note())
         try:
             self.handler = self._factory(self)
             async with anyio.create_task_group() as tg:

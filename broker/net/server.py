@@ -24,6 +24,8 @@ import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 from anyio.streams.tls import TLSStream
 
+from broker.security.tls import HANDSHAKE_ERRORS, handshake_reason
+
 from .driver import ConnectionDriver
 from .handler import HandlerFactory
 from .options import Clock, ConnectionOptions, SaslFactory, peer_of
@@ -31,6 +33,15 @@ from .options import Clock, ConnectionOptions, SaslFactory, peer_of
 log = logging.getLogger("qstore.net")
 
 _ACCEPT_RETRY = 0.1  # after a failed accept (e.g. out of file descriptors) try again this soon
+
+# One numbering for every connection of the process, whichever listener (plain, TLS) took it or
+# whether we dialled it: the model knows a connection's consumers and queues by this id.
+_conn_ids = itertools.count(1)
+
+
+def next_conn_id() -> int:
+    """A connection id unique in this process."""
+    return next(_conn_ids)
 
 
 class Server:
@@ -70,7 +81,6 @@ class Server:
             sasl=sasl,
         )
         self.options = replace(options, clock=clock) if clock is not None else options
-        self._ids = itertools.count(1)
         self._drivers: set[ConnectionDriver] = set()
         self._accept_scope: anyio.CancelScope | None = None
         self._stopping = False
@@ -113,7 +123,7 @@ class Server:
                 log.warning("accept failed on port %s: %s", self.port, exc)
                 await anyio.sleep(_ACCEPT_RETRY)
                 continue
-            tg.start_soon(self._run_connection, stream, next(self._ids))
+            tg.start_soon(self._run_connection, stream, next_conn_id())
 
     async def _run_connection(self, stream: SocketStream, conn_id: int) -> None:
         secured = await self._secure(stream, conn_id)
@@ -158,10 +168,12 @@ class Server:
                 return await TLSStream.wrap(  # type: ignore[return-value]
                     stream, server_side=True, ssl_context=self._ssl, standard_compatible=False
                 )
-        except (TimeoutError, ssl.SSLError, OSError, anyio.BrokenResourceError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else _tls_reason(exc)
+        except HANDSHAKE_ERRORS as exc:  # a peer that hangs up mid-handshake is EndOfStream
+            reason = handshake_reason(exc)
             log.warning("conn=%s peer=%s: TLS handshake failed: %s", conn_id, peer, reason)
-            return None
+        except Exception:  # our bug or anyio's: it stays with this socket, never the listener
+            log.exception("conn=%s peer=%s: TLS handshake failed", conn_id, peer)
+        return None
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop accepting; let each connection's handler close it (by default with
@@ -194,14 +206,16 @@ class Server:
 
 def _loopback(stream: SocketStream) -> bool:
     with contextlib.suppress(Exception):
-        host = stream.extra(SocketAttribute.remote_address)[0]
-        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+        return is_loopback(str(stream.extra(SocketAttribute.remote_address)[0]))
     return False
 
 
-def _tls_reason(exc: BaseException) -> str:
-    """One line: the SSL library's reason (e.g. CERTIFICATE_VERIFY_FAILED), not its repr."""
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    if isinstance(cause, ssl.SSLError):
-        return cause.reason or str(cause)
-    return " ".join(str(cause).split()) or type(cause).__name__
+def is_loopback(host: str) -> bool:
+    """Whether a peer address is this host's loopback, which --require-encryption lets in
+    without TLS (an IPv4 client of a dual-stack socket shows as ::ffff:127.x.y.z)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
