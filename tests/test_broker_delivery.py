@@ -212,6 +212,7 @@ def test_rejected_message_is_dropped(broker: Any) -> None:
     assert fetch(broker.url, "rej") == ["good"]
 
 
+
 def test_settled_without_an_outcome_counts_as_accepted(broker: Any) -> None:
     queue_with(broker.url, "noout", ["done", "next"])
     conn = BlockingConnection(broker.url, timeout=TIMEOUT)
@@ -231,7 +232,6 @@ def test_settled_without_an_outcome_counts_as_accepted(broker: Any) -> None:
         conn.close()
     assert m.body == "done"
     assert fetch(broker.url, "noout") == ["next"]
-
 
 CONSUMER = """
 import sys

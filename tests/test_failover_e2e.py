@@ -50,7 +50,9 @@ def until(pred: Callable[[], object], what: str, timeout: float = T) -> None:
 
 @pytest.fixture(scope="module")
 def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("cluster"), consecutive_free_ports(3), recovery_wait=5)
+    c = LocalCluster(
+        tmp_path_factory.mktemp("cluster"), consecutive_free_ports(3), recovery_wait=5
+    )
     try:
         c.whole(T)
         yield c
