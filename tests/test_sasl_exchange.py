@@ -502,6 +502,69 @@ def test_client_against_a_server_without_sasl(data: bytes, failure: str) -> None
     assert (client.state, client.failure) == ("failed", failure)
 
 
+@pytest.mark.parametrize(
+    ("asked", "credentials", "auth", "used"),
+    [
+        ("PLAIN SCRAM-SHA-256", True, True, "SCRAM-SHA-256"),  # best first, not the given order
+        (["SCRAM-SHA-512", "PLAIN"], True, True, "SCRAM-SHA-512"),
+        ("PLAIN ANONYMOUS", False, False, "ANONYMOUS"),  # no credentials: PLAIN is skipped
+        ("PLAIN ANONYMOUS", True, False, "PLAIN"),
+    ],
+)
+def test_client_limited_to_several_mechanisms(
+    users: UserDb, asked: str | list[str], credentials: bool, auth: bool, used: str
+) -> None:
+    server = new_server(users, auth=auth)
+    user, password = ("bob", PASSWORD) if credentials else (None, None)
+    client = SaslClient(user=user, password=password, mechanism=asked)
+    exchange(server, client)
+    assert (client.state, client.mechanism, server.mechanism) == ("ok", used, used)
+
+
+def test_client_none_of_several_mechanisms_offered(users: UserDb) -> None:
+    client = SaslClient(user="bob", password=PASSWORD, mechanism="EXTERNAL ANONYMOUS")
+    exchange(new_server(users), client)
+    assert client.state == "failed" and not client.transient
+    assert client.failure == (
+        "SASL: none of the mechanisms EXTERNAL ANONYMOUS offered by the server "
+        "(it offers SCRAM-SHA-256 SCRAM-SHA-512 PLAIN)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("replies", "transient"),
+    [
+        ([encode_frame(OutcomeFrame(Outcome.AUTH))], False),  # these credentials: refused
+        ([encode_frame(OutcomeFrame(Outcome.SYS_PERM))], False),
+        ([encode_frame(OutcomeFrame(Outcome.SYS_TEMP))], True),  # the server, for now
+        ([encode_frame(OutcomeFrame(Outcome.SYS))], True),
+        ([b"\x00\x00\x00\x08\x02\x07\x00\x00"], True),  # not a SASL frame: a broken stream
+        ([], True),  # the server hung up (below)
+    ],
+)
+def test_client_tells_a_transient_failure_from_a_refusal(
+    replies: list[bytes], transient: bool
+) -> None:
+    client = SaslClient(user="bob", password="x", mechanism="PLAIN")
+    client.start()
+    client.feed(SASL_HEADER + encode_frame(Mechanisms(("PLAIN",))))
+    for data in replies:
+        client.feed(data)
+    if not replies:
+        client.peer_closed()
+    assert (client.state, client.transient) == ("failed", transient), client.failure
+
+
+@pytest.mark.parametrize(("data", "transient"), [(AMQP_HEADER, False), (b"HTTP/1.1", True)])
+def test_client_against_a_non_sasl_server_is_transient_only_for_garbage(
+    data: bytes, transient: bool
+) -> None:
+    client = SaslClient(user=None, password=None)
+    client.start()
+    client.feed(data)
+    assert (client.state, client.transient) == ("failed", transient)
+
+
 def test_client_reports_the_outcome_code() -> None:
     client = SaslClient(user="bob", password="x", mechanism="PLAIN")
     client.start()
@@ -517,3 +580,10 @@ def test_client_constructor_checks() -> None:
         SaslClient(user="a", password="b", mechanism="GSSAPI")
     with pytest.raises(ValueError, match="needs a password"):
         SaslClient(user="a", password=None)
+    with pytest.raises(ValueError, match="needs a password"):  # half the credentials: not lost
+        SaslClient(user="a", password=None, mechanism="PLAIN ANONYMOUS")
+    with pytest.raises(ValueError, match="needs a user and a password"):
+        SaslClient(user=None, password=None, mechanism=["SCRAM-SHA-256", "PLAIN"])
+    with pytest.raises(ValueError, match="empty"):
+        SaslClient(user="a", password="b", mechanism="  ")
+    SaslClient(user="a", password=None, mechanism="EXTERNAL")  # the certificate is the identity

@@ -150,11 +150,12 @@ class AmqpConnection(ConnectionHandler):
         conn.container = self.core.name
         conn.open()
         log.info(
-            "broker=%s conn=%s peer=%s container=%s user=%s opened%s",
+            "broker=%s conn=%s peer=%s container=%s mechanism=%s user=%s opened%s",
             self.core.name,
             self.id,
             self.driver.peer,
             self.container,
+            self.driver.mechanism or "ANONYMOUS",  # none of ours: proton's, ANONYMOUS only
             self.user,
             "" if self.kind == "client" else f" as {self.kind}",
         )

@@ -108,6 +108,7 @@ class ConnectionDriver:
         if options.idle_timeout:
             self.transport.idle_timeout = options.idle_timeout
         self.user: str | None = None  # the SASL identity, once authenticated ("name@QPID")
+        self.mechanism: str | None = None  # the SASL mechanism it logged in with
         self.peer_certificate = stream.extra(TLSAttribute.peer_certificate, None)
         ssl_object = stream.extra(TLSAttribute.ssl_object, None)
         self.encrypted = ssl_object is not None
@@ -303,6 +304,7 @@ class ConnectionDriver:
             self._output.set()
             return b""
         self.user = sasl.user
+        self.mechanism = sasl.mechanism
         self._sasl = None
         self._out.hold = False
         return sasl.rest

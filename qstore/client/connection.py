@@ -10,6 +10,12 @@ never plain TCP: verified against the system's CAs, or `ssl_ca_file`; `ssl_cert_
 `ssl_key_file` present a client certificate (then `sasl_mechanisms="EXTERNAL"` logs in with it,
 the default when no user is given); `ssl_context` replaces all three with a context of your own.
 
+The login is `qstore.sasl`'s SASL client (see engine.py): with a user and password, the best of
+SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN the broker offers, so the password itself crosses the wire
+only when the broker offers nothing better or `sasl_mechanisms="PLAIN"` asks for it; without,
+EXTERNAL (a client certificate) or ANONYMOUS. `sasl_mechanisms` (one name or several, separated
+by spaces) limits the choice; `sasl_mechanism` tells the one used.
+
 With `reconnect`, a lost connection is re-established (see reconnect.py for the order and the
 back-off) and every session, link and unacknowledged message comes back on its own;
 `reconnect_timeout` (seconds from the loss) or `reconnect_limit` (attempts) bound it, after which
@@ -29,7 +35,7 @@ from proton import Connection as PnConnection
 from qstore.urls import Address, UrlError, parse_client_url
 
 from .driver import Driver, log
-from .engine import EngineOptions
+from .engine import EngineOptions, sasl_client
 from .errors import AddressError, ConnectionError, MessagingError, Timeout
 from .reconnect import ReconnectPolicy
 from .session import Session
@@ -127,6 +133,7 @@ class Connection:
             mechanisms=sasl_mechanisms,
             properties=properties,
         )
+        sasl_client(options, None)  # a mechanism or credentials that cannot log in: ValueError
         self._driver = Driver(urls, self, policy, options, connect_timeout, tls)
 
     @classmethod
@@ -167,6 +174,12 @@ class Connection:
     def error(self) -> MessagingError | None:
         """Why the connection is unusable (closed, gave up, refused), or None."""
         return self._driver.error
+
+    @property
+    def sasl_mechanism(self) -> str | None:
+        """The SASL mechanism of the current (or last) login, e.g. "SCRAM-SHA-512"; None before
+        the first. A password crosses the wire only with "PLAIN" (inside TLS, if ssl:)."""
+        return self._driver.mechanism
 
     @property
     def reconnects(self) -> int:

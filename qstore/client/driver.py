@@ -7,11 +7,14 @@ credit, settle) and `wake()` the thread, which writes the output. Waits use `Dri
 notified on every event that can end a wait.
 
 Each attempt gets a fresh engine and a new generation number (`gen`), and the owner re-opens its
-sessions and links on it, pipelined behind the AMQP open. The attempt counts as connected only
-when the broker answers with its own open: a backup drops the socket after reading ours, which
-sends us on to the next URL (reconnect.py says which and when). Losing an open connection starts
-a new reconnect episode; bad credentials, a reconnect that gives up, or close() end the driver,
-and every later call raises `Driver.error`.
+sessions and links on it, pipelined behind the AMQP open (which the engine holds back until its
+SASL login succeeded). The attempt counts as connected only when the broker answers with its own
+open: a backup drops the socket after reading ours, which sends us on to the next URL
+(reconnect.py says which and when). A login the broker refuses, or one no attempt could pass (no
+mechanism in common, a SCRAM signature that does not match), is an `AuthenticationError`; a
+broker that hangs up or fails for now during the login is a failed attempt like a dead port.
+Losing an open connection starts a new reconnect episode; bad credentials, a reconnect that gives
+up, or close() end the driver, and every later call raises `Driver.error`.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class Driver:
         self.connects = 0  # successful opens, the first one included
         self.index = 0  # the URL of the current (or last) engine
         self.last_reason = ""
+        self.mechanism: str | None = None  # the SASL mechanism of the last successful login
 
         self._engine: Engine | None = None
         self._open_deadline = 0.0
@@ -289,6 +293,9 @@ class Driver:
 
     def _pump(self, engine: Engine) -> None:
         """Tick the engine, handle its events, write what it says; notice a dead engine."""
+        if engine.sasl_failure is not None:
+            self._login_failed(engine, engine.sasl_failure)
+            return
         now = time.monotonic()
         engine.tick(now)
         if not self._events(engine):
@@ -335,7 +342,8 @@ class Driver:
             self.connects += 1
             self.policy.connected()
             self.last_reason = ""
-            log.info("connected to %s", self.url)
+            self.mechanism = engine.mechanism
+            log.info("connected to %s (SASL %s)", self.url, engine.mechanism)
             self.cond.notify_all()
         elif t == Event.CONNECTION_REMOTE_CLOSE:
             cond = ev.connection.remote_condition
@@ -353,6 +361,14 @@ class Driver:
                 engine.reason = engine.reason or f"{cond.name}: {cond.description}"
         elif t == Event.TRANSPORT_CLOSED:
             self._lose(engine.reason or "the connection closed")
+
+    def _login_failed(self, engine: Engine, failure: str) -> None:
+        """The SASL login failed: try again (elsewhere) if another attempt may pass, else end
+        with the seed's error for bad credentials (the text names the condition)."""
+        if engine.sasl_transient:
+            self._lose(failure)
+        else:
+            self._fail(AuthenticationError(f"{self.url}: {UNAUTHORIZED}: {failure}", UNAUTHORIZED))
 
     def _refused(self, cond: Any) -> bool:
         """Bad credentials end the driver: trying again (or elsewhere) cannot help."""

@@ -17,6 +17,8 @@ default 10000) inside feed(); a server asking for more than MAX_ITERATIONS is re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from scramp import ScramClient, ScramException
 
 from qstore.sasl.endpoint import SaslEndpoint
@@ -55,6 +57,14 @@ class SaslClient(SaslEndpoint):
 
     mechanism None picks the best the server offers: SCRAM-SHA-512, SCRAM-SHA-256, PLAIN when
     a user and password are given; else EXTERNAL (a TLS client certificate), then ANONYMOUS.
+    A name, or several (a sequence, or one string separated by spaces as qpid's
+    `sasl_mechanisms`), limits the choice to those, still best first; the ones that need a
+    password are skipped without credentials.
+
+    After a failure, `transient` tells a failure that another attempt may not meet (the server
+    closed, answered sys or sys-temp, or broke the protocol) from a refusal that it would meet
+    again (wrong credentials, no mechanism in common, a server that cannot prove it holds the
+    user's SCRAM credentials): a client retries the first and gives up on the second.
     """
 
     MAX_FRAMES = 6  # mechanisms, up to two challenges, outcome, and room for empty frames
@@ -64,21 +74,26 @@ class SaslClient(SaslEndpoint):
         *,
         user: str | None,
         password: str | None,
-        mechanism: str | None = None,
+        mechanism: str | Sequence[str] | None = None,
         hostname: str | None = None,
     ) -> None:
         super().__init__()
-        if mechanism is not None and mechanism not in KNOWN_MECHANISMS:
-            raise ValueError(f"unknown SASL mechanism {mechanism!r} (known: {KNOWN_MECHANISMS})")
-        if mechanism in PASSWORD_MECHANISMS and (user is None or password is None):
-            raise ValueError(f"SASL mechanism {mechanism} needs a user and a password")
-        if mechanism is None and (user is None) != (password is None):
+        allowed = _allowed(mechanism)
+        credentials = user is not None and password is not None
+        by_password = [m for m in allowed or PASSWORD_MECHANISMS if m in PASSWORD_MECHANISMS]
+        if allowed is not None and not credentials and len(by_password) == len(allowed):
+            raise ValueError(f"SASL mechanism {' '.join(allowed)} needs a user and a password")
+        if (user is None) != (password is None) and by_password:
             # Never log in anonymously because half the credentials were lost on the way.
             raise ValueError("a SASL user needs a password (and a password a user)")
+        if allowed is not None and not credentials:
+            allowed = tuple(m for m in allowed if m not in PASSWORD_MECHANISMS)
         self.user = user
         self._password = password
-        self.configured_mechanism = mechanism
+        self.allowed = allowed  # None: any the credentials allow
         self.hostname = hostname
+        self.outcome: int | None = None  # the server's sasl-outcome code, once one came
+        self.transient = False  # a failure another attempt may not meet (see the class)
         self.offered: tuple[str, ...] = ()
         self._scram: ScramClient | None = None
         self._server_verified = False
@@ -100,6 +115,11 @@ class SaslClient(SaslEndpoint):
 
     # --- the exchange -------------------------------------------------------------------------
 
+    def peer_closed(self) -> None:
+        if self.state == "pending":
+            self.transient = True  # a server going down, or busy: the next attempt may do
+        super().peer_closed()
+
     def _closed_failure(self) -> str:
         return "SASL: the server closed the connection during authentication"
 
@@ -107,6 +127,7 @@ class SaslClient(SaslEndpoint):
         head = bytes(self._in[:HEADER_SIZE])
         if len(head) < HEADER_SIZE:
             if not (SASL_HEADER.startswith(head) or AMQP_HEADER.startswith(head)):
+                self.transient = True
                 self._fail(f"SASL: the server sent a bad protocol header '{printable_bytes(head)}'")
             return False
         if head == SASL_HEADER:
@@ -115,6 +136,7 @@ class SaslClient(SaslEndpoint):
         if head == AMQP_HEADER:
             self._fail("SASL: the server does not use SASL (it answered with the AMQP header)")
         else:
+            self.transient = True  # not an AMQP server at all: say so, but like a dead port
             self._fail(f"SASL: the server sent a bad protocol header '{printable_bytes(head)}'")
         return False
 
@@ -129,10 +151,10 @@ class SaslClient(SaslEndpoint):
             self._fail(f"SASL: unexpected {frame_name(frame)} from the server")
 
     def _choose(self, offered: tuple[str, ...]) -> str | None:
-        if self.configured_mechanism is not None:
-            return self.configured_mechanism if self.configured_mechanism in offered else None
-        if self.user is not None and self._password is not None:
-            wanted: tuple[str, ...] = PASSWORD_MECHANISMS
+        if self.allowed is not None:
+            wanted = tuple(m for m in KNOWN_MECHANISMS if m in self.allowed)
+        elif self.user is not None and self._password is not None:
+            wanted = PASSWORD_MECHANISMS
         else:
             wanted = ("EXTERNAL", "ANONYMOUS")
         return next((m for m in wanted if m in offered), None)
@@ -143,11 +165,14 @@ class SaslClient(SaslEndpoint):
         shown = " ".join(printable(m, 40) for m in frame.mechanisms[:16]) or "nothing"
         mech = self._choose(frame.mechanisms)
         if mech is None:
-            if self.configured_mechanism is not None:
-                self._fail(
-                    f"SASL: mechanism {self.configured_mechanism} not offered by the server "
-                    f"(it offers {shown})"
+            if self.allowed is not None:
+                names = " ".join(self.allowed)
+                what = (
+                    f"mechanism {names} not offered"
+                    if len(self.allowed) == 1
+                    else f"none of the mechanisms {names} offered"
                 )
+                self._fail(f"SASL: {what} by the server (it offers {shown})")
             else:
                 self._fail(f"SASL: no usable mechanism offered by the server (it offers {shown})")
             return
@@ -203,7 +228,10 @@ class SaslClient(SaslEndpoint):
             self._fail(f"SASL: Authentication failed ({printable(text)})")
 
     def _on_outcome(self, frame: OutcomeFrame) -> None:
+        self.outcome = frame.code
         if frame.code != Outcome.OK:
+            # sys and sys-temp: the server failed, not our credentials (spec 5.3.3.6)
+            self.transient = frame.code in (Outcome.SYS, Outcome.SYS_TEMP)
             self._fail(f"SASL: Authentication failed (outcome {outcome_name(frame.code)})")
             return
         if self._scram is not None and not self._server_verified:
@@ -226,4 +254,18 @@ class SaslClient(SaslEndpoint):
         super()._fail(failure)
 
     def _protocol_error(self, message: str) -> None:
+        self.transient = True  # a broken or cut stream, not a refusal
         self._fail(f"SASL: protocol error: {message}")
+
+
+def _allowed(mechanism: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """The mechanisms a caller limits the choice to (None: no limit), each one known."""
+    if mechanism is None:
+        return None
+    names = tuple(mechanism.split() if isinstance(mechanism, str) else mechanism)
+    if not names:
+        raise ValueError("no SASL mechanism given (an empty list)")
+    for name in names:
+        if name not in KNOWN_MECHANISMS:
+            raise ValueError(f"unknown SASL mechanism {name!r} (known: {KNOWN_MECHANISMS})")
+    return names
