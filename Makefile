@@ -12,9 +12,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# A live 3-broker cluster on 127.0.0.1:5672-5674 with its manager; journals in ./data.
+# A live 3-broker cluster on 127.0.0.1:5672-5674 with its manager; journals in ./data, the login in
+# ./data/credentials. More options of `qstore-cluster up`: make run ARGS="--auth no".
 run: $(STAMP)
-	$(BIN)/qstore-cluster up
+	$(BIN)/qstore-cluster up $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest -q

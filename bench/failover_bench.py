@@ -1,7 +1,7 @@
 """Fail-over gap: how long a steady sender through qstore.client waits for its next acknowledgement
 when the primary is killed (kill -9) under `qstore-cluster up --heartbeat 0.5`.
 
-    .venv/bin/python bench/failover_bench.py [--rate 500] [--kills 10] [--heartbeat 0.5]
+    .venv/bin/python bench/failover_bench.py [--rate 500] [--kills 10] [--heartbeat 0.5] [--auth no]
 
 A sender sends numbered durable messages at --rate (sync=False, a buffer big enough never to block
 during a fail-over). A thread polls the sender's public `acknowledged` count and the connection's
@@ -16,6 +16,9 @@ duplicated messages are counted.
 Prints one JSON line on stdout: gaps (min, median, max and each, seconds), sent, acknowledged,
 re-sent, received, lost, duplicated, and the machine (cpu model, cores, python). Progress goes to
 stderr. Goal: median gap <= 1 s, 0 lost. Exit status 1 if anything acknowledged was lost.
+
+The cluster requires a login, as `make run`'s does: the clients log in as its `admin` (PLAIN), so
+each reconnect pays a password check; `--auth no` measures an open cluster.
 """
 
 from __future__ import annotations
@@ -58,10 +61,12 @@ class SteadySender:
     """Numbered durable messages at `rate` per second, in a thread; `samples` records
     (time, acknowledged, reconnects) each time one of the two changes."""
 
-    def __init__(self, addresses: list[str], rate: float, heartbeat: float) -> None:
+    def __init__(
+        self, addresses: list[str], rate: float, heartbeat: float, options: dict[str, Any]
+    ) -> None:
         self.conn = Connection.establish(
             addresses[0], reconnect=True, reconnect_urls=addresses, heartbeat=heartbeat,
-            reconnect_interval_max=0.25, timeout=30,
+            reconnect_interval_max=0.25, timeout=30, **options,
         )  # fmt: skip
         self.sender = self.conn.session().sender(ADDRESS, capacity=max(1000, int(rate * 30)))
         self.rate = rate
@@ -127,14 +132,18 @@ class SteadySender:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="qstore-failover-bench-"))
-    cluster = LocalCluster(root, consecutive_free_ports(3), heartbeat=args.heartbeat)
+    cluster = LocalCluster(
+        root, consecutive_free_ports(3), heartbeat=args.heartbeat, auth=args.auth == "yes"
+    )
     load: SteadySender | None = None
     gaps: list[float] = []
     missed = 0
     try:
         cluster.whole(args.timeout)
         log(f"cluster up in {root} ({', '.join(cluster.addresses)})")
-        load = SteadySender(cluster.addresses, args.rate, args.client_heartbeat)
+        load = SteadySender(
+            cluster.addresses, args.rate, args.client_heartbeat, cluster.client_options()
+        )
         load.start()
         for k in range(args.kills):
             cluster.whole(args.timeout)
@@ -167,6 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rate": args.rate,
             "kills": args.kills,
             "heartbeat": args.heartbeat,
+            "auth": args.auth,
             "gap_min": round(min(gaps), 3) if gaps else None,
             "gap_median": round(statistics.median(gaps), 3) if gaps else None,
             "gap_max": round(max(gaps), 3) if gaps else None,
@@ -177,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "resent": load.sender.resent,
         }
         load.close()
-        received = drain(cluster.addresses, ADDRESS)
+        received = drain(cluster.addresses, ADDRESS, options=cluster.client_options())
         counts = Counter(received)
         result["received"] = len(counts)
         result["lost"] = len(set(range(sent)) - set(counts))  # after sync: every one was acked
@@ -218,6 +228,10 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     p.add_argument("--timeout", type=positive, default=60.0, help="bound on each wait, seconds")
     p.add_argument("--keep", action="store_true", help="keep the cluster's directory")
+    p.add_argument(
+        "--auth", choices=["yes", "no"], default="yes",
+        help="yes (default): the cluster requires a login (the clients log in as its admin)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.kills < 1:
         p.error("--kills must be >= 1")

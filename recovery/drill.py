@@ -2,13 +2,14 @@
 
     qstore-drill total-failure [--messages N] [--one-at-a-time] [--data-dir D] [--base-port P]
     qstore-drill rolling [--messages N] [--kills N] [--data-dir D] [--base-port P]
-    (both: [--json] [--seed S] [--timeout S])
+    (both: [--json] [--seed S] [--timeout S] [--auth yes|no])
 
 A drill starts `qstore-cluster up` in a temporary (or given) directory, sends numbered durable
 messages through `qstore.client` with every broker's URL, breaks the cluster while the sender runs,
 lets the manager recover, drains the queue, and compares: every message the cluster acknowledged
 must be read back (duplicates are allowed: clients re-send what was not acknowledged). It exits 1 if
-anything acknowledged was lost or anything unexpected appeared.
+anything acknowledged was lost or anything unexpected appeared. The cluster requires a login, as
+`make run`'s does (the clients log in as its `admin`); `--auth no` drills an open one.
 
 - total-failure: kill -9 every broker at a random moment (with --one-at-a-time, one after another
   with gaps); the manager restarts them, waits for them all and promotes the newest journal.
@@ -66,9 +67,12 @@ def log(text: str) -> None:
 class Load:
     """A numbered sender through qstore.client, in its own thread."""
 
-    def __init__(self, addresses: list[str], count: int) -> None:
+    def __init__(
+        self, addresses: list[str], count: int, options: dict[str, Any] | None = None
+    ) -> None:
         self.addresses = addresses
         self.count = count
+        self.options = dict(options or {})  # more Connection.establish keywords: the login
         self.sent = 0
         self.more = threading.Event()  # set: keep sending past `count` (load during kills)
         self.error: BaseException | None = None
@@ -83,7 +87,7 @@ class Load:
         try:
             self.conn = Connection.establish(
                 self.addresses[0], reconnect=True, reconnect_urls=self.addresses, heartbeat=0.5,
-                reconnect_interval_max=0.5,
+                reconnect_interval_max=0.5, **self.options,
             )  # fmt: skip
             self.sender = self.conn.session().sender(ADDRESS, capacity=500)
             n = 0
@@ -175,12 +179,12 @@ def run(args: argparse.Namespace) -> Report:
     root.mkdir(parents=True, exist_ok=True)
     base = args.base_port or consecutive_free_ports(3)
     report = Report(args.drill)
-    cluster = LocalCluster(root, base, heartbeat=0.5, recovery_wait=10)
+    cluster = LocalCluster(root, base, heartbeat=0.5, recovery_wait=10, auth=args.auth == "yes")
     load: Load | None = None
     try:
         cluster.whole(args.timeout)
         log(f"cluster up in {root} on ports {base}-{base + 2}")
-        load = Load(cluster.addresses, args.messages)
+        load = Load(cluster.addresses, args.messages, cluster.client_options())
         load.start()
         (total_failure if args.drill == "total-failure" else rolling)(
             cluster, load, args, rnd, report
@@ -192,7 +196,7 @@ def run(args: argparse.Namespace) -> Report:
         acked = load.acknowledged()
         load.close()
         cluster.whole(args.timeout)
-        received = drain(cluster.addresses, ADDRESS)
+        received = drain(cluster.addresses, ADDRESS, options=cluster.client_options())
         compare(report, load.sent, acked, received)
     finally:
         if load is not None:
@@ -215,6 +219,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="bound on each wait, seconds")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--auth", choices=["yes", "no"], default="yes",
+        help="yes (default): the cluster requires a login (clients log in as its admin)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.messages < 1 or args.kills < 0:
         p.error("--messages must be >= 1 and --kills >= 0")

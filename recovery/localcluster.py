@@ -5,6 +5,11 @@ starts the manager in a process group of its own, watches the brokers' states th
 management nodes, kills brokers by the pids the manager publishes in DATA_DIR/cluster.json, and
 stops everything it started, brokers included (they run in sessions of their own, so a manager
 that could not stop them would leave them running).
+
+The cluster requires a login unless `auth=False`: its credentials are made in DATA_DIR before the
+manager starts (which then reuses them, as a second `qstore-cluster up` does), so a driver knows
+them at once. Clients log in as `admin` (`client_options()` for qstore.client,
+`proton_options()` for stock proton); status polls as the HA user, as the manager does.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from qstore.client import Connection, Empty
+from tools import cluster_auth
 from tools._mgmt import query_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +75,7 @@ class LocalCluster:
     """`qstore-cluster up --nodes N` in `root` on BASE_PORT.. as a child process.
 
     `heartbeat`, `recovery_wait` and `backup_timeout` are passed to `qstore-cluster up` when
-    given (None: its defaults).
+    given (None: its defaults). `auth=False`: an open cluster (`--auth no`).
     """
 
     def __init__(
@@ -82,12 +88,18 @@ class LocalCluster:
         recovery_wait: float | None = None,
         backup_timeout: float | None = 5.0,
         poll: float = 0.1,
+        auth: bool = True,
     ) -> None:
         self.root = root
         self.addresses = [f"127.0.0.1:{base_port + i}" for i in range(nodes)]
+        self.credentials: cluster_auth.ClusterCredentials | None = None
+        if auth:
+            self.credentials = cluster_auth.ensure(root, self.addresses[0]).credentials
+        self._ha_login = self.credentials.ha_login() if self.credentials else {}
         cmd = [
             sys.executable, "-m", "tools.qstore_cluster", "up", "--nodes", str(nodes),
             "--base-port", str(base_port), "--data-dir", str(root), "--poll", str(poll),
+            "--auth", "yes" if auth else "no",
         ]  # fmt: skip
         for flag, value in (
             ("--heartbeat", heartbeat),
@@ -107,9 +119,19 @@ class LocalCluster:
         )
         self._pool = ThreadPoolExecutor(nodes)
 
+    def client_options(self) -> dict[str, Any]:
+        """Login keywords of `qstore.client.Connection` (none for an open cluster)."""
+        return self.credentials.client_options() if self.credentials else {}
+
+    def proton_options(self) -> dict[str, Any]:
+        """Login keywords of a stock proton `BlockingConnection` or `Container.connect`."""
+        return self.credentials.proton_options() if self.credentials else {}
+
     def states(self) -> States:
         """Each broker's HA state, polled in parallel (a silent broker costs one timeout)."""
-        found = self._pool.map(lambda a: query_status(a, timeout=1.0), self.addresses)
+        found = self._pool.map(
+            lambda a: query_status(a, timeout=1.0, **self._ha_login), self.addresses
+        )
         return [None if st is None else str(st["state"]) for st in found]
 
     def wait(self, pred: Callable[[States], bool], what: str, timeout: float) -> float:
@@ -139,12 +161,7 @@ class LocalCluster:
 
     def pids(self) -> list[int | None]:
         """The brokers' pids from DATA_DIR/cluster.json (re-read: the manager rewrites it)."""
-        for _ in range(50):
-            with contextlib.suppress(OSError, ValueError):
-                info = json.loads((self.root / "cluster.json").read_text())
-                return [b.get("pid") for b in info["brokers"]]
-            time.sleep(0.02)  # caught mid-write
-        raise RuntimeError(f"cannot read {self.root / 'cluster.json'}")
+        return broker_pids(self.root)
 
     def kill(self, index: int) -> None:
         """SIGKILL broker `index` (node`index`)."""
@@ -154,14 +171,6 @@ class LocalCluster:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
-    def _ours(self, pid: int) -> bool:
-        """A broker of this cluster (its command line names our data directory), not a reused
-        pid."""
-        try:
-            return os.fsencode(self.root) in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-
     def manager_log(self) -> str:
         return (self.root / "manager.log").read_text(errors="replace")
 
@@ -169,30 +178,64 @@ class LocalCluster:
         """SIGTERM the manager (SIGKILL its group if it hangs), then kill any broker of ours
         still running."""
         try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(5)
-            with contextlib.suppress(RuntimeError):
-                for pid in self.pids():
-                    if pid and self._ours(pid):
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
+            stop_manager(self.proc, self.root)
         finally:
             self._pool.shutdown(wait=False)
             self.log.close()
 
 
-def drain(addresses: list[str], address: str, idle: float = 3.0) -> list[Any]:
+def broker_pids(root: Path) -> list[int | None]:
+    """The brokers' pids from ROOT/cluster.json (re-read each time: the manager rewrites it)."""
+    for _ in range(50):
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads((root / "cluster.json").read_text())
+            return [b.get("pid") for b in info["brokers"]]
+        time.sleep(0.02)  # caught mid-write
+    raise RuntimeError(f"cannot read {root / 'cluster.json'}")
+
+
+def _ours(pid: int, root: Path) -> bool:
+    """A broker of the cluster in `root` (its command line names that directory), not a reused
+    pid."""
+    try:
+        return os.fsencode(root) in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def stop_manager(proc: subprocess.Popen[bytes], root: Path) -> None:
+    """Stop a `qstore-cluster up` started in a session of its own: SIGTERM (it stops its
+    brokers), SIGKILL of its process group if it hangs, then SIGKILL of any broker of `root`
+    still running (brokers run in sessions of their own: nothing else would stop them)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    with contextlib.suppress(RuntimeError):
+        for pid in broker_pids(root):
+            if pid and _ours(pid, root):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def drain(
+    addresses: list[str],
+    address: str,
+    idle: float = 3.0,
+    *,
+    options: Mapping[str, Any] | None = None,
+) -> list[Any]:
     """Every body left at `address`, through qstore.client (failing over as need be),
-    acknowledged; done once nothing arrives for `idle` seconds."""
+    acknowledged; done once nothing arrives for `idle` seconds. `options`: more keywords of
+    `Connection.establish` (the login: `LocalCluster.client_options()`)."""
     conn = Connection.establish(
-        addresses[0], reconnect=True, reconnect_urls=addresses, heartbeat=1, timeout=30
-    )
+        addresses[0], reconnect=True, reconnect_urls=addresses, heartbeat=1, timeout=30,
+        **(options or {}),
+    )  # fmt: skip
     got: list[Any] = []
     try:
         ssn = conn.session()

@@ -4,6 +4,12 @@ own data directory under tmp_path, fast timings, stopped by pid at the end (also
 Ports come from the OS (bind to port 0, read it, close) because every broker must know the whole
 `--ha-brokers-url` before it starts.
 
+`cluster(3, auth=True)` runs the members with `--auth yes`: a user database with a client user
+(`USER`) and the HA identity (`HA_USER`, its password in a file); the harness's status polls,
+promotes and `admin()` log in as the HA identity, `client()` as the client user, and
+`client_options()` gives qstore.client the same login. Without it the members are open
+(`--auth no`), as most HA tests need nothing else.
+
     def test_x(cluster):                          # 3 brokers, one promoted, backups ready
         c = cluster(3)
         p = c.primary                             # BrokerProcess
@@ -24,6 +30,7 @@ from proton import Timeout, symbol
 from proton.reactor import Copy
 from proton.utils import BlockingConnection
 
+from qstore.sasl.userdb import MIN_ITERATIONS, UserDb
 from recovery.localcluster import free_ports
 from tools._mgmt import ManagementClient, ToolError, parse_broker
 
@@ -36,20 +43,48 @@ FAST = [
     "3",
 ]
 WAIT = 20.0
+USER, PASSWORD = "admin", "admin-secret"  # the client user of an auth=True cluster
+HA_USER, HA_PASSWORD = "qstore-ha", "ha-secret"
 
 
 class Cluster:
-    def __init__(self, brokers: Brokers, n: int, replicate: str, extra: list[str]) -> None:
+    def __init__(
+        self, brokers: Brokers, n: int, replicate: str, extra: list[str], auth: bool = False
+    ) -> None:
         self.brokers = brokers
         self.ports = free_ports(n)
         self.url = ",".join(f"127.0.0.1:{p}" for p in self.ports)
         self.replicate = replicate
         self.extra = extra
+        self.auth = self._auth_args() if auth else []
+        # how the harness itself logs in: as the HA identity (status, promote, admin)
+        self.ha_login: dict[str, Any] = (
+            {"user": HA_USER, "password": HA_PASSWORD, "mechanism": "PLAIN"} if auth else {}
+        )
         self.members: list[BrokerProcess | None] = [None] * n
         # one admin client per member for status polls (a new proton Container costs ~0.1 s)
         self._status_clients: dict[int, ManagementClient] = {}
         with ThreadPoolExecutor(n) as pool:  # each start waits for its port: start them at once
             list(pool.map(self.start, range(n)))
+
+    def _auth_args(self) -> list[str]:
+        db, password_file = self.brokers.tmp_path / "sasl-db", self.brokers.tmp_path / "ha-pass"
+        users = UserDb()
+        for user, password in ((USER, PASSWORD), (HA_USER, HA_PASSWORD)):
+            users.set_password(user, password, iterations=MIN_ITERATIONS)
+        users.save(db)
+        password_file.write_text(HA_PASSWORD + "\n")
+        return ["--auth", "yes", "--sasl-db", str(db), "--ha-username", HA_USER,
+                "--ha-password-file", str(password_file)]  # fmt: skip
+
+    def client_options(self) -> dict[str, Any]:
+        """Login keywords of `qstore.client.Connection` (none for an open cluster)."""
+        return {"username": USER, "password": PASSWORD} if self.auth else {}
+
+    def _proton_login(self, user: str, password: str) -> dict[str, Any]:
+        if not self.auth:
+            return {}
+        return {"user": user, "password": password, "allowed_mechs": "PLAIN"}
 
     def args(self, i: int) -> list[str]:
         return [
@@ -62,6 +97,7 @@ class Cluster:
             "--auto-create",
             "yes",
             *FAST,
+            *self.auth,
             *self.extra,
         ]
 
@@ -94,7 +130,10 @@ class Cluster:
             try:
                 if client is None:
                     client = ManagementClient(
-                        parse_broker(self.address(i)), ha_admin=True, timeout=timeout
+                        parse_broker(self.address(i)),
+                        ha_admin=True,
+                        timeout=timeout,
+                        **self.ha_login,
                     )
                 code, _, body = client.request("READ", "ha")
             except ToolError:
@@ -119,7 +158,9 @@ class Cluster:
         return None if st is None else str(st["state"])
 
     def promote(self, i: int) -> tuple[int, str]:
-        client = ManagementClient(parse_broker(self.address(i)), ha_admin=True, timeout=15)
+        client = ManagementClient(
+            parse_broker(self.address(i)), ha_admin=True, timeout=15, **self.ha_login
+        )
         try:
             code, desc, _ = client.request("PROMOTE", "ha")
         finally:
@@ -175,15 +216,23 @@ class Cluster:
         self.wait_states(expected)
 
     def client(self, i: int, **kw: Any) -> BlockingConnection:
-        return BlockingConnection(self.address(i), timeout=10, **kw)
+        """A stock proton connection (as the client user of an auth=True cluster)."""
+        return BlockingConnection(
+            self.address(i), timeout=10, **{**self._proton_login(USER, PASSWORD), **kw}
+        )
 
     def admin(self, i: int) -> BlockingConnection:
         return BlockingConnection(
-            self.address(i), timeout=10, properties={symbol("qpid.ha-admin"): True}
+            self.address(i),
+            timeout=10,
+            properties={symbol("qpid.ha-admin"): True},
+            **self._proton_login(HA_USER, HA_PASSWORD),
         )
 
     def management(self, i: int) -> ManagementClient:
-        return ManagementClient(parse_broker(self.address(i)), ha_admin=True, timeout=10)
+        return ManagementClient(
+            parse_broker(self.address(i)), ha_admin=True, timeout=10, **self.ha_login
+        )
 
 
 def browse(conn: BlockingConnection, queue: str, quiet: float = 0.3) -> list[Any]:
@@ -203,13 +252,17 @@ def browse(conn: BlockingConnection, queue: str, quiet: float = 0.3) -> list[Any
 
 @pytest.fixture
 def cluster(brokers: Brokers) -> Iterator[Callable[..., Cluster]]:
-    """cluster(n=3, replicate="all", extra=[...], primary=0): started, promoted, backups ready.
-    primary=None leaves every member joining."""
+    """cluster(n=3, replicate="all", extra=[...], primary=0, auth=False): started, promoted,
+    backups ready. primary=None leaves every member joining; auth=True: logins required."""
 
     def make(
-        n: int = 3, replicate: str = "all", extra: list[str] | None = None, primary: int | None = 0
+        n: int = 3,
+        replicate: str = "all",
+        extra: list[str] | None = None,
+        primary: int | None = 0,
+        auth: bool = False,
     ) -> Cluster:
-        c = Cluster(brokers, n, replicate, list(extra or []))
+        c = Cluster(brokers, n, replicate, list(extra or []), auth)
         made.append(c)
         c.wait(lambda: all(c.state(i) == "joining" for i in range(n)), "every member joining")
         if primary is not None:
@@ -224,4 +277,7 @@ def cluster(brokers: Brokers) -> Iterator[Callable[..., Cluster]]:
             c.close()
 
 
-__all__ = ["FAST", "Cluster", "Path", "browse", "cluster", "free_ports"]
+__all__ = [
+    "FAST", "HA_PASSWORD", "HA_USER", "PASSWORD", "USER", "Cluster", "Path", "browse", "cluster",
+    "free_ports",
+]  # fmt: skip

@@ -25,10 +25,13 @@ QUEUE = "numbers; {create: always, node: {durable: True, x-declare: {arguments: 
 
 
 def test_fail_over_loses_nothing_acknowledged(cluster) -> None:
-    c = cluster(3)
+    c = cluster(3, auth=True)  # the client logs in again on every broker it tries
     # Backups first: the client must walk past them (they drop the socket) to the primary.
     urls = [c.address(1), c.address(2), c.address(0)]
-    options = dict(reconnect=True, reconnect_urls=urls, heartbeat=2, reconnect_interval_max=0.5)
+    options = dict(
+        reconnect=True, reconnect_urls=urls, heartbeat=2, reconnect_interval_max=0.5,
+        **c.client_options(),
+    )  # fmt: skip
     producer = Connection.establish(urls[0], timeout=T, **options)
     consumer = Connection.establish(urls[0], timeout=T, **options)
     stop = threading.Event()

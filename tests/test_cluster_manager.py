@@ -9,10 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from cluster_harness import free_ports
 from freezegun import freeze_time
 
+from recovery.localcluster import stop_manager
+from tools import cluster_auth
 from tools._mgmt import query_status
 from tools.cluster_manager import Memory, NodeView, Promote, Restart, decide
 
@@ -83,10 +86,10 @@ def _wait(pred, what: str, timeout: float = 30.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _states(ports: list[int]) -> list[str | None]:
+def _states(ports: list[int], login: dict[str, Any]) -> list[str | None]:
     out = []
     for p in ports:
-        st = query_status(f"127.0.0.1:{p}", 1.0)
+        st = query_status(f"127.0.0.1:{p}", 1.0, **login)
         out.append(None if st is None else st["state"])
     return out
 
@@ -99,11 +102,16 @@ def test_qstore_cluster_up_keeps_one_primary(tmp_path: Path) -> None:
     mgr = subprocess.Popen(
         [sys.executable, "-m", "tools.qstore_cluster", "up", "--data-dir", str(tmp_path / "d"),
          "--base-port", str(base), "--heartbeat", "0.5", "--poll", "0.1", "--recovery-wait", "5"],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+    login: dict[str, Any] = {}
     try:
-        _wait(lambda: sorted(map(str, _states(ports))) == ["active", "ready", "ready"], "a cluster")
-        primary = _states(ports).index("active")
+        # authentication is on: the manager makes the HA user's credentials first thing
+        _wait(lambda: (tmp_path / "d" / "credentials").exists(), "the credentials", 10)
+        login = cluster_auth.load(tmp_path / "d").ha_login()
+        _wait(lambda: sorted(map(str, _states(ports, login))) == ["active", "ready", "ready"],
+              "a cluster")  # fmt: skip
+        primary = _states(ports, login).index("active")
         out = subprocess.run(
             [sys.executable, "-m", "tools.qstore_cluster", "status", "--data-dir",
              str(tmp_path / "d")], capture_output=True, text=True, timeout=30,
@@ -115,23 +123,19 @@ def test_qstore_cluster_up_keeps_one_primary(tmp_path: Path) -> None:
         os.kill(pid, signal.SIGKILL)
         _wait(
             lambda: (
-                _states(ports).count("active") == 1
-                and _states(ports)[primary] == "ready"
-                and _states(ports).count("ready") == 2
+                (st := _states(ports, login)).count("active") == 1
+                and st[primary] == "ready"
+                and st.count("ready") == 2
             ),
             "a new primary and the old one back as a backup",
         )
     finally:
-        mgr.send_signal(signal.SIGTERM)
-        try:
-            mgr.wait(30)
-        except subprocess.TimeoutExpired:
-            mgr.kill()
+        stop_manager(mgr, tmp_path / "d")  # and any broker it left running
         log.close()
     text = (tmp_path / "manager.log").read_text()
     assert "promoting" in text and "stopping every broker" in text
     assert mgr.returncode == 0
-    assert all(s is None for s in _states(ports))
+    assert all(s is None for s in _states(ports, login))
 
 
 def test_a_silent_primary_whose_process_runs_is_waited_for_then_restarted_never_doubled() -> None:

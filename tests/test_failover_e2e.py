@@ -8,6 +8,8 @@ b) A stock proton Container client across one fail-over: it moves to the new pri
    re-sends nothing, so what was in flight at the kill may be lost. It was never accepted, so the
    cluster's guarantee holds: nothing accepted is lost, nothing is duplicated.
 
+The cluster requires a login, as `make run`'s does: both clients log in as its `admin`.
+
 The manager runs as a child process in its own process group; it is stopped by pid in a fixture's
 finally (SIGTERM, then SIGKILL of its group, then SIGKILL of any broker it left behind: brokers
 run in sessions of their own). Every wait is bounded.
@@ -69,8 +71,9 @@ def test_client_loses_nothing_acknowledged_across_three_primary_kills(
     c = managed
     urls = c.addresses
     opts: dict[str, Any] = dict(
-        reconnect=True, reconnect_urls=urls, heartbeat=0.5, reconnect_interval_max=0.25
-    )
+        reconnect=True, reconnect_urls=urls, heartbeat=0.5, reconnect_interval_max=0.25,
+        **c.client_options(),
+    )  # fmt: skip
     producer = Connection.establish(urls[0], timeout=T, **opts)
     consumer = Connection.establish(urls[0], timeout=T, **opts)
     stop = threading.Event()
@@ -161,10 +164,11 @@ class StockSender(MessagingHandler):
 
     TICK = 0.02
 
-    def __init__(self, urls: list[str], queue: str) -> None:
+    def __init__(self, urls: list[str], queue: str, login: dict[str, Any]) -> None:
         super().__init__()
         self.urls = urls
         self.queue = queue
+        self.login = login  # user, password, allowed_mechs for Container.connect
         self.generation = 0  # connections opened so far
         self.connected = False
         self.sent: dict[int, int] = {}  # number -> generation it was sent on (0: disconnected)
@@ -175,7 +179,7 @@ class StockSender(MessagingHandler):
         self.next = 0
 
     def on_start(self, event: Event) -> None:
-        self.conn = event.container.connect(urls=self.urls, heartbeat=2)
+        self.conn = event.container.connect(urls=self.urls, heartbeat=2, **self.login)
         self.link = event.container.create_sender(self.conn, self.queue)
         event.container.schedule(self.TICK, self)
 
@@ -210,8 +214,8 @@ class StockSender(MessagingHandler):
         self.others.append(("released", int(event.delivery.tag)))
 
 
-def drain(urls: list[str], queue: str, idle: float = 2.0) -> list[int]:
-    conn = Connection.establish(urls[0], reconnect=True, reconnect_urls=urls, timeout=T)
+def drain(urls: list[str], queue: str, login: dict[str, Any], idle: float = 2.0) -> list[int]:
+    conn = Connection.establish(urls[0], reconnect=True, reconnect_urls=urls, timeout=T, **login)
     got: list[int] = []
     try:
         ssn = conn.session()
@@ -230,7 +234,7 @@ def drain(urls: list[str], queue: str, idle: float = 2.0) -> list[int]:
 def test_stock_container_fails_over_and_resends_nothing(managed: LocalCluster) -> None:
     c = managed
     states = c.whole(T)
-    h = StockSender(c.addresses, "e2e-stock")
+    h = StockSender(c.addresses, "e2e-stock", c.proton_options())
     container = Container(h)
     thread = threading.Thread(target=container.run, name="stock-container", daemon=True)
     thread.start()
@@ -254,7 +258,7 @@ def test_stock_container_fails_over_and_resends_nothing(managed: LocalCluster) -
     assert not thread.is_alive(), "the Container did not stop"
 
     c.whole(T)  # the restarted broker is ready: drain from a quiet primary
-    got = drain(c.addresses, "e2e-stock")
+    got = drain(c.addresses, "e2e-stock", c.client_options())
     counts = Counter(got)
     accepted = set(h.accepted)
     old = {n for n, g in h.sent.items() if g == 1}  # written to the primary that was killed

@@ -1,7 +1,7 @@
 """`qstore-cluster`: a local cluster manager for one machine (what rgmanager does in the seed).
 
     qstore-cluster up [--nodes 3] [--base-port 5672] [--data-dir ./data] [--ha-replicate all]
-                      [--heartbeat S] [--poll S] [--recovery-wait S]
+                      [--heartbeat S] [--poll S] [--recovery-wait S] [--auth yes|no]
     qstore-cluster status [--data-dir ./data] [--json]
 
 `up` starts one `qstored` per node (node i: port base-port + i, data in DATA_DIR/node<i>, log in
@@ -9,6 +9,12 @@ DATA_DIR/node<i>.log), keeps each running (a broker that dies is restarted: it c
 backup), and keeps exactly one primary (see cluster_manager.py for the rules). It prints each state
 change with a timestamp. Ctrl-C or SIGTERM stops every broker cleanly. The same --data-dir again
 reuses the journals and the ports (kept in DATA_DIR/cluster.json).
+
+The brokers run with `--auth yes`: the first `up` creates DATA_DIR/sasl-db with an `admin` user and
+the HA user `qstore-ha`, their random passwords in DATA_DIR/credentials (see cluster_auth.py), and
+prints how to connect. The brokers get the HA password from a file, never on a command line; the
+manager polls and promotes as the HA user. `--auth no` runs an open cluster (anyone may connect,
+and do anything, HA operations included).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.logfmt import escape_controls
+from tools import cluster_auth
 from tools._mgmt import ManagementClient, ToolError, parse_broker, query_status
 from tools.cluster_manager import Memory, NodeView, Note, Promote, Restart, decide
 
@@ -62,7 +69,7 @@ class ClusterManager:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.root = Path(args.data_dir).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # private when we make it
         saved = self._load()
         base = saved.get("base_port", args.base_port) if saved else args.base_port
         n = saved.get("nodes", args.nodes) if saved else args.nodes
@@ -72,9 +79,28 @@ class ClusterManager:
         self.url = ",".join(node.address for node in self.nodes)
         self.memory = Memory()
         self.stopping = False
-        # How the manager logs in to its brokers (user, password, mechanism, ssl: the keywords
-        # of query_status and ManagementClient); empty while the brokers run without --auth.
+        self.auth = args.auth == "yes"
+        # How the manager logs in to its brokers (the keywords of query_status and
+        # ManagementClient): the HA identity, the only one that may read a backup's status and
+        # promote; empty for an open cluster.
         self.login: dict[str, Any] = {}
+        self.ha_user = ""
+        if self.auth:
+            prepared = cluster_auth.ensure(self.root, self.nodes[0].address)
+            creds = prepared.credentials
+            self.login = creds.ha_login()
+            self.ha_user = creds.ha_user
+            for note in prepared.notes:
+                say(note)
+            made = "created" if prepared.created else "reused"
+            say(f"authentication on: users {creds.user} and {creds.ha_user} ({made})")
+            say(
+                cluster_auth.connect_line(
+                    creds, self.nodes[0].address, self.root, show=sys.stdout.isatty()
+                )
+            )
+        else:
+            say("authentication off (--auth no): anyone may connect and do anything")
         self._save()
 
     # -- the cluster file ---------------------------------------------------------------------
@@ -90,6 +116,7 @@ class ClusterManager:
             "nodes": len(self.nodes),
             "base_port": self.nodes[0].port,
             "manager_pid": os.getpid(),
+            "auth": self.auth,
             "brokers": [
                 {"index": n.index, "address": n.address, "pid": n.proc.pid if n.proc else None}
                 for n in self.nodes
@@ -116,8 +143,16 @@ class ClusterManager:
             "--link-maintenance-interval", str(min(0.1, a.heartbeat / 4)),
             "--ha-backup-timeout", str(a.backup_timeout),
             "--auto-create", "yes",
-            "--auth", "no",
         ]  # fmt: skip
+        if self.auth:  # the HA password in a file: a command line is for everyone to read
+            cmd += [
+                "--auth", "yes",
+                "--sasl-db", str(self.root / cluster_auth.SASL_DB),
+                "--ha-username", self.ha_user,
+                "--ha-password-file", str(self.root / cluster_auth.HA_PASSWORD),
+            ]  # fmt: skip
+        else:
+            cmd += ["--auth", "no"]
         log = open(self.root / f"node{node.index}.log", "ab")  # noqa: SIM115 - child's stdout
         node.proc = subprocess.Popen(
             cmd,
@@ -243,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--recovery-wait", type=seconds, default=10.0,
         help="after a total failure, wait this long for every node before promoting the best",
     )  # fmt: skip
+    up.add_argument(
+        "--auth", choices=["yes", "no"], default="yes",
+        help="yes (default): brokers require a login; users and passwords made in DATA_DIR on "
+        "first start (DATA_DIR/credentials). no: an open cluster",
+    )  # fmt: skip
     st = sub.add_parser("status", help="print the table of brokers")
     st.add_argument("--data-dir", default="./data")
     st.add_argument("--json", action="store_true")
@@ -250,15 +290,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def status(args: argparse.Namespace) -> int:
-    path = Path(args.data_dir) / "cluster.json"
+    root = Path(args.data_dir)
+    path = root / "cluster.json"
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError):
         print(f"qstore-cluster: no cluster in {args.data_dir} (no {path})", file=sys.stderr)
         return 2
+    login: dict[str, Any] = {}
+    # as the HA user, as the manager does (a backup answers no one else); a cluster.json from
+    # before authentication has no "auth": the credentials file says then
+    if info.get("auth", (root / cluster_auth.CREDENTIALS).exists()):
+        try:
+            login = cluster_auth.load(root).ha_login()
+        except cluster_auth.CredentialsError as exc:
+            print(f"qstore-cluster: {exc}", file=sys.stderr)
+            return 2
     rows = []
     for b in info.get("brokers", []):
-        st = query_status(b["address"], timeout=2.0)
+        st = query_status(b["address"], timeout=2.0, **login)
         rows.append(
             {
                 "node": b["index"],
@@ -287,7 +337,11 @@ def main(argv: list[str] | None = None) -> None:
         print("qstore-cluster: error: --nodes must be >= 1 and the ports within 1..65535",
               file=sys.stderr)  # fmt: skip
         sys.exit(2)
-    manager = ClusterManager(args)
+    try:
+        manager = ClusterManager(args)
+    except cluster_auth.CredentialsError as exc:
+        print(f"qstore-cluster: {escape_controls(str(exc))}", file=sys.stderr)
+        sys.exit(2)
 
     def on_signal(signum: int, _frame: Any) -> None:
         manager.stopping = True
