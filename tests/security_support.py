@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from broker_harness import BrokerProcess, Brokers
-from proton import Collector, Connection, Event, Message, Transport
+from cluster_harness import FAST
+from proton import Collector, Connection, Event, Message, Transport, symbol
 from proton.utils import BlockingConnection, SyncRequestResponse
 
 from qstore.sasl import SaslClient
 from qstore.sasl.userdb import UserDb
+from recovery.localcluster import free_ports
 
 TIMEOUT = 10.0
 PASSWORDS = {"admin": "admin-secret-1", "alice": "alice-secret-2", "bob": "bob-secret-3",
@@ -151,3 +153,76 @@ def closing(conn: BlockingConnection) -> Iterator[BlockingConnection]:
     finally:
         with contextlib.suppress(Exception):
             conn.close()
+
+
+ADMIN = {symbol("qpid.ha-admin"): True}
+WAIT = 20.0
+
+
+class SecureCluster:
+    """Brokers with `--auth yes`, the HA identity `ha` given by a password file."""
+
+    def __init__(
+        self, brokers: Brokers, n: int, *, auth: bool = True, acl: str | None = None
+    ) -> None:
+        self.acl = acl
+        self.brokers = brokers
+        self.ports = free_ports(n)
+        self.url = self.brokers_url()
+        tmp = brokers.tmp_path
+        self.password_file = tmp / "ha.password"
+        self.password_file.write_text(PASSWORDS["ha"] + "\n")
+        self.auth = auth
+        self.members: list[BrokerProcess] = [self.start(i) for i in range(n)]
+
+    def brokers_url(self) -> str:
+        """--ha-brokers-url: the plain ports (a subclass may say otherwise)."""
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def args(self, i: int, password_file: Path | None = None) -> list[str]:
+        tmp = self.brokers.tmp_path
+        auth = secure_args(tmp, acl=self.acl) if self.auth else ["--auth", "no"]
+        return [
+            *auth,
+            "--ha-cluster", "yes",
+            "--ha-brokers-url", self.url,
+            "--ha-replicate", "all",
+            "--ha-username", "ha",
+            "--ha-password-file", str(password_file or self.password_file),
+            "--auto-create", "yes",
+            "--name", f"node{i}",
+            *FAST,
+        ]  # fmt: skip
+
+    def start(
+        self, i: int, password_file: Path | None = None, extra: tuple[str, ...] = ()
+    ) -> BrokerProcess:
+        tmp = self.brokers.tmp_path
+        args = [*self.args(i, password_file), *extra]
+        b = BrokerProcess(tmp / f"node{i}", args, tmp / f"node{i}.log", self.ports[i])
+        self.brokers.started.append(b)
+        return b
+
+    def admin(self, i: int, user: str = "ha") -> BlockingConnection:
+        return connect(f"127.0.0.1:{self.ports[i]}", user, properties=ADMIN)
+
+    def state(self, i: int, user: str = "ha") -> str | None:
+        try:
+            with closing(self.admin(i, user)) as c:
+                code, _, body = mgmt(c, "READ", "ha")
+        except Exception:
+            return None
+        return str(body["state"]) if code == 200 else None
+
+    def wait_state(self, i: int, state: str, timeout: float = WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.state(i) == state:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"node{i} not {state} (is {self.state(i)}):\n{self.members[i].log()}")
+
+    def promote(self, i: int, user: str = "ha") -> tuple[int, str]:
+        with closing(self.admin(i, user)) as c:
+            code, text, _ = mgmt(c, "PROMOTE", "ha")
+        return code, text

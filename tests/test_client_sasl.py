@@ -21,8 +21,7 @@ import pytest
 import trustme
 from broker_harness import BrokerProcess, Brokers
 from proton import Message
-from security_support import PASSWORDS, secure_args, start_secure, wait_for_log
-from test_security_ha import SecureCluster
+from security_support import PASSWORDS, SecureCluster, secure_args, start_secure, wait_for_log
 from tls_support import Sniffer
 
 from qstore.client import AuthenticationError, Connection

@@ -11,81 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker_harness import BrokerProcess, Brokers
-from cluster_harness import FAST
+from broker_harness import Brokers
 from proton import Message, symbol
 from proton.utils import BlockingConnection, LinkDetached
-from security_support import PASSWORDS, closing, connect, mgmt, refusal, secure_args, wait_for_log
-
-from recovery.localcluster import free_ports
-
-ADMIN = {symbol("qpid.ha-admin"): True}
-WAIT = 20.0
-
-
-class SecureCluster:
-    """Brokers with `--auth yes`, the HA identity `ha` given by a password file."""
-
-    def __init__(
-        self, brokers: Brokers, n: int, *, auth: bool = True, acl: str | None = None
-    ) -> None:
-        self.acl = acl
-        self.brokers = brokers
-        self.ports = free_ports(n)
-        self.url = ",".join(f"127.0.0.1:{p}" for p in self.ports)
-        tmp = brokers.tmp_path
-        self.password_file = tmp / "ha.password"
-        self.password_file.write_text(PASSWORDS["ha"] + "\n")
-        self.auth = auth
-        self.members: list[BrokerProcess] = [self.start(i) for i in range(n)]
-
-    def args(self, i: int, password_file: Path | None = None) -> list[str]:
-        tmp = self.brokers.tmp_path
-        auth = secure_args(tmp, acl=self.acl) if self.auth else ["--auth", "no"]
-        return [
-            *auth,
-            "--ha-cluster", "yes",
-            "--ha-brokers-url", self.url,
-            "--ha-replicate", "all",
-            "--ha-username", "ha",
-            "--ha-password-file", str(password_file or self.password_file),
-            "--auto-create", "yes",
-            "--name", f"node{i}",
-            *FAST,
-        ]  # fmt: skip
-
-    def start(
-        self, i: int, password_file: Path | None = None, extra: tuple[str, ...] = ()
-    ) -> BrokerProcess:
-        tmp = self.brokers.tmp_path
-        args = [*self.args(i, password_file), *extra]
-        b = BrokerProcess(tmp / f"node{i}", args, tmp / f"node{i}.log", self.ports[i])
-        self.brokers.started.append(b)
-        return b
-
-    def admin(self, i: int, user: str = "ha") -> BlockingConnection:
-        return connect(f"127.0.0.1:{self.ports[i]}", user, properties=ADMIN)
-
-    def state(self, i: int, user: str = "ha") -> str | None:
-        try:
-            with closing(self.admin(i, user)) as c:
-                code, _, body = mgmt(c, "READ", "ha")
-        except Exception:
-            return None
-        return str(body["state"]) if code == 200 else None
-
-    def wait_state(self, i: int, state: str, timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.state(i) == state:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"node{i} not {state} (is {self.state(i)}):\n{self.members[i].log()}")
-
-    def promote(self, i: int, user: str = "ha") -> tuple[int, str]:
-        with closing(self.admin(i, user)) as c:
-            code, text, _ = mgmt(c, "PROMOTE", "ha")
-        return code, text
+from security_support import (
+    ADMIN,
+    PASSWORDS,
+    SecureCluster,
+    closing,
+    connect,
+    mgmt,
+    refusal,
+    wait_for_log,
+)
 
 
 def backup_claim(name: str) -> dict[Any, Any]:

@@ -29,7 +29,14 @@ from cluster_harness import FAST
 from cryptography.hazmat.primitives import serialization
 from proton import Message, SSLDomain, symbol
 from proton.utils import BlockingConnection
-from security_support import PASSWORDS, closing, connect, mgmt, secure_args, wait_for_log
+from security_support import (
+    PASSWORDS,
+    SecureCluster,
+    closing,
+    connect,
+    secure_args,
+    wait_for_log,
+)
 from tls_support import TLS_RECORD, Sniffer
 
 from broker.net.server import is_loopback
@@ -262,77 +269,40 @@ def test_optional_client_certificate(brokers: Brokers, pki: Pki) -> None:
 # -- HA links --------------------------------------------------------------------------------------
 
 
-class TlsCluster:
-    """Brokers with `--auth yes`, the HA user `ha`, plain ports and TLS ports apart, client
-    certificates required on the TLS ports; --ha-brokers-url is `ssl:localhost:<port>` for each
-    (the TLS ports unless told)."""
+class TlsCluster(SecureCluster):
+    """A `SecureCluster` with plain ports and TLS ports apart, client certificates required on
+    the TLS ports; --ha-brokers-url is `ssl:localhost:<port>` for each (the TLS ports unless
+    told)."""
 
     def __init__(self, brokers: Brokers, pki: Pki, n: int = 2, *, url_on_plain: bool = False):
-        self.brokers = brokers
-        ports = free_ports(2 * n)
-        self.ports, self.ssl_ports = ports[:n], ports[n:]
-        self.url = ",".join(
-            f"ssl:localhost:{p}" for p in (self.ports if url_on_plain else self.ssl_ports)
-        )
         self.pki = pki
-        self.password_file = brokers.tmp_path / "ha.password"
-        self.password_file.write_text(PASSWORDS["ha"] + "\n")
-        self.members = [self.start(i) for i in range(n)]
+        self.ssl_ports = free_ports(n)
+        self.url_on_plain = url_on_plain
+        super().__init__(brokers, n)
 
-    def start(self, i: int) -> BrokerProcess:
-        tmp = self.brokers.tmp_path
-        args = [
-            *secure_args(tmp),
-            "--ha-cluster", "yes",
-            "--ha-brokers-url", self.url,
-            "--ha-replicate", "all",
-            "--ha-username", "ha",
-            "--ha-password-file", str(self.password_file),
-            "--auto-create", "yes",
-            "--name", f"node{i}",
+    def brokers_url(self) -> str:
+        ports = self.ports if self.url_on_plain else self.ssl_ports
+        return ",".join(f"ssl:localhost:{p}" for p in ports)
+
+    def args(self, i: int, password_file: Path | None = None) -> list[str]:
+        return [
+            *super().args(i, password_file),
             "--ssl-cert-file", str(self.pki.cert),
             "--ssl-key-file", str(self.pki.key),
             "--ssl-ca-file", str(self.pki.ca_file),
             "--ssl-require-client-auth",  # the brokers show their certificates to each other
             "--ssl-port", str(self.ssl_ports[i]),
-            *FAST,
         ]  # fmt: skip
-        b = BrokerProcess(tmp / f"node{i}", args, tmp / f"node{i}.log", self.ports[i])
-        self.brokers.started.append(b)
-        return b
-
-    def admin(self, i: int) -> BlockingConnection:
-        return connect(f"127.0.0.1:{self.ports[i]}", "ha", properties=ADMIN)
-
-    def state(self, i: int) -> str | None:
-        try:
-            with closing(self.admin(i)) as c:
-                code, _, body = mgmt(c, "READ", "ha")
-        except Exception:
-            return None
-        return str(body["state"]) if code == 200 else None
-
-    def wait_state(self, i: int, state: str, timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.state(i) == state:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"node{i} not {state} (is {self.state(i)}):\n{self.members[i].log()}")
-
-    def promote(self, i: int) -> int:
-        with closing(self.admin(i)) as c:
-            code, _, _ = mgmt(c, "PROMOTE", "ha")
-        return code
 
 
 def test_ha_links_over_tls_replicate_and_fail_over(brokers: Brokers, pki: Pki) -> None:
     c = TlsCluster(brokers, pki)
-    assert c.promote(0) == 200
+    assert c.promote(0)[0] == 200
     c.wait_state(1, "ready")
     wait_for_log(c.members[1], f"following primary localhost:{c.ssl_ports[0]}")
     # The backup came in over TLS, as the HA user.
-    opened = wait_for_log(c.members[0], "container=node1 user=ha@QPID opened as backup")
+    opened = wait_for_log(c.members[0], "user=ha@QPID opened as backup")
+    assert "container=node1 " in opened
     conn_id = opened.split(" conn=")[1].split()[0]
     assert " tls=TLSv1." in wait_for_log(c.members[0], f" accept conn={conn_id} peer=")
     alice = domain(pki.ca_file, pki.client_cert("alice"))
@@ -340,7 +310,7 @@ def test_ha_links_over_tls_replicate_and_fail_over(brokers: Brokers, pki: Pki) -
                          ssl_domain=alice)) as conn:  # fmt: skip
         conn.create_sender("orders").send(Message(body="order-1", durable=True))
     c.members[0].kill()
-    assert c.promote(1) == 200
+    assert c.promote(1)[0] == 200
     with closing(connect(f"127.0.0.1:{c.ports[1]}", "alice")) as conn:
         rcv = conn.create_receiver("orders")
         assert rcv.receive(timeout=5).body == "order-1"
@@ -355,7 +325,7 @@ def test_ssl_ha_address_never_falls_back_to_tcp(brokers: Brokers, pki: Pki) -> N
     """`ssl:` naming the plain ports: the backup speaks TLS to a plain listener, which never
     becomes a link; the backup stays joining and says why."""
     c = TlsCluster(brokers, pki, url_on_plain=True)
-    assert c.promote(0) == 200
+    assert c.promote(0)[0] == 200
     line = wait_for_log(c.members[1], f"cannot connect to ssl:localhost:{c.ports[0]}")
     assert HANDSHAKE_FAILED in line, line
     time.sleep(1.5)  # many link-maintenance intervals (0.1 s): it keeps trying, never in

@@ -53,7 +53,8 @@ from .sockio import SocketIO
 log = logging.getLogger("qstore.net")
 
 _MAX_EVENTS_PER_DISPATCH = 100_000  # a handler that makes an event per event must not spin forever
-_SOCKET_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+# EndOfStream too: a TLS stream raises it on a send once the peer has closed
+_SOCKET_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 _INTERNAL_ERROR = "amqp:internal-error"
 _FRAMING_ERROR = "amqp:connection:framing-error"
 _MAX_REASON = 200  # characters of a condition's description in a log line
