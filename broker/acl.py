@@ -66,8 +66,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.model import topic
+from qstore.sasl.names import identity
 
-REALM = "QPID"
 DEFAULT_EXCHANGE_NAME = "amq.default"  # a rule's name for the default exchange ''
 PUBLISH_CACHE_MAX = 10_000
 NO_RULE = "no rule matched"
@@ -141,11 +141,6 @@ class AclError(Exception):
         self.source, self.line, self.problem = source, line, problem
         where = source if line is None else f"{source}:{line}"
         super().__init__(f"{where}: {problem}")
-
-
-def identity(user: str) -> str:
-    """The identity rules and logs name: `bob` -> `bob@QPID`; a name holding `@` as it is."""
-    return user if "@" in user else f"{user}@{REALM}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,9 +374,12 @@ class Acl:
         return f"{text}{rest} ({_shown(decision.rule)})"
 
 
-def load_or_keep(path: Path, old: Acl | None, logger: logging.Logger = log) -> Acl | None:
-    """Reload (SIGHUP, `reload-acl`): the new rules, or on a bad file the old ones, with one
-    log line naming the file, line and problem and saying which rules stay in force."""
+def load_or_keep(
+    path: Path, old: Acl | None, logger: logging.Logger = log
+) -> tuple[Acl | None, str | None]:
+    """Reload (SIGHUP, `reload-acl`): (the new rules, None), or on a bad file (the old ones,
+    the problem), with one log line naming the file, line and problem and saying which rules
+    stay in force."""
     try:
         new = Acl.load(path)
     except AclError as exc:
@@ -389,13 +387,13 @@ def load_or_keep(path: Path, old: Acl | None, logger: logging.Logger = log) -> A
             logger.error("ACL: %s; no ACL was loaded before, so none is in force", exc)
         else:
             logger.error("ACL: %s; the rules read before from %s stay in force", exc, old.source)
-        return old
+        return old, str(exc)
     logger.info(
         "ACL: read %d rules and %d groups from %s", len(new.rules), len(new.groups), new.source
     )
     for warning in new.warnings:
         logger.warning("ACL: %s", warning)
-    return new
+    return new, None
 
 
 # --- helpers ---------------------------------------------------------------------------------

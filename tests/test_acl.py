@@ -411,14 +411,16 @@ def test_load_or_keep_takes_a_good_file_and_keeps_the_old_rules_on_a_bad_one(
     path = tmp_path / "broker.acl"
     path.write_text("acl allow bob all all\n")
     with caplog.at_level(logging.INFO, logger="test.acl.reload"):
-        first = load_or_keep(path, None, logger)
+        first, problem = load_or_keep(path, None, logger)
+    assert problem is None
     assert first is not None and allowed(first, "bob", "purge", "queue")
     assert caplog.messages == [f"ACL: read 1 rules and 0 groups from {path}"]
 
     caplog.clear()
     path.write_text("acl allow alice all all\nacl allow bob eat queue\n")
     with caplog.at_level(logging.INFO, logger="test.acl.reload"):
-        kept = load_or_keep(path, first, logger)
+        kept, problem = load_or_keep(path, first, logger)
+    assert problem is not None and problem.startswith(f"{path}:2: unknown action eat")
     assert kept is first
     assert caplog.messages == [
         f"ACL: {path}:2: unknown action eat (all, access, bind, consume, create, delete, move,"
@@ -429,7 +431,7 @@ def test_load_or_keep_takes_a_good_file_and_keeps_the_old_rules_on_a_bad_one(
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="test.acl.reload"):
-        assert load_or_keep(tmp_path / "nope.acl", None, logger) is None
+        assert load_or_keep(tmp_path / "nope.acl", None, logger)[0] is None
     assert caplog.messages == [
         f"ACL: {tmp_path / 'nope.acl'}: cannot read the ACL file: No such file or directory;"
         " no ACL was loaded before, so none is in force"
@@ -438,7 +440,7 @@ def test_load_or_keep_takes_a_good_file_and_keeps_the_old_rules_on_a_bad_one(
     caplog.clear()
     path.write_text("acl allow alice all all\nacl deny alice consume queue\n")
     with caplog.at_level(logging.INFO, logger="test.acl.reload"):
-        second = load_or_keep(path, first, logger)
+        second, _ = load_or_keep(path, first, logger)
     assert second is not None and second is not first
     assert allowed(second, "alice", "consume", "queue")
     assert not allowed(second, "bob", "consume", "queue")

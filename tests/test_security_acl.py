@@ -124,7 +124,7 @@ def test_reload_by_sighup_and_by_management(secured, brokers: Brokers) -> None: 
     more = "acl allow bob consume queue\nacl deny all all"
     acl_file.write_text(ACL.replace("acl deny all all", more))
     secured.proc.send_signal(signal.SIGHUP)
-    wait_for_log(secured, "ACL reloaded")
+    wait_for_log(secured, "ACL: read 11 rules")
     with closing(connect(secured.url, "bob")) as c:
         c.create_receiver("private")  # allowed now
     acl_file.write_text("acl allow bob eat all\n")

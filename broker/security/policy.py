@@ -16,17 +16,13 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from broker.acl import Acl, AclError, identity
+from broker.acl import Acl, load_or_keep
+from qstore.sasl.names import identity
 
 log = logging.getLogger("qstore.acl")
 
 UNAUTHORIZED = "amqp:unauthorized-access"
 Publish = Callable[[str], bool]  # routing key -> allowed
-
-
-def printable(text: str) -> str:
-    """A name from a peer, safe in a one-line log or error (control characters escaped)."""
-    return text if text.isprintable() else repr(text)[1:-1]
 
 
 class Authorizer:
@@ -46,10 +42,10 @@ class Authorizer:
         if acl is None:
             return None
         decision = acl.check(user, action, obj, props)
-        if decision.log or not decision.allowed:
-            line = printable(acl.log_line(decision, user, action, obj, props))
+        if decision.log or not decision.allowed:  # (the ACL quotes and escapes odd names)
+            line = acl.log_line(decision, user, action, obj, props)
             log.log(logging.INFO if decision.allowed else logging.WARNING, "%s", line)
-        return None if decision.allowed else printable(acl.denial(user, action, obj, props))
+        return None if decision.allowed else acl.denial(user, action, obj, props)
 
     def ha_privileged(self, user: str) -> bool:
         """May this user promote, act as `qpid.ha-admin`, or replicate as a backup?"""
@@ -60,12 +56,12 @@ class Authorizer:
     def publisher(self, user: str, exchange: str) -> Publish | None:
         """A per-message check of publishing to `exchange` by routing key, or None when
         nothing needs checking (no ACL): the message path pays nothing then."""
-        acl = self.acl
-        if acl is None:
+        if self.acl is None:
             return None
 
         def allowed(key: str) -> bool:
-            if acl.allows_publish(user, exchange, key):
+            acl = self.acl  # the one in force now: a reload applies to open links too
+            if acl is None or acl.allows_publish(user, exchange, key):
                 return True
             self.check(user, "publish", "exchange", {"name": exchange, "routingkey": key})
             return False
@@ -76,15 +72,11 @@ class Authorizer:
 
     def reload(self) -> tuple[bool, str]:
         """Re-read the ACL file (SIGHUP, `qstore-config reload-acl`); a bad file keeps the
-        rules in force. (ok, one line saying what happened)."""
+        rules in force. (ok, one line saying what happened, for the one who asked)."""
         if self.acl_file is None:
             return False, "no ACL file (--acl-file) to reload"
-        try:
-            self.acl = Acl.load(self.acl_file)
-        except AclError as exc:
-            text = f"ACL reload failed, the previous rules stay in force: {exc}"
-            log.error("%s", text)
-            return False, text
-        text = f"ACL reloaded from {self.acl_file}: {len(self.acl.rules)} rules"
-        log.info("%s", text)
-        return True, text
+        self.acl, problem = load_or_keep(self.acl_file, self.acl, log)
+        if problem is not None:
+            return False, f"ACL reload failed, the previous rules stay in force: {problem}"
+        assert self.acl is not None
+        return True, f"ACL reloaded from {self.acl_file}: {len(self.acl.rules)} rules"
