@@ -14,9 +14,19 @@ line: cluster/standalone send throughput, CPU ms of all three cluster brokers pe
 sent and received (utime + stime from /proc/<pid>/stat), the goals (reported, not asserted) and
 the machine.
 
-    .venv/bin/python bench/ha_bench.py [--messages 20000] [--size 1024] [--profile ha.prof]
-        [--profile-clock cpu|wall] [--profile-backup] [--profile-standalone] [--top 30]
-        [--keep] [--dir DIR]
+    .venv/bin/python bench/ha_bench.py [--messages 20000] [--size 1024]
+        [--auth no|yes|both] [--rounds 1] [--exchange amq.topic [--subjects 100]]
+        [--profile ha.prof] [--profile-clock cpu|wall] [--profile-backup]
+        [--profile-standalone] [--top 30] [--keep] [--dir DIR]
+
+`--auth yes` starts every broker with `--auth yes`, a sasl-db holding the bench user and the HA
+user (the cluster's `--ha-username`/`--ha-password-file`) and bench/bench_auth.py's 50-rule ACL
+plus `acl allow HAUSER all all`; the clients log in with PLAIN, the backups as the HA user.
+`--auth both` runs the standalone broker and the cluster in both modes, `--rounds` times,
+alternating which goes first, and ends with one line per setup comparing the modes' CPU per 1000
+messages (auth / none; for the cluster, all three brokers'). Every line says its "auth" ("none"
+or "sasl+acl50") and "round". `--exchange NAME` adds a load published to the topic exchange NAME
+with varying subjects (the path where the ACL decides per message; see broker_bench).
 
 `--profile FILE` adds a third, separate pass: a fresh cluster whose primary runs under cProfile
 (this file re-run as `--profiled-broker`: every thread gets its own profiler; the stats are
@@ -54,6 +64,8 @@ for _p in (str(ROOT), str(HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from bench_auth import Security  # noqa: E402  (found through the path set just above)
+
 SENDERS = 4
 WINDOW = 1000
 START_TIMEOUT = 20.0
@@ -82,6 +94,7 @@ class Node:
         extra: list[str],
         profile: Path | None = None,
         clock: str = "cpu",
+        security: Security | None = None,
     ) -> None:
         self.name = name
         self.profile = profile
@@ -98,8 +111,7 @@ class Node:
             name,
             "--auto-create",
             "yes",
-            "--auth",
-            "no",
+            *(security or Security.none()).broker_args,
             "--log-level",
             "warning",
             *extra,
@@ -179,10 +191,12 @@ class Setup:
         self,
         label: str,
         nodes: list[Node],
+        security: Security,
         states: Callable[[], list[str | None]] | None = None,
     ) -> None:
         self.label = label
         self.nodes = nodes
+        self.security = security
         self.states = states  # a cluster: each member's HA state, None if it does not answer
 
     @property
@@ -202,24 +216,30 @@ class Setup:
 
 
 def start_standalone(
-    base: Path, started: list[Node], profile: Path | None = None, clock: str = "cpu"
+    base: Path,
+    started: list[Node],
+    security: Security,
+    profile: Path | None = None,
+    clock: str = "cpu",
 ) -> Setup:
-    node = Node(base, "standalone", 0, [], profile, clock)
+    node = Node(base, "standalone", 0, [], profile, clock, security)
     started.append(node)
     node.wait_listening()
-    return Setup("standalone", [node])
+    return Setup("standalone", [node], security)
 
 
 def start_cluster(
     base: Path,
     started: list[Node],
+    security: Security,
     profile: Path | None = None,
     clock: str = "cpu",
     profile_backup: bool = False,
 ) -> Setup:
     """Three members; member 0 is promoted and the others are waited for until ready. With
     `profile`, member 0 runs under cProfile (and member 1 too, to `profile`.backup1, if
-    `profile_backup`)."""
+    `profile_backup`). The promote and the status reads log in as the HA user when
+    `security` has one."""
     from recovery.localcluster import free_ports
     from tools._mgmt import ManagementClient, ToolError, parse_broker, query_status
 
@@ -233,16 +253,19 @@ def start_cluster(
             profiles[1] = Path(f"{profile}.backup1")
     for i, port in enumerate(ports):
         args = ["--ha-cluster", "yes", "--ha-brokers-url", url, *HA_ARGS]
-        node = Node(base, f"node{i}", port, args, profiles[i], clock)
+        node = Node(base, f"node{i}", port, args, profiles[i], clock, security)
         started.append(node)
         nodes.append(node)
     for node in nodes:
         node.wait_listening()
+    login: dict[str, Any] = {}
+    if security.ha_user is not None:
+        login = {"user": security.ha_user, "password": security.ha_password, "mechanism": "PLAIN"}
 
     def states() -> list[str | None]:
         out: list[str | None] = []
         for n in nodes:
-            st = query_status(n.url, 3.0)
+            st = query_status(n.url, 3.0, **login)
             out.append(None if st is None else str(st.get("state")))
         return out
 
@@ -258,7 +281,7 @@ def start_cluster(
 
     wait_for(["joining"] * 3, "joining")
     try:
-        client = ManagementClient(parse_broker(nodes[0].url), ha_admin=True, timeout=15)
+        client = ManagementClient(parse_broker(nodes[0].url), ha_admin=True, timeout=15, **login)
         try:
             code, desc, _ = client.request("PROMOTE", "ha")
         finally:
@@ -268,7 +291,7 @@ def start_cluster(
     if code != 200:
         raise BenchError(f"promote refused: {code} {desc}")
     wait_for(["active", "ready", "ready"], "active with two ready backups")
-    return Setup("cluster-3", nodes, states)
+    return Setup("cluster-3", nodes, security, states)
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -282,22 +305,42 @@ def _run_workers(
     from broker_bench import run_workers
 
     try:
-        results, cpu0, cpu1 = run_workers(arg_lists, setup.cpu_ms, str(Path(__file__).resolve()))
+        results, cpu0, cpu1 = run_workers(
+            arg_lists, setup.cpu_ms, str(Path(__file__).resolve()), setup.security.env
+        )
     except RuntimeError as exc:
         raise BenchError(f"{exc} ({setup.label})") from None
     return results, [(b[0] - a[0], b[1] - a[1]) for a, b in zip(cpu0, cpu1, strict=True)]
 
 
-def run_setup(setup: Setup, n: int, size: int) -> dict[str, Any]:
-    """4 senders put n messages on a fresh queue, then one receiver drains it (the workers and
-    the percentiles are broker_bench's); one JSON-ready dict."""
-    from broker_bench import pct
+def run_setup(
+    setup: Setup, n: int, size: int, exchange: str | None = None, subjects: int = 0
+) -> dict[str, Any]:
+    """4 senders put n messages on a fresh queue (or publish them to `exchange` with `subjects`
+    subjects, into a fresh queue bound to it), then one receiver drains it (the workers and the
+    percentiles are broker_bench's); one JSON-ready dict."""
+    from bench_auth import QUEUE_PREFIX
+    from broker_bench import bind_queue, pct
 
     setup.restart_profiles()
-    queue = f"ha-bench-{time.monotonic_ns()}"
+    queue = target = f"{QUEUE_PREFIX}ha.{time.monotonic_ns()}"
+    label = "queue"
+    if exchange is not None:
+        try:
+            bind_queue(setup.url, setup.security, exchange, queue)
+        except RuntimeError as exc:
+            raise BenchError(f"{exc} ({setup.label})") from None
+        target = exchange
+        label = f"exchange={exchange} subjects={subjects}"
+    else:
+        subjects = 0
     shares = [n // SENDERS + (1 if i < n % SENDERS else 0) for i in range(SENDERS)]
     sent, cpu_in = _run_workers(
-        setup, [["send", setup.url, queue, str(k), str(WINDOW), str(size)] for k in shares]
+        setup,
+        [
+            ["send", setup.url, target, str(k), str(WINDOW), str(size), str(subjects)]
+            for k in shares
+        ],
     )
     got, cpu_out = _run_workers(setup, [["recv", setup.url, queue, str(n), str(WINDOW)]])
     settled = sum(r["settled"] for r in sent)
@@ -313,6 +356,8 @@ def run_setup(setup: Setup, n: int, size: int) -> dict[str, Any]:
 
     out: dict[str, Any] = {
         "setup": setup.label,
+        "target": label,
+        **setup.security.info(),
         "senders": SENDERS,
         "window": WINDOW,
         "messages": n,
@@ -350,6 +395,8 @@ def summary(alone: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
     cpu = cluster["broker_cpu_ms_per_1000"]
     return {
         "summary": "cluster-3 vs standalone",
+        "target": cluster["target"],
+        "auth": cluster["auth"],
         "throughput_ratio": ratio,
         "cluster_send_msg_per_s": rate_c,
         "standalone_send_msg_per_s": rate_a,
@@ -407,52 +454,109 @@ def print_profile_diff(primary: Path, alone: Path, n: int, top: int) -> None:
             )
 
 
+def run_mode(
+    base: Path,
+    started: list[Node],
+    security: Security,
+    args: argparse.Namespace,
+    round_: int,
+    info: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """The standalone broker, then the cluster, in one auth mode: every load on each, one JSON
+    line per setup and load, then one summary line per load; returns the setups' lines."""
+    targets: list[str | None] = [None] if args.exchange is None else [None, args.exchange]
+    lines: list[dict[str, Any]] = []
+    alone_setup = start_standalone(base / "standalone", started, security)
+    alone = [run_setup(alone_setup, args.messages, args.size, x, args.subjects) for x in targets]
+    alone_setup.nodes[0].stop()
+    for res in alone:
+        lines.append({**res, "round": round_})
+        print(json.dumps(lines[-1]), flush=True)
+
+    cluster_setup = start_cluster(base / "cluster", started, security)
+    cluster = [
+        run_setup(cluster_setup, args.messages, args.size, x, args.subjects) for x in targets
+    ]
+    for node in cluster_setup.nodes:
+        node.stop()
+    for res in cluster:
+        lines.append({**res, "round": round_})
+        print(json.dumps(lines[-1]), flush=True)
+    load = {**info, "loadavg_1m": round(os.getloadavg()[0], 2)}
+    for a, c in zip(alone, cluster, strict=True):
+        print(json.dumps({**summary(a, c), "round": round_, "machine": load}), flush=True)
+    if not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
+    return lines
+
+
+def run_profiled(
+    base: Path, started: list[Node], security: Security, prof: Path, args: argparse.Namespace
+) -> None:
+    """The profiling pass (see the module's docstring), on the last load (the exchange's with
+    --exchange): each run_setup restarts the event loop thread's profile."""
+    exchange = args.exchange
+    profiled = start_cluster(
+        base / "profiled", started, security, prof, args.profile_clock, args.profile_backup
+    )
+    res = run_setup(profiled, args.messages, args.size, exchange, args.subjects)
+    for node in profiled.nodes:
+        node.stop()
+    print(
+        json.dumps({**res, "setup": "cluster-3 primary under cProfile", "profiled": True}),
+        flush=True,
+    )
+    print_profile(prof, f"primary ({security.label})", args.top)
+    if args.profile_backup:
+        print_profile(Path(f"{prof}.backup1"), f"backup1 ({security.label})", args.top)
+    if args.profile_standalone:
+        alone_prof = Path(f"{prof}.standalone")
+        profiled = start_standalone(
+            base / "profiled-standalone", started, security, alone_prof, args.profile_clock
+        )
+        res = run_setup(profiled, args.messages, args.size, exchange, args.subjects)
+        profiled.nodes[0].stop()
+        print(
+            json.dumps({**res, "setup": "standalone under cProfile", "profiled": True}),
+            flush=True,
+        )
+        print_profile_diff(prof, alone_prof, args.messages, args.top)
+
+
 def run(args: argparse.Namespace) -> None:
-    from broker_bench import machine
+    from bench_auth import DEFAULT_EXCHANGE, auth_modes
+    from broker_bench import compare, machine
 
     base = Path(tempfile.mkdtemp(prefix="qstore-ha-bench-", dir=args.dir))
     started: list[Node] = []
-    try:
-        alone_setup = start_standalone(base / "standalone", started)
-        alone = run_setup(alone_setup, args.messages, args.size)
-        alone_setup.nodes[0].stop()
-        print(json.dumps(alone), flush=True)
+    exchange = args.exchange or DEFAULT_EXCHANGE
+    securities: dict[tuple[int, str], Security] = {}
 
-        cluster_setup = start_cluster(base / "cluster", started)
-        cluster = run_setup(cluster_setup, args.messages, args.size)
-        for node in cluster_setup.nodes:
-            node.stop()
-        print(json.dumps(cluster), flush=True)
-        info = {**machine(), "loadavg_1m": round(os.getloadavg()[0], 2)}
-        print(json.dumps({**summary(alone, cluster), "machine": info}), flush=True)
+    def security(r: int, mode: str) -> Security:
+        if (r, mode) not in securities:
+            securities[(r, mode)] = (
+                Security.none()
+                if mode == "no"
+                else Security.make(base / f"security-r{r}", exchange=exchange, ha=True)
+            )
+        return securities[(r, mode)]
+
+    try:
+        info = machine()
+        schedule = auth_modes(args.auth, args.rounds)
+        lines: list[dict[str, Any]] = []
+        for r, modes in enumerate(schedule):
+            for mode in modes:
+                lines += run_mode(base / f"r{r}-{mode}", started, security(r, mode), args, r, info)
+        for line in compare(lines, lambda line: f"{line['setup']} {line['target']}"):
+            print(json.dumps({**line, "machine": info}), flush=True)
 
         if args.profile is not None:
-            prof = args.profile.resolve()
-            profiled = start_cluster(
-                base / "profiled", started, prof, args.profile_clock, args.profile_backup
-            )
-            res = run_setup(profiled, args.messages, args.size)
-            for node in profiled.nodes:
-                node.stop()
-            print(
-                json.dumps({**res, "setup": "cluster-3 primary under cProfile", "profiled": True}),
-                flush=True,
-            )
-            print_profile(prof, "primary", args.top)
-            if args.profile_backup:
-                print_profile(Path(f"{prof}.backup1"), "backup1", args.top)
-            if args.profile_standalone:
-                alone_prof = Path(f"{prof}.standalone")
-                profiled = start_standalone(
-                    base / "profiled-standalone", started, alone_prof, args.profile_clock
-                )
-                res = run_setup(profiled, args.messages, args.size)
-                profiled.nodes[0].stop()
-                print(
-                    json.dumps({**res, "setup": "standalone under cProfile", "profiled": True}),
-                    flush=True,
-                )
-                print_profile_diff(prof, alone_prof, args.messages, args.top)
+            for mode in schedule[0]:
+                prof = args.profile.resolve()
+                if len(schedule[0]) > 1:
+                    prof = Path(f"{prof}.{security(0, mode).label}")
+                run_profiled(base / f"profiled-{mode}", started, security(0, mode), prof, args)
     finally:
         for node in started:
             with contextlib.suppress(Exception):
@@ -542,7 +646,8 @@ def worker(kind: str, args: list[str]) -> None:
     from broker_bench import worker_recv, worker_send
 
     if kind == "send":
-        res = worker_send(args[0], args[1], int(args[2]), int(args[3]), int(args[4]))
+        subjects = int(args[5]) if len(args) > 5 else 0
+        res = worker_send(args[0], args[1], int(args[2]), int(args[3]), int(args[4]), subjects)
     else:
         res = worker_recv(args[0], args[1], int(args[2]), int(args[3]))
     print(json.dumps(res), flush=True)
@@ -564,6 +669,24 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024, help="message body bytes")
     ap.add_argument("--dir", default=None, help="where to put the brokers' data directories")
     ap.add_argument("--keep", action="store_true", help="keep data directories and logs")
+    ap.add_argument(
+        "--auth",
+        choices=("no", "yes", "both"),
+        default="no",
+        help="brokers without authentication, with it and the 50-rule ACL, or both (an A/B)",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="repeat everything; with --auth both, alternating"
+    )
+    ap.add_argument(
+        "--exchange",
+        nargs="?",
+        const="amq.topic",
+        default=None,
+        metavar="NAME",
+        help="also publish to this topic exchange with varying subjects (default amq.topic)",
+    )
+    ap.add_argument("--subjects", type=int, default=100, help="subjects cycled with --exchange")
     ap.add_argument(
         "--profile",
         type=Path,
@@ -589,8 +712,8 @@ def main() -> None:
     )
     ap.add_argument("--top", type=int, default=30, help="functions to print with --profile")
     args = ap.parse_args()
-    if args.messages <= 0 or args.size <= 0:
-        ap.error("--messages and --size must be positive")
+    if min(args.messages, args.size, args.rounds, args.subjects) <= 0:
+        ap.error("--messages, --size, --rounds and --subjects must be positive")
     try:
         from broker_bench import machine, pct, worker_recv, worker_send  # noqa: F401
     except Exception as exc:
