@@ -22,8 +22,11 @@ per case:
         [--exchange amq.topic [--subjects 100]] [--profile broker.prof]
 
 `--auth both` runs every case on a broker without authentication and on one with it, `--rounds`
-times, alternating which goes first; a fresh broker per round and mode. It then prints one line
-per case comparing the modes (mean broker CPU per 1000 messages, auth / none): an A/B in one run.
+times: both brokers (fresh each round) are started first, then each case runs on one and at once
+on the other, which goes first alternating from case to case and round to round, so that the two
+runs compared are seconds apart (the other load of a shared machine drifts over minutes). It
+then prints one line per case comparing the modes: broker CPU per 1000 messages, the means and
+auth / none, and the ratio within each round with its median: an A/B in one run.
 
 `--exchange NAME` adds, for each senders x window, a case whose senders publish to the topic
 exchange NAME, cycling through `--subjects` subjects (`bench.load.<i>`), into a queue the bench
@@ -44,6 +47,7 @@ import os
 import select
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -438,64 +442,91 @@ def _print_profile(path: Path, top: int, who: str = "broker") -> None:
 def compare(
     lines: list[dict[str, Any]], case: Callable[[dict[str, Any]], str] = lambda line: line["case"]
 ) -> list[dict[str, Any]]:
-    """Per case (`case(line)`), the mean broker CPU per 1000 messages of each auth mode over the
-    rounds, and auth / none: the A/B's answer (the goal: within 5%). Shared by ha_bench."""
-    by_case: dict[str, dict[str, list[float]]] = {}
+    """Per case (`case(line)`), the broker CPU per 1000 messages of each auth mode: the means
+    over the rounds and their ratio auth / none, and the ratio within each round (the two runs
+    of a pair are seconds apart, so a change in the machine's other load spoils them least):
+    the A/B's answer (the goal: within 5%). Shared by ha_bench."""
+    none, auth = AUTH_LABELS["no"], AUTH_LABELS["yes"]
+    by_case: dict[str, dict[str, dict[int, float]]] = {}
     for line in lines:
         modes = by_case.setdefault(case(line), {})
-        modes.setdefault(line["auth"], []).append(line["broker_cpu_ms_per_1000"])
+        modes.setdefault(line["auth"], {})[line["round"]] = line["broker_cpu_ms_per_1000"]
     out = []
-    none, auth = AUTH_LABELS["no"], AUTH_LABELS["yes"]
-    for case, modes in by_case.items():
+    for name, modes in by_case.items():
         if none not in modes or auth not in modes:
             continue
-        a = sum(modes[none]) / len(modes[none])
-        b = sum(modes[auth]) / len(modes[auth])
-        ratio = round(b / a, 3) if a else None
+        a, b = modes[none], modes[auth]
+        mean_a = sum(a.values()) / len(a)
+        mean_b = sum(b.values()) / len(b)
+        ratio = round(mean_b / mean_a, 3) if mean_a else None
+        pairs = [round(b[r] / a[r], 3) for r in sorted(a) if r in b and a[r]]
         out.append(
             {
                 "summary": f"{auth} vs {none}",
-                "case": case,
-                "rounds": len(modes[none]),
-                "cpu_ms_per_1000": {none: modes[none], auth: modes[auth]},
-                "cpu_mean_ms_per_1000": {none: round(a, 1), auth: round(b, 1)},
+                "case": name,
+                "rounds": len(pairs),
+                "cpu_ms_per_1000": {none: list(a.values()), auth: list(b.values())},
+                "cpu_mean_ms_per_1000": {none: round(mean_a, 1), auth: round(mean_b, 1)},
                 "cpu_ratio": ratio,
+                "cpu_ratio_by_round": pairs,
+                "cpu_ratio_median": round(statistics.median(pairs), 3) if pairs else None,
                 "goals": {"cpu_within_5pct": ratio is not None and ratio <= 1.05},
             }
         )
     return out
 
 
-def run_broker(
+def run_round(
     base: Path,
-    security: Security,
+    securities: dict[str, Security],
     profile: Path | None,
     args: argparse.Namespace,
     cases: list[tuple[int, int, str | None]],
     info: dict[str, Any],
     round_: int,
 ) -> list[dict[str, Any]]:
-    """One broker in one auth mode: every case on it, one JSON line each."""
-    broker = Broker(base, profile, security)
+    """One broker per auth mode, all started first; then each case on each of them, back to
+    back, the order alternating from case to case (and, by the modes' order, from round to
+    round), so that the runs an A/B compares are seconds apart. One JSON line per run."""
+    several = len(securities) > 1
+    brokers: dict[str, Broker] = {}
+    profiles: dict[str, Path] = {}
     lines = []
     try:
-        for senders, window, exchange in cases:
-            res = run_case(
-                broker, args.messages, senders, window, args.size, exchange, args.subjects
-            )
-            goals: dict[str, Any] = {
-                "cpu_ms_per_1000_le_60": (res["broker_cpu_ms_per_1000"] <= GOAL_CPU_MS)
-            }
-            if senders == 4 and window == 1000 and exchange is None:
-                goals["send_ge_20000_msg_per_s"] = (res["send_msg_per_s"] or 0) >= GOAL_SEND_RATE
-            line = {**res, "round": round_, "goals": goals, "machine": info}
-            print(json.dumps(line), flush=True)
-            lines.append(line)
+        for mode, security in securities.items():
+            if profile is not None:
+                profiles[mode] = Path(f"{profile}.{security.label}") if several else profile
+            brokers[mode] = Broker(base / f"broker-{mode}", profiles.get(mode), security)
+        order = list(securities)
+        for c, (senders, window, exchange) in enumerate(cases):
+            for mode in order if c % 2 == 0 else order[::-1]:
+                res = run_case(
+                    brokers[mode],
+                    args.messages,
+                    senders,
+                    window,
+                    args.size,
+                    exchange,
+                    args.subjects,
+                )
+                goals: dict[str, Any] = {
+                    "cpu_ms_per_1000_le_60": (res["broker_cpu_ms_per_1000"] <= GOAL_CPU_MS)
+                }
+                if senders == 4 and window == 1000 and exchange is None:
+                    goals["send_ge_20000_msg_per_s"] = (
+                        res["send_msg_per_s"] or 0
+                    ) >= GOAL_SEND_RATE
+                load = round(os.getloadavg()[0], 2)
+                line = {**res, "round": round_, "loadavg_1m": load, "goals": goals}
+                print(json.dumps({**line, "machine": info}), flush=True)
+                lines.append(line)
     finally:
-        broker.stop()
+        for broker in brokers.values():
+            broker.stop()
         shutil.rmtree(base, ignore_errors=True)
-    if profile is not None:
-        _print_profile(profile, args.top, f"broker ({security.label}, round {round_})")
+    for mode, path in profiles.items():
+        if path.exists():
+            _print_profile(path, args.top, f"broker ({securities[mode].label}, round {round_})")
     return lines
 
 
@@ -537,7 +568,7 @@ def main() -> None:
         "--profile",
         type=Path,
         default=None,
-        help="run the broker under cProfile (FILE; FILE.<auth>.r<round> when several run)",
+        help="run the broker under cProfile (FILE; FILE[.r<round>][.<auth>] when several run)",
     )
     ap.add_argument("--top", type=int, default=40, help="functions to print with --profile")
     args = ap.parse_args()
@@ -553,25 +584,22 @@ def main() -> None:
     targets: list[str | None] = [None] if args.exchange is None else [None, args.exchange]
     cases = [(s, w, x) for x in targets for s in sender_counts for w in windows]
     schedule = auth_modes(args.auth, args.rounds)
-    several = sum(len(modes) for modes in schedule) > 1
     base = Path(tempfile.mkdtemp(prefix="qstore-broker-bench-", dir=args.dir))
     info = machine()
     lines: list[dict[str, Any]] = []
     try:
         for r, modes in enumerate(schedule):
-            for mode in modes:
-                where = base / f"r{r}-{mode}"
-                security = (
-                    Security.none()
-                    if mode == "no"
-                    else Security.make(
-                        where / "security", exchange=args.exchange or DEFAULT_EXCHANGE
-                    )
-                )
-                profile = args.profile
-                if profile is not None and several:
-                    profile = Path(f"{profile}.{security.label}.r{r}")
-                lines += run_broker(where, security, profile, args, cases, info, r)
+            where = base / f"r{r}"
+            securities = {
+                mode: Security.none()
+                if mode == "no"
+                else Security.make(where / "security", exchange=args.exchange or DEFAULT_EXCHANGE)
+                for mode in modes
+            }
+            profile = args.profile
+            if profile is not None and len(schedule) > 1:
+                profile = Path(f"{profile}.r{r}")
+            lines += run_round(where, securities, profile, args, cases, info, r)
         for line in compare(lines):
             print(json.dumps({**line, "machine": info}), flush=True)
     finally:

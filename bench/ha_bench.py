@@ -22,11 +22,13 @@ the machine.
 `--auth yes` starts every broker with `--auth yes`, a sasl-db holding the bench user and the HA
 user (the cluster's `--ha-username`/`--ha-password-file`) and bench/bench_auth.py's 50-rule ACL
 plus `acl allow HAUSER all all`; the clients log in with PLAIN, the backups as the HA user.
-`--auth both` runs the standalone broker and the cluster in both modes, `--rounds` times,
-alternating which goes first, and ends with one line per setup comparing the modes' CPU per 1000
-messages (auth / none; for the cluster, all three brokers'). Every line says its "auth" ("none"
-or "sasl+acl50") and "round". `--exchange NAME` adds a load published to the topic exchange NAME
-with varying subjects (the path where the ACL decides per message; see broker_bench).
+`--auth both` runs the standalone broker and the cluster in both modes, `--rounds` times: one
+setup per mode started together, each load run on one and at once on the other, which goes first
+alternating (the runs compared are seconds apart); it ends with one line per setup comparing the
+modes' CPU per 1000 messages (auth / none, means and per round; for the cluster, all three
+brokers'). Every line says its "auth" ("none" or "sasl+acl50") and "round".
+`--exchange NAME` adds a load published to the topic exchange NAME with varying subjects (the
+path where the ACL decides per message; see broker_bench).
 
 `--profile FILE` adds a third, separate pass: a fresh cluster whose primary runs under cProfile
 (this file re-run as `--profiled-broker`: every thread gets its own profiler; the stats are
@@ -454,37 +456,42 @@ def print_profile_diff(primary: Path, alone: Path, n: int, top: int) -> None:
             )
 
 
-def run_mode(
+def run_round(
     base: Path,
     started: list[Node],
-    security: Security,
+    securities: dict[str, Security],
     args: argparse.Namespace,
     round_: int,
     info: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """The standalone broker, then the cluster, in one auth mode: every load on each, one JSON
-    line per setup and load, then one summary line per load; returns the setups' lines."""
+    """The standalone brokers, then the clusters, one per auth mode, started together: each
+    load runs on one mode's setup and at once on the other's (which goes first alternating), so
+    the runs an A/B compares are seconds apart. One JSON line per setup, mode and load, then one
+    summary line per mode and load; returns the setups' lines."""
     targets: list[str | None] = [None] if args.exchange is None else [None, args.exchange]
+    order = list(securities)
     lines: list[dict[str, Any]] = []
-    alone_setup = start_standalone(base / "standalone", started, security)
-    alone = [run_setup(alone_setup, args.messages, args.size, x, args.subjects) for x in targets]
-    alone_setup.nodes[0].stop()
-    for res in alone:
-        lines.append({**res, "round": round_})
-        print(json.dumps(lines[-1]), flush=True)
-
-    cluster_setup = start_cluster(base / "cluster", started, security)
-    cluster = [
-        run_setup(cluster_setup, args.messages, args.size, x, args.subjects) for x in targets
-    ]
-    for node in cluster_setup.nodes:
-        node.stop()
-    for res in cluster:
-        lines.append({**res, "round": round_})
-        print(json.dumps(lines[-1]), flush=True)
-    load = {**info, "loadavg_1m": round(os.getloadavg()[0], 2)}
-    for a, c in zip(alone, cluster, strict=True):
-        print(json.dumps({**summary(a, c), "round": round_, "machine": load}), flush=True)
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    turn = 0
+    for kind in ("standalone", "cluster"):
+        setups: dict[str, Setup] = {}
+        for mode, security in securities.items():
+            start = start_standalone if kind == "standalone" else start_cluster
+            setups[mode] = start(base / f"{kind}-{mode}", started, security)
+        for x in targets:
+            for mode in order if turn % 2 == 0 else order[::-1]:
+                res = run_setup(setups[mode], args.messages, args.size, x, args.subjects)
+                load = round(os.getloadavg()[0], 2)
+                lines.append({**res, "round": round_, "loadavg_1m": load})
+                results.setdefault((kind, mode), []).append(res)
+                print(json.dumps(lines[-1]), flush=True)
+            turn += 1
+        for setup in setups.values():
+            for node in setup.nodes:
+                node.stop()
+    for mode in order:
+        for a, c in zip(results[("standalone", mode)], results[("cluster", mode)], strict=True):
+            print(json.dumps({**summary(a, c), "round": round_, "machine": info}), flush=True)
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
     return lines
@@ -546,8 +553,8 @@ def run(args: argparse.Namespace) -> None:
         schedule = auth_modes(args.auth, args.rounds)
         lines: list[dict[str, Any]] = []
         for r, modes in enumerate(schedule):
-            for mode in modes:
-                lines += run_mode(base / f"r{r}-{mode}", started, security(r, mode), args, r, info)
+            round_securities = {mode: security(r, mode) for mode in modes}
+            lines += run_round(base / f"r{r}", started, round_securities, args, r, info)
         for line in compare(lines, lambda line: f"{line['setup']} {line['target']}"):
             print(json.dumps({**line, "machine": info}), flush=True)
 
