@@ -34,15 +34,6 @@ ENV_USER = "BENCH_USER"
 ENV_PASSWORD = "BENCH_PASSWORD"
 
 
-def auth_modes(text: str, rounds: int) -> list[list[str]]:
-    """Per round, the `--auth` values to run in order: `both` alternates which goes first (round
-    0: no, yes; round 1: yes, no; ...), so that neither always runs on a colder or warmer
-    machine."""
-    if text == "both":
-        return [["no", "yes"] if r % 2 == 0 else ["yes", "no"] for r in range(rounds)]
-    return [[text] for _ in range(rounds)]
-
-
 def acl_text(user: str, exchange: str, ha_user: str | None = None) -> str:
     """The benchmark's ACL (see the module's docstring); with `ha_user`, its `allow all all`
     comes first, as the seed's HA guide has it, making 51 rules."""

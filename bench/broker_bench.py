@@ -19,7 +19,7 @@ per case:
 
     .venv/bin/python bench/broker_bench.py [--messages 20000] [--windows 100,1000]
         [--senders 1,4] [--size 1024] [--auth no|yes|both] [--rounds 1]
-        [--exchange amq.topic [--subjects 100]] [--profile broker.prof]
+        [--exchange amq.topic [--subjects 100]] [--baseline DIR] [--profile broker.prof]
 
 `--auth both` runs every case on a broker without authentication and on one with it, `--rounds`
 times: both brokers (fresh each round) are started first, then each case runs on one and at once
@@ -27,6 +27,8 @@ on the other, which goes first alternating from case to case and round to round,
 runs compared are seconds apart (the other load of a shared machine drifts over minutes). It
 then prints one line per case comparing the modes: broker CPU per 1000 messages, the means and
 auth / none, and the ratio within each round with its median: an A/B in one run.
+`--baseline DIR` does the same with two builds instead of two auth modes: the broker of the
+checkout DIR (with its own .venv) against this one's, both as `--auth` says (see ab.py).
 
 `--exchange NAME` adds, for each senders x window, a case whose senders publish to the topic
 exchange NAME, cycling through `--subjects` subjects (`bench.load.<i>`), into a queue the bench
@@ -47,7 +49,6 @@ import os
 import select
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,15 +57,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench_auth import (
-    AUTH_LABELS,
-    DEFAULT_EXCHANGE,
-    QUEUE_PREFIX,
-    SUBJECT_PREFIX,
-    Security,
-    auth_modes,
-    client_options,
-)
+from ab import Variant, compare, order, variants
+from bench_auth import DEFAULT_EXCHANGE, QUEUE_PREFIX, SUBJECT_PREFIX, Security, client_options
 from machine import machine
 
 T = TypeVar("T")
@@ -106,12 +100,13 @@ def pct(values: list[float], p: float) -> float:
 
 
 class Broker:
-    """A `qstored` subprocess on 127.0.0.1, an OS-chosen port, a temporary data directory, with
-    `security`'s options (`--auth no`, or authentication and the ACL)."""
+    """A `qstored` subprocess on 127.0.0.1, an OS-chosen port, a temporary data directory: the
+    variant's code with its security options (`--auth no`, or authentication and the ACL)."""
 
-    def __init__(self, base: Path, profile: Path | None, security: Security) -> None:
+    def __init__(self, base: Path, profile: Path | None, variant: Variant) -> None:
         base.mkdir(parents=True, exist_ok=True)
-        self.security = security
+        self.variant = variant
+        self.security = security = variant.security
         self.port_file = base / "port"
         args = [
             "--port",
@@ -127,12 +122,16 @@ class Broker:
             "warning",
         ]
         if profile is None:
-            cmd = [sys.executable, "-m", "broker.main", *args]
+            cmd = [variant.python, "-m", "broker.main", *args]
         else:
-            cmd = [sys.executable, "-c", PROFILE_BOOT, str(profile), *args]
+            cmd = [variant.python, "-c", PROFILE_BOOT, str(profile), *args]
         self.log = (base / "broker.log").open("wb")
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            cmd,
+            cwd=variant.root,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         self.url = f"127.0.0.1:{self._wait_port()}"
 
@@ -413,7 +412,7 @@ def run_case(
     recv_s = got[0]["end"] - got[0]["start"]
     return {
         "case": case,
-        **broker.security.info(),
+        **broker.variant.info(),
         "senders": senders,
         "window": window,
         "messages": n,
@@ -439,69 +438,32 @@ def _print_profile(path: Path, top: int, who: str = "broker") -> None:
         pstats.Stats(str(path), stream=sys.stderr).sort_stats(key).print_stats(top)
 
 
-def compare(
-    lines: list[dict[str, Any]], case: Callable[[dict[str, Any]], str] = lambda line: line["case"]
-) -> list[dict[str, Any]]:
-    """Per case (`case(line)`), the broker CPU per 1000 messages of each auth mode: the means
-    over the rounds and their ratio auth / none, and the ratio within each round (the two runs
-    of a pair are seconds apart, so a change in the machine's other load spoils them least):
-    the A/B's answer (the goal: within 5%). Shared by ha_bench."""
-    none, auth = AUTH_LABELS["no"], AUTH_LABELS["yes"]
-    by_case: dict[str, dict[str, dict[int, float]]] = {}
-    for line in lines:
-        modes = by_case.setdefault(case(line), {})
-        modes.setdefault(line["auth"], {})[line["round"]] = line["broker_cpu_ms_per_1000"]
-    out = []
-    for name, modes in by_case.items():
-        if none not in modes or auth not in modes:
-            continue
-        a, b = modes[none], modes[auth]
-        mean_a = sum(a.values()) / len(a)
-        mean_b = sum(b.values()) / len(b)
-        ratio = round(mean_b / mean_a, 3) if mean_a else None
-        pairs = [round(b[r] / a[r], 3) for r in sorted(a) if r in b and a[r]]
-        out.append(
-            {
-                "summary": f"{auth} vs {none}",
-                "case": name,
-                "rounds": len(pairs),
-                "cpu_ms_per_1000": {none: list(a.values()), auth: list(b.values())},
-                "cpu_mean_ms_per_1000": {none: round(mean_a, 1), auth: round(mean_b, 1)},
-                "cpu_ratio": ratio,
-                "cpu_ratio_by_round": pairs,
-                "cpu_ratio_median": round(statistics.median(pairs), 3) if pairs else None,
-                "goals": {"cpu_within_5pct": ratio is not None and ratio <= 1.05},
-            }
-        )
-    return out
-
-
 def run_round(
     base: Path,
-    securities: dict[str, Security],
+    sides: list[Variant],
     profile: Path | None,
     args: argparse.Namespace,
     cases: list[tuple[int, int, str | None]],
     info: dict[str, Any],
     round_: int,
 ) -> list[dict[str, Any]]:
-    """One broker per auth mode, all started first; then each case on each of them, back to
-    back, the order alternating from case to case (and, by the modes' order, from round to
-    round), so that the runs an A/B compares are seconds apart. One JSON line per run."""
-    several = len(securities) > 1
+    """One broker per variant, all started first; then each case on each of them, back to
+    back, the order alternating from case to case and round to round (ab.py), so that the runs
+    an A/B compares are seconds apart. One JSON line per run."""
     brokers: dict[str, Broker] = {}
     profiles: dict[str, Path] = {}
     lines = []
     try:
-        for mode, security in securities.items():
+        for i, variant in enumerate(sides):
             if profile is not None:
-                profiles[mode] = Path(f"{profile}.{security.label}") if several else profile
-            brokers[mode] = Broker(base / f"broker-{mode}", profiles.get(mode), security)
-        order = list(securities)
+                tag = variant.name.split()[0]
+                profiles[variant.name] = Path(f"{profile}.{tag}") if len(sides) > 1 else profile
+            where = base / f"broker-{i}"
+            brokers[variant.name] = Broker(where, profiles.get(variant.name), variant)
         for c, (senders, window, exchange) in enumerate(cases):
-            for mode in order if c % 2 == 0 else order[::-1]:
+            for variant in order(sides, round_ + c):
                 res = run_case(
-                    brokers[mode],
+                    brokers[variant.name],
                     args.messages,
                     senders,
                     window,
@@ -524,9 +486,9 @@ def run_round(
         for broker in brokers.values():
             broker.stop()
         shutil.rmtree(base, ignore_errors=True)
-    for mode, path in profiles.items():
+    for name, path in profiles.items():
         if path.exists():
-            _print_profile(path, args.top, f"broker ({securities[mode].label}, round {round_})")
+            _print_profile(path, args.top, f"broker ({name}, round {round_})")
     return lines
 
 
@@ -563,6 +525,13 @@ def main() -> None:
         help=f"also publish to this topic exchange (default {DEFAULT_EXCHANGE})",
     )
     ap.add_argument("--subjects", type=int, default=100, help="subjects cycled with --exchange")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="A/B against the broker of another checkout (its .venv/bin/python), same --auth",
+    )
     ap.add_argument("--dir", default=None, help="where to put the broker's data directory")
     ap.add_argument(
         "--profile",
@@ -581,27 +550,26 @@ def main() -> None:
         ap.error("--messages, --windows and --senders must be positive")
     if args.rounds <= 0 or args.subjects <= 0:
         ap.error("--rounds and --subjects must be positive")
+    if args.baseline is not None:
+        if args.auth == "both":
+            ap.error("--baseline compares code: give --auth no or --auth yes, not both")
+        if not (args.baseline / "broker" / "main.py").is_file():
+            ap.error(f"--baseline {args.baseline}: not a qstore checkout (no broker/main.py)")
     targets: list[str | None] = [None] if args.exchange is None else [None, args.exchange]
     cases = [(s, w, x) for x in targets for s in sender_counts for w in windows]
-    schedule = auth_modes(args.auth, args.rounds)
     base = Path(tempfile.mkdtemp(prefix="qstore-broker-bench-", dir=args.dir))
     info = machine()
     lines: list[dict[str, Any]] = []
     try:
-        for r, modes in enumerate(schedule):
-            where = base / f"r{r}"
-            securities = {
-                mode: Security.none()
-                if mode == "no"
-                else Security.make(where / "security", exchange=args.exchange or DEFAULT_EXCHANGE)
-                for mode in modes
-            }
+        sides = variants(args.auth, args.baseline, base, exchange=args.exchange, ha=False)
+        for r in range(args.rounds):
             profile = args.profile
-            if profile is not None and len(schedule) > 1:
+            if profile is not None and args.rounds > 1:
                 profile = Path(f"{profile}.r{r}")
-            lines += run_round(where, securities, profile, args, cases, info, r)
-        for line in compare(lines):
-            print(json.dumps({**line, "machine": info}), flush=True)
+            lines += run_round(base / f"r{r}", sides, profile, args, cases, info, r)
+        if len(sides) > 1:
+            for line in compare(lines, sides[0].name, sides[1].name):
+                print(json.dumps({**line, "machine": info}), flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

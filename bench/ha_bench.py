@@ -16,6 +16,7 @@ the machine.
 
     .venv/bin/python bench/ha_bench.py [--messages 20000] [--size 1024]
         [--auth no|yes|both] [--rounds 1] [--exchange amq.topic [--subjects 100]]
+        [--baseline DIR]
         [--profile ha.prof] [--profile-clock cpu|wall] [--profile-backup]
         [--profile-standalone] [--top 30] [--keep] [--dir DIR]
 
@@ -28,7 +29,8 @@ alternating (the runs compared are seconds apart); it ends with one line per set
 modes' CPU per 1000 messages (auth / none, means and per round; for the cluster, all three
 brokers'). Every line says its "auth" ("none" or "sasl+acl50") and "round".
 `--exchange NAME` adds a load published to the topic exchange NAME with varying subjects (the
-path where the ACL decides per message; see broker_bench).
+path where the ACL decides per message; see broker_bench). `--baseline DIR` compares another
+checkout's brokers (its .venv) with this one's in the same way, both as `--auth` says (ab.py).
 
 `--profile FILE` adds a third, separate pass: a fresh cluster whose primary runs under cProfile
 (this file re-run as `--profiled-broker`: every thread gets its own profiler; the stats are
@@ -66,7 +68,8 @@ for _p in (str(ROOT), str(HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from bench_auth import Security  # noqa: E402  (found through the path set just above)
+from ab import Variant, compare, order, variants  # noqa: E402  (found through the path above)
+from bench_auth import Security  # noqa: E402
 
 SENDERS = 4
 WINDOW = 1000
@@ -96,9 +99,10 @@ class Node:
         extra: list[str],
         profile: Path | None = None,
         clock: str = "cpu",
-        security: Security | None = None,
+        variant: Variant | None = None,
     ) -> None:
         self.name = name
+        variant = variant or Variant("none", Security.none())
         self.profile = profile
         base.mkdir(parents=True, exist_ok=True)
         self.port_file = base / f"{name}.port"
@@ -113,16 +117,16 @@ class Node:
             name,
             "--auto-create",
             "yes",
-            *(security or Security.none()).broker_args,
+            *variant.security.broker_args,
             "--log-level",
             "warning",
             *extra,
         ]
         if profile is None:
-            cmd = [sys.executable, "-m", "broker.main", *args]
+            cmd = [variant.python, "-m", "broker.main", *args]
         else:
             cmd = [
-                sys.executable,
+                variant.python,
                 str(Path(__file__).resolve()),
                 "--profiled-broker",
                 str(profile),
@@ -132,7 +136,11 @@ class Node:
         self.log_path = base / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            cmd,
+            cwd=variant.root,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         self.port = 0
 
@@ -193,12 +201,13 @@ class Setup:
         self,
         label: str,
         nodes: list[Node],
-        security: Security,
+        variant: Variant,
         states: Callable[[], list[str | None]] | None = None,
     ) -> None:
         self.label = label
         self.nodes = nodes
-        self.security = security
+        self.variant = variant
+        self.security = variant.security
         self.states = states  # a cluster: each member's HA state, None if it does not answer
 
     @property
@@ -220,20 +229,20 @@ class Setup:
 def start_standalone(
     base: Path,
     started: list[Node],
-    security: Security,
+    variant: Variant,
     profile: Path | None = None,
     clock: str = "cpu",
 ) -> Setup:
-    node = Node(base, "standalone", 0, [], profile, clock, security)
+    node = Node(base, "standalone", 0, [], profile, clock, variant)
     started.append(node)
     node.wait_listening()
-    return Setup("standalone", [node], security)
+    return Setup("standalone", [node], variant)
 
 
 def start_cluster(
     base: Path,
     started: list[Node],
-    security: Security,
+    variant: Variant,
     profile: Path | None = None,
     clock: str = "cpu",
     profile_backup: bool = False,
@@ -241,7 +250,7 @@ def start_cluster(
     """Three members; member 0 is promoted and the others are waited for until ready. With
     `profile`, member 0 runs under cProfile (and member 1 too, to `profile`.backup1, if
     `profile_backup`). The promote and the status reads log in as the HA user when
-    `security` has one."""
+    the variant's security has one."""
     from recovery.localcluster import free_ports
     from tools._mgmt import ManagementClient, ToolError, parse_broker, query_status
 
@@ -255,12 +264,13 @@ def start_cluster(
             profiles[1] = Path(f"{profile}.backup1")
     for i, port in enumerate(ports):
         args = ["--ha-cluster", "yes", "--ha-brokers-url", url, *HA_ARGS]
-        node = Node(base, f"node{i}", port, args, profiles[i], clock, security)
+        node = Node(base, f"node{i}", port, args, profiles[i], clock, variant)
         started.append(node)
         nodes.append(node)
     for node in nodes:
         node.wait_listening()
     login: dict[str, Any] = {}
+    security = variant.security
     if security.ha_user is not None:
         login = {"user": security.ha_user, "password": security.ha_password, "mechanism": "PLAIN"}
 
@@ -293,7 +303,7 @@ def start_cluster(
     if code != 200:
         raise BenchError(f"promote refused: {code} {desc}")
     wait_for(["active", "ready", "ready"], "active with two ready backups")
-    return Setup("cluster-3", nodes, security, states)
+    return Setup("cluster-3", nodes, variant, states)
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -359,7 +369,7 @@ def run_setup(
     out: dict[str, Any] = {
         "setup": setup.label,
         "target": label,
-        **setup.security.info(),
+        **setup.variant.info(),
         "senders": SENDERS,
         "window": WINDOW,
         "messages": n,
@@ -398,7 +408,7 @@ def summary(alone: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
     return {
         "summary": "cluster-3 vs standalone",
         "target": cluster["target"],
-        "auth": cluster["auth"],
+        "variant": cluster["variant"],
         "throughput_ratio": ratio,
         "cluster_send_msg_per_s": rate_c,
         "standalone_send_msg_per_s": rate_a,
@@ -459,38 +469,38 @@ def print_profile_diff(primary: Path, alone: Path, n: int, top: int) -> None:
 def run_round(
     base: Path,
     started: list[Node],
-    securities: dict[str, Security],
+    sides: list[Variant],
     args: argparse.Namespace,
     round_: int,
     info: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """The standalone brokers, then the clusters, one per auth mode, started together: each
-    load runs on one mode's setup and at once on the other's (which goes first alternating), so
-    the runs an A/B compares are seconds apart. One JSON line per setup, mode and load, then one
-    summary line per mode and load; returns the setups' lines."""
+    """The standalone brokers, then the clusters, one per variant, started together: each load
+    runs on one variant's setup and at once on the other's (which goes first alternating, ab.py),
+    so the runs an A/B compares are seconds apart. One JSON line per setup, variant and load,
+    then one summary line per variant and load; returns the setups' lines."""
     targets: list[str | None] = [None] if args.exchange is None else [None, args.exchange]
-    order = list(securities)
     lines: list[dict[str, Any]] = []
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    turn = 0
+    turn = round_
     for kind in ("standalone", "cluster"):
         setups: dict[str, Setup] = {}
-        for mode, security in securities.items():
+        for i, variant in enumerate(sides):
             start = start_standalone if kind == "standalone" else start_cluster
-            setups[mode] = start(base / f"{kind}-{mode}", started, security)
+            setups[variant.name] = start(base / f"{kind}-{i}", started, variant)
         for x in targets:
-            for mode in order if turn % 2 == 0 else order[::-1]:
-                res = run_setup(setups[mode], args.messages, args.size, x, args.subjects)
+            for variant in order(sides, turn):
+                res = run_setup(setups[variant.name], args.messages, args.size, x, args.subjects)
                 load = round(os.getloadavg()[0], 2)
                 lines.append({**res, "round": round_, "loadavg_1m": load})
-                results.setdefault((kind, mode), []).append(res)
+                results.setdefault((kind, variant.name), []).append(res)
                 print(json.dumps(lines[-1]), flush=True)
             turn += 1
         for setup in setups.values():
             for node in setup.nodes:
                 node.stop()
-    for mode in order:
-        for a, c in zip(results[("standalone", mode)], results[("cluster", mode)], strict=True):
+    for variant in sides:
+        alone, cluster = results[("standalone", variant.name)], results[("cluster", variant.name)]
+        for a, c in zip(alone, cluster, strict=True):
             print(json.dumps({**summary(a, c), "round": round_, "machine": info}), flush=True)
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
@@ -498,13 +508,13 @@ def run_round(
 
 
 def run_profiled(
-    base: Path, started: list[Node], security: Security, prof: Path, args: argparse.Namespace
+    base: Path, started: list[Node], variant: Variant, prof: Path, args: argparse.Namespace
 ) -> None:
     """The profiling pass (see the module's docstring), on the last load (the exchange's with
     --exchange): each run_setup restarts the event loop thread's profile."""
     exchange = args.exchange
     profiled = start_cluster(
-        base / "profiled", started, security, prof, args.profile_clock, args.profile_backup
+        base / "profiled", started, variant, prof, args.profile_clock, args.profile_backup
     )
     res = run_setup(profiled, args.messages, args.size, exchange, args.subjects)
     for node in profiled.nodes:
@@ -513,13 +523,13 @@ def run_profiled(
         json.dumps({**res, "setup": "cluster-3 primary under cProfile", "profiled": True}),
         flush=True,
     )
-    print_profile(prof, f"primary ({security.label})", args.top)
+    print_profile(prof, f"primary ({variant.name})", args.top)
     if args.profile_backup:
-        print_profile(Path(f"{prof}.backup1"), f"backup1 ({security.label})", args.top)
+        print_profile(Path(f"{prof}.backup1"), f"backup1 ({variant.name})", args.top)
     if args.profile_standalone:
         alone_prof = Path(f"{prof}.standalone")
         profiled = start_standalone(
-            base / "profiled-standalone", started, security, alone_prof, args.profile_clock
+            base / "profiled-standalone", started, variant, alone_prof, args.profile_clock
         )
         res = run_setup(profiled, args.messages, args.size, exchange, args.subjects)
         profiled.nodes[0].stop()
@@ -531,39 +541,27 @@ def run_profiled(
 
 
 def run(args: argparse.Namespace) -> None:
-    from bench_auth import DEFAULT_EXCHANGE, auth_modes
-    from broker_bench import compare, machine
+    from broker_bench import machine
 
     base = Path(tempfile.mkdtemp(prefix="qstore-ha-bench-", dir=args.dir))
     started: list[Node] = []
-    exchange = args.exchange or DEFAULT_EXCHANGE
-    securities: dict[tuple[int, str], Security] = {}
-
-    def security(r: int, mode: str) -> Security:
-        if (r, mode) not in securities:
-            securities[(r, mode)] = (
-                Security.none()
-                if mode == "no"
-                else Security.make(base / f"security-r{r}", exchange=exchange, ha=True)
-            )
-        return securities[(r, mode)]
-
     try:
         info = machine()
-        schedule = auth_modes(args.auth, args.rounds)
+        sides = variants(args.auth, args.baseline, base, exchange=args.exchange, ha=True)
         lines: list[dict[str, Any]] = []
-        for r, modes in enumerate(schedule):
-            round_securities = {mode: security(r, mode) for mode in modes}
-            lines += run_round(base / f"r{r}", started, round_securities, args, r, info)
-        for line in compare(lines, lambda line: f"{line['setup']} {line['target']}"):
-            print(json.dumps({**line, "machine": info}), flush=True)
+        for r in range(args.rounds):
+            lines += run_round(base / f"r{r}", started, sides, args, r, info)
+        if len(sides) > 1:
+            name = sides[0].name, sides[1].name
+            for line in compare(lines, *name, lambda line: f"{line['setup']} {line['target']}"):
+                print(json.dumps({**line, "machine": info}), flush=True)
 
         if args.profile is not None:
-            for mode in schedule[0]:
+            for i, variant in enumerate(sides):
                 prof = args.profile.resolve()
-                if len(schedule[0]) > 1:
-                    prof = Path(f"{prof}.{security(0, mode).label}")
-                run_profiled(base / f"profiled-{mode}", started, security(0, mode), prof, args)
+                if len(sides) > 1:
+                    prof = Path(f"{prof}.{variant.name.split()[0]}")
+                run_profiled(base / f"profiled-{i}", started, variant, prof, args)
     finally:
         for node in started:
             with contextlib.suppress(Exception):
@@ -695,6 +693,13 @@ def main() -> None:
     )
     ap.add_argument("--subjects", type=int, default=100, help="subjects cycled with --exchange")
     ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="A/B against the brokers of another checkout (its .venv/bin/python), same --auth",
+    )
+    ap.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -721,6 +726,11 @@ def main() -> None:
     args = ap.parse_args()
     if min(args.messages, args.size, args.rounds, args.subjects) <= 0:
         ap.error("--messages, --size, --rounds and --subjects must be positive")
+    if args.baseline is not None:
+        if args.auth == "both":
+            ap.error("--baseline compares code: give --auth no or --auth yes, not both")
+        if not (args.baseline / "broker" / "main.py").is_file():
+            ap.error(f"--baseline {args.baseline}: not a qstore checkout (no broker/main.py)")
     try:
         from broker_bench import machine, pct, worker_recv, worker_send  # noqa: F401
     except Exception as exc:

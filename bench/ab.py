@@ -1,0 +1,140 @@
+"""A/B runs of broker_bench and ha_bench: the two variants compared, their alternating order,
+and the comparison lines.
+
+A variant is the broker's code (a checkout, run with its own `.venv/bin/python -m broker.main`)
+and its security (bench_auth.Security). `--auth both` compares no authentication with
+authentication and the 50-rule ACL, both on this checkout; `--baseline DIR` compares this
+checkout with another one (e.g. `git worktree add /tmp/old COMMIT` and its `make .venv/.installed`),
+both as `--auth` says. The clients (the benchmark's workers) are this checkout's in every case.
+
+Each round runs every load on both variants back to back, the order alternating from load to
+load and from round to round, so that the two runs compared are seconds apart: on a machine
+whose other load drifts over minutes, that is what keeps the comparison honest.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench_auth import DEFAULT_EXCHANGE, Security
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def commit_of(root: Path) -> str:
+    """The checkout's short commit ("unknown" outside git), "+" when it has local changes."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}+" if dirty else sha
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One side of an A/B. `name` is what the comparison lines call it."""
+
+    name: str
+    security: Security
+    root: Path = ROOT
+    python: str = sys.executable
+    code: str = "current"
+
+    def info(self) -> dict[str, Any]:
+        return {"variant": self.name, **self.security.info(), "code": self.code}
+
+
+def variants(
+    auth: str, baseline: Path | None, base: Path, *, exchange: str | None, ha: bool
+) -> list[Variant]:
+    """The variants `--auth` and `--baseline` ask for, A first: [none, sasl+acl50] for
+    `--auth both`, [baseline, current] with `--baseline`, else one. Security files under
+    `base`."""
+    here = commit_of(ROOT)
+
+    def security(mode: str) -> Security:
+        if mode == "no":
+            return Security.none()
+        return Security.make(base / "security", exchange=exchange or DEFAULT_EXCHANGE, ha=ha)
+
+    if baseline is not None:
+        sec = security(auth)
+        root = baseline.resolve()
+        python = root / ".venv" / "bin" / "python"
+        old = commit_of(root)
+        return [
+            Variant(
+                f"baseline {old}",
+                sec,
+                root,
+                str(python) if python.exists() else sys.executable,
+                old,
+            ),
+            Variant(f"current {here}", sec, ROOT, sys.executable, here),
+        ]
+    modes = ["no", "yes"] if auth == "both" else [auth]
+    out = []
+    for mode in modes:
+        sec = security(mode)
+        out.append(Variant(sec.label, sec, ROOT, sys.executable, here))
+    return out
+
+
+def order(items: list[Variant], turn: int) -> list[Variant]:
+    """The variants in the order of this turn: as given, then reversed, and so on."""
+    return items if turn % 2 == 0 else items[::-1]
+
+
+def compare(
+    lines: list[dict[str, Any]],
+    a: str,
+    b: str,
+    case: Callable[[dict[str, Any]], str] = lambda line: line["case"],
+) -> list[dict[str, Any]]:
+    """Per case (`case(line)`), the broker CPU per 1000 messages of variants `a` and `b`: the
+    means over the rounds and b / a, and b / a within each round with its median. The goal of
+    the A/Bs it serves: b within 5% of a."""
+    by_case: dict[str, dict[str, dict[int, float]]] = {}
+    for line in lines:
+        sides = by_case.setdefault(case(line), {})
+        sides.setdefault(line["variant"], {})[line["round"]] = line["broker_cpu_ms_per_1000"]
+    out = []
+    for name, sides in by_case.items():
+        if a not in sides or b not in sides:
+            continue
+        xa, xb = sides[a], sides[b]
+        mean_a = sum(xa.values()) / len(xa)
+        mean_b = sum(xb.values()) / len(xb)
+        ratio = round(mean_b / mean_a, 3) if mean_a else None
+        pairs = [round(xb[r] / xa[r], 3) for r in sorted(xa) if r in xb and xa[r]]
+        out.append(
+            {
+                "summary": f"{b} vs {a}",
+                "case": name,
+                "rounds": len(pairs),
+                "cpu_ms_per_1000": {a: list(xa.values()), b: list(xb.values())},
+                "cpu_mean_ms_per_1000": {a: round(mean_a, 1), b: round(mean_b, 1)},
+                "cpu_ratio": ratio,
+                "cpu_ratio_by_round": pairs,
+                "cpu_ratio_median": round(statistics.median(pairs), 3) if pairs else None,
+                "goals": {"cpu_within_5pct": ratio is not None and ratio <= 1.05},
+            }
+        )
+    return out
