@@ -138,3 +138,62 @@ def compare(
             }
         )
     return out
+
+
+def _where(key: tuple[str, int, str], roots: tuple[Path, ...]) -> tuple[str, int, str]:
+    """A profile's function key with the checkout's path cut off, so that the same function of
+    two checkouts compares."""
+    f, line, fn = key
+    for root in roots:
+        f = f.replace(str(root) + "/", "")
+    return f, line, fn
+
+
+def profile_diff(
+    b: Path, a: Path, n: int, top: int, title: str, roots: tuple[Path, ...] = (ROOT,)
+) -> None:
+    """Print where profile `b` spends more than profile `a` (both cProfile stats files of the
+    same load of `n` messages): per function, own time (tottime) and cumulative time in us per
+    message, and calls per message in each, the top `top` by each time. A function one side
+    calls per message and the other does not shows at once in the calls."""
+    import pstats
+
+    if not (a.exists() and b.exists()):
+        print(f"a profile is missing ({a}, {b}): no comparison", file=sys.stderr)
+        return
+    sa = {_where(k, roots): v for k, v in pstats.Stats(str(a)).stats.items()}  # type: ignore[attr-defined]
+    sb = {_where(k, roots): v for k, v in pstats.Stats(str(b)).stats.items()}  # type: ignore[attr-defined]
+    rows = []
+    for key in set(sa) | set(sb):
+        na, ta, ca = (sa[key][1], sa[key][2], sa[key][3]) if key in sa else (0, 0.0, 0.0)
+        nb, tb, cb = (sb[key][1], sb[key][2], sb[key][3]) if key in sb else (0, 0.0, 0.0)
+        rows.append((tb - ta, cb - ca, tb, ta, nb, na, key))
+    total = sum(r[2] for r in rows) - sum(r[3] for r in rows)
+    own_a = sum(r[3] for r in rows)
+    print(
+        f"--- {title}, us per message; own time {own_a / n * 1e6:.1f} -> "
+        f"{(own_a + total) / n * 1e6:.1f} ({total / n * 1e6:+.1f}) ---",
+        file=sys.stderr,
+    )
+    for label, col in (("own time", 0), ("cumulative", 1)):
+        print(f"  top {top} by {label} (calls per message: before -> after):", file=sys.stderr)
+        for r in sorted(rows, key=lambda r: r[col], reverse=True)[:top]:
+            f, line, fn = r[6]
+            print(
+                f"  {r[0] / n * 1e6:+8.2f} own {r[1] / n * 1e6:+8.2f} cum"
+                f"  {r[5] / n:7.3f} -> {r[4] / n:7.3f}  {f}:{line}({fn})",
+                file=sys.stderr,
+            )
+    new = sorted(
+        (r for r in rows if r[4] and r[4] / n >= 0.5 and (r[5] == 0 or r[4] / r[5] > 1.1)),
+        key=lambda r: -r[4],
+    )
+    if new:
+        print("  called per message more often (>10%) or only after:", file=sys.stderr)
+        for r in new[:top]:
+            f, line, fn = r[6]
+            print(
+                f"    {r[5] / n:7.3f} -> {r[4] / n:7.3f} calls, {r[0] / n * 1e6:+8.2f} us own"
+                f"  {f}:{line}({fn})",
+                file=sys.stderr,
+            )

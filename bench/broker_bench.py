@@ -37,7 +37,9 @@ per message (a sender to a queue is checked once, at attach).
 
 `--profile FILE` runs the broker under cProfile (the main thread, i.e. the event loop, in its
 own CPU time; the journal's writer thread is not profiled), writes the stats to FILE when it
-stops and prints the top functions to stderr. Profiling slows the broker: its figures are not
+stops and prints the top functions to stderr; with two variants (`--auth both`, `--baseline`)
+each broker has its own FILE.<variant> and the difference is printed per function, in us and
+calls per message (ab.profile_diff). Profiling slows the broker: its figures are not
 the benchmark's.
 """
 
@@ -57,7 +59,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ab import Variant, compare, order, variants
+from ab import Variant, compare, order, profile_diff, variants
 from bench_auth import DEFAULT_EXCHANGE, QUEUE_PREFIX, SUBJECT_PREFIX, Security, client_options
 from machine import machine
 
@@ -489,6 +491,16 @@ def run_round(
     for name, path in profiles.items():
         if path.exists():
             _print_profile(path, args.top, f"broker ({name}, round {round_})")
+    if len(profiles) == 2:
+        a, b = sides[0], sides[1]
+        profile_diff(
+            profiles[b.name],
+            profiles[a.name],
+            args.messages * len(cases),
+            args.top,
+            f"{b.name} minus {a.name} (event loop thread, round {round_})",
+            (a.root, b.root),
+        )
     return lines
 
 

@@ -68,7 +68,8 @@ for _p in (str(ROOT), str(HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from ab import Variant, compare, order, variants  # noqa: E402  (found through the path above)
+# found through the path set just above:
+from ab import Variant, compare, order, profile_diff, variants  # noqa: E402
 from bench_auth import Security  # noqa: E402
 
 SENDERS = 4
@@ -437,33 +438,9 @@ def print_profile(path: Path, who: str, top: int) -> None:
 def print_profile_diff(primary: Path, alone: Path, n: int, top: int) -> None:
     """Where the primary's event loop spends more than the standalone broker's under the same
     load: per function, own time (tottime) and cumulative time, in us per message."""
-    import pstats
+    from ab import profile_diff
 
-    if not (primary.exists() and alone.exists()):
-        print("ha_bench: a profile is missing, no comparison", file=sys.stderr)
-        return
-    a = pstats.Stats(str(primary)).stats  # type: ignore[attr-defined]
-    b = pstats.Stats(str(alone)).stats  # type: ignore[attr-defined]
-    rows = []
-    for key in set(a) | set(b):
-        ta, ca = (a[key][2], a[key][3]) if key in a else (0.0, 0.0)
-        tb, cb = (b[key][2], b[key][3]) if key in b else (0.0, 0.0)
-        rows.append((ta - tb, ca - cb, ta, tb, key))
-    total = sum(r[2] for r in rows) - sum(r[3] for r in rows)
-    print(
-        f"--- primary minus standalone (event loop thread), us per message; "
-        f"total own time {total / n * 1e6:+.1f} ---",
-        file=sys.stderr,
-    )
-    for label, col in (("own time", 0), ("cumulative", 1)):
-        print(f"  top {top} by {label}:", file=sys.stderr)
-        for r in sorted(rows, key=lambda r: r[col], reverse=True)[:top]:
-            f, line, fn = r[4]
-            where = f"{f.replace(str(ROOT) + '/', '')}:{line}({fn})"
-            print(
-                f"  {r[0] / n * 1e6:+8.2f} own {r[1] / n * 1e6:+8.2f} cum  {where}",
-                file=sys.stderr,
-            )
+    profile_diff(primary, alone, n, top, "primary minus standalone (event loop thread)")
 
 
 def run_round(
@@ -557,11 +534,23 @@ def run(args: argparse.Namespace) -> None:
                 print(json.dumps({**line, "machine": info}), flush=True)
 
         if args.profile is not None:
+            profs = []
             for i, variant in enumerate(sides):
                 prof = args.profile.resolve()
                 if len(sides) > 1:
                     prof = Path(f"{prof}.{variant.name.split()[0]}")
                 run_profiled(base / f"profiled-{i}", started, variant, prof, args)
+                profs.append(prof)
+            if len(sides) > 1:
+                a, b = sides
+                roots = (a.root, b.root)
+                what = f"{b.name} minus {a.name}"
+                profile_diff(profs[1], profs[0], args.messages, args.top, f"{what}: primary", roots)
+                if args.profile_standalone:
+                    alone = [Path(f"{p}.standalone") for p in profs]
+                    profile_diff(
+                        alone[1], alone[0], args.messages, args.top, f"{what}: standalone", roots
+                    )
     finally:
         for node in started:
             with contextlib.suppress(Exception):
