@@ -140,13 +140,34 @@ def compare(
     return out
 
 
-def _where(key: tuple[str, int, str], roots: tuple[Path, ...]) -> tuple[str, int, str]:
-    """A profile's function key with the checkout's path cut off, so that the same function of
-    two checkouts compares."""
-    f, line, fn = key
-    for root in roots:
-        f = f.replace(str(root) + "/", "")
-    return f, line, fn
+def _relative(stats: dict[Any, Any], roots: tuple[Path, ...]) -> dict[Any, Any]:
+    """A profile's entries keyed by (file without the checkout's path, line, function)."""
+    out = {}
+    for (f, line, fn), value in stats.items():
+        for root in roots:
+            f = f.replace(str(root) + "/", "")
+        out[(f, line, fn)] = value
+    return out
+
+
+def _match(sa: dict[Any, Any], sb: dict[Any, Any]) -> list[tuple[Any, Any, Any]]:
+    """Pairs (key to show, a's entry or None, b's entry or None): the same file, line and name
+    first; what is left by file and name, in line order (a function of a checkout whose lines
+    moved), so that two checkouts' profiles compare."""
+    rows = [(k, sa.get(k), sb.get(k)) for k in sa.keys() & sb.keys()]
+    left_a: dict[tuple[str, str], list[Any]] = {}
+    left_b: dict[tuple[str, str], list[Any]] = {}
+    for side, left in ((sa.keys() - sb.keys(), left_a), (sb.keys() - sa.keys(), left_b)):
+        for k in side:
+            left.setdefault((k[0], k[2]), []).append(k)
+    for group in left_a.keys() | left_b.keys():
+        ka = sorted(left_a.get(group, []), key=lambda k: k[1])
+        kb = sorted(left_b.get(group, []), key=lambda k: k[1])
+        for n in range(max(len(ka), len(kb))):
+            a = ka[n] if n < len(ka) else None
+            b = kb[n] if n < len(kb) else None
+            rows.append((b or a, sa[a] if a else None, sb[b] if b else None))
+    return rows
 
 
 def profile_diff(
@@ -155,18 +176,21 @@ def profile_diff(
     """Print where profile `b` spends more than profile `a` (both cProfile stats files of the
     same load of `n` messages): per function, own time (tottime) and cumulative time in us per
     message, and calls per message in each, the top `top` by each time. A function one side
-    calls per message and the other does not shows at once in the calls."""
+    calls per message and the other does not shows at once in the calls. Functions are matched
+    by file, line and name, then by file and name (`_match`), so two checkouts compare.
+    cProfile keys functions by file, line and name, so the `__init__`s dataclasses generate
+    (`<string>:2`) share one entry, which holds only one of them: ignore those rows."""
     import pstats
 
     if not (a.exists() and b.exists()):
         print(f"a profile is missing ({a}, {b}): no comparison", file=sys.stderr)
         return
-    sa = {_where(k, roots): v for k, v in pstats.Stats(str(a)).stats.items()}  # type: ignore[attr-defined]
-    sb = {_where(k, roots): v for k, v in pstats.Stats(str(b)).stats.items()}  # type: ignore[attr-defined]
+    sa = _relative(pstats.Stats(str(a)).stats, roots)  # type: ignore[attr-defined]
+    sb = _relative(pstats.Stats(str(b)).stats, roots)  # type: ignore[attr-defined]
     rows = []
-    for key in set(sa) | set(sb):
-        na, ta, ca = (sa[key][1], sa[key][2], sa[key][3]) if key in sa else (0, 0.0, 0.0)
-        nb, tb, cb = (sb[key][1], sb[key][2], sb[key][3]) if key in sb else (0, 0.0, 0.0)
+    for key, ea, eb in _match(sa, sb):
+        na, ta, ca = (ea[1], ea[2], ea[3]) if ea else (0, 0.0, 0.0)
+        nb, tb, cb = (eb[1], eb[2], eb[3]) if eb else (0, 0.0, 0.0)
         rows.append((tb - ta, cb - ca, tb, ta, nb, na, key))
     total = sum(r[2] for r in rows) - sum(r[3] for r in rows)
     own_a = sum(r[3] for r in rows)
@@ -185,7 +209,13 @@ def profile_diff(
                 file=sys.stderr,
             )
     new = sorted(
-        (r for r in rows if r[4] and r[4] / n >= 0.5 and (r[5] == 0 or r[4] / r[5] > 1.1)),
+        (
+            r
+            for r in rows
+            if r[4] / n >= 0.5
+            and (r[5] == 0 or r[4] / r[5] > 1.1)
+            and not r[6][0].startswith("<")  # see the docstring
+        ),
         key=lambda r: -r[4],
     )
     if new:
