@@ -12,14 +12,34 @@ per case:
 - broker_cpu_ms_per_1000: the broker process's CPU (all threads, user + system, from
   /proc/<pid>/stat) per 1000 messages that went in AND out (also split into _in and _out), and
   the share of it the main thread (the event loop) took;
+- auth: "none" (`--auth no`) or "sasl+acl50": the broker started with `--auth yes`, a sasl-db
+  and the 50-rule ACL of bench/bench_auth.py (the bench user's grants from rule 44 on), every
+  client logging in with PLAIN; round: which A/B round the line belongs to;
 - machine: cpu model, cores, python.
 
     .venv/bin/python bench/broker_bench.py [--messages 20000] [--windows 100,1000]
-        [--senders 1,4] [--size 1024] [--profile broker.prof]
+        [--senders 1,4] [--size 1024] [--auth no|yes|both] [--rounds 1]
+        [--exchange amq.topic [--subjects 100]] [--baseline DIR] [--profile broker.prof]
+
+`--auth both` runs every case on a broker without authentication and on one with it, `--rounds`
+times: both brokers (fresh each round) are started first, then each case runs on one and at once
+on the other, which goes first alternating from case to case and round to round, so that the two
+runs compared are seconds apart (the other load of a shared machine drifts over minutes). It
+then prints one line per case comparing the modes: broker CPU per 1000 messages, the means and
+auth / none, and the ratio within each round with its median: an A/B in one run.
+`--baseline DIR` does the same with two builds instead of two auth modes: the broker of the
+checkout DIR (with its own .venv) against this one's, both as `--auth` says (see ab.py).
+
+`--exchange NAME` adds, for each senders x window, a case whose senders publish to the topic
+exchange NAME, cycling through `--subjects` subjects (`bench.load.<i>`), into a queue the bench
+binds to it with `bench.#` through `$management`: with an ACL, this is the path the broker checks
+per message (a sender to a queue is checked once, at attach).
 
 `--profile FILE` runs the broker under cProfile (the main thread, i.e. the event loop, in its
 own CPU time; the journal's writer thread is not profiled), writes the stats to FILE when it
-stops and prints the top functions to stderr. Profiling slows the broker: its figures are not
+stops and prints the top functions to stderr; with two variants (`--auth both`, `--baseline`)
+each broker has its own FILE.<variant> and the difference is printed per function, in us and
+calls per message (ab.profile_diff). Profiling slows the broker: its figures are not
 the benchmark's.
 """
 
@@ -39,10 +59,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ab import Variant, compare, order, profile_diff, variants
+from bench_auth import DEFAULT_EXCHANGE, QUEUE_PREFIX, SUBJECT_PREFIX, Security, client_options
 from machine import machine
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # tools._mgmt, broker.acl (bench_auth)
 START_TIMEOUT = 20.0
 CASE_TIMEOUT = 600.0
 GOAL_SEND_RATE = 20_000  # msg/s, 4 senders, window 1000
@@ -78,9 +102,13 @@ def pct(values: list[float], p: float) -> float:
 
 
 class Broker:
-    """A `qstored` subprocess on 127.0.0.1, an OS-chosen port, a temporary data directory."""
+    """A `qstored` subprocess on 127.0.0.1, an OS-chosen port, a temporary data directory: the
+    variant's code with its security options (`--auth no`, or authentication and the ACL)."""
 
-    def __init__(self, base: Path, profile: Path | None) -> None:
+    def __init__(self, base: Path, profile: Path | None, variant: Variant) -> None:
+        base.mkdir(parents=True, exist_ok=True)
+        self.variant = variant
+        self.security = security = variant.security
         self.port_file = base / "port"
         args = [
             "--port",
@@ -91,18 +119,21 @@ class Broker:
             str(base / "d"),
             "--auto-create",
             "yes",
-            "--auth",
-            "no",
+            *security.broker_args,
             "--log-level",
             "warning",
         ]
         if profile is None:
-            cmd = [sys.executable, "-m", "broker.main", *args]
+            cmd = [variant.python, "-m", "broker.main", *args]
         else:
-            cmd = [sys.executable, "-c", PROFILE_BOOT, str(profile), *args]
+            cmd = [variant.python, "-c", PROFILE_BOOT, str(profile), *args]
         self.log = (base / "broker.log").open("wb")
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            cmd,
+            cwd=variant.root,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         self.url = f"127.0.0.1:{self._wait_port()}"
 
@@ -148,13 +179,26 @@ def _await_go() -> float:
     return time.monotonic()
 
 
-def worker_send(url: str, queue: str, count: int, window: int, size: int) -> dict[str, Any]:
+def worker_send(
+    url: str, address: str, count: int, window: int, size: int, subjects: int = 0
+) -> dict[str, Any]:
+    """Send `count` messages to `address`; with `subjects` > 0 they cycle through that many
+    subjects (routing keys, for an exchange)."""
     from proton import Message
     from proton.handlers import MessagingHandler
     from proton.reactor import Container
 
-    # The same bytes every time: the client (the usual limit here) encodes once.
-    encoded = Message(body=os.urandom(size // 2).hex().encode(), durable=True).encode()
+    # Encoded once (the client is the usual limit here): the same bytes every time, or one
+    # encoding per subject.
+    body = os.urandom(size // 2).hex().encode()
+    if subjects > 0:
+        encodings = [
+            Message(body=body, durable=True, subject=f"{SUBJECT_PREFIX}load.{i}").encode()
+            for i in range(subjects)
+        ]
+    else:
+        encodings = [Message(body=body, durable=True).encode()]
+    kinds = len(encodings)
 
     class Send(MessagingHandler):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -165,8 +209,8 @@ def worker_send(url: str, queue: str, count: int, window: int, size: int) -> dic
             self.t0 = self.t1 = 0.0
 
         def on_start(self, event: Any) -> None:
-            conn = event.container.connect(url, reconnect=False)
-            event.container.create_sender(conn, queue)
+            conn = event.container.connect(url, reconnect=False, **client_options())
+            event.container.create_sender(conn, address)
 
         def on_sendable(self, event: Any) -> None:
             if not self.t0:
@@ -176,7 +220,7 @@ def worker_send(url: str, queue: str, count: int, window: int, size: int) -> dic
         def _fill(self, s: Any) -> None:
             while s.credit > 0 and self.sent < count and self.sent - self.settled < window:
                 s.delivery(str(self.sent))  # what Message.send does, minus re-encoding
-                s.stream(encoded)
+                s.stream(encodings[self.sent % kinds])
                 s.advance()
                 self.sent_at.append(time.monotonic())
                 self.sent += 1
@@ -222,7 +266,7 @@ def worker_recv(url: str, queue: str, count: int, credit: int) -> dict[str, Any]
             self.t0 = self.t1 = 0.0
 
         def on_start(self, event: Any) -> None:
-            conn = event.container.connect(url, reconnect=False)
+            conn = event.container.connect(url, reconnect=False, **client_options())
             event.container.create_receiver(conn, queue)
 
         def on_link_opened(self, event: Any) -> None:
@@ -250,23 +294,30 @@ def worker_recv(url: str, queue: str, count: int, credit: int) -> dict[str, Any]
 # -- one case --------------------------------------------------------------------------------
 
 
-def _spawn(args: list[str], script: str = __file__) -> subprocess.Popen[str]:
+def _spawn(
+    args: list[str], script: str = __file__, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, script, "--worker", *args],
         cwd=ROOT,
         text=True,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        env={**os.environ, **env} if env else None,
     )
 
 
 def run_workers(
-    arg_lists: list[list[str]], cpu_ms: Callable[[], T], script: str = __file__
+    arg_lists: list[list[str]],
+    cpu_ms: Callable[[], T],
+    script: str = __file__,
+    env: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], T, T]:
-    """Start the workers (this file, or `script`, in worker mode), wait until each is connected
-    (it prints `ready`), release them together, collect their results; returns them with the
-    `cpu_ms()` readings taken at the release and after the last result. Shared by ha_bench."""
-    procs = [_spawn(a, script) for a in arg_lists]
+    """Start the workers (this file, or `script`, in worker mode; `env` added to their
+    environment: the credentials), wait until each is connected (it prints `ready`), release
+    them together, collect their results; returns them with the `cpu_ms()` readings taken at
+    the release and after the last result. Shared by ha_bench."""
+    procs = [_spawn(a, script, env) for a in arg_lists]
     try:
         deadline = time.monotonic() + START_TIMEOUT
         for p in procs:
@@ -298,17 +349,62 @@ def _run_workers(
 ) -> tuple[list[dict[str, Any]], tuple[float, float]]:
     """The workers' results and the broker's CPU (ms: all, main thread) spent meanwhile."""
     try:
-        results, cpu0, cpu1 = run_workers(arg_lists, broker.cpu_ms)
+        results, cpu0, cpu1 = run_workers(arg_lists, broker.cpu_ms, env=broker.security.env)
     except RuntimeError as exc:
         raise SystemExit(f"broker_bench: {exc}") from None
     return results, (cpu1[0] - cpu0[0], cpu1[1] - cpu0[1])
 
 
-def run_case(broker: Broker, n: int, senders: int, window: int, size: int) -> dict[str, Any]:
-    queue = f"bench-{senders}-{window}-{time.monotonic_ns()}"
+def bind_queue(url: str, security: Security, exchange: str, queue: str) -> None:
+    """Create the durable `queue` and bind it to `exchange` with `bench.#`, through
+    `$management` as the bench user (so the ACL's create and bind grants are exercised too)."""
+    from tools._errors import ToolError
+    from tools._mgmt import ManagementClient, parse_broker
+
+    try:
+        with ManagementClient(
+            parse_broker(url),
+            user=security.user,
+            password=security.password,
+            mechanism="PLAIN" if security.user else None,
+        ) as client:
+            client.call("CREATE", "queue", queue, {"durable": True})
+            body = {"exchange": exchange, "queue": queue, "key": f"{SUBJECT_PREFIX}#"}
+            client.call("CREATE", "binding", None, body)
+    except ToolError as exc:
+        raise RuntimeError(f"cannot bind {queue} to {exchange}: {exc}") from None
+
+
+def run_case(
+    broker: Broker,
+    n: int,
+    senders: int,
+    window: int,
+    size: int,
+    exchange: str | None = None,
+    subjects: int = 0,
+) -> dict[str, Any]:
+    """Senders put n messages on a fresh queue (or publish them to `exchange`, which routes
+    them to a fresh queue bound to it), then one receiver drains it."""
+    case = f"senders={senders} window={window}"
+    if exchange is None:
+        queue = target = f"{QUEUE_PREFIX}{senders}-{window}.{time.monotonic_ns()}"
+        subjects = 0
+    else:
+        queue = f"{QUEUE_PREFIX}x{senders}-{window}.{time.monotonic_ns()}"
+        try:
+            bind_queue(broker.url, broker.security, exchange, queue)
+        except RuntimeError as exc:
+            raise SystemExit(f"broker_bench: {exc}") from None
+        target = exchange
+        case += f" exchange={exchange} subjects={subjects}"
     shares = [n // senders + (1 if i < n % senders else 0) for i in range(senders)]
     sent, (cpu_in, main_in) = _run_workers(
-        broker, [["send", broker.url, queue, str(k), str(window), str(size)] for k in shares]
+        broker,
+        [
+            ["send", broker.url, target, str(k), str(window), str(size), str(subjects)]
+            for k in shares
+        ],
     )
     got, (cpu_out, main_out) = _run_workers(broker, [["recv", broker.url, queue, str(n), "1000"]])
     settled = sum(r["settled"] for r in sent)
@@ -317,7 +413,8 @@ def run_case(broker: Broker, n: int, senders: int, window: int, size: int) -> di
     send_s = max(r["end"] for r in sent) - min(r["start"] for r in sent)
     recv_s = got[0]["end"] - got[0]["start"]
     return {
-        "case": f"senders={senders} window={window}",
+        "case": case,
+        **broker.variant.info(),
         "senders": senders,
         "window": window,
         "messages": n,
@@ -335,19 +432,84 @@ def run_case(broker: Broker, n: int, senders: int, window: int, size: int) -> di
     }
 
 
-def _print_profile(path: Path, top: int) -> None:
+def _print_profile(path: Path, top: int, who: str = "broker") -> None:
     import pstats
 
     for key in ("tottime", "cumulative"):
-        print(f"--- broker profile, top {top} by {key} ---", file=sys.stderr)
+        print(f"--- {who} profile, top {top} by {key} ---", file=sys.stderr)
         pstats.Stats(str(path), stream=sys.stderr).sort_stats(key).print_stats(top)
+
+
+def run_round(
+    base: Path,
+    sides: list[Variant],
+    profile: Path | None,
+    args: argparse.Namespace,
+    cases: list[tuple[int, int, str | None]],
+    info: dict[str, Any],
+    round_: int,
+) -> list[dict[str, Any]]:
+    """One broker per variant, all started first; then each case on each of them, back to
+    back, the order alternating from case to case and round to round (ab.py), so that the runs
+    an A/B compares are seconds apart. One JSON line per run."""
+    brokers: dict[str, Broker] = {}
+    profiles: dict[str, Path] = {}
+    lines = []
+    try:
+        for i, variant in enumerate(sides):
+            if profile is not None:
+                tag = variant.name.split()[0]
+                profiles[variant.name] = Path(f"{profile}.{tag}") if len(sides) > 1 else profile
+            where = base / f"broker-{i}"
+            brokers[variant.name] = Broker(where, profiles.get(variant.name), variant)
+        for c, (senders, window, exchange) in enumerate(cases):
+            for variant in order(sides, round_ + c):
+                res = run_case(
+                    brokers[variant.name],
+                    args.messages,
+                    senders,
+                    window,
+                    args.size,
+                    exchange,
+                    args.subjects,
+                )
+                goals: dict[str, Any] = {
+                    "cpu_ms_per_1000_le_60": (res["broker_cpu_ms_per_1000"] <= GOAL_CPU_MS)
+                }
+                if senders == 4 and window == 1000 and exchange is None:
+                    goals["send_ge_20000_msg_per_s"] = (
+                        res["send_msg_per_s"] or 0
+                    ) >= GOAL_SEND_RATE
+                load = round(os.getloadavg()[0], 2)
+                line = {**res, "round": round_, "loadavg_1m": load, "goals": goals}
+                print(json.dumps({**line, "machine": info}), flush=True)
+                lines.append(line)
+    finally:
+        for broker in brokers.values():
+            broker.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    for name, path in profiles.items():
+        if path.exists():
+            _print_profile(path, args.top, f"broker ({name}, round {round_})")
+    if len(profiles) == 2:
+        a, b = sides[0], sides[1]
+        profile_diff(
+            profiles[b.name],
+            profiles[a.name],
+            args.messages * len(cases),
+            args.top,
+            f"{b.name} minus {a.name} (event loop thread, round {round_})",
+            (a.root, b.root),
+        )
+    return lines
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         kind, rest = sys.argv[2], sys.argv[3:]
         if kind == "send":
-            res = worker_send(rest[0], rest[1], int(rest[2]), int(rest[3]), int(rest[4]))
+            subjects = int(rest[5]) if len(rest) > 5 else 0
+            res = worker_send(rest[0], rest[1], int(rest[2]), int(rest[3]), int(rest[4]), subjects)
         else:
             res = worker_recv(rest[0], rest[1], int(rest[2]), int(rest[3]))
         print(json.dumps(res), flush=True)
@@ -357,8 +519,38 @@ def main() -> None:
     ap.add_argument("--windows", default="100,1000", help="unsettled deliveries per sender")
     ap.add_argument("--senders", default="1,4", help="sender processes")
     ap.add_argument("--size", type=int, default=1024, help="message body bytes")
+    ap.add_argument(
+        "--auth",
+        choices=("no", "yes", "both"),
+        default="no",
+        help="brokers without authentication, with it and the 50-rule ACL, or both (an A/B)",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="repeat everything; with --auth both, alternating"
+    )
+    ap.add_argument(
+        "--exchange",
+        nargs="?",
+        const=DEFAULT_EXCHANGE,
+        default=None,
+        metavar="NAME",
+        help=f"also publish to this topic exchange (default {DEFAULT_EXCHANGE})",
+    )
+    ap.add_argument("--subjects", type=int, default=100, help="subjects cycled with --exchange")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="A/B against the broker of another checkout (its .venv/bin/python), same --auth",
+    )
     ap.add_argument("--dir", default=None, help="where to put the broker's data directory")
-    ap.add_argument("--profile", type=Path, default=None, help="run the broker under cProfile")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="run the broker under cProfile (FILE; FILE[.r<round>][.<auth>] when several run)",
+    )
     ap.add_argument("--top", type=int, default=40, help="functions to print with --profile")
     args = ap.parse_args()
     try:
@@ -368,26 +560,30 @@ def main() -> None:
         ap.error("--windows and --senders take comma-separated integers")
     if args.messages <= 0 or min(windows + sender_counts) <= 0:
         ap.error("--messages, --windows and --senders must be positive")
+    if args.rounds <= 0 or args.subjects <= 0:
+        ap.error("--rounds and --subjects must be positive")
+    if args.baseline is not None:
+        if args.auth == "both":
+            ap.error("--baseline compares code: give --auth no or --auth yes, not both")
+        if not (args.baseline / "broker" / "main.py").is_file():
+            ap.error(f"--baseline {args.baseline}: not a qstore checkout (no broker/main.py)")
+    targets: list[str | None] = [None] if args.exchange is None else [None, args.exchange]
+    cases = [(s, w, x) for x in targets for s in sender_counts for w in windows]
     base = Path(tempfile.mkdtemp(prefix="qstore-broker-bench-", dir=args.dir))
     info = machine()
-    broker = Broker(base, args.profile)
+    lines: list[dict[str, Any]] = []
     try:
-        for senders in sender_counts:
-            for window in windows:
-                res = run_case(broker, args.messages, senders, window, args.size)
-                goals: dict[str, Any] = {
-                    "cpu_ms_per_1000_le_60": (res["broker_cpu_ms_per_1000"] <= GOAL_CPU_MS)
-                }
-                if senders == 4 and window == 1000:
-                    goals["send_ge_20000_msg_per_s"] = (
-                        res["send_msg_per_s"] or 0
-                    ) >= GOAL_SEND_RATE
-                print(json.dumps({**res, "goals": goals, "machine": info}), flush=True)
+        sides = variants(args.auth, args.baseline, base, exchange=args.exchange, ha=False)
+        for r in range(args.rounds):
+            profile = args.profile
+            if profile is not None and args.rounds > 1:
+                profile = Path(f"{profile}.r{r}")
+            lines += run_round(base / f"r{r}", sides, profile, args, cases, info, r)
+        if len(sides) > 1:
+            for line in compare(lines, sides[0].name, sides[1].name):
+                print(json.dumps({**line, "machine": info}), flush=True)
     finally:
-        broker.stop()
         shutil.rmtree(base, ignore_errors=True)
-    if args.profile is not None:
-        _print_profile(args.profile, args.top)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,23 @@ line: cluster/standalone send throughput, CPU ms of all three cluster brokers pe
 sent and received (utime + stime from /proc/<pid>/stat), the goals (reported, not asserted) and
 the machine.
 
-    .venv/bin/python bench/ha_bench.py [--messages 20000] [--size 1024] [--profile ha.prof]
-        [--profile-clock cpu|wall] [--profile-backup] [--profile-standalone] [--top 30]
-        [--keep] [--dir DIR]
+    .venv/bin/python bench/ha_bench.py [--messages 20000] [--size 1024]
+        [--auth no|yes|both] [--rounds 1] [--exchange amq.topic [--subjects 100]]
+        [--baseline DIR]
+        [--profile ha.prof] [--profile-clock cpu|wall] [--profile-backup]
+        [--profile-standalone] [--top 30] [--keep] [--dir DIR]
+
+`--auth yes` starts every broker with `--auth yes`, a sasl-db holding the bench user and the HA
+user (the cluster's `--ha-username`/`--ha-password-file`) and bench/bench_auth.py's 50-rule ACL
+plus `acl allow HAUSER all all`; the clients log in with PLAIN, the backups as the HA user.
+`--auth both` runs the standalone broker and the cluster in both modes, `--rounds` times: one
+setup per mode started together, each load run on one and at once on the other, which goes first
+alternating (the runs compared are seconds apart); it ends with one line per setup comparing the
+modes' CPU per 1000 messages (auth / none, means and per round; for the cluster, all three
+brokers'). Every line says its "auth" ("none" or "sasl+acl50") and "round".
+`--exchange NAME` adds a load published to the topic exchange NAME with varying subjects (the
+path where the ACL decides per message; see broker_bench). `--baseline DIR` compares another
+checkout's brokers (its .venv) with this one's in the same way, both as `--auth` says (ab.py).
 
 `--profile FILE` adds a third, separate pass: a fresh cluster whose primary runs under cProfile
 (this file re-run as `--profiled-broker`: every thread gets its own profiler; the stats are
@@ -54,6 +68,10 @@ for _p in (str(ROOT), str(HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+# found through the path set just above:
+from ab import Variant, compare, order, profile_diff, variants  # noqa: E402
+from bench_auth import Security  # noqa: E402
+
 SENDERS = 4
 WINDOW = 1000
 START_TIMEOUT = 20.0
@@ -82,8 +100,10 @@ class Node:
         extra: list[str],
         profile: Path | None = None,
         clock: str = "cpu",
+        variant: Variant | None = None,
     ) -> None:
         self.name = name
+        variant = variant or Variant("none", Security.none())
         self.profile = profile
         base.mkdir(parents=True, exist_ok=True)
         self.port_file = base / f"{name}.port"
@@ -98,17 +118,16 @@ class Node:
             name,
             "--auto-create",
             "yes",
-            "--auth",
-            "no",
+            *variant.security.broker_args,
             "--log-level",
             "warning",
             *extra,
         ]
         if profile is None:
-            cmd = [sys.executable, "-m", "broker.main", *args]
+            cmd = [variant.python, "-m", "broker.main", *args]
         else:
             cmd = [
-                sys.executable,
+                variant.python,
                 str(Path(__file__).resolve()),
                 "--profiled-broker",
                 str(profile),
@@ -118,7 +137,11 @@ class Node:
         self.log_path = base / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            cmd,
+            cwd=variant.root,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         self.port = 0
 
@@ -179,10 +202,13 @@ class Setup:
         self,
         label: str,
         nodes: list[Node],
+        variant: Variant,
         states: Callable[[], list[str | None]] | None = None,
     ) -> None:
         self.label = label
         self.nodes = nodes
+        self.variant = variant
+        self.security = variant.security
         self.states = states  # a cluster: each member's HA state, None if it does not answer
 
     @property
@@ -202,24 +228,30 @@ class Setup:
 
 
 def start_standalone(
-    base: Path, started: list[Node], profile: Path | None = None, clock: str = "cpu"
+    base: Path,
+    started: list[Node],
+    variant: Variant,
+    profile: Path | None = None,
+    clock: str = "cpu",
 ) -> Setup:
-    node = Node(base, "standalone", 0, [], profile, clock)
+    node = Node(base, "standalone", 0, [], profile, clock, variant)
     started.append(node)
     node.wait_listening()
-    return Setup("standalone", [node])
+    return Setup("standalone", [node], variant)
 
 
 def start_cluster(
     base: Path,
     started: list[Node],
+    variant: Variant,
     profile: Path | None = None,
     clock: str = "cpu",
     profile_backup: bool = False,
 ) -> Setup:
     """Three members; member 0 is promoted and the others are waited for until ready. With
     `profile`, member 0 runs under cProfile (and member 1 too, to `profile`.backup1, if
-    `profile_backup`)."""
+    `profile_backup`). The promote and the status reads log in as the HA user when
+    the variant's security has one."""
     from recovery.localcluster import free_ports
     from tools._mgmt import ManagementClient, ToolError, parse_broker, query_status
 
@@ -233,16 +265,20 @@ def start_cluster(
             profiles[1] = Path(f"{profile}.backup1")
     for i, port in enumerate(ports):
         args = ["--ha-cluster", "yes", "--ha-brokers-url", url, *HA_ARGS]
-        node = Node(base, f"node{i}", port, args, profiles[i], clock)
+        node = Node(base, f"node{i}", port, args, profiles[i], clock, variant)
         started.append(node)
         nodes.append(node)
     for node in nodes:
         node.wait_listening()
+    login: dict[str, Any] = {}
+    security = variant.security
+    if security.ha_user is not None:
+        login = {"user": security.ha_user, "password": security.ha_password, "mechanism": "PLAIN"}
 
     def states() -> list[str | None]:
         out: list[str | None] = []
         for n in nodes:
-            st = query_status(n.url, 3.0)
+            st = query_status(n.url, 3.0, **login)
             out.append(None if st is None else str(st.get("state")))
         return out
 
@@ -258,7 +294,7 @@ def start_cluster(
 
     wait_for(["joining"] * 3, "joining")
     try:
-        client = ManagementClient(parse_broker(nodes[0].url), ha_admin=True, timeout=15)
+        client = ManagementClient(parse_broker(nodes[0].url), ha_admin=True, timeout=15, **login)
         try:
             code, desc, _ = client.request("PROMOTE", "ha")
         finally:
@@ -268,7 +304,7 @@ def start_cluster(
     if code != 200:
         raise BenchError(f"promote refused: {code} {desc}")
     wait_for(["active", "ready", "ready"], "active with two ready backups")
-    return Setup("cluster-3", nodes, states)
+    return Setup("cluster-3", nodes, variant, states)
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -282,22 +318,42 @@ def _run_workers(
     from broker_bench import run_workers
 
     try:
-        results, cpu0, cpu1 = run_workers(arg_lists, setup.cpu_ms, str(Path(__file__).resolve()))
+        results, cpu0, cpu1 = run_workers(
+            arg_lists, setup.cpu_ms, str(Path(__file__).resolve()), setup.security.env
+        )
     except RuntimeError as exc:
         raise BenchError(f"{exc} ({setup.label})") from None
     return results, [(b[0] - a[0], b[1] - a[1]) for a, b in zip(cpu0, cpu1, strict=True)]
 
 
-def run_setup(setup: Setup, n: int, size: int) -> dict[str, Any]:
-    """4 senders put n messages on a fresh queue, then one receiver drains it (the workers and
-    the percentiles are broker_bench's); one JSON-ready dict."""
-    from broker_bench import pct
+def run_setup(
+    setup: Setup, n: int, size: int, exchange: str | None = None, subjects: int = 0
+) -> dict[str, Any]:
+    """4 senders put n messages on a fresh queue (or publish them to `exchange` with `subjects`
+    subjects, into a fresh queue bound to it), then one receiver drains it (the workers and the
+    percentiles are broker_bench's); one JSON-ready dict."""
+    from bench_auth import QUEUE_PREFIX
+    from broker_bench import bind_queue, pct
 
     setup.restart_profiles()
-    queue = f"ha-bench-{time.monotonic_ns()}"
+    queue = target = f"{QUEUE_PREFIX}ha.{time.monotonic_ns()}"
+    label = "queue"
+    if exchange is not None:
+        try:
+            bind_queue(setup.url, setup.security, exchange, queue)
+        except RuntimeError as exc:
+            raise BenchError(f"{exc} ({setup.label})") from None
+        target = exchange
+        label = f"exchange={exchange} subjects={subjects}"
+    else:
+        subjects = 0
     shares = [n // SENDERS + (1 if i < n % SENDERS else 0) for i in range(SENDERS)]
     sent, cpu_in = _run_workers(
-        setup, [["send", setup.url, queue, str(k), str(WINDOW), str(size)] for k in shares]
+        setup,
+        [
+            ["send", setup.url, target, str(k), str(WINDOW), str(size), str(subjects)]
+            for k in shares
+        ],
     )
     got, cpu_out = _run_workers(setup, [["recv", setup.url, queue, str(n), str(WINDOW)]])
     settled = sum(r["settled"] for r in sent)
@@ -313,6 +369,8 @@ def run_setup(setup: Setup, n: int, size: int) -> dict[str, Any]:
 
     out: dict[str, Any] = {
         "setup": setup.label,
+        "target": label,
+        **setup.variant.info(),
         "senders": SENDERS,
         "window": WINDOW,
         "messages": n,
@@ -350,6 +408,8 @@ def summary(alone: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
     cpu = cluster["broker_cpu_ms_per_1000"]
     return {
         "summary": "cluster-3 vs standalone",
+        "target": cluster["target"],
+        "variant": cluster["variant"],
         "throughput_ratio": ratio,
         "cluster_send_msg_per_s": rate_c,
         "standalone_send_msg_per_s": rate_a,
@@ -378,33 +438,83 @@ def print_profile(path: Path, who: str, top: int) -> None:
 def print_profile_diff(primary: Path, alone: Path, n: int, top: int) -> None:
     """Where the primary's event loop spends more than the standalone broker's under the same
     load: per function, own time (tottime) and cumulative time, in us per message."""
-    import pstats
+    from ab import profile_diff
 
-    if not (primary.exists() and alone.exists()):
-        print("ha_bench: a profile is missing, no comparison", file=sys.stderr)
-        return
-    a = pstats.Stats(str(primary)).stats  # type: ignore[attr-defined]
-    b = pstats.Stats(str(alone)).stats  # type: ignore[attr-defined]
-    rows = []
-    for key in set(a) | set(b):
-        ta, ca = (a[key][2], a[key][3]) if key in a else (0.0, 0.0)
-        tb, cb = (b[key][2], b[key][3]) if key in b else (0.0, 0.0)
-        rows.append((ta - tb, ca - cb, ta, tb, key))
-    total = sum(r[2] for r in rows) - sum(r[3] for r in rows)
-    print(
-        f"--- primary minus standalone (event loop thread), us per message; "
-        f"total own time {total / n * 1e6:+.1f} ---",
-        file=sys.stderr,
+    profile_diff(primary, alone, n, top, "primary minus standalone (event loop thread)")
+
+
+def run_round(
+    base: Path,
+    started: list[Node],
+    sides: list[Variant],
+    args: argparse.Namespace,
+    round_: int,
+    info: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """The standalone brokers, then the clusters, one per variant, started together: each load
+    runs on one variant's setup and at once on the other's (which goes first alternating, ab.py),
+    so the runs an A/B compares are seconds apart. One JSON line per setup, variant and load,
+    then one summary line per variant and load; returns the setups' lines."""
+    targets: list[str | None] = [None] if args.exchange is None else [None, args.exchange]
+    lines: list[dict[str, Any]] = []
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    turn = round_
+    for kind in ("standalone", "cluster"):
+        setups: dict[str, Setup] = {}
+        for i, variant in enumerate(sides):
+            start = start_standalone if kind == "standalone" else start_cluster
+            setups[variant.name] = start(base / f"{kind}-{i}", started, variant)
+        for x in targets:
+            for variant in order(sides, turn):
+                res = run_setup(setups[variant.name], args.messages, args.size, x, args.subjects)
+                load = round(os.getloadavg()[0], 2)
+                lines.append({**res, "round": round_, "loadavg_1m": load})
+                results.setdefault((kind, variant.name), []).append(res)
+                print(json.dumps(lines[-1]), flush=True)
+            turn += 1
+        for setup in setups.values():
+            for node in setup.nodes:
+                node.stop()
+    for variant in sides:
+        alone, cluster = results[("standalone", variant.name)], results[("cluster", variant.name)]
+        for a, c in zip(alone, cluster, strict=True):
+            print(json.dumps({**summary(a, c), "round": round_, "machine": info}), flush=True)
+    if not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
+    return lines
+
+
+def run_profiled(
+    base: Path, started: list[Node], variant: Variant, prof: Path, args: argparse.Namespace
+) -> None:
+    """The profiling pass (see the module's docstring), on the last load (the exchange's with
+    --exchange): each run_setup restarts the event loop thread's profile."""
+    exchange = args.exchange
+    profiled = start_cluster(
+        base / "profiled", started, variant, prof, args.profile_clock, args.profile_backup
     )
-    for label, col in (("own time", 0), ("cumulative", 1)):
-        print(f"  top {top} by {label}:", file=sys.stderr)
-        for r in sorted(rows, key=lambda r: r[col], reverse=True)[:top]:
-            f, line, fn = r[4]
-            where = f"{f.replace(str(ROOT) + '/', '')}:{line}({fn})"
-            print(
-                f"  {r[0] / n * 1e6:+8.2f} own {r[1] / n * 1e6:+8.2f} cum  {where}",
-                file=sys.stderr,
-            )
+    res = run_setup(profiled, args.messages, args.size, exchange, args.subjects)
+    for node in profiled.nodes:
+        node.stop()
+    print(
+        json.dumps({**res, "setup": "cluster-3 primary under cProfile", "profiled": True}),
+        flush=True,
+    )
+    print_profile(prof, f"primary ({variant.name})", args.top)
+    if args.profile_backup:
+        print_profile(Path(f"{prof}.backup1"), f"backup1 ({variant.name})", args.top)
+    if args.profile_standalone:
+        alone_prof = Path(f"{prof}.standalone")
+        profiled = start_standalone(
+            base / "profiled-standalone", started, variant, alone_prof, args.profile_clock
+        )
+        res = run_setup(profiled, args.messages, args.size, exchange, args.subjects)
+        profiled.nodes[0].stop()
+        print(
+            json.dumps({**res, "setup": "standalone under cProfile", "profiled": True}),
+            flush=True,
+        )
+        print_profile_diff(prof, alone_prof, args.messages, args.top)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -413,46 +523,34 @@ def run(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="qstore-ha-bench-", dir=args.dir))
     started: list[Node] = []
     try:
-        alone_setup = start_standalone(base / "standalone", started)
-        alone = run_setup(alone_setup, args.messages, args.size)
-        alone_setup.nodes[0].stop()
-        print(json.dumps(alone), flush=True)
-
-        cluster_setup = start_cluster(base / "cluster", started)
-        cluster = run_setup(cluster_setup, args.messages, args.size)
-        for node in cluster_setup.nodes:
-            node.stop()
-        print(json.dumps(cluster), flush=True)
-        info = {**machine(), "loadavg_1m": round(os.getloadavg()[0], 2)}
-        print(json.dumps({**summary(alone, cluster), "machine": info}), flush=True)
+        info = machine()
+        sides = variants(args.auth, args.baseline, base, exchange=args.exchange, ha=True)
+        lines: list[dict[str, Any]] = []
+        for r in range(args.rounds):
+            lines += run_round(base / f"r{r}", started, sides, args, r, info)
+        if len(sides) > 1:
+            name = sides[0].name, sides[1].name
+            for line in compare(lines, *name, lambda line: f"{line['setup']} {line['target']}"):
+                print(json.dumps({**line, "machine": info}), flush=True)
 
         if args.profile is not None:
-            prof = args.profile.resolve()
-            profiled = start_cluster(
-                base / "profiled", started, prof, args.profile_clock, args.profile_backup
-            )
-            res = run_setup(profiled, args.messages, args.size)
-            for node in profiled.nodes:
-                node.stop()
-            print(
-                json.dumps({**res, "setup": "cluster-3 primary under cProfile", "profiled": True}),
-                flush=True,
-            )
-            print_profile(prof, "primary", args.top)
-            if args.profile_backup:
-                print_profile(Path(f"{prof}.backup1"), "backup1", args.top)
-            if args.profile_standalone:
-                alone_prof = Path(f"{prof}.standalone")
-                profiled = start_standalone(
-                    base / "profiled-standalone", started, alone_prof, args.profile_clock
-                )
-                res = run_setup(profiled, args.messages, args.size)
-                profiled.nodes[0].stop()
-                print(
-                    json.dumps({**res, "setup": "standalone under cProfile", "profiled": True}),
-                    flush=True,
-                )
-                print_profile_diff(prof, alone_prof, args.messages, args.top)
+            profs = []
+            for i, variant in enumerate(sides):
+                prof = args.profile.resolve()
+                if len(sides) > 1:
+                    prof = Path(f"{prof}.{variant.name.split()[0]}")
+                run_profiled(base / f"profiled-{i}", started, variant, prof, args)
+                profs.append(prof)
+            if len(sides) > 1:
+                a, b = sides
+                roots = (a.root, b.root)
+                what = f"{b.name} minus {a.name}"
+                profile_diff(profs[1], profs[0], args.messages, args.top, f"{what}: primary", roots)
+                if args.profile_standalone:
+                    alone = [Path(f"{p}.standalone") for p in profs]
+                    profile_diff(
+                        alone[1], alone[0], args.messages, args.top, f"{what}: standalone", roots
+                    )
     finally:
         for node in started:
             with contextlib.suppress(Exception):
@@ -542,7 +640,8 @@ def worker(kind: str, args: list[str]) -> None:
     from broker_bench import worker_recv, worker_send
 
     if kind == "send":
-        res = worker_send(args[0], args[1], int(args[2]), int(args[3]), int(args[4]))
+        subjects = int(args[5]) if len(args) > 5 else 0
+        res = worker_send(args[0], args[1], int(args[2]), int(args[3]), int(args[4]), subjects)
     else:
         res = worker_recv(args[0], args[1], int(args[2]), int(args[3]))
     print(json.dumps(res), flush=True)
@@ -564,6 +663,31 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024, help="message body bytes")
     ap.add_argument("--dir", default=None, help="where to put the brokers' data directories")
     ap.add_argument("--keep", action="store_true", help="keep data directories and logs")
+    ap.add_argument(
+        "--auth",
+        choices=("no", "yes", "both"),
+        default="no",
+        help="brokers without authentication, with it and the 50-rule ACL, or both (an A/B)",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="repeat everything; with --auth both, alternating"
+    )
+    ap.add_argument(
+        "--exchange",
+        nargs="?",
+        const="amq.topic",
+        default=None,
+        metavar="NAME",
+        help="also publish to this topic exchange with varying subjects (default amq.topic)",
+    )
+    ap.add_argument("--subjects", type=int, default=100, help="subjects cycled with --exchange")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="A/B against the brokers of another checkout (its .venv/bin/python), same --auth",
+    )
     ap.add_argument(
         "--profile",
         type=Path,
@@ -589,8 +713,13 @@ def main() -> None:
     )
     ap.add_argument("--top", type=int, default=30, help="functions to print with --profile")
     args = ap.parse_args()
-    if args.messages <= 0 or args.size <= 0:
-        ap.error("--messages and --size must be positive")
+    if min(args.messages, args.size, args.rounds, args.subjects) <= 0:
+        ap.error("--messages, --size, --rounds and --subjects must be positive")
+    if args.baseline is not None:
+        if args.auth == "both":
+            ap.error("--baseline compares code: give --auth no or --auth yes, not both")
+        if not (args.baseline / "broker" / "main.py").is_file():
+            ap.error(f"--baseline {args.baseline}: not a qstore checkout (no broker/main.py)")
     try:
         from broker_bench import machine, pct, worker_recv, worker_send  # noqa: F401
     except Exception as exc:
