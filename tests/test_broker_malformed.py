@@ -267,6 +267,11 @@ BAD_PAYLOADS: dict[str, bytes] = {
     "list-size-lies": b"\x00\x53\x70\xc0\x05\x01\x41",
     "body-not-utf8": b"\x00\x53\x77\xa1\x02\xff\xfe",
     "data-not-binary": b"\x00\x53\x75\xa1\x02ok",
+    # issue 11: these were amqp:internal-error, a traceback, and the connection closed
+    "descriptor-chain": b"\x00\x53\x77" + b"\x00" * 5000 + b"\x45",
+    "char-beyond-unicode": b"\x00\x53\x74\xc1\x09\x02\xa1\x01k\x73\x00\x11\x00\x00",
+    "durable-a-string": b"\x00\x53\x70\xc0\x05\x01\xa1\x02no",
+    "to-an-int": b"\x00\x53\x73\xc0\x05\x03\x40\x40\x54\x01",
 }
 
 
@@ -309,6 +314,7 @@ def test_bad_messages_are_rejected_with_decode_error(
     with pytest.raises(Timeout):  # nothing else was queued
         receiver.receive(timeout=0.3)
     assert broker.alive()
+    assert "Traceback" not in broker.log()
     good.roundtrip()
 
 

@@ -12,10 +12,14 @@ lenient: it takes `b"garbage"` for an empty message. The scan is strict about wh
 message: a sequence of described sections with section descriptors, in the order the spec gives
 (header, delivery-annotations, message-annotations, properties, application-properties, body,
 footer), each value complete and its sizes consistent, text valid UTF-8; anything else is
-`BadMessage` (the sender gets amqp:decode-error). Composite values the scan does not read
-(annotations, a structured body) are checked by proton's own decoder. Fields encoded in a way
-the scan does not read itself (a header field with an unusual type, application property values
-that are lists, maps, described or decimals) go to proton, so the values are exactly proton's.
+`BadMessage` (the sender gets amqp:decode-error). So is a header or properties field the scan
+reads (durable, priority, ttl, first-acquirer, delivery-count, to, subject) of a type the spec
+does not allow there, and application properties that are not a map of string keys: proton's
+own decode takes these leniently, and proton never sends them. Composite values the scan does not
+read (annotations, a structured body) are checked by proton's own decoder. Application property
+values that are lists, maps, described or decimals go to proton, so the values are exactly proton's.
+`extract` raises nothing but `BadMessage` for any bytes (tests/test_codec_fuzz.py): a peer's
+bytes must never become the broker's traceback.
 """
 
 from __future__ import annotations
@@ -46,10 +50,6 @@ from broker.model import Message, QueuedMessage
 
 class BadMessage(Exception):
     """The bytes of a delivery are not an AMQP message (the sender gets `rejected`)."""
-
-
-class _ToProton(Exception):
-    """Well-formed, but encoded in a way the scan leaves to proton (for exact semantics)."""
 
 
 _U16, _I16, _U32, _I32 = (struct.Struct(f) for f in (">H", ">h", ">I", ">i"))
@@ -130,6 +130,10 @@ def _elements(b: bytes, i: int, end: int, what: str, is_map: bool = False) -> tu
     return starts, count
 
 
+def _wrong(b: bytes, i: int, what: str) -> BadMessage:
+    return BadMessage(f"byte {i}: {what} was expected, not a value of type 0x{b[i]:02x}")
+
+
 def _uint(b: bytes, i: int) -> int:
     c = b[i]
     if c == 0x70:
@@ -138,7 +142,7 @@ def _uint(b: bytes, i: int) -> int:
         return b[i + 1]
     if c == 0x43 or c == 0x40:
         return 0
-    raise _ToProton
+    raise _wrong(b, i, "a uint")
 
 
 def _bool(b: bytes, i: int) -> bool:
@@ -149,7 +153,7 @@ def _bool(b: bytes, i: int) -> bool:
         return False
     if c == 0x56 and b[i + 1] < 2:
         return b[i + 1] == 1
-    raise _ToProton
+    raise _wrong(b, i, "a boolean")
 
 
 def _text(b: bytes, i: int) -> str | None:
@@ -160,7 +164,7 @@ def _text(b: bytes, i: int) -> str | None:
         return b[i + 5 : i + 5 + _U32.unpack_from(b, i + 1)[0]].decode()
     if c == 0x40:
         return None
-    raise _ToProton
+    raise _wrong(b, i, "a string")
 
 
 def _signed8(v: int) -> int:
@@ -213,7 +217,7 @@ def _app_properties(b: bytes, i: int, end: int) -> dict[str, Any]:
     else:
         raise BadMessage(f"byte {i}: the application-properties are not a map")
     if count % 2:
-        return _proton_map(b, i, end)  # a key without a value: proton's reading
+        raise BadMessage(f"byte {i}: the application-properties map has a key without a value")
     props: dict[str, Any] = {}
     for _ in range(count // 2):
         if j >= end:
@@ -224,7 +228,7 @@ def _app_properties(b: bytes, i: int, end: int) -> dict[str, Any]:
         elif b[j] in _TEXT:
             key = _text(b, j)  # type: ignore[assignment]
         else:
-            return _proton_map(b, i, end)  # keys of other types: proton's reading
+            raise _wrong(b, j, "an application property key (a string)")
         read = _VALUES.get(b[k])
         j = _end(b, k, end)
         if read is None:
@@ -244,9 +248,15 @@ def _proton_map(b: bytes, i: int, end: int) -> dict[str, Any]:
         d.rewind()
         d.next()
         value = d.get_object()
+        return {str(k): owned(v) for k, v in value.items()} if value else {}
     except Exception as exc:  # proton raises its own errors for each kind of bad encoding
-        raise BadMessage(f"application-properties do not decode: {exc}") from None
-    return {str(k): owned(v) for k, v in value.items()} if value else {}
+        raise BadMessage(f"application-properties do not decode: {_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    """An exception as one short line for a peer's error description."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 _checker = lib.pn_data(0)  # proton's decoder, for composite values the scan does not read
@@ -323,7 +333,7 @@ def extract(data: bytes, now: float) -> tuple[Message, Decoded]:
                     durable = _bool(b, f[0])
                 if k > 1 and b[f[1]] != 0x40:
                     if b[f[1]] != 0x50:
-                        raise _ToProton
+                        raise _wrong(b, f[1], "a ubyte priority")
                     priority = b[f[1] + 1]
                 if k > 2:
                     ttl = _uint(b, f[2])
@@ -356,12 +366,14 @@ def extract(data: bytes, now: float) -> tuple[Message, Decoded]:
                 elif c == 0 or c >= 0xC0:
                     _check_composite(b, v, end)
             i = end
-    except _ToProton:
-        return _proton_extract(data, now)
     except (IndexError, struct.error):
         raise BadMessage("the message ends in the middle of a value") from None
     except UnicodeDecodeError as exc:
         raise BadMessage(f"text that is not UTF-8 at byte {exc.start}") from None
+    except ValueError as exc:  # e.g. a char beyond U+10FFFF
+        raise BadMessage(f"a value out of range: {_short(exc)}") from None
+    except RecursionError:  # descriptors of descriptors of ...
+        raise BadMessage("values nested too deeply") from None
     message = Message(
         body=data,
         durable=durable,
@@ -374,25 +386,6 @@ def extract(data: bytes, now: float) -> tuple[Message, Decoded]:
     return message, Decoded(data, address)
 
 
-def _proton_extract(data: bytes, now: float) -> tuple[Message, Decoded]:
-    """What proton's decode makes of a well-formed message the scan leaves to it."""
-    m = decode(data, check=False)
-    try:
-        ttl, props, subject, address = m.ttl, m.properties, m.subject, m.address
-    except Exception as exc:  # e.g. text that is not UTF-8
-        raise BadMessage(f"message does not decode: {exc}") from None
-    message = Message(
-        body=data,
-        durable=bool(m.durable),
-        priority=min(max(int(m.priority), 0), 255),
-        expiry=(now + ttl) if ttl else None,
-        subject=subject,
-        properties=_plain(props) if props else {},
-        delivery_count=int(m.delivery_count or 0),
-    )
-    return message, Decoded(data, address, m)
-
-
 def decode(data: bytes, check: bool = True) -> AmqpMessage:
     """A full proton decode (management requests), after the same checks as `extract`."""
     if check:
@@ -401,13 +394,8 @@ def decode(data: bytes, check: bool = True) -> AmqpMessage:
     try:
         m.decode(data)
     except Exception as exc:  # proton raises its own errors for each kind of bad encoding
-        raise BadMessage(f"message does not decode: {exc}") from None
+        raise BadMessage(f"message does not decode: {_short(exc)}") from None
     return m
-
-
-def _plain(props: dict[Any, Any]) -> dict[str, Any]:
-    """Application property keys as plain str (proton may hand back its symbol type)."""
-    return {str(k): owned(v) for k, v in props.items()}
 
 
 def owned(value: Any) -> Any:

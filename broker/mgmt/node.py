@@ -44,13 +44,17 @@ class Management:
 
     def handle(self, conn: AmqpConnection, request: AmqpMessage) -> Response | Awaitable[Response]:
         props = {str(k): codec.owned(v) for k, v in (request.properties or {}).items()}
+        body = codec.owned(request.body)
+        wrong = _malformed(props, body)
+        if wrong is not None:
+            log.info("broker=%s conn=%s management request refused: %s", self.core.name, conn.id,
+                     wrong)  # fmt: skip
+            return Response(400, f"bad request: {wrong}")
         op = str(props.get("operation", "")).upper()
         kind = str(props.get("type", "")).lower()
         name = props.get("name")
-        log.info(
-            "broker=%s conn=%s management %s %s %s", self.core.name, conn.id, op, kind, name or ""
-        )
-        body = codec.owned(request.body)
+        log.info("broker=%s conn=%s management %.40s %.40s %.200s", self.core.name, conn.id, op,
+                 kind, name or "")  # fmt: skip
         denied = self._denial(conn, op, kind, name, body)
         if denied is not None:
             return Response(403, denied)
@@ -176,6 +180,19 @@ class Management:
         else:
             model.publish(target.name, msg, now)
         self.core.outbox.schedule()
+
+
+def _malformed(props: dict[str, Any], body: Any) -> str | None:
+    """What makes a request unreadable (a 400), before anything looks at it: `operation`,
+    `type` and `name` that are not strings (a list's text is no queue name), a body that is
+    neither empty nor a map."""
+    for key in ("operation", "type", "name"):
+        value = props.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"the {key!r} property must be a string, not {type(value).__name__}"
+    if body is not None and not isinstance(body, dict):
+        return f"the body must be a map, not {type(body).__name__}"
+    return None
 
 
 class _RequestLink:

@@ -51,8 +51,13 @@ def _bool(v: Any) -> bool:
     return v is True or (isinstance(v, str) and v.lower() in ("true", "yes", "1"))
 
 
-def _map(body: Any) -> dict[str, Any]:
-    return {str(k): v for k, v in body.items()} if isinstance(body, dict) else {}
+def _map(value: Any) -> dict[str, Any]:
+    """A map argument (absent: empty); anything else is the client's mistake (a 400)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"a map was expected, not {type(value).__name__}")
+    return {str(k): v for k, v in value.items()}
 
 
 class Operations:

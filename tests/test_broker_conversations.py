@@ -1,0 +1,241 @@
+"""Well-framed but wrong conversations, and malformed `$management` requests, against a real
+broker: each ends that link, session or connection with an AMQP error (or, for management, an
+error status), never amqp:internal-error; the broker log has no traceback; and a good client on
+another connection is served throughout (`GoodClient` from test_broker_malformed).
+
+The wrong frames are hand-made (tests/amqp_raw.py: proton's `Data` encodes the performatives) so
+that the test can say what no proton `Transport` would. The conditions are proton's engine's
+(it checks handles and channels before the broker sees an event): a connection error in each
+case, `amqp:invalid-field` for unknown handles and duplicate link names, `amqp:not-allowed` for
+frames on a channel never begun, `amqp:connection:framing-error` past channel-max.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from amqp_raw import ACCEPTED, ATTACH, BEGIN, DETACH, DISPOSITION, END, RECEIVER, SENDER, RawPeer
+from amqp_raw import frame as raw_frame
+from broker_harness import BrokerProcess, Brokers
+from proton import Described, Message, char, symbol, uint, ulong, ushort
+from proton.utils import BlockingConnection, SyncRequestResponse
+from test_broker_malformed import GoodClient, _after
+
+VALID = bytes(Message(body="ok").encode())
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
+    bs = Brokers(tmp_path_factory.mktemp("conversations"))
+    try:
+        yield bs.start(args=["--auto-create", "yes"])
+    finally:
+        bs.stop_all()
+
+
+@pytest.fixture(scope="module")
+def good(broker: BrokerProcess) -> Iterator[GoodClient]:
+    client = GoodClient(broker.url)
+    client.roundtrip()
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):
+            client.conn.close()
+
+
+def _no_traceback(broker: BrokerProcess) -> None:
+    log = broker.log()
+    assert "Traceback" not in log and "internal-error" not in log, log[-3000:]
+
+
+def _transfer_unattached(p: RawPeer) -> None:
+    p.begin()
+    p.transfer(7, 0, VALID)
+
+
+def _flow_unknown_link(p: RawPeer) -> None:
+    p.begin()
+    p.flow(9, 10)
+
+
+def _detach_unattached(p: RawPeer) -> None:
+    p.begin()
+    p.send(raw_frame(0, DETACH, [uint(5), True]))
+
+
+def _two_links_one_name(p: RawPeer) -> None:
+    p.begin()
+    p.attach("dup", 0, SENDER, "conv-q")
+    p.expect(ATTACH)
+    p.attach("dup", 1, SENDER, "conv-q")
+
+
+def _two_receivers_one_name(p: RawPeer) -> None:
+    p.begin()
+    p.attach("dup", 0, RECEIVER, "conv-q")
+    p.expect(ATTACH)
+    p.attach("dup", 1, RECEIVER, "conv-q")
+
+
+def _begin_past_channel_max(p: RawPeer) -> None:
+    p.send(raw_frame(65535, BEGIN, [None, uint(0), uint(2048), uint(2048)]))
+
+
+def _attach_without_begin(p: RawPeer) -> None:
+    p.attach("x", 0, SENDER, "conv-q", channel=4)
+
+
+def _end_without_begin(p: RawPeer) -> None:
+    p.send(raw_frame(3, END, []))
+
+
+def _begin_answering_nothing(p: RawPeer) -> None:
+    p.send(raw_frame(0, BEGIN, [ushort(77), uint(0), uint(2048), uint(2048)]))
+
+
+CLOSING: dict[str, tuple[Callable[[RawPeer], None], str]] = {
+    "transfer-on-a-handle-never-attached": (_transfer_unattached, "amqp:invalid-field"),
+    "flow-for-an-unknown-link": (_flow_unknown_link, "amqp:invalid-field"),
+    "detach-of-a-handle-not-attached": (_detach_unattached, "amqp:invalid-field"),
+    "two-senders-with-one-name": (_two_links_one_name, "amqp:invalid-field"),
+    "two-receivers-with-one-name": (_two_receivers_one_name, "amqp:invalid-field"),
+    "begin-past-channel-max": (_begin_past_channel_max, "amqp:connection:framing-error"),
+    "attach-on-a-channel-never-begun": (_attach_without_begin, "amqp:not-allowed"),
+    "end-of-a-channel-never-begun": (_end_without_begin, "amqp:not-allowed"),
+    "begin-answering-an-unknown-channel": (_begin_answering_nothing, "amqp:invalid-field"),
+}
+
+
+@pytest.mark.parametrize("name", list(CLOSING))
+def test_wrong_conversation_closes_the_connection(
+    broker: BrokerProcess, good: GoodClient, name: str
+) -> None:
+    wrong, condition = CLOSING[name]
+    p = RawPeer(broker.port)
+    try:
+        p.open()
+        wrong(p)
+        close = p.expect(0x18)  # close
+        assert close.error() is not None and close.error()[0] == condition, p.frames
+        p.wait_eof()
+    finally:
+        p.close()
+    _after(broker, good, p.addr)
+    _no_traceback(broker)
+
+
+def test_disposition_for_unknown_deliveries_changes_nothing(
+    broker: BrokerProcess, good: GoodClient
+) -> None:
+    """Outcomes for deliveries that never were (either role): ignored; the link goes on."""
+    p = RawPeer(broker.port)
+    try:
+        p.open()
+        p.begin()
+        p.attach("s", 0, SENDER, "conv-d")
+        p.expect(ATTACH)
+        accepted = Described(ulong(ACCEPTED), [])
+        p.send(raw_frame(0, DISPOSITION, [RECEIVER, uint(5), uint(9), True, accepted]))
+        p.send(raw_frame(0, DISPOSITION, [SENDER, uint(0), uint(1000), True, accepted]))
+        p.transfer(0, 0, VALID)
+        d = p.expect(DISPOSITION)
+        assert d.fields[1] == 0 and int(d.fields[4].descriptor) == ACCEPTED, p.frames
+        assert not any(f.error() for f in p.frames), p.frames
+    finally:
+        p.close()
+    good.roundtrip()
+    c = BlockingConnection(broker.url, timeout=10)  # exactly the one message went in
+    try:
+        r = c.create_receiver("conv-d")
+        assert r.receive(timeout=10).body == "ok"
+        r.accept()
+    finally:
+        c.close()
+    _no_traceback(broker)
+
+
+# -- $management ------------------------------------------------------------------------------
+
+
+MGMT: dict[str, tuple[dict[str, Any] | None, Any, int]] = {
+    # name: (application properties, body, status)
+    "no-properties": (None, {}, 501),
+    "no-operation": ({"type": "queue", "name": "m"}, {}, 501),
+    "no-type": ({"operation": "READ", "name": "m"}, {}, 501),
+    "operation-an-int": ({"operation": 5, "type": "queue"}, {}, 400),
+    "operation-a-list": ({"operation": [1], "type": "queue"}, {}, 400),
+    "operation-binary": ({"operation": b"\xff", "type": "queue"}, {}, 400),
+    "operation-a-char": ({"operation": char("R"), "type": "queue"}, {}, 501),
+    "type-a-map": ({"operation": "READ", "type": {"a": 1}}, {}, 400),
+    "name-an-int": ({"operation": "READ", "type": "queue", "name": 5}, {}, 400),
+    "name-a-list": ({"operation": "CREATE", "type": "queue", "name": [1, 2]}, {}, 400),
+    "name-too-long": ({"operation": "CREATE", "type": "queue", "name": "n" * 70000}, {}, 400),
+    "body-a-string": ({"operation": "CREATE", "type": "queue", "name": "m1"}, "x", 400),
+    "body-a-list": ({"operation": "CREATE", "type": "queue", "name": "m2"}, [1], 400),
+    "body-described": (
+        {"operation": "CREATE", "type": "queue", "name": "m3"},
+        Described(ulong(5), {"a": 1}),
+        400,
+    ),
+    "arguments-a-string": (
+        {"operation": "CREATE", "type": "queue", "name": "m4"},
+        {"arguments": "x"},
+        400,
+    ),
+    "arguments-wrong-values": (
+        {"operation": "CREATE", "type": "queue", "name": "m5"},
+        {"arguments": {"qpid.max_count": "lots"}},
+        400,
+    ),
+    "exchange-type-a-list": (
+        {"operation": "CREATE", "type": "exchange", "name": "mx"},
+        {"type": [1]},
+        400,
+    ),
+    "binding-fields-wrong": (
+        {"operation": "CREATE", "type": "binding"},
+        {"exchange": 5, "queue": [1], "key": {"a": 1}, "arguments": "x"},
+        400,
+    ),
+    "huge-string-body": ({"operation": "QUERY", "type": "queue"}, "x" * 4_000_000, 400),
+    "huge-map-body": (
+        {"operation": "CREATE", "type": "queue", "name": "m6"},
+        {"arguments": "x", **{f"k{i}": "v" * 100 for i in range(20000)}},
+        400,
+    ),
+    "symbols-are-strings": ({"operation": symbol("QUERY"), "type": symbol("queue")}, {}, 200),
+}
+
+
+def test_malformed_management_requests_get_an_error_status(
+    broker: BrokerProcess, good: GoodClient
+) -> None:
+    conn = BlockingConnection(broker.url, timeout=15)
+    try:
+        rr = SyncRequestResponse(conn, "$management")
+        got = {}
+        for name, (props, body, _) in MGMT.items():
+            reply = rr.call(Message(properties=props, body=body))
+            p = reply.properties or {}
+            got[name] = (p.get("statusCode"), p.get("statusDescription"))
+            assert "\n" not in str(p.get("statusDescription")), name
+        assert {n: code for n, (code, _) in got.items()} == {
+            n: status for n, (_, _, status) in MGMT.items()
+        }, got
+    finally:
+        conn.close()
+    c = BlockingConnection(broker.url, timeout=10)  # nothing wrongly made was created
+    try:
+        reply = SyncRequestResponse(c, "$management").call(
+            Message(properties={"operation": "QUERY", "type": "queue"}, body={})
+        )
+    finally:
+        c.close()
+    names = {q["name"] for q in reply.body}
+    assert not names & {"m1", "m2", "m3", "m4", "m5", "m6", "[1, 2]", "5"}, names
+    good.roundtrip()
+    _no_traceback(broker)
