@@ -297,9 +297,7 @@ class ConnectionDriver:
             self._output.set()
             return b""
         if sasl.state == "failed":
-            self._error = self._error or sasl.failure or "SASL: authentication failed"
-            log.warning("conn=%s peer=%s: %s", self.conn_id, self.peer, self._error)
-            self._said = True
+            self._say(sasl.failure or "SASL: authentication failed")
             self._out.head_closed = True  # the outcome goes out, then the socket closes
             self._start_closing()
             self._output.set()
@@ -310,6 +308,12 @@ class ConnectionDriver:
         self._out.hold = False
         return sasl.rest
 
+    def _say(self, why: str) -> None:
+        """A failed login: one warning now (the seed's words), none again when the socket goes."""
+        self._error = self._error or why
+        log.warning("conn=%s peer=%s: %s", self.conn_id, self.peer, self._error)
+        self._said = True
+
     def _close_tail(self) -> None:
         """The peer will send nothing more."""
         self._tail_closed = True
@@ -318,9 +322,7 @@ class ConnectionDriver:
             if sasl.state == "pending":
                 sasl.peer_closed()
                 if self._bytes_in:  # not a port probe: say why, once
-                    self._error = self._error or sasl.failure or "peer closed during SASL"
-                    log.warning("conn=%s peer=%s: %s", self.conn_id, self.peer, self._error)
-                    self._said = True
+                    self._say(sasl.failure or "peer closed during SASL")
             self._out.head_closed = True
             self._output.set()
             return
