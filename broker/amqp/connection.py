@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from proton import Condition, Endpoint, Event, Link, Terminus
 
-from broker.model import Broker, Exchange, ModelError, NotAllowed, NotFound, Queue
+from broker.ha import backup_writes, levels
+from broker.model import Broker, Exchange, Message, ModelError, NotAllowed, NotFound, Queue
 from broker.net import ConnectionDriver, ConnectionHandler
 
 from . import nodes
@@ -290,6 +291,8 @@ class AmqpConnection(ConnectionHandler):
             raise NotFound(
                 f"no queue or exchange named {address!r} (a backup creates nothing on attach)"
             )
+        if terminus.dynamic and self._on_backup():
+            self._check_dynamic_on_backup(terminus)
         return nodes.resolve(
             core.model,
             terminus,
@@ -297,6 +300,19 @@ class AmqpConnection(ConnectionHandler):
             owner=self.id,
             may_create=self._may_create if core.security is not None else None,
         )
+
+    def _check_dynamic_on_backup(self, terminus: Terminus) -> None:
+        """A dynamic node is private and does not replicate, unless its properties ask for it:
+        a replicated queue made on a backup would be one the primary does not know."""
+        ev = self.core.events
+        assert ev is not None
+        args = nodes.creation_arguments(nodes.node_properties(terminus))
+        level = levels.queue_level(args, ev.default_level, exclusive=True, auto_delete=True)
+        if level != levels.NONE:
+            raise NotAllowed(
+                f"a dynamic queue with {levels.KEY}={level!r} would be replicated: on a backup "
+                "only the primary's replication makes those"
+            )
 
     def _may_create(self, kind: str, name: str, durable: bool) -> None:
         self._authorize("create", kind, {"name": name, "durable": "true" if durable else "false"})
@@ -326,10 +342,30 @@ class AmqpConnection(ConnectionHandler):
 
     def _check_backup_admin(self, node: Queue | Exchange) -> None:
         """On a backup, an admin may look but not change what the primary replicates."""
-        if self._replicated_on_backup(node):
-            raise NotAllowed(
-                f"{node.name!r} is replicated from the primary: on a backup it can only be browsed"
-            )
+        if self._on_backup():
+            ev = self.core.events
+            assert ev is not None
+            refusal = backup_writes.node_refusal(ev, node)
+            if refusal is not None:
+                raise NotAllowed(refusal)
+
+    def write_guard(self) -> Callable[[Queue | Exchange, Message], None] | None:
+        """For a link the client sends on: the check each of its messages must pass, decided at
+        attach. On a backup, where a message's `to` (the relay) or an exchange's bindings may
+        lead into a replicated queue, `_check_backup_write`; elsewhere None, so the primary's
+        message path pays one `is None` test."""
+        return self._check_backup_write if self._on_backup() else None
+
+    def _check_backup_write(self, node: Queue | Exchange, message: Message) -> None:
+        """Raise NotAllowed if `message` to `node` would write what the primary replicates.
+        The state is read again: after a promotion this broker's links write freely."""
+        if not self._on_backup():
+            return
+        ev = self.core.events
+        assert ev is not None
+        refusal = backup_writes.write_refusal(ev, self.core.model, node, message)
+        if refusal is not None:
+            raise NotAllowed(refusal)
 
     def on_server_stop(self, driver: ConnectionDriver) -> None:
         if self.core.ha is not None:  # clients must fail over, which they do only on a drop

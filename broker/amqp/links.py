@@ -69,6 +69,8 @@ class IncomingLink:
         # None when there is nothing to check (no ACL, or a queue: checked at attach).
         self._may_publish = conn.publisher(node.name) if isinstance(node, Exchange) else None
         self._relay_checked = node is None and conn.publisher("") is not None
+        # On a backup: refuses what would write into a replicated queue; None on a primary.
+        self._guard = conn.write_guard()
         link.flow(WINDOW)
 
     def on_delivery(self, dlv: Delivery) -> None:
@@ -121,6 +123,8 @@ class IncomingLink:
                     self._check_relay(node, message.subject)
             elif self._may_publish is not None and not self._may_publish(message.subject or ""):
                 raise _Denied(f"ACL denied {self.conn.user} publish exchange {node.name!r}")
+            if self._guard is not None:
+                self._guard(node, message)
             if isinstance(node, Queue):
                 result = model.enqueue(node.name, message, now)
             else:

@@ -73,7 +73,7 @@ def _truthy(v: Any) -> bool:
     return v is True or (isinstance(v, str) and v.lower() in ("true", "yes", "1"))
 
 
-def _creation_arguments(props: dict[str, Any]) -> dict[str, Any]:
+def creation_arguments(props: dict[str, Any]) -> dict[str, Any]:
     args = dict(props.get("arguments") or {})
     x_declare = props.get("x-declare")
     if isinstance(x_declare, dict):
@@ -104,7 +104,7 @@ def resolve(
             durable=False,
             auto_delete=True,
             exclusive_owner=owner,
-            arguments=_creation_arguments(props),
+            arguments=creation_arguments(props),
         )
         return q
     if not address:
@@ -119,7 +119,7 @@ def resolve(
     # Created on demand, a node is durable unless the client says otherwise: a sender of
     # durable messages to a name the broker invented for it should not lose them on restart.
     durable = _truthy(props.get("durable", True)) or terminus.durability != Terminus.NONDURABLE
-    args = _creation_arguments(props)
+    args = creation_arguments(props)
     is_exchange = str(props.get("type", "queue")) in ("topic", "exchange")
     if may_create is not None:
         may_create("exchange" if is_exchange else "queue", address, durable)

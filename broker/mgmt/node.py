@@ -19,7 +19,7 @@ from proton import Message as AmqpMessage
 
 from broker.amqp import codec
 from broker.amqp.links import DECODE_ERROR, reject
-from broker.ha import levels
+from broker.ha import backup_writes, levels
 from broker.model import Message, Queue
 
 from . import access
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("qstore.mgmt")
 
 MANAGEMENT_WINDOW = 100
+NOT_ALLOWED = "amqp:not-allowed"
 _background: set[asyncio.Task[None]] = set()  # answers in progress (a task needs a reference)
 
 
@@ -156,8 +157,26 @@ class Management:
             return Response(409, f"promote refused: {refused}")
         return Response(200, "OK", ha.status())
 
+    def reply_refusal(self, request: AmqpMessage) -> str | None:
+        """On a backup, why the reply to `request` may not go where its reply-to says (a
+        replicated queue or exchange, or an exchange that routes into a replicated queue: a
+        reply there would be a message the primary never had), else None."""
+        ha, ev = self.core.ha, self.core.events
+        if ha is None or ev is None or not ha.state.is_backup or not request.reply_to:
+            return None
+        target = self.core.model.resolve(request.reply_to)
+        if target is None:
+            return None
+        reply = Message(body=b"")  # what routing sees of a reply (as `reply` builds it)
+        refusal = backup_writes.write_refusal(ev, self.core.model, target, reply)
+        return None if refusal is None else f"reply-to {request.reply_to!r}: {refusal}"
+
     def reply(self, request: AmqpMessage, response: Response) -> None:
         if not request.reply_to:
+            return
+        refusal = self.reply_refusal(request)  # the state may have changed since the request
+        if refusal is not None:
+            log.warning("broker=%s management reply not delivered: %s", self.core.name, refusal)
             return
         m = AmqpMessage(
             body=response.body,
@@ -213,6 +232,16 @@ class _RequestLink:
             request = codec.decode(data)
         except codec.BadMessage as exc:
             reject(dlv, DECODE_ERROR, str(exc))
+            return
+        refusal = self.mgmt.reply_refusal(request)
+        if refusal is not None:  # refused before it runs: no change whose answer is lost
+            log.info(
+                "broker=%s conn=%s management request refused: %s",
+                self.mgmt.core.name,
+                self.conn.id,
+                refusal,
+            )
+            reject(dlv, NOT_ALLOWED, refusal)
             return
         response = self.mgmt.handle(self.conn, request)
         if isinstance(response, Response):
