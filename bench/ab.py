@@ -14,6 +14,7 @@ whose other load drifts over minutes, that is what keeps the comparison honest.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import subprocess
 import sys
@@ -227,3 +228,33 @@ def profile_diff(
                 f"  {f}:{line}({fn})",
                 file=sys.stderr,
             )
+
+
+def add_options(ap: argparse.ArgumentParser, what: str) -> None:
+    """The A/B options both benchmarks take: --auth, --rounds, --exchange, --subjects,
+    --baseline (`what`: "broker" or "brokers", for the help)."""
+    ap.add_argument(
+        "--auth",
+        choices=("no", "yes", "both"),
+        default="no",
+        help="brokers without authentication, with it and the 50-rule ACL, or both (an A/B)",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="repeat everything; with --auth both, alternating"
+    )
+    ap.add_argument(
+        "--exchange",
+        nargs="?",
+        const=DEFAULT_EXCHANGE,
+        default=None,
+        metavar="NAME",
+        help=f"also publish to this topic exchange, varying subjects (default {DEFAULT_EXCHANGE})",
+    )
+    ap.add_argument("--subjects", type=int, default=100, help="subjects cycled with --exchange")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"A/B against the {what} of another checkout (its .venv/bin/python), same --auth",
+    )

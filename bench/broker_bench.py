@@ -59,8 +59,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ab import Variant, compare, order, profile_diff, variants
-from bench_auth import DEFAULT_EXCHANGE, QUEUE_PREFIX, SUBJECT_PREFIX, Security, client_options
+from ab import Variant, add_options, compare, order, profile_diff, variants
+from bench_auth import QUEUE_PREFIX, SUBJECT_PREFIX, Security, client_options
 from machine import machine
 
 T = TypeVar("T")
@@ -519,31 +519,7 @@ def main() -> None:
     ap.add_argument("--windows", default="100,1000", help="unsettled deliveries per sender")
     ap.add_argument("--senders", default="1,4", help="sender processes")
     ap.add_argument("--size", type=int, default=1024, help="message body bytes")
-    ap.add_argument(
-        "--auth",
-        choices=("no", "yes", "both"),
-        default="no",
-        help="brokers without authentication, with it and the 50-rule ACL, or both (an A/B)",
-    )
-    ap.add_argument(
-        "--rounds", type=int, default=1, help="repeat everything; with --auth both, alternating"
-    )
-    ap.add_argument(
-        "--exchange",
-        nargs="?",
-        const=DEFAULT_EXCHANGE,
-        default=None,
-        metavar="NAME",
-        help=f"also publish to this topic exchange (default {DEFAULT_EXCHANGE})",
-    )
-    ap.add_argument("--subjects", type=int, default=100, help="subjects cycled with --exchange")
-    ap.add_argument(
-        "--baseline",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="A/B against the broker of another checkout (its .venv/bin/python), same --auth",
-    )
+    add_options(ap, "broker")
     ap.add_argument("--dir", default=None, help="where to put the broker's data directory")
     ap.add_argument(
         "--profile",

@@ -69,7 +69,7 @@ for _p in (str(ROOT), str(HERE)):
         sys.path.insert(0, _p)
 
 # found through the path set just above:
-from ab import Variant, compare, order, profile_diff, variants  # noqa: E402
+from ab import Variant, add_options, compare, order, profile_diff, variants  # noqa: E402
 from bench_auth import Security  # noqa: E402
 
 SENDERS = 4
@@ -663,31 +663,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024, help="message body bytes")
     ap.add_argument("--dir", default=None, help="where to put the brokers' data directories")
     ap.add_argument("--keep", action="store_true", help="keep data directories and logs")
-    ap.add_argument(
-        "--auth",
-        choices=("no", "yes", "both"),
-        default="no",
-        help="brokers without authentication, with it and the 50-rule ACL, or both (an A/B)",
-    )
-    ap.add_argument(
-        "--rounds", type=int, default=1, help="repeat everything; with --auth both, alternating"
-    )
-    ap.add_argument(
-        "--exchange",
-        nargs="?",
-        const="amq.topic",
-        default=None,
-        metavar="NAME",
-        help="also publish to this topic exchange with varying subjects (default amq.topic)",
-    )
-    ap.add_argument("--subjects", type=int, default=100, help="subjects cycled with --exchange")
-    ap.add_argument(
-        "--baseline",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="A/B against the brokers of another checkout (its .venv/bin/python), same --auth",
-    )
+    add_options(ap, "brokers")
     ap.add_argument(
         "--profile",
         type=Path,
