@@ -84,6 +84,7 @@ class BrokerConfig:
     auto_create: bool = False
     journal_max_size: int = 16 << 30
     heartbeat: float = 60.0
+    max_connections: int = 500  # as qpidd
     max_frame_size: int = 65536
     port_file: Path | None = None
 
@@ -336,6 +337,12 @@ OPTIONS: tuple[Option, ...] = (
         "journal-max-size", _journal_size, "SIZE", "journal map size: bytes, K/M/G, KiB/MiB/GiB"
     ),
     Option("heartbeat", parse_seconds, _S, "AMQP idle timeout offered to clients; 0: off"),
+    Option(
+        "max-connections",
+        _integer(0, 10_000_000),
+        "N",
+        "most connections open at once, on all ports (0: no limit)",
+    ),
     Option(
         "max-frame-size",
         _integer(MIN_FRAME_SIZE, 2**32 - 1),

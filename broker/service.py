@@ -26,6 +26,7 @@ from broker.ha.driver import HaDriver
 from broker.mgmt.node import Management
 from broker.model import Broker
 from broker.net import Server
+from broker.net.server import ConnectionLimit
 from broker.security import Authenticator, Authorizer, server_context
 from qstore.journal import Journal
 from recovery.startup import restore
@@ -77,6 +78,8 @@ class BrokerService:
         )
         self.core.management = Management(self.core, self.info())
 
+        limit = ConnectionLimit(cfg.max_connections)  # one budget for both ports
+
         def listener(port: int, ssl_context: Any = None) -> Server:
             return Server(
                 cfg.interface,
@@ -87,6 +90,7 @@ class BrokerService:
                 sasl=authenticator,
                 ssl_context=ssl_context,
                 require_encryption=cfg.require_encryption,
+                limit=limit,
             )
 
         self.server = listener(cfg.port)

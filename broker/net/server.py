@@ -62,6 +62,7 @@ class Server:
         sasl: SaslFactory | None = None,
         ssl_context: ssl.SSLContext | None = None,
         require_encryption: bool = False,
+        limit: ConnectionLimit | None = None,
         clock: Clock | None = None,
         stop_timeout: float = 5.0,
     ) -> None:
@@ -69,6 +70,7 @@ class Server:
         self.port = port
         self.stop_timeout = stop_timeout
         self._factory = handler_factory
+        self._limit = limit
         self._ssl = ssl_context
         self._require_encryption = require_encryption and ssl_context is None
         options = ConnectionOptions(
@@ -123,9 +125,20 @@ class Server:
                 log.warning("accept failed on port %s: %s", self.port, exc)
                 await anyio.sleep(_ACCEPT_RETRY)
                 continue
+            limit = self._limit
+            if limit is not None and not limit.admit(peer_of(stream)):
+                await anyio.aclose_forcefully(stream)  # a refused TCP connection, at once
+                continue
             tg.start_soon(self._run_connection, stream, next_conn_id())
 
     async def _run_connection(self, stream: SocketStream, conn_id: int) -> None:
+        try:
+            await self._serve_connection(stream, conn_id)
+        finally:
+            if self._limit is not None:
+                self._limit.release()
+
+    async def _serve_connection(self, stream: SocketStream, conn_id: int) -> None:
         secured = await self._secure(stream, conn_id)
         if secured is None:
             with anyio.CancelScope(shield=True):
@@ -202,6 +215,38 @@ class Server:
             driver.abort("server stop timed out")
         if self._done is not None:
             await self._done.wait()
+
+
+class ConnectionLimit:
+    """At most `most` sockets at once across the listeners that share it (0: no limit), as
+    qpidd's max-connections: each one costs buffers and a task, so a flood of idle sockets must
+    not be able to take the broker's memory. A refused socket is closed at once (a stock client
+    tries its next URL); the start and the end of a refusing spell are logged, not each socket."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.open = 0
+        self._refused = 0  # in the current spell
+
+    def admit(self, peer: str) -> bool:
+        if self.most and self.open >= self.most:
+            if not self._refused:
+                log.warning(
+                    "refusing connections: %d open, the most allowed (--max-connections); "
+                    "first refused peer=%s",
+                    self.open,
+                    peer,
+                )
+            self._refused += 1
+            return False
+        if self._refused:
+            log.info("accepting connections again (%d refused meanwhile)", self._refused)
+            self._refused = 0
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
 
 
 def _loopback(stream: SocketStream) -> bool:
