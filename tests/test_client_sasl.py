@@ -9,10 +9,8 @@ Every wait is bounded; brokers are stopped by the harness, also on failure.
 
 from __future__ import annotations
 
-import contextlib
 import select
 import socket
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +20,7 @@ import trustme
 from broker_harness import BrokerProcess, Brokers
 from proton import Message
 from security_support import PASSWORDS, SecureCluster, secure_args, start_secure, wait_for_log
-from tls_support import Sniffer
+from tls_support import Sniffer, ThreadedServer
 
 from qstore.client import AuthenticationError, Connection
 from recovery.localcluster import free_ports
@@ -31,38 +29,17 @@ T = 10.0  # bound on every blocking call
 ALICE = PASSWORDS["alice"]
 
 
-class Tap:
+class Tap(ThreadedServer):
     """A TCP relay on 127.0.0.1 to `target` that keeps what clients sent (`sent`) and counts
     the connections it accepted."""
 
     def __init__(self, target: int) -> None:
         self.target = target
         self.sent = bytearray()
-        self.connections = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._accepter = threading.Thread(target=self._accept, daemon=True)
-        self._accepter.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        self.listener.settimeout(0.1)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            t = threading.Thread(target=self._relay, args=(conn,), daemon=True)
-            self._threads.append(t)
-            t.start()
-
-    def _relay(self, conn: socket.socket) -> None:
-        target = ("127.0.0.1", self.target)
-        with contextlib.suppress(OSError), conn, socket.create_connection(target, timeout=T) as up:
+    def serve(self, conn: socket.socket) -> None:
+        with socket.create_connection(("127.0.0.1", self.target), timeout=T) as up:
             while not self._stop.is_set():
                 for src in select.select([conn, up], [], [], 0.1)[0]:
                     data = src.recv(65536)
@@ -71,19 +48,6 @@ class Tap:
                     if src is conn:
                         self.sent += data
                     (up if src is conn else conn).sendall(data)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
-        self._accepter.join(5)
-        for t in self._threads:
-            t.join(5)
-
-    def __enter__(self) -> Tap:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def round_trip(conn: Connection, body: str) -> None:

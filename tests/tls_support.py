@@ -23,13 +23,17 @@ HANDSHAKE_TIMEOUT = 10.0
 TLS_RECORD = 0x16
 
 
-class _Server:
+class ThreadedServer:
+    """A test server on 127.0.0.1: each accepted socket served in its own thread by `serve`;
+    `connections` counts them."""
+
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.1)
         self.port: int = self.listener.getsockname()[1]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.connections = 0
         self._accepter = threading.Thread(target=self._accept_loop, daemon=True)
         self._accepter.start()
 
@@ -41,6 +45,7 @@ class _Server:
                 continue
             except OSError:
                 return
+            self.connections += 1
             t = threading.Thread(target=self._serve_guarded, args=(conn,), daemon=True)
             self._threads.append(t)
             t.start()
@@ -66,7 +71,7 @@ class _Server:
         self.close()
 
 
-class Sniffer(_Server):
+class Sniffer(ThreadedServer):
     """Records the first bytes each client sends (up to 8, waiting up to 5 s), then hangs up."""
 
     def __init__(self) -> None:
@@ -98,7 +103,7 @@ class Handshake:
     first: bytes = b""  # the first plaintext bytes (an AMQP header)
 
 
-class TlsProxy(_Server):
+class TlsProxy(ThreadedServer):
     """TLS on `port` (context `server`), plaintext to 127.0.0.1:`target`."""
 
     def __init__(self, server: ssl.SSLContext, target: int) -> None:
