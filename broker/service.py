@@ -19,6 +19,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from broker.amqp.connection import AmqpConnection, Core
+from broker.amqp.limits import Limits
 from broker.amqp.outbox import Outbox
 from broker.config import BrokerConfig
 from broker.eventlog import EventLog
@@ -75,6 +76,7 @@ class BrokerService:
             events=self.events,
             auto_create=cfg.auto_create,
             security=self.security,
+            limits=Limits.from_config(cfg),
         )
         self.core.management = Management(self.core, self.info())
 
@@ -87,6 +89,8 @@ class BrokerService:
                 lambda driver: AmqpConnection(self.core, driver),
                 idle_timeout=cfg.heartbeat,
                 max_frame_size=cfg.max_frame_size,
+                channel_max=self.core.limits.channel_max,
+                open_timeout=cfg.open_timeout,
                 sasl=authenticator,
                 ssl_context=ssl_context,
                 require_encryption=cfg.require_encryption,

@@ -21,6 +21,7 @@ from broker.model import Broker, Exchange, Message, ModelError, NotAllowed, NotF
 from broker.net import ConnectionDriver, ConnectionHandler
 
 from . import nodes
+from .limits import Limits
 from .links import IncomingLink, OutgoingLink
 from .outbox import Outbox
 
@@ -50,6 +51,7 @@ class Core:
     ha: HaDriver | None = None
     security: Authorizer | None = None
     auto_create: bool = False
+    limits: Limits = field(default_factory=Limits)
     connections: dict[int, AmqpConnection] = field(default_factory=dict)
 
 

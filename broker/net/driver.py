@@ -106,6 +106,8 @@ class ConnectionDriver:
         self.transport = Transport(Transport.CLIENT if options.client else Transport.SERVER)
         if options.max_frame_size:
             self.transport.max_frame_size = options.max_frame_size
+        if options.channel_max:
+            self.transport.channel_max = options.channel_max
         if options.idle_timeout:
             self.transport.idle_timeout = options.idle_timeout
         self.user: str | None = None  # the SASL identity, once authenticated ("name@QPID")
