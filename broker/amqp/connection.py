@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cproton_ffi import lib
 from proton import Condition, Endpoint, Event, Link, Terminus
 
 from broker.ha import backup_writes, levels
@@ -21,7 +22,7 @@ from broker.model import Broker, Exchange, Message, ModelError, NotAllowed, NotF
 from broker.net import ConnectionDriver, ConnectionHandler
 
 from . import nodes
-from .limits import Limits
+from .limits import Limits, Notices
 from .links import IncomingLink, OutgoingLink
 from .outbox import Outbox
 
@@ -70,6 +71,9 @@ class AmqpConnection(ConnectionHandler):
         self._links: dict[Link, IncomingLink | OutgoingLink | Any] = {}
         # link pointer -> its handler's `on_raw_delivery` (handlers that have one)
         self._raw: dict[Any, Callable[[Any], None]] = {}
+        self.limits = core.limits
+        self.notices = Notices(log, f"broker={core.name} conn={self.id} peer={driver.peer}:")
+        self.incomplete = 0  # bytes of messages whose transfers are still arriving (all links)
         core.connections[self.id] = self
 
     # -- events -------------------------------------------------------------------------------
@@ -90,6 +94,8 @@ class AmqpConnection(ConnectionHandler):
             handler = self._links.get(event.link)
             if handler is not None:
                 handler.on_delivery(event.delivery)
+            else:
+                self._unserved(event.link, event.delivery._impl)
         elif t == Event.LINK_FLOW:
             handler = self._links.get(event.link)
             on_flow = getattr(handler, "on_flow", None)
@@ -182,6 +188,24 @@ class AmqpConnection(ConnectionHandler):
         conn.open()
         conn.condition = Condition(UNAUTHORIZED, why)
         conn.close()
+
+    # -- limits ------------------------------------------------------------------------------
+
+    def close_link(self, link: Link, condition: str, description: str) -> None:
+        """End one link with an error (e.g. a message over the size limit); the session and
+        the connection go on. Whatever the peer still sends on it is dropped (`_unserved`)."""
+        self._forget(link)
+        if not link.state & Endpoint.LOCAL_CLOSED:
+            link.condition = Condition(condition, description)
+            link.close()
+        self.driver.wake()
+
+    def _unserved(self, link: Link, dlv: Any) -> None:
+        """A delivery on a link the broker does not serve (refused, or ended with an error).
+        From the peer on a link it sends on: settled, which frees what proton holds of it (and
+        proton then drops the rest of a message still arriving)."""
+        if link.is_receiver:
+            lib.pn_delivery_settle(dlv)
 
     def _attach(self, link: Link) -> None:
         if not link.state & Endpoint.LOCAL_UNINIT:

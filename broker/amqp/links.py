@@ -24,6 +24,7 @@ from proton import Condition, Delivery, Link
 from broker.model import Consumer, DequeueReason, Exchange, ModelError, Queue, QueuedMessage
 
 from . import codec
+from .limits import MESSAGE_SIZE_EXCEEDED, NO_LIMIT, RESOURCE_LIMIT
 
 if TYPE_CHECKING:
     from broker.net import ConnectionDriver
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qstore.amqp")
 
-RESOURCE_LIMIT = "amqp:resource-limit-exceeded"
 DECODE_ERROR = "amqp:decode-error"
 NOT_FOUND = "amqp:not-found"
 WINDOW = 1000  # credit kept open on each incoming link
@@ -46,6 +46,7 @@ _update, _settle, _new_delivery = lib.pn_delivery_update, lib.pn_delivery_settle
 _recv, _send, _advance = lib.pn_link_recv, lib.pn_link_send, lib.pn_link_advance
 _credit, _flow = lib.pn_link_credit, lib.pn_link_flow
 _EOS = lib.PN_EOS
+_ABORTED = -11  # PN_ABORTED (proton/error.h), which cproton does not export
 _ACCEPTED, _REJECTED = lib.PN_ACCEPTED, lib.PN_REJECTED
 _RELEASED, _MODIFIED = lib.PN_RELEASED, lib.PN_MODIFIED
 
@@ -56,7 +57,73 @@ def reject(dlv: Delivery, condition: str, description: str) -> None:
     dlv.settle()
 
 
-class IncomingLink:
+class SizeLimited:
+    """What every link the client sends on shares: its messages' size limit, advertised in our
+    attach (`max-message-size`), and the count of a message's bytes as its transfers arrive
+    (proton makes a delivery event per transfer frame). A message over the limit, complete or
+    not, ends the link with amqp:link:message-size-exceeded; the bytes of messages still
+    arriving on all links of the connection are bounded too (`Limits.incomplete_budget`), else
+    each of its links could hold one message just under the limit. Either way the delivery is
+    settled, which frees what proton holds of it, and the rest of it is dropped as it comes."""
+
+    conn: AmqpConnection
+    link: Link
+
+    def _limit_size(self, limit: int, source: str = "--max-message-size") -> None:
+        """Call before the link is opened (the limit goes out in our attach). `source`: where
+        the limit comes from, for the refusal's description."""
+        self._max_size = limit
+        self._limit_source = source
+        self._partial = 0  # bytes of the message arriving now, counted in conn.incomplete
+        if limit < NO_LIMIT:
+            self.link.max_message_size = limit
+
+    def _arriving(self, dlv: Any) -> None:
+        """A transfer of a message not yet complete came in."""
+        pending = _pending(dlv)
+        if pending > self._max_size:
+            self._too_big(dlv, pending, " or more")
+            return
+        conn = self.conn
+        conn.incomplete += pending - self._partial
+        self._partial = pending
+        budget = conn.limits.incomplete_budget
+        if conn.incomplete > budget:
+            self._refuse_message(
+                dlv,
+                RESOURCE_LIMIT,
+                f"{conn.incomplete} bytes of messages still arriving on this connection exceed "
+                f"{budget} (twice --max-message-size)",
+            )
+
+    def _arrived(self) -> None:
+        """The message whose transfers were being counted is complete (or gone)."""
+        self.conn.incomplete -= self._partial
+        self._partial = 0
+
+    def _too_big(self, dlv: Any, size: int, more: str = "") -> None:
+        self._refuse_message(
+            dlv,
+            MESSAGE_SIZE_EXCEEDED,
+            f"a message of {size}{more} bytes exceeds the limit of {self._max_size} bytes "
+            f"({self._limit_source})",
+        )
+
+    def _refuse_message(self, dlv: Any, condition: str, description: str) -> None:
+        self._arrived()
+        reject(Delivery.wrap(dlv), condition, description)  # settled: proton frees its bytes
+        conn = self.conn
+        text = f"closed link {self.link.name!r}: {condition} {description}"
+        conn.notices.refused(condition, text)
+        conn.close_link(self.link, condition, description)
+
+    def _aborted(self, dlv: Any) -> None:
+        """The sender gave up on a message part-sent (AMQP 2.6.12): forget it."""
+        self._arrived()
+        _settle(dlv)
+
+
+class IncomingLink(SizeLimited):
     """Messages from the client to a queue, an exchange, or (no address) each message's `to`."""
 
     def __init__(self, conn: AmqpConnection, link: Link, node: Queue | Exchange | None) -> None:
@@ -64,6 +131,7 @@ class IncomingLink:
         self.link = link
         self.node = node
         self._link = link._impl
+        self._limit_size(conn.limits.message_size)
         self._held: set[Any] = set()  # deliveries we hold a reference to until their outcome
         # The ACL's say per message, where the routing key varies (an exchange, the relay);
         # None when there is nothing to check (no ACL, or a queue: checked at attach).
@@ -79,12 +147,21 @@ class IncomingLink:
     def on_raw_delivery(self, dlv: Any) -> None:
         """A delivery (a cproton pointer) has data: once complete, route it."""
         if _partial(dlv) or not _readable(dlv):
-            return  # the rest of a large message is still coming
+            self._arriving(dlv)  # the rest of a large message is still coming
+            return
         link = self._link
         size = _pending(dlv)
+        if size > self._max_size:
+            self._too_big(dlv, size)
+            return
+        if self._partial:
+            self._arrived()
         data = bytearray(size)
         got = _recv(link, _from_buffer(data), size)
         if got != size:
+            if got == _ABORTED:
+                self._aborted(dlv)
+                return
             if got < 0 and got != _EOS:
                 self.link._check(got)  # raises, as Link.recv does
             data = data[: max(got, 0)]
@@ -189,6 +266,8 @@ class IncomingLink:
         return True
 
     def close(self) -> None:
+        if self._partial:  # the link went while a message was arriving
+            self._arrived()
         if self.conn.gone:  # outcomes that never came must not keep the engine's memory alive
             held, self._held = self._held, set()
             for dlv in held:
