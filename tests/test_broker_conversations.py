@@ -32,11 +32,13 @@ from amqp_raw import (
     ACCEPTED,
     ATTACH,
     BEGIN,
+    CLOSE,
     DETACH,
     DISPOSITION,
     END,
     RECEIVER,
     SENDER,
+    TRANSFER,
     RawPeer,
 )
 from amqp_raw import frame as raw_frame
@@ -290,6 +292,48 @@ def test_a_huge_management_request_ends_its_link(
     _no_traceback(broker)
 
 
+def test_transfer_on_a_link_where_the_broker_sends_closes_the_connection(
+    broker: BrokerProcess, good: GoodClient
+) -> None:
+    """A receiver that sends: proton would make it a delivery of the broker's own sending link
+    (the next message to the client would be written into it), so the connection goes; the
+    message is not taken, and messages the link held go back to the queue."""
+    c = BlockingConnection(broker.url, timeout=10)
+    try:
+        c.create_sender("conv-w").send(Message(body="held", durable=True))
+    finally:
+        c.close()
+    p = RawPeer(broker.port)
+    try:
+        p.open()
+        p.begin()
+        p.attach("r", 0, RECEIVER, "conv-w")
+        p.expect(ATTACH)
+        p.flow(0, 10)
+        p.expect(TRANSFER)  # "held" is out to us, unsettled
+        p.transfer(0, 0, VALID)  # on our receiving link
+        close = p.expect(CLOSE)
+        assert close.error() is not None and close.error()[0] == "amqp:not-allowed", p.frames
+        assert "where the broker is the sender" in close.error()[1]
+        p.transfer(0, 1, VALID * 100)  # what comes after our close is not looked at
+        p.wait_eof()
+    finally:
+        p.close()
+    _after(broker, good, p.addr)
+    c = BlockingConnection(broker.url, timeout=10)
+    try:
+        r = c.create_receiver("conv-w")
+        assert r.receive(timeout=10).body == "held"  # back on the queue, nothing else
+        r.accept()
+        with pytest.raises(Timeout):
+            r.receive(timeout=0.5)
+    finally:
+        c.close()
+    said = [line for line in broker.log().splitlines() if "where the broker is" in line]
+    assert ["WARNING" in line for line in said] == [True, False], said  # ours, the driver's
+    _no_traceback(broker)
+
+
 def test_an_aborted_transfer_is_forgotten_and_the_link_goes_on(
     broker: BrokerProcess, good: GoodClient
 ) -> None:
@@ -316,4 +360,30 @@ def test_an_aborted_transfer_is_forgotten_and_the_link_goes_on(
             r.receive(timeout=0.5)
     finally:
         c.close()
+    _no_traceback(broker)
+
+
+def test_a_detach_without_close_ends_the_link(broker: BrokerProcess, good: GoodClient) -> None:
+    """The broker does not resume links: a suspended link (detach, closed false) is ended, and
+    its consumer with it, so the queue's messages go to whoever else consumes."""
+    p = RawPeer(broker.port)
+    try:
+        p.open()
+        p.begin()
+        p.attach("r", 0, RECEIVER, "conv-s")
+        p.expect(ATTACH)
+        p.flow(0, 10)
+        p.send(raw_frame(0, DETACH, [uint(0), False]))
+        assert p.expect(DETACH).error() is None, p.frames
+        c = BlockingConnection(broker.url, timeout=10)
+        try:
+            c.create_sender("conv-s").send(Message(body="to the other", durable=True))
+            r = c.create_receiver("conv-s")
+            assert r.receive(timeout=10).body == "to the other"
+            r.accept()
+        finally:
+            c.close()
+        assert not any(f.code == TRANSFER for f in p.quiet(0.2)), p.frames
+    finally:
+        p.close()
     _no_traceback(broker)

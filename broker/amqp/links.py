@@ -43,6 +43,7 @@ _partial, _readable = lib.pn_delivery_partial, lib.pn_delivery_readable
 _pending = lib.pn_delivery_pending
 _settled, _remote_state = lib.pn_delivery_settled, lib.pn_delivery_remote_state  # the peer's
 _update, _settle, _new_delivery = lib.pn_delivery_update, lib.pn_delivery_settle, lib.pn_delivery
+_current = lib.pn_link_current
 _recv, _send, _advance = lib.pn_link_recv, lib.pn_link_send, lib.pn_link_advance
 _credit, _flow = lib.pn_link_credit, lib.pn_link_flow
 _EOS = lib.PN_EOS
@@ -338,6 +339,10 @@ class OutgoingLink:
         ids = self._ids
         id_ = ids.get(dlv)
         if id_ is None:
+            # Not ours (ours are never the link's current delivery once sent): the peer sent a
+            # transfer on a link where it receives.
+            if _current(self._link) == dlv:
+                self.conn.wrong_direction(self.link)
             return
         state = _remote_state(dlv)
         if not state:  # proton reports no state as 0

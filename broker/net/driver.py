@@ -136,6 +136,7 @@ class ConnectionDriver:
         self._drop_deadline: float | None = None
         self._open_deadline = self._clock() + options.open_timeout if options.open_timeout else None
         self._tail_closed = False
+        self._deaf = False  # input after our `close` was dropped (the peer's `close` with it)
         self._bytes_in = 0
         self._aborted: str | None = None
         self._dropped = False
@@ -270,9 +271,14 @@ class ConnectionDriver:
                             break
                         continue
                 # On failure the engine has recorded why; what follows is read and dropped.
+                # So is what follows our own `close`: proton would still take the peer's
+                # transfers (and hold their bytes) until the peer's `close` came.
                 if data:
-                    with contextlib.suppress(TransportException, OverflowError):
-                        t.push(data)
+                    if self.connection.state & Endpoint.LOCAL_CLOSED:
+                        self._deaf = True
+                    else:
+                        with contextlib.suppress(TransportException, OverflowError):
+                            t.push(data)
                 self._pump()
             # Read and drop what the peer still sends until it goes, so that closing our end
             # does not reset the connection before the peer has read our last frame.
@@ -327,6 +333,11 @@ class ConnectionDriver:
                     self._say(sasl.failure or "peer closed during SASL")
             self._out.head_closed = True
             self._output.set()
+            return
+        if self._deaf or self.connection.state & Endpoint.LOCAL_CLOSED:
+            # We closed first (and may have stopped listening): a peer that hangs up now has
+            # had our last word, which is what the log says, not that it aborted.
+            self._pump()
             return
         with contextlib.suppress(TransportException):
             self.transport.close_tail()
