@@ -391,7 +391,8 @@ OPTIONS: tuple[Option, ...] = (
         "open-timeout",
         parse_seconds,
         _S,
-        "a new socket must finish TLS, SASL and its AMQP open within this long (0: no limit)",
+        "a new socket must finish its TLS handshake, then SASL and its AMQP open, each within "
+        "this long (0: no limit)",
     ),
     Option("port-file", _path, "FILE", "write the listening port to FILE once listening"),
 )

@@ -80,7 +80,10 @@ class SizeLimited:
             self.link.max_message_size = limit
 
     def _arriving(self, dlv: Any) -> None:
-        """A transfer of a message not yet complete came in."""
+        """A transfer of a message not yet complete came in (or, not partial, news of one
+        already taken: the peer settled it)."""
+        if not _partial(dlv):
+            return
         pending = _pending(dlv)
         if pending > self._max_size:
             self._too_big(dlv, pending, " or more")
