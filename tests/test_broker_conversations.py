@@ -330,7 +330,29 @@ def test_transfer_on_a_link_where_the_broker_sends_closes_the_connection(
     finally:
         c.close()
     said = [line for line in broker.log().splitlines() if "where the broker is" in line]
+    said = [line for line in said if f"peer={p.addr}" in line]
     assert ["WARNING" in line for line in said] == [True, False], said  # ours, the driver's
+    _no_traceback(broker)
+
+
+def test_transfer_on_a_refused_link_where_the_broker_sends_closes_the_connection(
+    broker: BrokerProcess, good: GoodClient
+) -> None:
+    """Likewise on a sending link the broker has refused (and so no longer serves)."""
+    p = RawPeer(broker.port)
+    try:
+        p.open()
+        p.begin()
+        p.attach("r", 0, RECEIVER, "$ha.replication")  # not a cluster broker: refused
+        assert p.expect(DETACH).error()[0] == "amqp:not-allowed", p.frames
+        p.transfer(0, 0, VALID)
+        close = p.expect(CLOSE)
+        assert close.error() is not None and close.error()[0] == "amqp:not-allowed", p.frames
+        assert "where the broker is the sender" in close.error()[1]
+        p.wait_eof()
+    finally:
+        p.close()
+    _after(broker, good, p.addr)
     _no_traceback(broker)
 
 
