@@ -20,10 +20,12 @@ from qstore.journal import (
     Dequeue,
     Enqueue,
     Journal,
+    JournalError,
     JournalFull,
     JournalReader,
     QueueDeclare,
 )
+from qstore.journal.faults import FaultFile
 
 MAP_SIZE = 512 << 10
 BODY = 1500  # incompressible: the map fills after a few hundred
@@ -305,3 +307,34 @@ def test_dequeues_that_find_no_room_at_all_fail_loudly_and_the_journal_says_so(
         assert len(errors) == 2 and f"{len(failed)} dequeue/delete records were not" in errors[1]
     with JournalReader.open(tmp_path) as r:  # at least once: what was not journaled is back
         assert set(r.replay().queues["q"].messages) == set(ids) - set(journaled)
+
+
+def test_an_injected_commit_failure_refuses_and_clears_when_the_fault_goes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="qstore.journal")
+    fault = tmp_path / "fault"
+    data = tmp_path / "data"
+    with Journal(data, commit=FaultFile(str(fault))) as j:
+        j.append(QueueDeclare("q", uid(1)))
+        good = [j.append(Enqueue("q", 1, b"one"))]
+        fault.write_text("EIO")
+        for msgid in (2, 3):
+            with pytest.raises(JournalError) as info:
+                j.append(Enqueue("q", msgid, b"lost"))
+            assert not isinstance(info.value, JournalFull)
+            assert str(info.value) == (
+                "journal write failed: [Errno 5] injected Input/output error at commit "
+                "(QSTORE_TEST_JOURNAL_FAULTS)"
+            )
+        status = j.status()
+        assert status["state"] == "failed" and "Input/output error" in status["reason"]
+        fault.unlink()
+        good.append(j.append(Enqueue("q", 4, b"four")))
+        assert j.status()["state"] == "writable"
+    with JournalReader.open(data) as r:
+        assert [(e.seq, e.record.msgid) for e in r.entries(start=2)] == [(good[0], 1), (good[1], 4)]
+        assert r.verify()[1] == []
+    lines = [rec.getMessage() for rec in caplog.records]
+    assert sum("write failed" in m for m in lines) == 1, lines
+    assert sum("writable again" in m for m in lines) == 1, lines
