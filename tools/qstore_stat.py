@@ -220,9 +220,10 @@ def journal_line(journal: dict[str, Any]) -> str:
     state = str(journal.get("state", "?"))
     if journal.get("reason"):
         state += f" ({journal['reason']})"
+    reserve, held = journal.get("reserve", 0), journal.get("reserve-held", 0)
     line = (
         f"{state}: {_size(journal.get('used', 0))} used of {_size(journal.get('map-size', 0))}"
-        f" map, {_size(journal.get('reserve', 0))} reserve, "
+        f" map, {_size(reserve)} reserve{'' if held >= reserve else f' ({_size(held)} held)'}, "
         f"{_size(journal.get('disk-free', 0))} disk free"
     )
     if journal.get("unjournaled"):
@@ -233,7 +234,7 @@ def journal_line(journal: dict[str, Any]) -> str:
 def _size(n: int) -> str:
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if n >= 1 << shift:
-            return f"{n / (1 << shift):.1f} {unit}"
+            return f"{n / (1 << shift):.1f}".removesuffix(".0") + f" {unit}"
     return f"{n} B"
 
 
