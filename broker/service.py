@@ -29,7 +29,7 @@ from broker.model import Broker
 from broker.net import Server
 from broker.net.server import ConnectionLimit
 from broker.security import Authenticator, Authorizer, server_context
-from qstore.journal import Journal
+from qstore.journal import Journal, faults
 from recovery.startup import restore
 
 log = logging.getLogger("qstore.broker")
@@ -45,7 +45,9 @@ class BrokerService:
         self.state = "standalone"
         self.model = Broker()
         t0 = time.monotonic()
-        self.journal = Journal(cfg.data_dir, map_size=cfg.journal_max_size)
+        self.journal = Journal(
+            cfg.data_dir, map_size=cfg.journal_max_size, commit=faults.from_environment()
+        )
         try:
             self.events = EventLog(self.model, self.journal, cfg.ha_replicate)
             restored = restore(self.model, self.journal, self.events)

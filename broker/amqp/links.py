@@ -15,6 +15,7 @@ outcome waits for the journal is kept alive by a reference of our own (`pn_incre
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from cproton_ffi import ffi, lib
 from proton import Condition, Delivery, Link
 
 from broker.model import Consumer, DequeueReason, Exchange, ModelError, Queue, QueuedMessage
+from qstore.journal import JournalFull
 
 from . import codec
 from .limits import MESSAGE_SIZE_EXCEEDED, NO_LIMIT, RESOURCE_LIMIT
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qstore.amqp")
 
+INTERNAL_ERROR = "amqp:internal-error"
 DECODE_ERROR = "amqp:decode-error"
 NOT_FOUND = "amqp:not-found"
 WINDOW = 1000  # credit kept open on each incoming link
@@ -245,16 +248,18 @@ class IncomingLink(SizeLimited):
         if error is not None and result is not None and result.id is not None:
             # Not stored (journal full): the sender is told `rejected`, so the message must not
             # stay queued either (unless a consumer already holds it: then at least once).
-            model = self.conn.core.model
+            model, events = self.conn.core.model, self.conn.core.events
             for q in result.queues:
                 if q in model.queues:
-                    model.remove_message(q, result.id, DequeueReason.REJECTED)
+                    with events.not_stored(q) if events else contextlib.nullcontext():
+                        model.remove_message(q, result.id, DequeueReason.REJECTED)
         if self.conn.gone:
             if self._release(dlv):
                 _decref(dlv)
             return
-        if error is not None:
-            self._reject(dlv, RESOURCE_LIMIT, f"not stored: {error}")
+        if error is not None:  # a full journal may take it later; a write error says no more
+            condition = RESOURCE_LIMIT if isinstance(error, JournalFull) else INTERNAL_ERROR
+            self._reject(dlv, condition, f"not stored: {error}")
         elif self._release(dlv):
             _update(dlv, _ACCEPTED)
             _settle(dlv)
