@@ -40,6 +40,7 @@ from amqp_raw import (
     DETACH,
     DISPOSITION,
     END,
+    FLOW,
     OPEN,
     RECEIVER,
     SENDER,
@@ -54,6 +55,7 @@ from proton.utils import BlockingConnection, LinkDetached, SyncRequestResponse
 from test_broker_malformed import GoodClient, _after
 
 VALID = bytes(Message(body="ok").encode())
+REJECTED = 0x25
 
 
 @pytest.fixture(scope="module")
@@ -504,6 +506,49 @@ def test_an_address_not_utf8_refuses_only_that_link(
         r = c.create_receiver("conv-u")
         assert r.receive(timeout=10).body == "ok"
         r.accept()
+    finally:
+        c.close()
+    good.roundtrip()
+    _no_traceback(broker)
+
+
+@pytest.mark.parametrize("address", ["conv-t", "$management"])
+def test_a_sender_past_its_credit_ends_only_that_link(
+    broker: BrokerProcess, good: GoodClient, address: str
+) -> None:
+    """Found by tests/test_driver_fuzz.py: a flow moving the sender's delivery-count far past the
+    credit it was given took proton's link-credit below zero, and granting credit back then
+    overflowed proton's int (amqp:internal-error, a traceback). Now the delivery is rejected and
+    the link ended with amqp:link:transfer-limit-exceeded; the session goes on."""
+    p = RawPeer(broker.port)
+    try:
+        p.open()
+        p.begin()
+        p.attach("s", 0, SENDER, address)
+        p.expect(ATTACH)
+        p.expect(FLOW)
+        p.flow(0, 1000, count=2**31 - 1)  # "I have sent 2^31 - 1 messages"
+        p.transfer(0, 0, VALID)
+        detach = p.expect(DETACH)
+        assert detach.error() is not None, p.frames
+        assert detach.error()[0] == "amqp:link:transfer-limit-exceeded", p.frames
+        p.send(raw_frame(0, DETACH, [uint(0), True]))
+        p.attach("s2", 1, SENDER, "conv-t")
+        p.expect(ATTACH)
+        p.transfer(1, 1, VALID)
+        while (d := p.expect(DISPOSITION)).fields[1] != 1:
+            assert int(d.fields[4].descriptor) == REJECTED, p.frames  # delivery 0
+        assert int(d.fields[4].descriptor) == ACCEPTED, p.frames
+        assert not any(f.code == CLOSE for f in p.frames), p.frames
+    finally:
+        p.close()
+    c = BlockingConnection(broker.url, timeout=10)
+    try:
+        r = c.create_receiver("conv-t")
+        assert r.receive(timeout=10).body == "ok"  # the second link's message, and only it
+        r.accept()
+        with pytest.raises(Timeout):
+            r.receive(timeout=0.5)
     finally:
         c.close()
     good.roundtrip()

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from broker.config import BrokerConfig
 
 MESSAGE_SIZE_EXCEEDED = "amqp:link:message-size-exceeded"
+TRANSFER_LIMIT_EXCEEDED = "amqp:link:transfer-limit-exceeded"
 RESOURCE_LIMIT = "amqp:resource-limit-exceeded"
 NOT_ALLOWED = "amqp:not-allowed"
 MANAGEMENT_MAX_REQUEST = 1 << 20  # a management request is a few properties and a small map

@@ -26,7 +26,7 @@ from broker.model import Consumer, DequeueReason, Exchange, ModelError, Queue, Q
 from qstore.journal import JournalFull
 
 from . import codec
-from .limits import MESSAGE_SIZE_EXCEEDED, NO_LIMIT, RESOURCE_LIMIT
+from .limits import MESSAGE_SIZE_EXCEEDED, NO_LIMIT, RESOURCE_LIMIT, TRANSFER_LIMIT_EXCEEDED
 
 if TYPE_CHECKING:
     from broker.net import ConnectionDriver
@@ -124,6 +124,21 @@ class SizeLimited:
         conn.notices.refused(condition, text)
         conn.close_link(self.link, condition, description)
 
+    def _top_up(self, dlv: Any, credit: int, window: int) -> bool:
+        """Credit back to `window` (called once a delivery took it below half). Below zero the
+        peer went past the credit it was given: transfers beyond it, or a flow that moved its
+        delivery-count past it (proton checks neither, and the credit to grant back would not
+        fit its int): False, the delivery refused and the link ended."""
+        if credit < 0:
+            self._refuse_message(
+                dlv,
+                TRANSFER_LIMIT_EXCEEDED,
+                f"the sender went past the credit it was given (link-credit now {credit})",
+            )
+            return False
+        _flow(self.link._impl, window - credit)
+        return True
+
     def _aborted(self, dlv: Any) -> None:
         """The sender gave up on a message part-sent (AMQP 2.6.12): forget it."""
         self._arrived()
@@ -174,8 +189,8 @@ class IncomingLink(SizeLimited):
             data = data[: max(got, 0)]
         _advance(link)
         credit = _credit(link)
-        if credit < WINDOW // 2:
-            _flow(link, WINDOW - credit)
+        if credit < WINDOW // 2 and not self._top_up(dlv, credit, WINDOW):
+            return
         if _settled(dlv):  # the client sent it pre-settled: at most once, no outcome wanted
             self._route(data, None)
             _settle(dlv)

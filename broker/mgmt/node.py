@@ -239,8 +239,11 @@ class _RequestLink(SizeLimited):
         self._arrived()
         data = self.link.recv(size)
         self.link.advance()
-        if self.link.credit < MANAGEMENT_WINDOW // 2:
-            self.link.flow(MANAGEMENT_WINDOW - self.link.credit)
+        credit = self.link.credit
+        if credit < MANAGEMENT_WINDOW // 2 and not self._top_up(
+            dlv._impl, credit, MANAGEMENT_WINDOW
+        ):
+            return
         try:
             request = codec.decode(data)
         except codec.BadMessage as exc:
