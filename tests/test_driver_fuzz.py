@@ -14,7 +14,8 @@ that the SASL layer in front of proton is fuzzed too). What is sent:
   swapped, or one field (or a field of a source, target or outcome) replaced by an AMQP value
   of another type. The conversation goes in stages, as a client's does: the transfer waits for
   the broker's flow (credit), the disposition for the broker's transfer;
-- well-typed performatives in any order, with handles, ids and credit that collide or wrap;
+- well-typed performatives in any order, with handles, ids and credit that collide or wrap,
+  and flows whose numbers are anything, followed by transfers;
 - SASL exchanges with random or truncated frames, and a PLAIN login (good or not) followed by a
   damaged conversation, pipelined as stock clients do.
 
@@ -634,6 +635,38 @@ def test_well_typed_performatives_in_any_order(
     prelude = conversation()[: 5 if begun else 1]
     hello = AMQP_HEADER + b"".join(amqp_frame(*f) for f in prelude)
     plain.converse([(hello, FLOW if begun else OPEN), (b"".join(frames), None)], half_close)
+
+
+_count = st.one_of(_number, st.integers(0, 2**32 - 1).map(uint))
+
+
+@fuzz(60)
+@given(
+    flow=st.tuples(
+        st.none() | _count,
+        _count,
+        _count,
+        _count,
+        st.sampled_from([0, 0, 0, 1]).map(uint),  # mostly the link the peer sends on
+        _count,  # delivery-count
+        st.none() | _count,
+        st.none() | _count,
+        st.booleans(),
+        st.booleans(),
+    ),
+    transfers=st.integers(0, 3),
+)
+def test_a_flow_of_any_numbers_then_transfers(
+    plain: Watched, flow: tuple[Any, ...], transfers: int
+) -> None:
+    """Once the sender (handle 0) and the receiver (handle 1) are attached, a flow whose ids,
+    windows, delivery-count and credit are anything (the peer's own accounting gone wrong),
+    then transfers on the sender: the broker's credit arithmetic meets what the peer says."""
+    prelude = AMQP_HEADER + b"".join(amqp_frame(*f) for f in conversation()[:5])
+    then = amqp_frame(0, FLOW, list(flow))
+    for i in range(transfers):
+        then += amqp_frame(0, TRANSFER, [uint(0), uint(i), str(i).encode(), uint(0)], MESSAGE)
+    plain.converse([(prelude, FLOW), (then, None)], half_close=True)  # EOF: no waiting
 
 
 def test_plain_broker_still_serves(plain: Watched) -> None:
