@@ -270,6 +270,7 @@ BAD_PAYLOADS: dict[str, bytes] = {
     # issue 11: these were amqp:internal-error, a traceback, and the connection closed
     "descriptor-chain": b"\x00\x53\x77" + b"\x00" * 5000 + b"\x45",
     "char-beyond-unicode": b"\x00\x53\x74\xc1\x09\x02\xa1\x01k\x73\x00\x11\x00\x00",
+    "char-beyond-a-c-int": b"\x00\x53\x74\xc1\x09\x02\xa1\x01k\x73\xff\xff\xff\xff",
     "durable-a-string": b"\x00\x53\x70\xc0\x05\x01\xa1\x02no",
     "to-an-int": b"\x00\x53\x73\xc0\x05\x03\x40\x40\x54\x01",
 }

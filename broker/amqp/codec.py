@@ -370,7 +370,7 @@ def extract(data: bytes, now: float) -> tuple[Message, Decoded]:
         raise BadMessage("the message ends in the middle of a value") from None
     except UnicodeDecodeError as exc:
         raise BadMessage(f"text that is not UTF-8 at byte {exc.start}") from None
-    except ValueError as exc:  # e.g. a char beyond U+10FFFF
+    except (ValueError, OverflowError) as exc:  # a char beyond U+10FFFF (or beyond a C int)
         raise BadMessage(f"a value out of range: {_short(exc)}") from None
     except RecursionError:  # descriptors of descriptors of ...
         raise BadMessage("values nested too deeply") from None
