@@ -437,6 +437,7 @@ ILL_FORMED_OPENS: dict[str, list[Any]] = {
     "properties-not-a-map": ["c", *[None] * 8, "props"],
     "property-key-not-utf8": ["c", *[None] * 8, Raw(b"\xc1\x07\x02" + NOT_UTF8 + b"\x40")],
     "property-a-char-past-unicode": ["c", *[None] * 8, Raw(b"\xc1\x09\x02\xa1\x01k\x73\0\x11\0\0")],
+    "property-a-char-past-a-c-int": ["c", *[None] * 8, Raw(b"\xc1\x09\x02\xa1\x01k\x73\xff\0\0\0")],
     "property-nested-2000-deep": ["c", *[None] * 8, {"k": _nested_lists(2000)}],
 }
 

@@ -3,7 +3,8 @@
 Proton's engine checks a frame's encoding and the fields it acts on itself, but a container-id,
 link name or address that is not UTF-8, or open properties that are not a map (or hold a char
 beyond Unicode, or lists nested thousands deep) are stored as they came, and proton's Python
-binding raises when asked for them (UnicodeDecodeError, ValueError, RecursionError). Read
+binding raises when asked for them (UnicodeDecodeError, ValueError, OverflowError for a char past
+a C int, RecursionError). Read
 through these functions they raise `BadField` instead, which the connection answers with
 amqp:decode-error, as it does a message section that cannot be decoded.
 """
@@ -20,7 +21,7 @@ from broker.model import ModelError
 from . import codec
 
 DECODE_ERROR = "amqp:decode-error"
-_FAILURES = (UnicodeError, ValueError, RecursionError)
+_FAILURES = (UnicodeError, ValueError, OverflowError, RecursionError)
 
 
 class BadField(ModelError):
