@@ -11,9 +11,9 @@ that the SASL layer in front of proton is fuzzed too). What is sent:
 - a valid conversation (open, begin, two attaches, flow, transfer, disposition, two detaches,
   end, close; hand-made with amqp_raw, every field present) with one thing wrong: one frame
   shortened (its size still right), the stream cut off mid-frame, a frame duplicated, two frames
-  swapped, or one field (or a field of a source, target or outcome) replaced by an AMQP value
-  of another type. The conversation goes in stages, as a client's does: the transfer waits for
-  the broker's flow (credit), the disposition for the broker's transfer;
+  swapped, another protocol header, or one field (or a field of a source, target or outcome)
+  replaced by an AMQP value of another type. The conversation goes in stages, as a client's
+  does: the transfer waits for the broker's flow (credit), the disposition for its transfer;
 - well-typed performatives in any order, with handles, ids and credit that collide or wrap,
   and flows whose numbers are anything, followed by transfers;
 - SASL exchanges with random or truncated frames, and a PLAIN login (good or not) followed by a
@@ -296,7 +296,7 @@ def _problems(said: bytes) -> list[str]:
             d.rewind()
             d.next()
             value = d.get_object()
-        except (RecursionError, UnicodeDecodeError, ValueError) as exc:
+        except (RecursionError, UnicodeDecodeError, ValueError, OverflowError) as exc:
             # An attach echoes the peer's own terminus, ill-formed as it came (proton's C codec
             # takes it; its Python binding cannot read it). Any other frame is ours.
             if body[:3] != b"\x00\x53" + bytes([ATTACH]):
@@ -477,7 +477,7 @@ def _at(fields: list[Any], path: tuple[int, ...]) -> Any:
 def damaged_conversation(draw: st.DrawFn) -> Stages:
     """A valid conversation with one thing wrong, in its stages."""
     frames = conversation()
-    how = draw(st.sampled_from(["field", "field", "shorten", "cut", "duplicate", "swap"]))
+    how = draw(st.sampled_from(["field", "field", "shorten", "cut", "duplicate", "swap", "header"]))
     if how == "field":
         i = draw(st.integers(0, len(frames) - 1))
         channel, code, fields, payload = frames[i]
@@ -503,6 +503,9 @@ def damaged_conversation(draw: st.DrawFn) -> Stages:
         i = draw(st.integers(1, len(slots) - 2))
         j = draw(st.integers(i + 1, len(slots) - 1))
         slots[i][1], slots[j][1] = slots[j][1], slots[i][1]
+    elif how == "header":  # another protocol, version or revision, or none
+        headers = [SASL_HEADER, b"AMQP\x00\x01\x00\x01", b"AMQP\x02\x01\x00\x00", b"AMQP\x00\x00"]
+        slots[0][1] = draw(st.sampled_from(headers) | st.binary(min_size=8, max_size=8))
     elif how == "cut":  # the stream ends mid-frame
         left = draw(st.integers(1, sum(len(data) for _, data in slots) - 1))
         for slot in slots:
