@@ -23,6 +23,7 @@ from broker.net import ConnectionDriver, ConnectionHandler
 from . import nodes
 from .links import IncomingLink, OutgoingLink
 from .outbox import Outbox
+from .senderflow import SenderFlows
 
 if TYPE_CHECKING:
     from broker.eventlog import EventLog
@@ -68,6 +69,7 @@ class AmqpConnection(ConnectionHandler):
         self._links: dict[Link, IncomingLink | OutgoingLink | Any] = {}
         # link pointer -> its handler's `on_raw_delivery` (handlers that have one)
         self._raw: dict[Any, Callable[[Any], None]] = {}
+        self.flows = SenderFlows(driver)  # the link flows proton does not send (senderflow.py)
         core.connections[self.id] = self
 
     # -- events -------------------------------------------------------------------------------
