@@ -19,7 +19,8 @@ DEADLINE = 8.0  # every run ends by then, whatever the broker does
 
 class Client(MessagingHandler):
     def __init__(self, url: str, queue: str, pattern: str, n: int) -> None:
-        prefetch = int(pattern[len("window") :]) if pattern.startswith("window") else 0
+        window = pattern[len("window") :].split("_")[0]  # window1_late: window 1, sent later
+        prefetch = int(window) if pattern.startswith("window") else 0
         super().__init__(prefetch=prefetch, auto_accept=True)
         self.url, self.queue, self.pattern, self.n = url, queue, pattern, n
         self.got: list[object] = []
@@ -40,6 +41,7 @@ class Client(MessagingHandler):
             self.container.schedule(1.0, _Call(self.regrant))
         if p == "before_messages":
             self.receiver.flow(self.n)
+        if p in ("before_messages", "window1_late"):  # sent on this connection's session
             self.container.schedule(0.5, _Call(lambda: self.send(self.n)))
         if p == "drain":
             self.receiver.drain(self.n + 5)

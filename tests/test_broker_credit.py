@@ -113,6 +113,14 @@ def test_credit_granted_before_messages(broker_proc) -> None:
     assert sorted(result["got"]) == [f"late-{i}" for i in range(4)], f"{result}\n{frames}"
 
 
+def test_window_of_one_with_messages_sent_on_its_session(broker_proc) -> None:
+    """The broker's link flows carry the session's next-incoming-id: wrong, the client would
+    think its own transfers (on the same session) are outside the broker's window."""
+    result, frames = run_client(broker_proc.url, "q", "window1_late", 6)
+    assert sorted(result["got"]) == [f"late-{i}" for i in range(6)], f"{result}\n{frames}"
+    assert len(sender_link_flows(frames)) >= 5, frames
+
+
 def test_credit_granted_after_messages(broker_proc) -> None:
     sent = fill(broker_proc.url, "q", 4)
     result, frames = run_client(broker_proc.url, "q", "after_messages", 4)
