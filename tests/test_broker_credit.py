@@ -18,14 +18,6 @@ from proton.utils import BlockingConnection
 
 CLIENT = Path(__file__).with_name("credit_client.py")
 RUN_TIMEOUT = 20.0
-# Each of these first checks a first delivery's first-acquirer (true by the spec): not yet so.
-FIRST_ACQUIRER_PENDING = pytest.mark.xfail(
-    strict=True,
-    reason="#11 item 6: first deliveries still carry first-acquirer false (the AMQP default); "
-    "setting it costs the write path a header rewrite per message, to land with its A/B",
-)
-
-
 def fill(url: str, queue: str, n: int) -> list[str]:
     bodies = [f"m{i}" for i in range(n)]
     conn = BlockingConnection(url, timeout=10)
@@ -136,7 +128,6 @@ def receive(conn: BlockingConnection, queue: str) -> tuple[object, Message]:
     return rcv, msg
 
 
-@FIRST_ACQUIRER_PENDING
 def test_first_delivery_is_first_acquirer(broker_proc) -> None:
     fill(broker_proc.url, "q", 1)
     conn = BlockingConnection(broker_proc.url, timeout=10)
@@ -148,7 +139,6 @@ def test_first_delivery_is_first_acquirer(broker_proc) -> None:
         conn.close()
 
 
-@FIRST_ACQUIRER_PENDING
 def test_redelivery_after_consumer_died(broker_proc) -> None:
     fill(broker_proc.url, "q", 1)
     first = BlockingConnection(broker_proc.url, timeout=10)
@@ -165,7 +155,6 @@ def test_redelivery_after_consumer_died(broker_proc) -> None:
         conn.close()
 
 
-@FIRST_ACQUIRER_PENDING
 @pytest.mark.parametrize(("failed", "count"), [(False, 0), (True, 1)])
 def test_redelivery_after_release_or_modified(broker_proc, failed: bool, count: int) -> None:
     fill(broker_proc.url, "q", 1)

@@ -46,6 +46,7 @@ _update, _settle, _new_delivery = lib.pn_delivery_update, lib.pn_delivery_settle
 _recv, _send, _advance = lib.pn_link_recv, lib.pn_link_send, lib.pn_link_advance
 _credit, _flow = lib.pn_link_credit, lib.pn_link_flow
 _EOS = lib.PN_EOS
+_outgoing = codec.outgoing
 _ACCEPTED, _REJECTED = lib.PN_ACCEPTED, lib.PN_REJECTED
 _RELEASED, _MODIFIED = lib.PN_RELEASED, lib.PN_MODIFIED
 
@@ -246,8 +247,10 @@ class OutgoingLink:
         tag = str(self._tags).encode()
         link = self._link
         dlv = _new_delivery(link, (len(tag), _from_buffer(tag)))
-        body = codec.outgoing_bytes(qm)
-        sent = _send(link, _from_buffer(body), len(body))
+        head, body, start = _outgoing(qm)
+        if head:
+            _send(link, head, len(head))
+        sent = _send(link, _from_buffer(body) + start, len(body) - start)
         if sent < 0:
             self.link._check(sent)  # raises, as Link.stream does
         _advance(link)
