@@ -106,7 +106,10 @@ def _fields(b: bytes, i: int) -> list[bytes]:
 
 def session_fields(data: bytes, frame: Frame) -> tuple[bytes, bool]:
     """A flow frame's four session fields as encoded, and whether it names a link (a handle)."""
-    fields = _fields(data, frame.body + 3)
+    i = frame.body + 3
+    if data[i] == 0xC0 and data[i + 2] == _SESSION_FIELDS:  # proton's session flow: as it is
+        return bytes(data[i + 3 : i + 2 + data[i + 1]]), False
+    fields = _fields(data, i)
     session = fields[:_SESSION_FIELDS]
     session += [_NULL] * (_SESSION_FIELDS - len(session))
     has_handle = len(fields) > _SESSION_FIELDS and fields[_SESSION_FIELDS] != _NULL
