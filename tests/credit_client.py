@@ -45,6 +45,13 @@ class Client(MessagingHandler):
             self.container.schedule(0.5, _Call(lambda: self.send(self.n)))
         if p == "drain":
             self.receiver.drain(self.n + 5)
+        if p == "window1_many":  # two more links: one on this session, one on a second session
+            event.container.create_receiver(self.conn, self.queue + "-b")
+            ssn = self.conn.session()
+            ssn.open()
+            rcv = ssn.receiver(f"{self.queue}-c")
+            rcv.source.address = self.queue + "-c"
+            rcv.open()
 
     def send(self, n: int) -> None:
         sender = self.container.create_sender(self.conn, self.queue)
@@ -77,7 +84,7 @@ class Client(MessagingHandler):
                 self.finish()
 
     def check_done(self) -> None:
-        want = 1 if self.pattern == "withdrawn" else self.n
+        want = {"withdrawn": 1, "window1_many": 3 * self.n}.get(self.pattern, self.n)
         if len(self.got) >= want and self.pattern not in ("drain", "withdrawn"):
             self.finish()
         if self.pattern == "withdrawn" and self.phase is not None and len(self.got) > self.phase:

@@ -18,6 +18,8 @@ from proton.utils import BlockingConnection
 
 CLIENT = Path(__file__).with_name("credit_client.py")
 RUN_TIMEOUT = 20.0
+
+
 def fill(url: str, queue: str, n: int) -> list[str]:
     bodies = [f"m{i}" for i in range(n)]
     conn = BlockingConnection(url, timeout=10)
@@ -111,6 +113,20 @@ def test_window_of_one_with_messages_sent_on_its_session(broker_proc) -> None:
     result, frames = run_client(broker_proc.url, "q", "window1_late", 6)
     assert sorted(result["got"]) == [f"late-{i}" for i in range(6)], f"{result}\n{frames}"
     assert len(sender_link_flows(frames)) >= 5, frames
+
+
+def test_window_of_one_on_several_links_and_sessions(broker_proc) -> None:
+    """Each link flow goes on its own link's handle and session's channel (two links on the
+    first session, one on a second)."""
+    sent = [b for q in ("q", "q-b", "q-c") for b in fill(broker_proc.url, q, 5)]
+    result, frames = run_client(broker_proc.url, "q", "window1_many", 5)
+    assert sorted(result["got"]) == sorted(sent), f"{result}\n{frames}"
+    links = {
+        (line.split("AMQP:FRAME:")[1].split()[0], line.split("handle=")[1].split(",")[0])
+        for line in frames.splitlines()
+        if "<- @flow" in line and "handle=" in line
+    }
+    assert links == {("0", "0x0"), ("0", "0x1"), ("1", "0x0")}, frames
 
 
 def test_credit_granted_after_messages(broker_proc) -> None:
