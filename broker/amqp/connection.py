@@ -34,6 +34,7 @@ from . import nodes
 from .limits import NOT_ALLOWED, RESOURCE_LIMIT, Limits, Notices
 from .links import IncomingLink, OutgoingLink
 from .outbox import Outbox
+from .senderflow import SenderFlows
 
 if TYPE_CHECKING:
     from broker.eventlog import EventLog
@@ -86,6 +87,7 @@ class AmqpConnection(ConnectionHandler):
         self._sessions = 0  # sessions the peer has begun and not ended
         self._attached: dict[Link, Session] = {}  # links the peer has attached, not detached
         self._per_session: dict[Session, int] = {}  # how many of them on each session
+        self.flows = SenderFlows(driver)  # the link flows proton does not send (senderflow.py)
         core.connections[self.id] = self
 
     # -- events -------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ _recv, _send, _advance = lib.pn_link_recv, lib.pn_link_send, lib.pn_link_advance
 _credit, _flow = lib.pn_link_credit, lib.pn_link_flow
 _EOS = lib.PN_EOS
 _ABORTED = -11  # PN_ABORTED (proton/error.h), which cproton does not export
+_outgoing = codec.outgoing
 _ACCEPTED, _REJECTED = lib.PN_ACCEPTED, lib.PN_REJECTED
 _RELEASED, _MODIFIED = lib.PN_RELEASED, lib.PN_MODIFIED
 
@@ -301,16 +302,30 @@ class OutgoingLink:
         self.driver: ConnectionDriver = conn.driver
         self._link = link._impl
         self._tags = 0
+        self._drained = 0  # credit given back to drains, which counts as deliveries
+        # The most credit the receiver has had at once: at 1 it may be proton's prefetch 1,
+        # which refills only on a flow from us (senderflow.py).
+        self._window = 0
         # unsettled delivery pointer -> the message id it carries; popped when we settle it
         self._ids: dict[Any, Any] = {}
+        self._flows = conn.flows
+        self._flows.attaching(self)
 
     def __repr__(self) -> str:
         return f"OutgoingLink({self.link.name!r}, queue={self.consumer.queue.name!r})"
 
+    @property
+    def deliveries(self) -> int:
+        """What the link's delivery-count has advanced by since the attach."""
+        return self._tags + self._drained
+
     def on_flow(self) -> None:
         core = self.conn.core
+        credit = self.link.credit
+        if credit > self._window:
+            self._window = credit
         if not self.conn.paused:
-            core.model.set_credit(self.consumer, self.link.credit)
+            core.model.set_credit(self.consumer, credit)
         if self.link.drain_mode:
             core.outbox.drain_requested(self)
         core.outbox.schedule()
@@ -320,8 +335,10 @@ class OutgoingLink:
         tag = str(self._tags).encode()
         link = self._link
         dlv = _new_delivery(link, (len(tag), _from_buffer(tag)))
-        body = codec.outgoing_bytes(qm)
-        sent = _send(link, _from_buffer(body), len(body))
+        head, body, start = _outgoing(qm)
+        if head:
+            _send(link, head, len(head))
+        sent = _send(link, _from_buffer(body) + start, len(body) - start)
         if sent < 0:
             self.link._check(sent)  # raises, as Link.stream does
         _advance(link)
@@ -330,12 +347,14 @@ class OutgoingLink:
             _settle(dlv)  # no outcome will come: forget it
         else:
             self._ids[dlv] = qm.id
+        if self._window == 1 and consumer.credit == 0:
+            self._flows.want(self)  # its last credit: it may wait for a flow to refill
 
     def drain(self) -> bool:
         """The receiver asked to drain: whatever credit is left after dispatch is used up."""
         if self.consumer.closed or not self.link.drain_mode:
             return False
-        self.link.drained()
+        self._drained += self.link.drained()
         self.conn.core.model.set_credit(self.consumer, self.link.credit)
         return True
 
@@ -383,5 +402,6 @@ class OutgoingLink:
 
     def close(self) -> None:
         self._ids.clear()
+        self._flows.forget(self)
         self.conn.core.model.unsubscribe(self.consumer)
         self.conn.core.outbox.schedule()

@@ -47,7 +47,7 @@ from proton import (
 
 from .handler import ConnectionHandler, HandlerFactory
 from .options import ConnectionOptions, anonymous_sasl, peer_of
-from .output import OutputBuffer
+from .output import OutputBuffer, OutputHook
 from .sockio import SocketIO
 
 log = logging.getLogger("qstore.net")
@@ -191,6 +191,11 @@ class ConnectionDriver:
             self.connection.close()
         self._start_closing()
         self.wake()
+
+    def set_output_hook(self, hook: OutputHook | None) -> None:
+        """Have `hook` see (and add to) proton's output before it is queued, or stop (None).
+        Set it only while it has work: each pull then costs a join of its output."""
+        self._out.hook = hook
 
     @property
     def output_pending_bytes(self) -> int:
