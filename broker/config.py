@@ -32,6 +32,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 REPLICATE_LEVELS = ("none", "configuration", "all")
 MIN_FRAME_SIZE = 512  # AMQP 1.0 MIN-MAX-FRAME-SIZE
 MIN_JOURNAL_SIZE = 1 << 20
+MAX_SESSIONS = 32768  # proton's most channels (PN_IMPL_CHANNEL_MAX + 1)
 DEFAULT_SSL_PORT = 5671
 
 
@@ -86,6 +87,11 @@ class BrokerConfig:
     heartbeat: float = 60.0
     max_connections: int = 500  # as qpidd
     max_frame_size: int = 65536
+    max_message_size: int = 16 << 20  # as RabbitMQ 4; 0: no limit
+    max_sessions: int = 64  # per connection, as RabbitMQ 4 (session_max_per_connection)
+    max_links_per_session: int = 256  # as RabbitMQ 4 (link_max_per_session)
+    max_temporary_queues: int = 1000  # per connection: dynamic reply queues, subscriptions
+    open_timeout: float = 10.0  # as RabbitMQ's handshake_timeout
     port_file: Path | None = None
 
     def __post_init__(self) -> None:
@@ -174,6 +180,13 @@ def _journal_size(text: str) -> int:
     value = parse_size(text)
     if value < MIN_JOURNAL_SIZE:
         raise ValueError("must be at least 1MiB")
+    return value
+
+
+def _message_size(text: str) -> int:
+    value = parse_size(text)
+    if value >= 1 << 63:  # AMQP's max-message-size is a ulong; beyond this, say 0
+        raise ValueError("must be below 8EiB (0: no limit)")
     return value
 
 
@@ -349,6 +362,38 @@ OPTIONS: tuple[Option, ...] = (
         "N",
         "largest AMQP frame accepted, in bytes",
     ),
+    Option(
+        "max-message-size",
+        _message_size,
+        "SIZE",
+        "largest message accepted, bytes or K/M/G, KiB/MiB/GiB (0: no limit)",
+    ),
+    Option(
+        "max-sessions",
+        _integer(0, MAX_SESSIONS),
+        "N",
+        f"most sessions on one connection (0: {MAX_SESSIONS}, proton's most)",
+    ),
+    Option(
+        "max-links-per-session",
+        _integer(0, 2**31),
+        "N",
+        "most links attached on one session (0: no limit)",
+    ),
+    Option(
+        "max-temporary-queues",
+        _integer(0, 10_000_000),
+        "N",
+        "most private queues (dynamic reply queues, exchange subscriptions) one connection "
+        "holds (0: no limit)",
+    ),
+    Option(
+        "open-timeout",
+        parse_seconds,
+        _S,
+        "a new socket must finish its TLS handshake, then SASL and its AMQP open, each within "
+        "this long (0: no limit)",
+    ),
     Option("port-file", _path, "FILE", "write the listening port to FILE once listening"),
 )
 _BY_KEY = {o.key: o for o in OPTIONS}
@@ -367,6 +412,8 @@ def _default_text(option: Option) -> str | None:
         return f"{value:g}s"
     if option.key == "journal-max-size":
         return f"{value >> 30}GiB"
+    if option.key == "max-message-size":
+        return f"{value >> 20}MiB"
     return str(value)
 
 

@@ -48,6 +48,7 @@ from qstore.journal import (
     ExchangeDeclare,
     ExchangeDelete,
     Journal,
+    JournalError,
     QueueDeclare,
     QueueDelete,
     Record,
@@ -172,6 +173,21 @@ class EventLog:
             yield
         finally:
             self.adopting = False
+
+    @contextlib.contextmanager
+    def not_stored(self, queue: str) -> Iterator[None]:
+        """While a message the journal refused is taken off `queue`: its dequeue is not
+        journaled. There is no enqueue for it to cancel, and a full journal would spend on it
+        the room it keeps for the dequeues of messages it holds. (Replication is unchanged.)"""
+        e = self.queues.get(queue)
+        if e is None or not e.durable:
+            yield
+            return
+        e.durable = False
+        try:
+            yield
+        finally:
+            e.durable = True
 
     # -- events -------------------------------------------------------------------------------
 
@@ -374,5 +390,9 @@ class EventLog:
 
 
 def _log_failure(result: Any) -> None:
-    if isinstance(result, BaseException):
+    """A record nobody waits for failed. If the journal has said so already, with what it
+    means (qstore/journal/space.py), one more line per record would only drown that."""
+    if isinstance(result, JournalError) and result.reported:
+        log.debug("journal write failed: %s", result)
+    elif isinstance(result, BaseException):
         log.error("journal write failed: %s", result)

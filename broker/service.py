@@ -19,6 +19,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from broker.amqp.connection import AmqpConnection, Core
+from broker.amqp.limits import Limits
 from broker.amqp.outbox import Outbox
 from broker.config import BrokerConfig
 from broker.eventlog import EventLog
@@ -28,7 +29,7 @@ from broker.model import Broker
 from broker.net import Server
 from broker.net.server import ConnectionLimit
 from broker.security import Authenticator, Authorizer, server_context
-from qstore.journal import Journal
+from qstore.journal import Journal, faults
 from recovery.startup import restore
 
 log = logging.getLogger("qstore.broker")
@@ -44,7 +45,9 @@ class BrokerService:
         self.state = "standalone"
         self.model = Broker()
         t0 = time.monotonic()
-        self.journal = Journal(cfg.data_dir, map_size=cfg.journal_max_size)
+        self.journal = Journal(
+            cfg.data_dir, map_size=cfg.journal_max_size, commit=faults.from_environment()
+        )
         try:
             self.events = EventLog(self.model, self.journal, cfg.ha_replicate)
             restored = restore(self.model, self.journal, self.events)
@@ -75,6 +78,7 @@ class BrokerService:
             events=self.events,
             auto_create=cfg.auto_create,
             security=self.security,
+            limits=Limits.from_config(cfg),
         )
         self.core.management = Management(self.core, self.info())
 
@@ -87,6 +91,8 @@ class BrokerService:
                 lambda driver: AmqpConnection(self.core, driver),
                 idle_timeout=cfg.heartbeat,
                 max_frame_size=cfg.max_frame_size,
+                channel_max=self.core.limits.channel_max,
+                open_timeout=cfg.open_timeout,
                 sasl=authenticator,
                 ssl_context=ssl_context,
                 require_encryption=cfg.require_encryption,

@@ -39,6 +39,21 @@ def terminus(code: int, address: str | None) -> Described:
     return Described(ulong(code), [address])
 
 
+def attach_frame(
+    name: str, handle: int, role: bool, address: str | None, channel: int = 0
+) -> bytes:
+    src, tgt = (None, address) if role == SENDER else (address, None)
+    fields = [name, uint(handle), role, ubyte(0), ubyte(0)]
+    fields += [terminus(SOURCE, src), terminus(TARGET, tgt), None, None, uint(0)]
+    return frame(channel, ATTACH, fields)
+
+
+def transfer_frame(handle: int, delivery_id: int, payload: bytes, channel: int = 0) -> bytes:
+    """The one transfer of a whole, unsettled message."""
+    fields = [uint(handle), uint(delivery_id), str(delivery_id).encode(), uint(0), False]
+    return frame(channel, TRANSFER, fields, payload)
+
+
 @dataclass
 class Frame:
     channel: int
@@ -83,30 +98,67 @@ class RawPeer:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.sock.sendall(b"".join(frames))
 
+    @staticmethod
+    def hello(channel_max: int = 65535) -> bytes:
+        """Our `open` frame (what `open` sends after the protocol header)."""
+        return frame(0, OPEN, ["raw-peer", None, uint(65536), ushort(channel_max)])
+
     def open(self, channel_max: int = 65535) -> Frame:
         """The protocol header and an `open`; returns the broker's `open`."""
-        self.send(AMQP_HEADER, frame(0, OPEN, ["raw-peer", None, uint(65536), ushort(channel_max)]))
+        self.send(AMQP_HEADER, self.hello(channel_max))
         return self.expect(OPEN)
 
+    @staticmethod
+    def begin_frame(channel: int = 0) -> bytes:
+        return frame(channel, BEGIN, [None, uint(0), uint(2048), uint(2048)])
+
     def begin(self, channel: int = 0) -> Frame:
-        self.send(frame(channel, BEGIN, [None, uint(0), uint(2048), uint(2048)]))
+        self.send(self.begin_frame(channel))
         return self.expect(BEGIN, channel)
 
     def attach(
         self, name: str, handle: int, role: bool, address: str | None, channel: int = 0
     ) -> None:
-        src, tgt = (None, address) if role == SENDER else (address, None)
-        fields = [name, uint(handle), role, ubyte(0), ubyte(0)]
-        fields += [terminus(SOURCE, src), terminus(TARGET, tgt), None, None, uint(0)]
-        self.send(frame(channel, ATTACH, fields))
+        self.send(attach_frame(name, handle, role, address, channel))
 
-    def transfer(self, handle: int, delivery_id: int, payload: bytes, channel: int = 0) -> None:
-        fields = [uint(handle), uint(delivery_id), str(delivery_id).encode(), uint(0), False]
+    def transfer(
+        self,
+        handle: int,
+        delivery_id: int | None,
+        payload: bytes,
+        channel: int = 0,
+        *,
+        more: bool = False,
+        aborted: bool = False,
+    ) -> None:
+        """One transfer frame. `delivery_id` None: a continuation of the delivery in progress
+        (no id, no tag); `more`: further frames of this delivery follow."""
+        if not more and not aborted and delivery_id is not None:
+            self.send(transfer_frame(handle, delivery_id, payload, channel))
+            return
+        if delivery_id is None:
+            fields: list[Any] = [uint(handle), None, None, None, None, more]
+        else:
+            fields = [uint(handle), uint(delivery_id), str(delivery_id).encode(), uint(0), False]
+            fields.append(more)
+        if aborted:
+            fields += [None, None, None, True]
         self.send(frame(channel, TRANSFER, fields, payload))
 
     def flow(self, handle: int | None, credit: int, channel: int = 0, count: int = 0) -> None:
         link = [] if handle is None else [uint(handle), uint(count), uint(credit)]
         self.send(frame(channel, FLOW, [uint(0), uint(2048), uint(0), uint(2048), *link]))
+
+    @staticmethod
+    def decode(data: bytes) -> Frame:
+        """One whole frame (as `frame` makes it) back into a `Frame`."""
+        _size, doff, _kind, channel = struct.unpack_from(">IBBH", data)
+        d = Data()
+        d.decode(data[doff * 4 :])
+        d.rewind()
+        d.next()
+        value = d.get_object()
+        return Frame(channel, int(value.descriptor), list(value.value or []))
 
     def _read_frame(self, deadline: float) -> Frame | None:
         while True:
@@ -168,4 +220,14 @@ class RawPeer:
             self._read_frame(deadline)
 
 
-__all__ = ["ACCEPTED", "RECEIVER", "SENDER", "Frame", "RawPeer", "frame", "symbol"]
+__all__ = [
+    "ACCEPTED",
+    "RECEIVER",
+    "SENDER",
+    "Frame",
+    "RawPeer",
+    "attach_frame",
+    "frame",
+    "symbol",
+    "transfer_frame",
+]

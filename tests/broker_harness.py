@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -28,14 +28,27 @@ STOP_TIMEOUT = 10.0
 
 
 class BrokerProcess:
-    def __init__(self, data_dir: Path, args: list[str], log_path: Path, port: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        args: list[str],
+        log_path: Path,
+        port: int = 0,
+        *,
+        wrap: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`wrap`: a command prefix the broker runs under (e.g. nsenter into the mount namespace
+        of a test's small filesystem); its port file is then kept beside the log, which both
+        sides see. `env`: variables added to the broker's environment."""
         self.data_dir = data_dir
         self.args = args
         self.log_path = log_path
-        self.port_file = data_dir.parent / f"{data_dir.name}.port"
+        self.port_file = (log_path.parent if wrap else data_dir.parent) / f"{data_dir.name}.port"
         self.port_file.unlink(missing_ok=True)
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()
         cmd = [
+            *wrap,
             sys.executable,
             "-m",
             "broker.main",
@@ -50,7 +63,11 @@ class BrokerProcess:
             *args,
         ]
         self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env},
         )
         self.port = self._wait_port()
 
@@ -111,12 +128,18 @@ class Brokers:
         self._n = 0
 
     def start(
-        self, data_dir: Path | None = None, args: list[str] | None = None, port: int = 0
+        self,
+        data_dir: Path | None = None,
+        args: list[str] | None = None,
+        port: int = 0,
+        *,
+        wrap: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> BrokerProcess:
         self._n += 1
         data_dir = data_dir or self.tmp_path / f"broker{self._n}"
         log_path = self.tmp_path / f"broker{self._n}.log"
-        b = BrokerProcess(data_dir, list(args or []), log_path, port)
+        b = BrokerProcess(data_dir, list(args or []), log_path, port, wrap=wrap, env=env)
         self.started.append(b)
         return b
 

@@ -126,7 +126,7 @@ def rewrite_value(data_dir: Path, seq: int, offset: int) -> bytes:
     `offset` counts from the start of the stored value; the header (and its crc32c) is kept, so
     only the check at read time can notice.
     """
-    env = lmdb.open(str(data_dir / "journal"), max_dbs=4, map_size=1 << 20)
+    env = lmdb.open(str(data_dir / "journal"), max_dbs=4, map_size=1 << 30)  # room for an edit
     try:
         db = env.open_db(b"records", create=False)
         with env.begin(write=True, db=db) as txn:

@@ -4,10 +4,21 @@ error status), never amqp:internal-error; the broker log has no traceback; and a
 another connection is served throughout (`GoodClient` from test_broker_malformed).
 
 The wrong frames are hand-made (tests/amqp_raw.py: proton's `Data` encodes the performatives) so
-that the test can say what no proton `Transport` would. The conditions are proton's engine's
+that the test can say what no proton `Transport` would. Most conditions are proton's engine's
 (it checks handles and channels before the broker sees an event): a connection error in each
 case, `amqp:invalid-field` for unknown handles and duplicate link names, `amqp:not-allowed` for
-frames on a channel never begun, `amqp:connection:framing-error` past channel-max.
+frames on a channel never begun, `amqp:connection:framing-error` past channel-max. The broker's
+own: `amqp:not-allowed` for a transfer on a link where the broker sends (proton would file it
+as a delivery of the broker's sending link), `amqp:link:message-size-exceeded` for a management
+request over its bound.
+
+Two wrong conversations proton takes silently and the broker cannot see: an attach that reuses
+a live handle (proton maps the handle to the new link and orphans the old one) and a begin on a
+channel in use (likewise for the session). Proton 0.40 exposes neither a link's remote handle
+nor a session's remote channel, and finding them ourselves means walking every incoming frame
+header in Python (about 0.3 us a frame, on every transfer). Both are bounded instead by the
+counted limits (tests/test_broker_limits.py): orphans count against --max-links-per-session and
+--max-sessions, and the channel reuse is caught outright once the sessions pass the limit.
 """
 
 from __future__ import annotations
@@ -17,11 +28,23 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from amqp_raw import ACCEPTED, ATTACH, BEGIN, DETACH, DISPOSITION, END, RECEIVER, SENDER, RawPeer
+from amqp_raw import (
+    ACCEPTED,
+    ATTACH,
+    BEGIN,
+    CLOSE,
+    DETACH,
+    DISPOSITION,
+    END,
+    RECEIVER,
+    SENDER,
+    TRANSFER,
+    RawPeer,
+)
 from amqp_raw import frame as raw_frame
 from broker_harness import BrokerProcess, Brokers
-from proton import Described, Message, char, symbol, uint, ulong, ushort
-from proton.utils import BlockingConnection, SyncRequestResponse
+from proton import Described, Message, Timeout, char, symbol, uint, ulong, ushort
+from proton.utils import BlockingConnection, LinkDetached, SyncRequestResponse
 from test_broker_malformed import GoodClient, _after
 
 VALID = bytes(Message(body="ok").encode())
@@ -201,10 +224,10 @@ MGMT: dict[str, tuple[dict[str, Any] | None, Any, int]] = {
         {"exchange": 5, "queue": [1], "key": {"a": 1}, "arguments": "x"},
         400,
     ),
-    "huge-string-body": ({"operation": "QUERY", "type": "queue"}, "x" * 4_000_000, 400),
-    "huge-map-body": (
+    "large-string-body": ({"operation": "QUERY", "type": "queue"}, "x" * 500_000, 400),
+    "large-map-body": (
         {"operation": "CREATE", "type": "queue", "name": "m6"},
-        {"arguments": "x", **{f"k{i}": "v" * 100 for i in range(20000)}},
+        {"arguments": "x", **{f"k{i}": "v" * 100 for i in range(5000)}},
         400,
     ),
     "symbols-are-strings": ({"operation": symbol("QUERY"), "type": symbol("queue")}, {}, 200),
@@ -238,4 +261,151 @@ def test_malformed_management_requests_get_an_error_status(
     names = {q["name"] for q in reply.body}
     assert not names & {"m1", "m2", "m3", "m4", "m5", "m6", "[1, 2]", "5"}, names
     good.roundtrip()
+    _no_traceback(broker)
+
+
+HUGE: dict[str, tuple[dict[str, Any], Any]] = {
+    "huge-string-body": ({"operation": "QUERY", "type": "queue"}, "x" * 4_000_000),
+    "huge-map-body": (
+        {"operation": "CREATE", "type": "queue", "name": "m7"},
+        {"arguments": "x", **{f"k{i}": "v" * 100 for i in range(20000)}},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(HUGE))
+def test_a_huge_management_request_ends_its_link(
+    broker: BrokerProcess, good: GoodClient, name: str
+) -> None:
+    """Over the management bound (1 MiB): refused as it arrives, never decoded whole."""
+    props, body = HUGE[name]
+    conn = BlockingConnection(broker.url, timeout=15)
+    try:
+        with pytest.raises(LinkDetached) as info:
+            SyncRequestResponse(conn, "$management").call(Message(properties=props, body=body))
+        cond = info.value.link.remote_condition
+        assert cond.name == "amqp:link:message-size-exceeded", cond
+        assert "(of a management request)" in cond.description
+    finally:
+        conn.close()
+    good.roundtrip()
+    _no_traceback(broker)
+
+
+def test_transfer_on_a_link_where_the_broker_sends_closes_the_connection(
+    broker: BrokerProcess, good: GoodClient
+) -> None:
+    """A receiver that sends: proton would make it a delivery of the broker's own sending link
+    (the next message to the client would be written into it), so the connection goes; the
+    message is not taken, and messages the link held go back to the queue."""
+    c = BlockingConnection(broker.url, timeout=10)
+    try:
+        c.create_sender("conv-w").send(Message(body="held", durable=True))
+    finally:
+        c.close()
+    p = RawPeer(broker.port)
+    try:
+        p.open()
+        p.begin()
+        p.attach("r", 0, RECEIVER, "conv-w")
+        p.expect(ATTACH)
+        p.flow(0, 10)
+        p.expect(TRANSFER)  # "held" is out to us, unsettled
+        p.transfer(0, 0, VALID)  # on our receiving link
+        close = p.expect(CLOSE)
+        assert close.error() is not None and close.error()[0] == "amqp:not-allowed", p.frames
+        assert "where the broker is the sender" in close.error()[1]
+        p.transfer(0, 1, VALID * 100)  # what comes after our close is not looked at
+        p.wait_eof()
+    finally:
+        p.close()
+    _after(broker, good, p.addr)
+    c = BlockingConnection(broker.url, timeout=10)
+    try:
+        r = c.create_receiver("conv-w")
+        assert r.receive(timeout=10).body == "held"  # back on the queue, nothing else
+        r.accept()
+        with pytest.raises(Timeout):
+            r.receive(timeout=0.5)
+    finally:
+        c.close()
+    said = [line for line in broker.log().splitlines() if "where the broker is" in line]
+    said = [line for line in said if f"peer={p.addr}" in line]
+    assert ["WARNING" in line for line in said] == [True, False], said  # ours, the driver's
+    _no_traceback(broker)
+
+
+def test_transfer_on_a_refused_link_where_the_broker_sends_closes_the_connection(
+    broker: BrokerProcess, good: GoodClient
+) -> None:
+    """Likewise on a sending link the broker has refused (and so no longer serves)."""
+    p = RawPeer(broker.port)
+    try:
+        p.open()
+        p.begin()
+        p.attach("r", 0, RECEIVER, "$ha.replication")  # not a cluster broker: refused
+        assert p.expect(DETACH).error()[0] == "amqp:not-allowed", p.frames
+        p.transfer(0, 0, VALID)
+        close = p.expect(CLOSE)
+        assert close.error() is not None and close.error()[0] == "amqp:not-allowed", p.frames
+        assert "where the broker is the sender" in close.error()[1]
+        p.wait_eof()
+    finally:
+        p.close()
+    _after(broker, good, p.addr)
+    _no_traceback(broker)
+
+
+def test_an_aborted_transfer_is_forgotten_and_the_link_goes_on(
+    broker: BrokerProcess, good: GoodClient
+) -> None:
+    p = RawPeer(broker.port)
+    try:
+        p.open()
+        p.begin()
+        p.attach("s", 0, SENDER, "conv-a")
+        p.expect(ATTACH)
+        p.transfer(0, 0, VALID[:10], more=True)
+        p.transfer(0, None, b"", aborted=True)  # the sender gives up on it (AMQP 2.6.12)
+        p.transfer(0, 1, VALID)
+        d = p.expect(DISPOSITION)
+        assert d.fields[1] == 1 and int(d.fields[4].descriptor) == ACCEPTED, p.frames
+        assert not any(f.error() for f in p.frames), p.frames
+    finally:
+        p.close()
+    c = BlockingConnection(broker.url, timeout=10)
+    try:
+        r = c.create_receiver("conv-a")
+        assert r.receive(timeout=10).body == "ok"
+        r.accept()
+        with pytest.raises(Timeout):
+            r.receive(timeout=0.5)
+    finally:
+        c.close()
+    _no_traceback(broker)
+
+
+def test_a_detach_without_close_ends_the_link(broker: BrokerProcess, good: GoodClient) -> None:
+    """The broker does not resume links: a suspended link (detach, closed false) is ended, and
+    its consumer with it, so the queue's messages go to whoever else consumes."""
+    p = RawPeer(broker.port)
+    try:
+        p.open()
+        p.begin()
+        p.attach("r", 0, RECEIVER, "conv-s")
+        p.expect(ATTACH)
+        p.flow(0, 10)
+        p.send(raw_frame(0, DETACH, [uint(0), False]))
+        assert p.expect(DETACH).error() is None, p.frames
+        c = BlockingConnection(broker.url, timeout=10)
+        try:
+            c.create_sender("conv-s").send(Message(body="to the other", durable=True))
+            r = c.create_receiver("conv-s")
+            assert r.receive(timeout=10).body == "to the other"
+            r.accept()
+        finally:
+            c.close()
+        assert not any(f.code == TRANSFER for f in p.quiet(0.2)), p.frames
+    finally:
+        p.close()
     _no_traceback(broker)

@@ -65,6 +65,10 @@ def test_defaults() -> None:
     assert c.journal_max_size == 16 * 1024**3
     assert c.heartbeat == 60.0
     assert c.max_frame_size == 65536
+    assert c.max_message_size == 16 << 20  # as RabbitMQ 4
+    assert (c.max_sessions, c.max_links_per_session) == (64, 256)  # as RabbitMQ 4
+    assert c.max_temporary_queues == 1000
+    assert c.open_timeout == 10.0
     assert c.port_file is None
 
 
@@ -112,6 +116,15 @@ def test_every_option_has_a_field_and_help() -> None:
         (["--heartbeat", "0"], "heartbeat", 0.0),
         (["--heartbeat", "250ms"], "heartbeat", 0.25),
         (["--max-frame-size", "512"], "max_frame_size", 512),
+        (["--max-message-size", "1MiB"], "max_message_size", 1 << 20),
+        (["--max-message-size", "100K"], "max_message_size", 100 << 10),
+        (["--max-message-size", "0"], "max_message_size", 0),
+        (["--max-sessions", "1"], "max_sessions", 1),
+        (["--max-sessions", "0"], "max_sessions", 0),
+        (["--max-links-per-session", "10"], "max_links_per_session", 10),
+        (["--max-temporary-queues", "0"], "max_temporary_queues", 0),
+        (["--open-timeout", "500ms"], "open_timeout", 0.5),
+        (["--open-timeout", "0"], "open_timeout", 0.0),
         (["--port-file", "port.txt"], "port_file", Path("port.txt")),
     ],
 )
@@ -250,6 +263,13 @@ def test_bad_yes_no() -> None:
         (["--log-level", "loud"], "--log-level: invalid value 'loud': expected one of debug,"),
         (["--max-frame-size", "511"], "--max-frame-size: invalid value '511'"),
         (["--max-frame-size", "64K"], "--max-frame-size: invalid value '64K'"),
+        (["--max-message-size", "-1"], "--max-message-size: invalid value '-1': expected a size"),
+        (["--max-message-size", "8EiB"], "--max-message-size: invalid value '8EiB'"),
+        (["--max-message-size", "9999999T"], "--max-message-size: invalid value '9999999T'"),
+        (["--max-sessions", "32769"], "--max-sessions: invalid value '32769': expected an"),
+        (["--max-links-per-session", "-1"], "--max-links-per-session: invalid value '-1'"),
+        (["--max-temporary-queues", "x"], "--max-temporary-queues: invalid value 'x'"),
+        (["--open-timeout", "-1"], "--open-timeout: invalid value '-1': must not be negative"),
         (["--port-file", ""], "--port-file: invalid value ''"),
         (["--acl-file", ""], "--acl-file: invalid value ''"),
     ],

@@ -41,7 +41,7 @@ views (choose one; default -b):
   -q, --queues       queues: depth, bytes, enqueues, dequeues, consumers, replication
   -e, --exchanges    exchanges: type, routed, dropped, bindings
   -c, --connections  connections: peer, container, links, admin
-  -b, --brokers      brokers: name, state, node id, pid, data dir, statistics
+  -b, --brokers      brokers: name, state, node id, pid, data dir, journal, statistics
 
 -b is both the broker address and the brokers view (as in the seed's qpid-stat):
   qstore-stat -b 127.0.0.1:5672 -q    queues of the broker at 127.0.0.1:5672
@@ -209,7 +209,33 @@ def broker_row(info: dict[str, Any], address: str) -> dict[str, Any]:
         "data-dir": info.get("data-dir", ""),
         "version": info.get("version", ""),
         "statistics": dict(info.get("statistics") or {}),
+        "journal": dict(info.get("journal") or {}),
     }
+
+
+def journal_line(journal: dict[str, Any]) -> str:
+    """`full (LMDB map of 1.0 MiB reached): 1.0 MiB used of 1.0 MiB map, 64 KiB reserve`."""
+    if not journal:
+        return "(not reported)"
+    state = str(journal.get("state", "?"))
+    if journal.get("reason"):
+        state += f" ({journal['reason']})"
+    reserve, held = journal.get("reserve", 0), journal.get("reserve-held", 0)
+    line = (
+        f"{state}: {_size(journal.get('used', 0))} used of {_size(journal.get('map-size', 0))}"
+        f" map, {_size(reserve)} reserve{'' if held >= reserve else f' ({_size(held)} held)'}, "
+        f"{_size(journal.get('disk-free', 0))} disk free"
+    )
+    if journal.get("unjournaled"):
+        line += f"; {journal['unjournaled']} dequeues not journaled (redelivered after a restart)"
+    return line
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} B"
 
 
 def _yes(flag: bool) -> str:
@@ -281,6 +307,7 @@ def render(view: str, rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         stats = r["statistics"]
+        out.append(f"\nJournal: {journal_line(r['journal'])}")
         out.append(f"\nStatistics of {r['name'] or r['address']}")
         out.append(table(("statistic", "value"), sorted(stats.items())))
     return "\n".join(out)

@@ -14,15 +14,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from proton import Condition, Endpoint, Event, Link, Terminus
+from cproton_ffi import lib
+from proton import Condition, Endpoint, Event, Link, Session, Terminus
 
 from broker.ha import backup_writes, levels
-from broker.model import Broker, Exchange, Message, ModelError, NotAllowed, NotFound, Queue
+from broker.model import (
+    Broker,
+    Exchange,
+    Message,
+    ModelError,
+    NotAllowed,
+    NotFound,
+    Queue,
+    ResourceLimitExceeded,
+)
 from broker.net import ConnectionDriver, ConnectionHandler
 
 from . import nodes
+from .limits import NOT_ALLOWED, RESOURCE_LIMIT, Limits, Notices
 from .links import IncomingLink, OutgoingLink
 from .outbox import Outbox
+from .senderflow import SenderFlows
 
 if TYPE_CHECKING:
     from broker.eventlog import EventLog
@@ -50,6 +62,7 @@ class Core:
     ha: HaDriver | None = None
     security: Authorizer | None = None
     auto_create: bool = False
+    limits: Limits = field(default_factory=Limits)
     connections: dict[int, AmqpConnection] = field(default_factory=dict)
 
 
@@ -61,13 +74,20 @@ class AmqpConnection(ConnectionHandler):
         self.gone = False
         self.container: str | None = None
         self.user = ANONYMOUS  # the SASL identity, known by the time the peer opens
-        self.denied = False  # refused at open: nothing more it sends is looked at
+        self.denied = False  # refused at open, or failed: nothing more it sends is looked at
         self.kind = "client"  # or admin / backup (HA)
         self.paused = False  # output backed up: consumers not fed
         self.properties: dict[str, Any] = {}
         self._links: dict[Link, IncomingLink | OutgoingLink | Any] = {}
         # link pointer -> its handler's `on_raw_delivery` (handlers that have one)
         self._raw: dict[Any, Callable[[Any], None]] = {}
+        self.limits = core.limits
+        self.notices = Notices(log, f"broker={core.name} conn={self.id} peer={driver.peer}:")
+        self.incomplete = 0  # bytes of messages whose transfers are still arriving (all links)
+        self._sessions = 0  # sessions the peer has begun and not ended
+        self._attached: dict[Link, Session] = {}  # links the peer has attached, not detached
+        self._per_session: dict[Session, int] = {}  # how many of them on each session
+        self.flows = SenderFlows(driver)  # the link flows proton does not send (senderflow.py)
         core.connections[self.id] = self
 
     # -- events -------------------------------------------------------------------------------
@@ -88,22 +108,31 @@ class AmqpConnection(ConnectionHandler):
             handler = self._links.get(event.link)
             if handler is not None:
                 handler.on_delivery(event.delivery)
+            else:
+                self._unserved(event.link, event.delivery._impl)
         elif t == Event.LINK_FLOW:
             handler = self._links.get(event.link)
             on_flow = getattr(handler, "on_flow", None)
             if on_flow is not None:
                 on_flow()
         elif t == Event.LINK_REMOTE_OPEN:
-            self._attach(event.link)
-        elif t == Event.LINK_REMOTE_CLOSE:
+            if self._admit_link(event.link):
+                self._attach(event.link)
+        elif t in (Event.LINK_REMOTE_CLOSE, Event.LINK_REMOTE_DETACH):
+            # A detach without `closed` (a suspended link) ends it too: this broker does not
+            # resume links, and a link kept for a resume that never comes would be a leak.
+            self._uncount(event.link)
             self._detach(event.link)
         elif t == Event.SESSION_REMOTE_OPEN:
-            if event.session.state & Endpoint.LOCAL_UNINIT:
+            if self._admit_session() and event.session.state & Endpoint.LOCAL_UNINIT:
                 event.session.open()
         elif t == Event.SESSION_REMOTE_CLOSE:
+            self._sessions -= 1
             for link in list(self._links):
                 if link.session == event.session:
                     self._forget(link)
+            for link in [k for k, s in self._attached.items() if s == event.session]:
+                self._uncount(link)
             event.session.close()
         elif t == Event.CONNECTION_REMOTE_OPEN:
             self._open(event)
@@ -181,6 +210,113 @@ class AmqpConnection(ConnectionHandler):
         conn.condition = Condition(UNAUTHORIZED, why)
         conn.close()
 
+    # -- limits ------------------------------------------------------------------------------
+
+    def _admit_session(self) -> bool:
+        """Count a begun session. Proton refuses a begin above the channel-max we advertise
+        (`max_sessions - 1`), so more live sessions than that can only mean a begin on a channel
+        already in use (which proton takes silently, orphaning the first session): the
+        connection is closed, before the orphans add up."""
+        self._sessions += 1
+        most = self.limits.sessions
+        if self._sessions <= most:
+            return True
+        self.fail(
+            NOT_ALLOWED,
+            f"{self._sessions} sessions on channels 0-{most - 1}: a begin on a channel "
+            "already in use",
+        )
+        return False
+
+    def _admit_link(self, link: Link) -> bool:
+        """Count an attached link; refuse one past --max-links-per-session (the session goes on).
+        Refused links count until the peer detaches them: a peer that never does is closed at
+        twice the limit, so that refusals cannot pile up either."""
+        ssn = link.session
+        if link not in self._attached:
+            self._attached[link] = ssn
+            self._per_session[ssn] = self._per_session.get(ssn, 0) + 1
+        most = self.limits.max_links_per_session
+        if not most or self._per_session[ssn] <= most:
+            return True
+        if self._per_session[ssn] > 2 * most:
+            self.fail(
+                RESOURCE_LIMIT,
+                f"{self._per_session[ssn]} links on one session, twice the limit of {most}: "
+                "refused links are not being detached",
+            )
+            return False
+        text = f"more than {most} links on one session (--max-links-per-session)"
+        self.notices.refused("links", f"refused link {link.name!r}: {text}")
+        self._refuse(link, RESOURCE_LIMIT, text, quiet=True)
+        return False
+
+    def _uncount(self, link: Link) -> None:
+        ssn = self._attached.pop(link, None)
+        if ssn is None:
+            return
+        left = self._per_session[ssn] - 1
+        if left:
+            self._per_session[ssn] = left
+        else:
+            del self._per_session[ssn]
+
+    def _check_temporary_queues(self) -> None:
+        """Before a private queue (a dynamic node, an exchange subscription) is made."""
+        most = self.limits.max_temporary_queues
+        if most and self.core.model.owned_count(self.id) >= most:
+            text = f"this connection holds {most} private queues (--max-temporary-queues)"
+            self.notices.refused("temporary-queues", f"refused a temporary queue: {text}")
+            raise ResourceLimitExceeded(text)
+
+    def fail(self, condition: str, description: str) -> None:
+        """The peer broke the protocol in a way that leaves proton's state for it unreliable,
+        or keeps exceeding a limit: close the connection with `condition`, stop serving it at
+        once (its consumers' messages go back to their queues) and look at nothing more it
+        sends (the driver drops its input from now on)."""
+        if self.denied:
+            return
+        self.denied = True
+        log.warning(
+            "broker=%s conn=%s peer=%s closed: %s %s",
+            self.core.name,
+            self.id,
+            self.driver.peer,
+            condition,
+            description,
+        )
+        self._release_all()
+        self.driver.close(condition, description)
+
+    def close_link(self, link: Link, condition: str, description: str) -> None:
+        """End one link with an error (e.g. a message over the size limit); the session and
+        the connection go on. Whatever the peer still sends on it is dropped (`_unserved`)."""
+        self._forget(link)
+        if not link.state & Endpoint.LOCAL_CLOSED:
+            link.condition = Condition(condition, description)
+            link.close()
+        self.driver.wake()
+
+    def _unserved(self, link: Link, dlv: Any) -> None:
+        """A delivery on a link the broker does not serve (refused, or ended with an error).
+        From the peer on a link it sends on: settled, which frees what proton holds of it (and
+        proton then drops the rest of a message still arriving). On a link the broker sends on,
+        an outcome for one of ours is of no more use; anything else is the peer's transfer."""
+        if link.is_receiver:
+            lib.pn_delivery_settle(dlv)
+        elif lib.pn_link_current(link._impl) == dlv:
+            self.wrong_direction(link)
+
+    def wrong_direction(self, link: Link) -> None:
+        """The peer sent a transfer on a link where it is the receiver. Proton takes it as a new
+        delivery of our sending link (it would hold its bytes, and our next message would be
+        written into it) and files it among the session's incoming deliveries: nothing about
+        that link or session can be trusted any more, so the connection goes."""
+        self.fail(
+            NOT_ALLOWED,
+            f"transfer on link {link.name!r}, where the broker is the sender",
+        )
+
     def _attach(self, link: Link) -> None:
         if not link.state & Endpoint.LOCAL_UNINIT:
             return
@@ -210,6 +346,8 @@ class AmqpConnection(ConnectionHandler):
             else:  # the client receives from us
                 source = link.remote_source
                 link.source.copy(source)
+                if source.dynamic:
+                    self._check_temporary_queues()
                 node = self._resolve(source)
                 if source.dynamic:
                     pass  # its own private queue (a reply-to): nothing for the ACL to say
@@ -222,6 +360,7 @@ class AmqpConnection(ConnectionHandler):
                 if not browse:
                     self._check_backup_admin(node)
                 if isinstance(node, Exchange):
+                    self._check_temporary_queues()
                     queue: Queue = nodes.subscription_queue(
                         core.model, node, nodes.filter_key(source), self.id
                     )
@@ -373,16 +512,18 @@ class AmqpConnection(ConnectionHandler):
         else:
             super().on_server_stop(driver)
 
-    def _refuse(self, link: Link, condition: str, description: str) -> None:
-        """Refuse an attach: an attach with no node, then a detach with the error."""
-        log.info(
-            "broker=%s conn=%s refused link %r: %s %s",
-            self.core.name,
-            self.id,
-            link.name,
-            condition,
-            description,
-        )
+    def _refuse(self, link: Link, condition: str, description: str, quiet: bool = False) -> None:
+        """Refuse an attach: an attach with no node, then a detach with the error. `quiet`:
+        the caller has logged it."""
+        if not quiet:
+            log.info(
+                "broker=%s conn=%s refused link %r: %s %s",
+                self.core.name,
+                self.id,
+                link.name,
+                condition,
+                description,
+            )
         if link.is_receiver:
             link.target.address = None
         else:

@@ -15,6 +15,7 @@ outcome waits for the journal is kept alive by a reference of our own (`pn_incre
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +23,10 @@ from cproton_ffi import ffi, lib
 from proton import Condition, Delivery, Link
 
 from broker.model import Consumer, DequeueReason, Exchange, ModelError, Queue, QueuedMessage
+from qstore.journal import JournalFull
 
 from . import codec
+from .limits import MESSAGE_SIZE_EXCEEDED, NO_LIMIT, RESOURCE_LIMIT
 
 if TYPE_CHECKING:
     from broker.net import ConnectionDriver
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qstore.amqp")
 
-RESOURCE_LIMIT = "amqp:resource-limit-exceeded"
+INTERNAL_ERROR = "amqp:internal-error"
 DECODE_ERROR = "amqp:decode-error"
 NOT_FOUND = "amqp:not-found"
 WINDOW = 1000  # credit kept open on each incoming link
@@ -43,9 +46,12 @@ _partial, _readable = lib.pn_delivery_partial, lib.pn_delivery_readable
 _pending = lib.pn_delivery_pending
 _settled, _remote_state = lib.pn_delivery_settled, lib.pn_delivery_remote_state  # the peer's
 _update, _settle, _new_delivery = lib.pn_delivery_update, lib.pn_delivery_settle, lib.pn_delivery
+_current = lib.pn_link_current
 _recv, _send, _advance = lib.pn_link_recv, lib.pn_link_send, lib.pn_link_advance
 _credit, _flow = lib.pn_link_credit, lib.pn_link_flow
 _EOS = lib.PN_EOS
+_ABORTED = -11  # PN_ABORTED (proton/error.h), which cproton does not export
+_outgoing = codec.outgoing
 _ACCEPTED, _REJECTED = lib.PN_ACCEPTED, lib.PN_REJECTED
 _RELEASED, _MODIFIED = lib.PN_RELEASED, lib.PN_MODIFIED
 
@@ -56,7 +62,76 @@ def reject(dlv: Delivery, condition: str, description: str) -> None:
     dlv.settle()
 
 
-class IncomingLink:
+class SizeLimited:
+    """What every link the client sends on shares: its messages' size limit, advertised in our
+    attach (`max-message-size`), and the count of a message's bytes as its transfers arrive
+    (proton makes a delivery event per transfer frame). A message over the limit, complete or
+    not, ends the link with amqp:link:message-size-exceeded; the bytes of messages still
+    arriving on all links of the connection are bounded too (`Limits.incomplete_budget`), else
+    each of its links could hold one message just under the limit. Either way the delivery is
+    settled, which frees what proton holds of it, and the rest of it is dropped as it comes."""
+
+    conn: AmqpConnection
+    link: Link
+
+    def _limit_size(self, limit: int, source: str = "--max-message-size") -> None:
+        """Call before the link is opened (the limit goes out in our attach). `source`: where
+        the limit comes from, for the refusal's description."""
+        self._max_size = limit
+        self._limit_source = source
+        self._partial = 0  # bytes of the message arriving now, counted in conn.incomplete
+        if limit < NO_LIMIT:
+            self.link.max_message_size = limit
+
+    def _arriving(self, dlv: Any) -> None:
+        """A transfer of a message not yet complete came in (or, not partial, news of one
+        already taken: the peer settled it)."""
+        if not _partial(dlv):
+            return
+        pending = _pending(dlv)
+        if pending > self._max_size:
+            self._too_big(dlv, pending, " or more")
+            return
+        conn = self.conn
+        conn.incomplete += pending - self._partial
+        self._partial = pending
+        budget = conn.limits.incomplete_budget
+        if conn.incomplete > budget:
+            self._refuse_message(
+                dlv,
+                RESOURCE_LIMIT,
+                f"{conn.incomplete} bytes of messages still arriving on this connection exceed "
+                f"{budget} (twice --max-message-size)",
+            )
+
+    def _arrived(self) -> None:
+        """The message whose transfers were being counted is complete (or gone)."""
+        self.conn.incomplete -= self._partial
+        self._partial = 0
+
+    def _too_big(self, dlv: Any, size: int, more: str = "") -> None:
+        self._refuse_message(
+            dlv,
+            MESSAGE_SIZE_EXCEEDED,
+            f"a message of {size}{more} bytes exceeds the limit of {self._max_size} bytes "
+            f"({self._limit_source})",
+        )
+
+    def _refuse_message(self, dlv: Any, condition: str, description: str) -> None:
+        self._arrived()
+        reject(Delivery.wrap(dlv), condition, description)  # settled: proton frees its bytes
+        conn = self.conn
+        text = f"closed link {self.link.name!r}: {condition} {description}"
+        conn.notices.refused(condition, text)
+        conn.close_link(self.link, condition, description)
+
+    def _aborted(self, dlv: Any) -> None:
+        """The sender gave up on a message part-sent (AMQP 2.6.12): forget it."""
+        self._arrived()
+        _settle(dlv)
+
+
+class IncomingLink(SizeLimited):
     """Messages from the client to a queue, an exchange, or (no address) each message's `to`."""
 
     def __init__(self, conn: AmqpConnection, link: Link, node: Queue | Exchange | None) -> None:
@@ -64,6 +139,7 @@ class IncomingLink:
         self.link = link
         self.node = node
         self._link = link._impl
+        self._limit_size(conn.limits.message_size)
         self._held: set[Any] = set()  # deliveries we hold a reference to until their outcome
         # The ACL's say per message, where the routing key varies (an exchange, the relay);
         # None when there is nothing to check (no ACL, or a queue: checked at attach).
@@ -79,12 +155,21 @@ class IncomingLink:
     def on_raw_delivery(self, dlv: Any) -> None:
         """A delivery (a cproton pointer) has data: once complete, route it."""
         if _partial(dlv) or not _readable(dlv):
-            return  # the rest of a large message is still coming
+            self._arriving(dlv)  # the rest of a large message is still coming
+            return
         link = self._link
         size = _pending(dlv)
+        if size > self._max_size:
+            self._too_big(dlv, size)
+            return
+        if self._partial:
+            self._arrived()
         data = bytearray(size)
         got = _recv(link, _from_buffer(data), size)
         if got != size:
+            if got == _ABORTED:
+                self._aborted(dlv)
+                return
             if got < 0 and got != _EOS:
                 self.link._check(got)  # raises, as Link.recv does
             data = data[: max(got, 0)]
@@ -164,16 +249,18 @@ class IncomingLink:
         if error is not None and result is not None and result.id is not None:
             # Not stored (journal full): the sender is told `rejected`, so the message must not
             # stay queued either (unless a consumer already holds it: then at least once).
-            model = self.conn.core.model
+            model, events = self.conn.core.model, self.conn.core.events
             for q in result.queues:
                 if q in model.queues:
-                    model.remove_message(q, result.id, DequeueReason.REJECTED)
+                    with events.not_stored(q) if events else contextlib.nullcontext():
+                        model.remove_message(q, result.id, DequeueReason.REJECTED)
         if self.conn.gone:
             if self._release(dlv):
                 _decref(dlv)
             return
-        if error is not None:
-            self._reject(dlv, RESOURCE_LIMIT, f"not stored: {error}")
+        if error is not None:  # a full journal may take it later; a write error says no more
+            condition = RESOURCE_LIMIT if isinstance(error, JournalFull) else INTERNAL_ERROR
+            self._reject(dlv, condition, f"not stored: {error}")
         elif self._release(dlv):
             _update(dlv, _ACCEPTED)
             _settle(dlv)
@@ -189,6 +276,8 @@ class IncomingLink:
         return True
 
     def close(self) -> None:
+        if self._partial:  # the link went while a message was arriving
+            self._arrived()
         if self.conn.gone:  # outcomes that never came must not keep the engine's memory alive
             held, self._held = self._held, set()
             for dlv in held:
@@ -213,16 +302,30 @@ class OutgoingLink:
         self.driver: ConnectionDriver = conn.driver
         self._link = link._impl
         self._tags = 0
+        self._drained = 0  # credit given back to drains, which counts as deliveries
+        # The most credit the receiver has had at once: at 1 it may be proton's prefetch 1,
+        # which refills only on a flow from us (senderflow.py).
+        self._window = 0
         # unsettled delivery pointer -> the message id it carries; popped when we settle it
         self._ids: dict[Any, Any] = {}
+        self._flows = conn.flows
+        self._flows.attaching(self)
 
     def __repr__(self) -> str:
         return f"OutgoingLink({self.link.name!r}, queue={self.consumer.queue.name!r})"
 
+    @property
+    def deliveries(self) -> int:
+        """What the link's delivery-count has advanced by since the attach."""
+        return self._tags + self._drained
+
     def on_flow(self) -> None:
         core = self.conn.core
+        credit = self.link.credit
+        if credit > self._window:
+            self._window = credit
         if not self.conn.paused:
-            core.model.set_credit(self.consumer, self.link.credit)
+            core.model.set_credit(self.consumer, credit)
         if self.link.drain_mode:
             core.outbox.drain_requested(self)
         core.outbox.schedule()
@@ -232,8 +335,10 @@ class OutgoingLink:
         tag = str(self._tags).encode()
         link = self._link
         dlv = _new_delivery(link, (len(tag), _from_buffer(tag)))
-        body = codec.outgoing_bytes(qm)
-        sent = _send(link, _from_buffer(body), len(body))
+        head, body, start = _outgoing(qm)
+        if head:
+            _send(link, head, len(head))
+        sent = _send(link, _from_buffer(body) + start, len(body) - start)
         if sent < 0:
             self.link._check(sent)  # raises, as Link.stream does
         _advance(link)
@@ -242,12 +347,14 @@ class OutgoingLink:
             _settle(dlv)  # no outcome will come: forget it
         else:
             self._ids[dlv] = qm.id
+        if self._window == 1 and consumer.credit == 0:
+            self._flows.want(self)  # its last credit: it may wait for a flow to refill
 
     def drain(self) -> bool:
         """The receiver asked to drain: whatever credit is left after dispatch is used up."""
         if self.consumer.closed or not self.link.drain_mode:
             return False
-        self.link.drained()
+        self._drained += self.link.drained()
         self.conn.core.model.set_credit(self.consumer, self.link.credit)
         return True
 
@@ -259,6 +366,10 @@ class OutgoingLink:
         ids = self._ids
         id_ = ids.get(dlv)
         if id_ is None:
+            # Not ours (ours are never the link's current delivery once sent): the peer sent a
+            # transfer on a link where it receives.
+            if _current(self._link) == dlv:
+                self.conn.wrong_direction(self.link)
             return
         state = _remote_state(dlv)
         if not state:  # proton reports no state as 0
@@ -291,5 +402,6 @@ class OutgoingLink:
 
     def close(self) -> None:
         self._ids.clear()
+        self._flows.forget(self)
         self.conn.core.model.unsubscribe(self.consumer)
         self.conn.core.outbox.schedule()

@@ -18,7 +18,7 @@ from proton import Delivery, Link
 from proton import Message as AmqpMessage
 
 from broker.amqp import codec
-from broker.amqp.links import DECODE_ERROR, reject
+from broker.amqp.links import DECODE_ERROR, SizeLimited, reject
 from broker.ha import backup_writes, levels
 from broker.model import Message, Queue
 
@@ -214,17 +214,30 @@ def _malformed(props: dict[str, Any], body: Any) -> str | None:
     return None
 
 
-class _RequestLink:
+class _RequestLink(SizeLimited):
+    """Requests to `$management`: bounded more tightly than messages (`management_size`), so
+    that a huge request body is refused as it arrives instead of being decoded whole."""
+
     def __init__(self, mgmt: Management, conn: AmqpConnection, link: Link) -> None:
         self.mgmt = mgmt
         self.conn = conn
         self.link = link
+        self._limit_size(conn.limits.management_size(), "of a management request")
         link.flow(MANAGEMENT_WINDOW)
 
     def on_delivery(self, dlv: Delivery) -> None:
         if dlv.partial or not dlv.readable:
+            self._arriving(dlv._impl)
             return
-        data = self.link.recv(dlv.pending)
+        if dlv.aborted:
+            self._aborted(dlv._impl)
+            return
+        size = dlv.pending
+        if size > self._max_size:
+            self._too_big(dlv._impl, size)
+            return
+        self._arrived()
+        data = self.link.recv(size)
         self.link.advance()
         if self.link.credit < MANAGEMENT_WINDOW // 2:
             self.link.flow(MANAGEMENT_WINDOW - self.link.credit)
@@ -267,4 +280,4 @@ class _RequestLink:
             self.conn.driver.wake()
 
     def close(self) -> None:
-        pass
+        self._arrived()

@@ -190,7 +190,9 @@ class Operations:
         stats = asdict(self.core.model.stats())
         stats["connections"] = len(self.core.connections)
         # The name is read live: `info` is taken before the listener binds (port 0 -> real port).
-        live = {"name": self.core.name}
+        live: dict[str, Any] = {"name": self.core.name}
+        if self.core.events is not None:  # writable, full or failed, and its room
+            live["journal"] = self.core.events.journal.status()
         return Response(200, OK, {**self.info, **live, "statistics": stats})
 
     def connection_query(self, name: str | None, body: dict[str, Any], conn: Any) -> Response:

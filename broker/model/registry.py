@@ -143,6 +143,10 @@ class Registry:
         self._em.emit(QueueDeclared(name, q.uuid, durable, auto_delete, exclusive_owner, args))
         return q, True
 
+    def owned_count(self, owner: Any) -> int:
+        """How many exclusive queues `owner` (a connection id) holds now."""
+        return len(self._owned.get(owner, ()))
+
     def delete_queue(
         self, name: str, *, if_empty: bool = False, if_unused: bool = False
     ) -> list[Consumer]:

@@ -47,7 +47,7 @@ from proton import (
 
 from .handler import ConnectionHandler, HandlerFactory
 from .options import ConnectionOptions, anonymous_sasl, peer_of
-from .output import OutputBuffer
+from .output import OutputBuffer, OutputHook
 from .sockio import SocketIO
 
 log = logging.getLogger("qstore.net")
@@ -106,6 +106,8 @@ class ConnectionDriver:
         self.transport = Transport(Transport.CLIENT if options.client else Transport.SERVER)
         if options.max_frame_size:
             self.transport.max_frame_size = options.max_frame_size
+        if options.channel_max:
+            self.transport.channel_max = options.channel_max
         if options.idle_timeout:
             self.transport.idle_timeout = options.idle_timeout
         self.user: str | None = None  # the SASL identity, once authenticated ("name@QPID")
@@ -134,6 +136,7 @@ class ConnectionDriver:
         self._drop_deadline: float | None = None
         self._open_deadline = self._clock() + options.open_timeout if options.open_timeout else None
         self._tail_closed = False
+        self._deaf = False  # input after our `close` was dropped (the peer's `close` with it)
         self._bytes_in = 0
         self._aborted: str | None = None
         self._dropped = False
@@ -188,6 +191,11 @@ class ConnectionDriver:
             self.connection.close()
         self._start_closing()
         self.wake()
+
+    def set_output_hook(self, hook: OutputHook | None) -> None:
+        """Have `hook` see (and add to) proton's output before it is queued, or stop (None).
+        Set it only while it has work: each pull then costs a join of its output."""
+        self._out.hook = hook
 
     @property
     def output_pending_bytes(self) -> int:
@@ -268,9 +276,14 @@ class ConnectionDriver:
                             break
                         continue
                 # On failure the engine has recorded why; what follows is read and dropped.
+                # So is what follows our own `close`: proton would still take the peer's
+                # transfers (and hold their bytes) until the peer's `close` came.
                 if data:
-                    with contextlib.suppress(TransportException, OverflowError):
-                        t.push(data)
+                    if self.connection.state & Endpoint.LOCAL_CLOSED:
+                        self._deaf = True
+                    else:
+                        with contextlib.suppress(TransportException, OverflowError):
+                            t.push(data)
                 self._pump()
             # Read and drop what the peer still sends until it goes, so that closing our end
             # does not reset the connection before the peer has read our last frame.
@@ -325,6 +338,11 @@ class ConnectionDriver:
                     self._say(sasl.failure or "peer closed during SASL")
             self._out.head_closed = True
             self._output.set()
+            return
+        if self._deaf or self.connection.state & Endpoint.LOCAL_CLOSED:
+            # We closed first (and may have stopped listening): a peer that hangs up now has
+            # had our last word, which is what the log says, not that it aborted.
+            self._pump()
             return
         with contextlib.suppress(TransportException):
             self.transport.close_tail()

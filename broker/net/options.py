@@ -48,6 +48,7 @@ class ConnectionOptions:
 
     idle_timeout: float = 0.0  # 0: none; proton advertises half of it to the peer
     max_frame_size: int = 0  # 0: proton's default
+    channel_max: int = 0  # the highest channel (session) number offered; 0: proton's default
     close_timeout: float = 5.0  # once closing starts, the socket is gone within this long
     linger: float = 1.0  # after our last byte, how long to wait for the peer's EOF
     open_timeout: float = 30.0  # the peer's AMQP open must arrive within this long (0: no limit)

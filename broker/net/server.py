@@ -55,6 +55,7 @@ class Server:
         *,
         idle_timeout: float = 0.0,
         max_frame_size: int = 0,
+        channel_max: int = 0,
         close_timeout: float = 5.0,
         linger: float = 1.0,
         open_timeout: float = 30.0,
@@ -76,6 +77,7 @@ class Server:
         options = ConnectionOptions(
             idle_timeout=idle_timeout,
             max_frame_size=max_frame_size,
+            channel_max=channel_max,
             close_timeout=close_timeout,
             linger=linger,
             open_timeout=open_timeout,

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class JournalError(Exception):
-    """Base class of every journal error."""
+    """Base class of every journal error.
+
+    `reported`: the journal has logged what this error means already (a write error, records
+    that consume which could not be written), so whoever gets it for a record nobody waits on
+    need not log it again, once per record."""
+
+    reported = False
 
 
 class JournalLocked(JournalError):
@@ -12,7 +18,14 @@ class JournalLocked(JournalError):
 
 
 class JournalFull(JournalError):
-    """The LMDB map or the disk is full: new durable work is refused, reads still work."""
+    """The LMDB map or the disk is full: new durable work is refused, reads still work.
+
+    `reason` names what is full (the map and its size, or the disk and the OS's error)."""
+
+    def __init__(self, reason: str, consequence: str = "") -> None:
+        then = f": {consequence}" if consequence else ""
+        super().__init__(f"journal is full ({reason}){then}")
+        self.reason = reason
 
 
 class JournalClosed(JournalError):

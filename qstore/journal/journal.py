@@ -13,7 +13,7 @@ import logging
 import os
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,11 +43,14 @@ class Journal(JournalReader):
         compress_threshold: int = COMPRESS_THRESHOLD,
         compaction_batch: int = 1024,
         auto_compact: bool = True,
-        reserve: int = 64 << 10,
+        reserve: int | None = None,
         compaction_horizon: int | None = None,
+        commit: Callable[[Txn], None] | None = None,
     ) -> None:
         """`compaction_horizon`: as `set_compaction_horizon`, but in force before the writer
-        starts (set later, background compaction could already have crossed it)."""
+        starts (set later, background compaction could already have crossed it).
+        `reserve`: bytes held back for dequeues and compaction once the journal is full (None:
+        a share of the map, space.default_reserve). `commit`: for tests only (faults.py)."""
         path = Path(data_dir)
         path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)  # only when we create it
         self._lock = DataDirLock(path)
@@ -76,6 +79,8 @@ class Journal(JournalReader):
             auto_compact=auto_compact,
             reserve=reserve,
             name=path.name,
+            data_dir=path,
+            commit=commit,
         )
         # What the open-time scan found cancelled is compaction's first work.
         self._queue_existing_garbage(tracker, garbage)
@@ -143,6 +148,24 @@ class Journal(JournalReader):
     @property
     def full(self) -> bool:
         return self.writer.full
+
+    def status(self) -> dict[str, Any]:
+        """The journal's condition and room, for management and qstore-stat: `state` is
+        writable, full or failed (`reason` says why), sizes in bytes."""
+        w = self.writer
+        space = w.space()
+        cond = w.condition
+        return {
+            "state": cond.state,
+            "reason": cond.reason,
+            "used": space.used,
+            "map-size": space.map_size,
+            "file-size": space.file,
+            "disk-free": space.disk_free,
+            "reserve": w.reserve,
+            "reserve-held": w.reserve_held,
+            "unjournaled": cond.unjournaled,
+        }
 
     @property
     def commits(self) -> int:

@@ -9,6 +9,9 @@ its commit: the event loop then runs their wakeups while that commit syncs (see 
 A record is never reported before the commit that holds it has returned.
 Control work (truncate, reset, compaction steps) runs on the same thread, in order with appends.
 
+A full map or disk, and write errors: see space.py and `_write_full` (new durable work is
+refused, what consumes still goes in, the journal becomes writable again by itself).
+
 Work nobody waits on (`lazy` appends: the broker's dequeues) may be held for up to `lazy_delay`
 so that it shares a commit with what follows: a consumer acknowledging one message at a time
 would otherwise cost an fsync per few records. Any other job ends the wait at once. Likewise,
@@ -27,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import lmdb
@@ -35,11 +39,20 @@ from crc32c import crc32c
 from .compaction import CompactionQueue
 from .errors import JournalClosed, JournalError, JournalFull
 from .records import FORMAT_VERSION, HEADER, KEY, Dequeue, Enqueue, Entry, Prepared, RecordType
+from .space import (
+    COMPACTION_MARGIN,
+    PASS_WHEN_FULL,
+    Condition,
+    Space,
+    default_reserve,
+    disk_free,
+    measure,
+    out_of_space,
+)
 from .state import JournalState
 
 log = logging.getLogger("qstore.journal")
 _EPOCH = int(RecordType.EPOCH)
-_DEQUEUE = int(RecordType.DEQUEUE)
 # A record's key and the first 16 bytes of its header, which its crc32c covers (records.seal)
 _KEY_HEAD = struct.Struct(">QBBHIQ").pack
 _HEAD = HEADER.pack
@@ -48,6 +61,10 @@ _BUSY, _SLEEPING, _HOLDING = 0, 1, 2  # the writer: working, waiting, holding la
 Result = Any  # a list of seqs, a control job's return value, or an exception
 _Written = tuple[Prepared, int, int]  # a committed record, its epoch and origin seq
 Txn = lmdb.Transaction
+_IO_ERRORS = (lmdb.Error, OSError)
+_FULL_CHUNK = 256  # records per commit at most while full (see _write_parts)
+_RESERVE = b"reserve:"
+_PAGE_HEADER = 16  # an LMDB overflow page's header: a piece of this less fills one page
 
 
 class Waiter:
@@ -152,12 +169,19 @@ class GroupCommitWriter:
         max_batch_bytes: int = 32 << 20,
         compaction_batch: int = 1024,
         auto_compact: bool = True,
-        reserve: int = 64 << 10,
+        reserve: int | None = None,
         lazy_delay: float = 0.010,
         lazy_limit: int = 1024,
         idle_compact_delay: float = 0.050,
+        probe_interval: float = 0.25,
         name: str = "journal",
+        data_dir: Path | None = None,
+        commit: Callable[[Txn], None] | None = None,
     ) -> None:
+        """`reserve`: bytes held back for what consumes once the journal is full (None: a
+        share of the map, space.default_reserve). `probe_interval`: how often a full journal
+        looks whether it has room again. `commit`: commits an append transaction (default
+        LMDB's; faults.py puts a test's failing one here)."""
         self.env = env
         self.db = db
         self.meta = meta
@@ -168,11 +192,26 @@ class GroupCommitWriter:
         self.max_batch_bytes = max_batch_bytes
         self.compaction_batch = compaction_batch
         self.auto_compact = auto_compact
-        self.reserve = reserve
+        self.reserve = default_reserve(env.info()["map_size"]) if reserve is None else reserve
+        self.margin = min(COMPACTION_MARGIN, self.reserve // 2)  # what dequeues leave alone
+        self.data_dir = data_dir if data_dir is not None else Path(env.path())
+        self._commit_txn = commit or Txn.commit
         self.lazy_delay = lazy_delay
         self.lazy_limit = lazy_limit
         self.idle_compact_delay = idle_compact_delay
-        self.full = False
+        self.full = False  # new durable work is refused (the map or the disk is full)
+        self.condition = Condition(name)
+        self.probe_interval = probe_interval
+        self._next_probe = 0.0
+        self._full_headroom = 0  # Space.headroom() when it became full
+        self._failing = False  # the last append commit failed with an I/O error
+        # The reserve: one-page values (no run of free pages needed to put one back), keys
+        # `reserve:` + a 4-byte number; pieces 0..held-1 are in the journal.
+        self._piece = env.stat()["psize"] - _PAGE_HEADER
+        self._pieces = -(-self.reserve // self._piece)
+        self._held = -1  # not known until _ensure_reserve
+        self._ticked = False  # see _make_room
+        self._stuck_at = -1  # `commits` when a compaction step last failed for want of room
         self.commits = 0
         # Lazy holding: the leading jobs already seen to be lazy, their records, since when.
         self._lazy_jobs = 0
@@ -192,7 +231,12 @@ class GroupCommitWriter:
         self._thread = threading.Thread(target=self._run, name=f"{name}-writer", daemon=True)
 
     def start(self) -> None:
-        self._ensure_reserve()
+        if not self._ensure_reserve():  # full when it was closed: what is left of the reserve
+            with self.env.begin(db=self.meta) as txn:
+                self._held = next(
+                    i for i in range(self._pieces + 1) if txn.get(_reserve_key(i)) is None
+                )
+            self._set_full("no room for its reserve")
         self._thread.start()
 
     # -- called from any thread -------------------------------------------------------------
@@ -247,7 +291,10 @@ class GroupCommitWriter:
             try:
                 if batch is None:
                     self._deliver()
-                    self._compact_step()
+                    if self._compaction_due():
+                        self._compact_step()
+                    if self.full and time.monotonic() >= self._next_probe:
+                        self._probe()
                 elif isinstance(batch, _Control):
                     self._deliver()  # what was submitted before is handled before it
                     self._control(batch)
@@ -269,6 +316,8 @@ class GroupCommitWriter:
             if self.full:  # room is what new work waits for: no delay
                 return 0.0
             return max(0.0, self._last_write + self.idle_compact_delay - time.monotonic())
+        if self.full:  # look again for room now and then (a disk may be freed by others)
+            return max(0.0, self._next_probe - time.monotonic())
         return None
 
     def _lazy_hold(self) -> float:
@@ -292,7 +341,7 @@ class GroupCommitWriter:
         return max(0.0, self._lazy_since + self.lazy_delay - time.monotonic())
 
     def _compaction_due(self) -> bool:
-        return self.auto_compact and self.compaction.ready()
+        return self.auto_compact and self._stuck_at != self.commits and self.compaction.ready()
 
     def _take(self) -> list[_Append] | _Control | None:
         jobs = self._jobs
@@ -314,31 +363,35 @@ class GroupCommitWriter:
         return batch
 
     def _write(self, batch: list[_Append]) -> None:
-        if self.full and not self._ensure_reserve():
-            # The reserve went to dequeues: until deleting garbage gives it back, new work would
-            # spend the room that dequeues need, so only they pass.
-            while self._compact_step():
-                pass
-            if not self._ensure_reserve():
-                self._write_when_full(batch, JournalFull("journal is full (LMDB map size reached)"))
-                return
+        if self.full and not self._probe():
+            self._write_full(batch)
+            return
         try:
             try:
                 written = self._commit(batch, compact=self.auto_compact)
             except JournalFull:
-                # Deleting garbage first frees pages that the next transaction may reuse.
+                # Deleting garbage first frees pages that a later transaction may reuse.
                 while self._compact_step():
                     pass
                 written = self._commit(batch, compact=False)
         except JournalFull as exc:
-            self._write_when_full(batch, exc)
+            if all(p.type in PASS_WHEN_FULL for job in batch for p in job.records):
+                # Only what consumes, too much for one transaction: written in chunks. New
+                # work is refused only if that took from the reserve.
+                self._write_full(batch)
+                if not (self.full or self._ensure_reserve()):
+                    self._set_full(exc.reason)
+                return
+            self._set_full(exc.reason)
+            self._write_full(batch)
             return
-        except lmdb.Error as exc:
+        except JournalError as exc:
             self._deliver()
-            err = JournalError(f"journal write failed: {exc}")
-            self._resolve([(job.waiter, err) for job in batch])
+            self._write_failed(batch, exc)
             return
-        self.full = False
+        if self._failing:
+            self._failing = False
+            self.condition.writable()
         first = self.next_seq - len(written)
         self._after_commit(first, written)
         self._outcomes = _seqs_per_job(batch, first)  # delivered by the next commit or _run
@@ -394,60 +447,204 @@ class GroupCommitWriter:
                 txn.abort()
                 raise
             self._deliver()  # the last commit's waiters wake while this one syncs
-            txn.commit()
-        except lmdb.MapFullError:
+            self._commit_txn(txn)
+        except _IO_ERRORS as exc:
             self.compaction.restore(garbage)
-            raise JournalFull("journal is full (LMDB map size reached)") from None
-        except lmdb.Error as exc:
-            self.compaction.restore(garbage)
-            if "No space" in str(exc) or "ENOSPC" in str(exc):
-                raise JournalFull(f"journal is full (disk): {exc}") from None
-            raise
+            raise self._error(exc) from None
         self.compaction.done(len(garbage))
         self.next_seq = seq
         self.commits += 1
         return written
 
-    def _write_when_full(self, batch: list[_Append], exc: JournalFull) -> None:
-        """Refuse new work but let dequeues through, using the reserve if need be."""
-        self._deliver()
+    def _error(self, exc: BaseException) -> JournalError:
+        """What a failed write transaction means: the map or the disk is full, or an I/O error."""
+        if isinstance(exc, lmdb.MapFullError):
+            return JournalFull(f"LMDB map of {_mib(self.env.info()['map_size'])} reached")
+        if out_of_space(exc, self.data_dir):  # LMDB says EIO where the disk filled mid-write
+            return JournalFull(f"disk full, {_mib(disk_free(self.data_dir))} free ({exc})")
+        return JournalError(f"journal write failed: {exc}")
+
+    # -- a full journal -----------------------------------------------------------------------
+    #
+    # Full (a commit met the map's or the disk's end with the reserve held), the journal refuses
+    # new durable work (enqueues, declares, binds) and writes what consumes or removes
+    # (PASS_WHEN_FULL): in chunks that halve until they fit, compaction deleting what each
+    # chunk cancelled, the reserve given up only when nothing else makes room. It becomes
+    # writable again once `_probe` finds room for the reserve and as much again.
+
+    def _set_full(self, reason: str) -> None:
         self.full = True
-        dequeues: list[_Append] = []  # what may still be written
-        refused: list[tuple[Waiter, Result]] = []
-        mixed: list[tuple[_Append, _Append]] = []  # (non-atomic job, its dequeues)
+        self._next_probe = time.monotonic() + self.probe_interval
+        space = self.space()
+        # What the page counts call room when LMDB has none (freed pages it cannot reuse yet,
+        # its freelist's own): `_probe` wants more than this, not a figure of its own.
+        self._full_headroom = space.headroom()
+        self.condition.full(reason, space)
+
+    def _full_error(self) -> JournalFull:
+        reason = self.condition.reason or "no room left"
+        until = "the disk has room again" if reason.startswith("disk") else "consumers drain it"
+        return JournalFull(reason, f"new durable messages are refused until {until}")
+
+    def _write_full(self, batch: list[_Append]) -> None:
+        """Refuse new work; write what consumes, record by record where a job allows it."""
+        self._deliver()
+        refused = self._full_error()
+        parts: list[_Append] = []  # what is written, in order: whole atomic jobs, or records
+        split: list[tuple[_Append, list[_Append | None]]] = []  # non-atomic job -> its parts
+        outcomes: list[tuple[Waiter, Result]] = []
         for job in batch:
-            if _only_dequeues(job):
-                dequeues.append(job)
-            elif not job.atomic and any(p.type == _DEQUEUE for p in job.records):
-                part = _Append([p for p in job.records if p.type == _DEQUEUE], None)
-                mixed.append((job, part))
-                dequeues.append(part)
-            else:
-                refused.append((job.waiter, exc))  # type: ignore[arg-type]
-        self._resolve(refused)
-        if not dequeues:
-            for job, _ in mixed:
-                self._resolve([(job.waiter, exc)])  # type: ignore[list-item]
-            return
-        log.warning("journal full: releasing the reserve so that dequeues can be journaled")
+            if job.atomic:
+                if all(p.type in PASS_WHEN_FULL for p in job.records):
+                    parts.append(job)
+                else:
+                    outcomes.append((job.waiter, refused))  # type: ignore[arg-type]
+                continue
+            own: list[_Append | None] = []
+            for p in job.records:
+                part = _Append([p], None) if p.type in PASS_WHEN_FULL else None
+                if part is not None:
+                    parts.append(part)
+                own.append(part)
+            split.append((job, own))
+        got = self._write_parts(parts) if parts else {}
+        for job in batch:
+            if job.atomic and id(job) in got:
+                outcomes.append((job.waiter, got[id(job)]))  # type: ignore[arg-type]
+        for job, own in split:  # per record (a gathered job): its seq or its error
+            res = [refused if o is None else _one(got[id(o)]) for o in own]
+            outcomes.append((job.waiter, res))  # type: ignore[arg-type]
+        self._resolve(outcomes)
+
+    def _write_parts(self, parts: list[_Append]) -> dict[int, Result]:
+        """Commit `parts` in order, in chunks that fit; return each part's seqs or error.
+
+        Each chunk leaves `margin` bytes to compaction: LMDB reuses a page freed by the last
+        transaction only after the next one, so a map used to its last page takes no further
+        transaction at all, not even the delete that would make room.
+        """
+        got: dict[int, Result] = {}
+        i, chunk = 0, min(len(parts), _FULL_CHUNK)
+        while i < len(parts):
+            if self.margin and self.space().headroom() < self.margin:
+                if self._make_room():
+                    continue
+                return self._unwritten(parts[i:], got, self._full_error())
+            take = parts[i : i + chunk]
+            try:
+                written = self._commit(take)
+            except JournalFull as exc:
+                if chunk > 1:
+                    chunk = (chunk + 1) // 2
+                    continue
+                if self._make_room():
+                    continue
+                return self._unwritten(parts[i:], got, exc)
+            except JournalError as exc:
+                self._failing = True
+                self.condition.failed(str(exc))
+                return self._unwritten(parts[i:], got, exc)
+            self._ticked = False
+            first = self.next_seq - len(written)
+            self._after_commit(first, written)
+            for part, (_, seqs) in zip(take, _seqs_per_job(take, first), strict=True):
+                got[id(part)] = seqs
+            i += len(take)
+            chunk = min(_FULL_CHUNK, chunk * 2)
+            if self.auto_compact:
+                self._compact_step()  # deletes what that chunk cancelled: room for the next
+        return got
+
+    def _unwritten(
+        self, parts: list[_Append], got: dict[int, Result], exc: JournalError
+    ) -> dict[int, Result]:
+        self.condition.lost(sum(len(p.records) for p in parts), str(exc))
+        exc.reported = True
+        for part in parts:
+            got[id(part)] = exc
+        return got
+
+    def _make_room(self) -> bool:
+        """Commit something that lets the next try fit: a compaction step, the reserve's
+        release, or (once per try) a small write so that pages freed by the last transaction
+        become reusable (LMDB reuses them two transactions later). False: nothing helped."""
+        if self._compact_step():
+            return True
+        if self._held > 0:
+            return self._release_reserve()
+        return self._tick()
+
+    def _tick(self) -> bool:
+        """Once until the next commit: a small write, after which the pages that the last
+        transaction freed are reusable (LMDB keeps them for one more transaction)."""
+        if self._ticked:
+            return False
+        self._ticked = True
+        return self._meta_txn(lambda txn: txn.put(b"tick", _now()))
+
+    def _release_reserve(self) -> bool:
+        """Give up part of the reserve: a few pieces first, then as many again each time.
+        Freeing a piece costs a transaction fresh pages; the first needs only a few."""
+        held = self._held
+        n = min(held, max(8, self._pieces - held))
+
+        def drop(txn: Txn) -> None:
+            for i in range(held - n, held):
+                txn.delete(_reserve_key(i))
+
+        if not self._meta_txn(drop):
+            return False
+        self._held = held - n
+        self._stuck_at = -1  # compaction may fit again
+        if held == self._pieces:
+            log.warning(
+                "journal %s: using its %s reserve for dequeues and compaction",
+                self.condition.name,
+                _mib(self.reserve),
+            )
+        return True
+
+    def _meta_txn(self, fn: Callable[[Txn], Any]) -> bool:
         try:
             with self.env.begin(write=True, db=self.meta) as txn:
-                txn.delete(b"reserve")
-            written = self._commit(dequeues)
-        except (JournalFull, lmdb.Error) as again:
-            err = JournalFull(str(again))
-            self._resolve([(job.waiter, err) for job in dequeues if job.waiter])
-            self._resolve([(job.waiter, err) for job, _ in mixed])  # type: ignore[misc]
-            return
-        first = self.next_seq - len(written)
-        self._after_commit(first, written)
-        results = _seqs_per_job(dequeues, first)
-        self._resolve([r for r in results if r[0] is not None])
-        seq_of = {id(part): seqs for part, (_, seqs) in zip(dequeues, results, strict=True)}
-        for job, part in mixed:  # per record: its seq, or the refusal
-            got = iter(seq_of[id(part)])
-            out = [next(got) if p.type == _DEQUEUE else exc for p in job.records]
-            self._resolve([(job.waiter, out)])  # type: ignore[list-item]
+                fn(txn)
+        except _IO_ERRORS:
+            return False
+        return True
+
+    def _probe(self) -> bool:
+        """Full: is there room again for the reserve and as much again, beyond what there
+        seemed to be when it filled? Then take new work (return True). Cheap (LMDB's page
+        counts and a statvfs): a full journal asks before each batch, and every
+        `probe_interval` when idle."""
+        self._next_probe = time.monotonic() + self.probe_interval
+        space = self.space()
+        need = self._full_headroom + self.reserve + (self._pieces - self._held) * self._piece
+        if space.headroom() < need or not self._ensure_reserve():
+            return False
+        self.full = self._failing = False
+        self._stuck_at = -1
+        self.condition.writable(self.space())
+        return True
+
+    @property
+    def reserve_held(self) -> int:
+        """Bytes of the reserve in the journal now (less while full)."""
+        return min(self.reserve, max(0, self._held) * self._piece)
+
+    def space(self) -> Space:
+        return measure(self.env, [self.db, self.meta], self.data_dir)
+
+    def _write_failed(self, batch: list[_Append], exc: JournalError) -> None:
+        """An I/O error (not a full map or disk): every job of the batch fails; the next batch
+        tries again. What consumed is lost from the journal, said loudly (condition.lost)."""
+        self._failing = True
+        self.condition.failed(str(exc))
+        self.condition.lost(
+            sum(1 for job in batch for p in job.records if p.type in PASS_WHEN_FULL), str(exc)
+        )
+        exc.reported = True
+        self._resolve([(job.waiter, exc) for job in batch])  # type: ignore[misc]
 
     def _after_commit(self, first: int, written: list[_Written]) -> None:
         """The tracker learns the committed records (seqs from `first`), compaction their units."""
@@ -480,39 +677,63 @@ class GroupCommitWriter:
             if job.after:
                 job.after(result)
         except lmdb.MapFullError:
-            result = JournalFull("journal is full (LMDB map size reached)")
+            result = JournalFull("LMDB map size reached")
         except Exception as exc:
             result = exc
         job.waiter.resolve(result)
 
     def _compact_step(self) -> int:
-        seqs = self.compaction.take(self.compaction_batch)
-        if not seqs:
-            return 0
-        try:
-            with self.env.begin(write=True, db=self.db) as txn:
-                for s in seqs:
-                    txn.delete(KEY.pack(s))
-        except lmdb.Error:  # even a delete copies pages: a full map can refuse it
-            self.compaction.restore(seqs)
-            return 0
-        self.compaction.done(len(seqs))
-        self._ensure_reserve()
-        return len(seqs)
+        """Delete one batch of garbage; return how many records went.
+
+        Even a delete copies pages first: near a full map a large batch does not fit where a
+        small one does, so a batch that fails for room is retried smaller, down to one record.
+        """
+        n = self.compaction_batch
+        while True:
+            seqs = self.compaction.take(n)
+            if not seqs:
+                return 0
+            try:
+                with self.env.begin(write=True, db=self.db) as txn:
+                    for s in seqs:
+                        txn.delete(KEY.pack(s))
+            except _IO_ERRORS as exc:
+                self.compaction.restore(seqs)
+                if not isinstance(self._error(exc), JournalFull):
+                    log.error("journal %s: compaction failed: %s", self.condition.name, exc)
+                elif n > 1:
+                    n = max(1, n // 8)
+                    continue
+                elif self._tick():
+                    continue
+                self._stuck_at = self.commits  # until the next commit changes something
+                return 0
+            self._ticked = False
+            self.compaction.done(len(seqs))
+            return len(seqs)
 
     def _ensure_reserve(self) -> bool:
-        """Hold back some map space for dequeues once the journal is full (see _write_when_full).
+        """Hold back `reserve` bytes of the journal that new work cannot use (see _write_full).
 
-        Return whether the reserve is held.
+        Return whether the whole reserve is held.
         """
-        if not self.reserve:
+        if self._held == self._pieces:
             return True
+        filler = bytes(self._piece)
         try:
-            with self.env.begin(write=True, db=self.meta) as txn:
-                if txn.get(b"reserve") is None:
-                    txn.put(b"reserve", bytes(self.reserve))
-        except lmdb.MapFullError:
+            with self.env.begin(write=True, db=self.meta, buffers=True) as txn:
+                txn.delete(b"reserve")  # the one block of older journals
+                for i in range(self._pieces):
+                    key = _reserve_key(i)
+                    if txn.get(key) is None:
+                        txn.put(key, filler)
+                with txn.cursor() as cur:  # pieces beyond a smaller reserve than before
+                    cur.set_range(_reserve_key(self._pieces))
+                    while cur.key()[: len(_RESERVE)] == _RESERVE and cur.delete():
+                        pass
+        except _IO_ERRORS:
             return False
+        self._held = self._pieces
         return True
 
     def _deliver(self) -> None:
@@ -558,5 +779,18 @@ def _seqs_per_job(batch: list[_Append], first: int) -> list[tuple[Waiter, Result
     return results
 
 
-def _only_dequeues(job: _Append) -> bool:
-    return all(p.type == RecordType.DEQUEUE for p in job.records)
+def _one(result: Result) -> Result:
+    """A single record's outcome from its part's: its seq, or the error."""
+    return result if isinstance(result, BaseException) else result[0]
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n >> 10} KiB"
+
+
+def _reserve_key(i: int) -> bytes:
+    return _RESERVE + i.to_bytes(4, "big")
+
+
+def _now() -> bytes:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()
