@@ -154,9 +154,11 @@ def run_container(handler: Any, seconds: float) -> Any:
     return handler
 
 
-def produce(url: str, queue: str, seconds: float, size: int, window: int = 1000) -> Any:
-    """Send durable messages numbered from 0 for `seconds` (or until the link is closed);
-    counts what the broker accepted and refused (by message number)."""
+def produce(
+    url: str, queue: str, seconds: float, size: int, window: int = 1000, count: int = 0
+) -> Any:
+    """Send durable messages numbered from 0 for `seconds`, until `count` are sent (0: no
+    count), or until the link is closed; counts what the broker accepted and refused."""
     from proton import Message
     from proton.handlers import MessagingHandler
 
@@ -186,15 +188,25 @@ def produce(url: str, queue: str, seconds: float, size: int, window: int = 1000)
             self._fill(event.link)
 
         def _fill(self, s: Any) -> None:
-            while s.credit > 0 and self.sent - len(self.accepted) - self.refused < window:
+            while (
+                s.credit > 0
+                and self.sent - len(self.accepted) - self.refused < window
+                and not (count and self.sent >= count)
+            ):
                 s.send(Message(id=self.sent, body=body, durable=True), tag=str(self.sent))
                 self.sent += 1
 
         def on_accepted(self, event: Any) -> None:
             self.accepted.add(int(event.delivery.tag))
+            self._done()
 
         def on_rejected(self, event: Any) -> None:
             self.refused += 1
+            self._done()
+
+        def _done(self) -> None:
+            if count and len(self.accepted) + self.refused >= count:
+                self.conn.close()
 
         def on_link_error(self, event: Any) -> None:
             cond = event.link.remote_condition
@@ -325,14 +337,12 @@ def case_big(b: Broker, args: argparse.Namespace) -> dict[str, Any]:
     refused = accepted = 0
     errors: list[str] = []
     with b.sampling():
-        for _ in range(args.big_count):
-            p = produce(b.url, "big", 0.0 + 30.0, args.big_size, window=1)
+        for _ in range(args.big_count):  # one producer each: a refusal may end its link
+            p = produce(b.url, "big", CLIENT_TIMEOUT, args.big_size, window=1, count=1)
             accepted += len(p.accepted)
-            refused += p.refused + (1 if p.error else 0)
+            refused += 1 if p.refused or p.error else 0
             if p.error:
                 errors.append(p.error)
-            if p.sent and len(p.accepted) + p.refused + (1 if p.error else 0) >= args.big_count:
-                break
     got = consume(b.url, "big")
     return {
         "accepted": accepted,
