@@ -354,7 +354,9 @@ OPTIONS: tuple[Option, ...] = (
         "max-connections",
         _integer(0, 10_000_000),
         "N",
-        "most connections open at once, on all ports (0: no limit)",
+        "most sockets open at once, on all ports; when full, one not yet opened after 1 s "
+        "gives its place to a new one; in an HA cluster the last few are for HA connections "
+        "(0: no limit)",
     ),
     Option(
         "max-frame-size",

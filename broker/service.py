@@ -27,7 +27,7 @@ from broker.ha.driver import HaDriver
 from broker.mgmt.node import Management
 from broker.model import Broker
 from broker.net import Server
-from broker.net.server import ConnectionLimit
+from broker.net.limit import ConnectionLimit, ha_reserve
 from broker.security import Authenticator, Authorizer, server_context
 from qstore.journal import Journal, faults
 from recovery.startup import restore
@@ -82,7 +82,19 @@ class BrokerService:
         )
         self.core.management = Management(self.core, self.info())
 
-        limit = ConnectionLimit(cfg.max_connections)  # one budget for both ports
+        # one budget for both ports; in a cluster the last few slots are for HA connections
+        reserve = 0
+        if cfg.ha_cluster and cfg.ha_brokers_url is not None:
+            reserve = ha_reserve(cfg.max_connections, len(cfg.ha_brokers_url.addresses))
+        limit = ConnectionLimit(cfg.max_connections, reserve=reserve)
+        if reserve:
+            log.info(
+                "--max-connections %d: clients are refused at their open while %d connections "
+                "are open; the last %d are for HA connections (backups, admin tools)",
+                cfg.max_connections,
+                cfg.max_connections - reserve,
+                reserve,
+            )
 
         def listener(port: int, ssl_context: Any = None) -> Server:
             return Server(
