@@ -21,6 +21,7 @@ from broker.model import Broker, Exchange, Message, ModelError, NotAllowed, NotF
 from broker.net import ConnectionDriver, ConnectionHandler
 
 from . import nodes
+from .flowgate import FlowGate
 from .links import IncomingLink, OutgoingLink
 from .outbox import Outbox
 
@@ -51,6 +52,7 @@ class Core:
     security: Authorizer | None = None
     auto_create: bool = False
     connections: dict[int, AmqpConnection] = field(default_factory=dict)
+    flow: FlowGate | None = None  # publishing links held by flow control; None: none held
 
 
 class AmqpConnection(ConnectionHandler):

@@ -40,6 +40,7 @@ KEYS = (STOP_COUNT, STOP_SIZE, RESUME_COUNT, RESUME_SIZE)
 STOP_RATIO = 0.80  # qpidd's --default-flow-stop-threshold (percent of the limit)
 RESUME_RATIO = 0.70  # qpidd's --default-flow-resume-threshold
 RESUME_SHARE = 0.90  # the memory alarm clears below this share of --max-memory
+SIZE_GUESS = 64 << 10  # a message size assumed for a window before any message is seen
 
 # What the listener hears: (queue, True) stopped, (queue, False) resumed (or deleted while
 # stopped); (None, True) the memory alarm raised, (None, False) cleared.

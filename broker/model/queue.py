@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .arguments import QueueSettings, priority_table
 from .events import DeliveryCountChanged, Dequeued, DequeueReason, Emitter, Enqueued
-from .flow import Usage
+from .flow import SIZE_GUESS, Usage, credit_window
 from .message import Message, QueuedMessage, State
 from .stats import QueueStats
 from .store import MessageStore
@@ -299,6 +299,16 @@ class Queue:
         u.stopped -= 1
         if u.listener is not None:
             u.listener(self, False)
+
+    def credit_window(self, most: int, message_size: int = 0) -> int:
+        """The credit a link publishing into this queue should keep open (`flow.credit_window`),
+        sized for messages like the larger of the queue's average and `message_size`."""
+        s = self.settings
+        if s.flow is None:
+            return most
+        depth = len(self._store.by_id)
+        size = max(self._store.bytes // depth if depth else 0, message_size) or SIZE_GUESS
+        return credit_window(s.flow, s.max_count, s.max_size, size, most)
 
     def flow_limits_text(self) -> str:
         """The marks, for log lines."""
