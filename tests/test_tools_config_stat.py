@@ -230,7 +230,8 @@ def test_stat_views_with_real_counts(url: str) -> None:
         assert queues["other"]["replication"] == "none"  # the broker's default
         text = ok("qstore_stat", "-b", url, "-q")
         line = next(ln for ln in text.splitlines() if ln.startswith("work "))
-        assert line.split() == ["work", "Y", "3", str(work["bytes"]), "4", "1", "1", "all"]
+        assert work["flowStopped"] is False and work["flowStoppedCount"] == 0
+        assert line.split() == ["work", "Y", "3", str(work["bytes"]), "4", "1", "1", "0", "all"]
 
         exchanges = {x["name"]: x for x in stat_json(url, "-e")}
         assert exchanges["amq.direct"]["routed"] == 1
