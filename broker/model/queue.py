@@ -142,6 +142,11 @@ class Queue:
         if not s.limited:
             return None
         size = len(message.body)
+        store = self._store
+        if (not s.max_size or store.bytes + size <= s.max_size) and (
+            not s.max_count or len(store.by_id) < s.max_count
+        ):
+            return None  # the usual case (every queue has a limit by default): fits as it is
         if self._fits(message, size):
             return None
         self._drop_expired_heads(now)
