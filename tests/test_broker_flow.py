@@ -175,6 +175,9 @@ def test_max_memory_holds_every_producer_and_lets_them_go(brokers: Brokers) -> N
         assert (st["max_memory"], st["memory_alarm"], st["memory_alarm_count"]) == (65536, True, 1)
         assert st["bytes"] > 65536
 
+        late = Producer(b.url, "a", durable=False)  # attached during the alarm: no credit
+        producers.append(late)
+        assert late.credit == 0 and not late.credited_within(QUIET)
         ra, rb = rc.create_receiver("a"), rc.create_receiver("b")
         got_a = take(ra, queue(b.url, "a")["depth"])
         assert not any(p.credited_within(0.1) for p in producers)  # b alone holds too much
@@ -182,7 +185,7 @@ def test_max_memory_holds_every_producer_and_lets_them_go(brokers: Brokers) -> N
         for p in producers:
             assert p.credited_within(T)
         assert "memory alarm cleared" in wait_for_log(b, "memory alarm cleared")
-        assert len(got_a) == producers[0].sent
+        assert len(got_a) == producers[0].sent and late.sent == 0
         assert len(got_b) == producers[1].sent + producers[2].sent
         [broker] = stat(b.url, "-b")
         assert broker["statistics"]["memory_alarm"] is False
