@@ -31,6 +31,7 @@ from broker.model import (
 from broker.net import ConnectionDriver, ConnectionHandler
 
 from . import nodes
+from .flowgate import FlowGate
 from .limits import NOT_ALLOWED, RESOURCE_LIMIT, Limits, Notices
 from .links import IncomingLink, OutgoingLink
 from .outbox import Outbox
@@ -64,6 +65,7 @@ class Core:
     auto_create: bool = False
     limits: Limits = field(default_factory=Limits)
     connections: dict[int, AmqpConnection] = field(default_factory=dict)
+    flow: FlowGate | None = None  # publishing links held by flow control; None: none held
 
 
 class AmqpConnection(ConnectionHandler):
