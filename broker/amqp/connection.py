@@ -31,6 +31,7 @@ from broker.model import (
 from broker.net import ConnectionDriver, ConnectionHandler
 
 from . import nodes
+from .flowgate import FlowGate
 from .limits import NOT_ALLOWED, RESOURCE_LIMIT, Limits, Notices
 from .links import IncomingLink, OutgoingLink
 from .outbox import Outbox
@@ -64,6 +65,7 @@ class Core:
     auto_create: bool = False
     limits: Limits = field(default_factory=Limits)
     connections: dict[int, AmqpConnection] = field(default_factory=dict)
+    flow: FlowGate | None = None  # publishing links held by flow control; None: none held
 
 
 class AmqpConnection(ConnectionHandler):
@@ -151,7 +153,7 @@ class AmqpConnection(ConnectionHandler):
             host = self.driver.peer.rpartition(":")[0].strip("[]")
             denied = security.check(self.user, "access", "connection", {"host": host})
             if denied is not None:
-                self._deny(denied, logged=True)
+                self._deny(denied, level=logging.INFO)  # the ACL has just given a warning
                 return
         ha = self.core.ha
         if ha is not None:
@@ -177,6 +179,11 @@ class AmqpConnection(ConnectionHandler):
                 return
             if self.kind == "backup":
                 self.driver.transport.idle_timeout = ha.heartbeat * 2
+        slot = self.driver.slot
+        if slot is not None and not slot.admit_open(ha=self.kind != "client"):
+            # the limit logs the spell; the driver's close line names each connection
+            self._deny(slot.refusal(), level=logging.DEBUG, condition=RESOURCE_LIMIT)
+            return
         conn.container = self.core.name
         conn.open()
         log.info(
@@ -190,13 +197,13 @@ class AmqpConnection(ConnectionHandler):
             "" if self.kind == "client" else f" as {self.kind}",
         )
 
-    def _deny(self, why: str, logged: bool = False) -> None:
-        """Refuse the connection with amqp:unauthorized-access (an open, then a close with the
-        reason: a stock client reports it and does not retry, which is right for a refusal
-        that retrying cannot cure). A warning unless the ACL has just given one."""
+    def _deny(self, why: str, level: int = logging.WARNING, condition: str = UNAUTHORIZED) -> None:
+        """Refuse the connection with `condition` (an open, then a close with the reason: a
+        stock client reports it; for amqp:unauthorized-access it does not retry, which is right
+        for a refusal that retrying cannot cure)."""
         self.denied = True
         log.log(
-            logging.INFO if logged else logging.WARNING,
+            level,
             "broker=%s conn=%s peer=%s container=%s refused: %s",
             self.core.name,
             self.id,
@@ -207,7 +214,7 @@ class AmqpConnection(ConnectionHandler):
         conn = self.driver.connection
         conn.container = self.core.name
         conn.open()
-        conn.condition = Condition(UNAUTHORIZED, why)
+        conn.condition = Condition(condition, why)
         conn.close()
 
     # -- limits ------------------------------------------------------------------------------

@@ -11,6 +11,24 @@ functions on pointers: proton's wrapper objects (a Delivery, its Link, Session, 
 CPU than everything else a message does. Rare paths (rejects, credit, drain) keep the wrappers.
 A raw delivery pointer is never touched after it was settled (proton may free it then); one whose
 outcome waits for the journal is kept alive by a reference of our own (`pn_incref`).
+
+Producer flow control acts where an incoming link's credit is refilled (below half its window),
+so the per-message path pays nothing for it. A link into a flow-stopped queue, a link to an
+exchange or the anonymous relay whose message just routed landed in a flow-stopped queue, and
+every link while the memory alarm is up, get no refill: they wait in the `FlowGate` until what
+held them is gone, then are credited at once. Messages that do arrive are routed as ever (never
+refused for flow control; only a queue's limit refuses, by its policy).
+
+The overshoot: the sender keeps the credit it already has, so up to a window of messages can
+still come after a queue stops (proton offers no way to take credit back; withholding the refill
+is all a receiver can do, and all it needs to). A link into a queue with limits therefore keeps a
+window sized so that one producer's credit cannot carry the queue from its stop mark to its limit
+(`Queue.credit_window`: at most WINDOW, at least 1, re-sized at each refill from the queue's
+average message size); a link to an exchange starts with the smallest window of the queues bound
+to it, the relay with WINDOW, and either takes, at each refill, the smallest window of the queues
+its message just reached. Several producers together can still reach the limit, where the reject
+policy refuses as before. The memory alarm sizes no window: each link may overshoot by its
+window. HA replication and management links are not `IncomingLink`s: never flow-controlled.
 """
 
 from __future__ import annotations
@@ -22,7 +40,15 @@ from typing import TYPE_CHECKING, Any
 from cproton_ffi import ffi, lib
 from proton import Condition, Delivery, Link
 
-from broker.model import Consumer, DequeueReason, Exchange, ModelError, Queue, QueuedMessage
+from broker.model import (
+    Consumer,
+    DequeueReason,
+    Exchange,
+    ModelError,
+    PublishResult,
+    Queue,
+    QueuedMessage,
+)
 from qstore.journal import JournalFull
 
 from . import codec
@@ -38,7 +64,8 @@ log = logging.getLogger("qstore.amqp")
 INTERNAL_ERROR = "amqp:internal-error"
 DECODE_ERROR = "amqp:decode-error"
 NOT_FOUND = "amqp:not-found"
-WINDOW = 1000  # credit kept open on each incoming link
+WINDOW = 1000  # credit kept open on each incoming link, at most (see the module doc)
+MEMORY = "memory alarm"  # what holds a link while the broker's memory alarm is up
 
 _from_buffer = ffi.from_buffer
 _incref, _decref = lib.pn_incref, lib.pn_decref
@@ -147,7 +174,13 @@ class IncomingLink(SizeLimited):
         self._relay_checked = node is None and conn.publisher("") is not None
         # On a backup: refuses what would write into a replicated queue; None on a primary.
         self._guard = conn.write_guard()
-        link.flow(WINDOW)
+        self._gate = conn.core.flow
+        self._window = WINDOW if node is None else self._first_window(node)
+        self._low = WINDOW // 2  # refill when credit falls below this
+        self.held_by: Queue | str | None = None  # what withholds our credit (flow control)
+        self._held_result: PublishResult | None = None
+        self._closed = False
+        self._refill(0, None, 0)  # the first grant, unless already held
 
     def on_delivery(self, dlv: Delivery) -> None:
         self.on_raw_delivery(dlv._impl)
@@ -175,17 +208,86 @@ class IncomingLink(SizeLimited):
             data = data[: max(got, 0)]
         _advance(link)
         credit = _credit(link)
-        if credit < WINDOW // 2:
-            _flow(link, WINDOW - credit)
         if _settled(dlv):  # the client sent it pre-settled: at most once, no outcome wanted
-            self._route(data, None)
+            result = self._route(data, None)
             _settle(dlv)
         else:
             _incref(dlv)  # its outcome may wait for the journal: keep it alive until then
             self._held.add(dlv)
-            self._route(data, dlv)
+            result = self._route(data, dlv)
+        if credit < self._low:  # after routing: flow control looks at where it went
+            self._refill(credit, result, size)
 
-    def _route(self, data: bytes, dlv: Any) -> None:
+    def _refill(self, credit: int, result: PublishResult | None, size: int) -> bool:
+        """Top the credit up to the window, unless flow control holds the link (then it waits
+        in the gate); True if held. `result`: the message just routed, `size` its size."""
+        holder = self._holder(result)
+        gate = self._gate
+        if holder is not None and gate is not None:
+            self.held_by, self._held_result = holder, result
+            gate.hold(self)
+            return True
+        if self.held_by is not None:
+            self.held_by = self._held_result = None
+            if gate is not None:
+                gate.forget(self)
+        window = self._window = self._window_for(result, size)
+        self._low = max(1, window // 2)
+        if credit < self._low:
+            _flow(self._link, window - credit)
+        return False
+
+    def _holder(self, result: PublishResult | None) -> Queue | str | None:
+        """What keeps this link from more credit now: the memory alarm, its flow-stopped queue,
+        or a flow-stopped queue its last message (`result`) landed in; None if nothing."""
+        model = self.conn.core.model
+        if model.usage.alarm:
+            return MEMORY
+        node = self.node
+        if isinstance(node, Queue):
+            return node if node.flow_stopped else None
+        if result is not None:
+            queues = model.queues
+            for name in result.queues:
+                q = queues.get(name)
+                if q is not None and q.flow_stopped:
+                    return q
+        return None
+
+    def _first_window(self, node: Queue | Exchange) -> int:
+        """Before any message: a queue's window, or the smallest of the queues bound to an
+        exchange now (the ones its messages may reach; attach is rare, so all are looked at)."""
+        if isinstance(node, Queue):
+            return node.credit_window(WINDOW)
+        queues = self.conn.core.model.queues
+        return min(
+            (q.credit_window(WINDOW) for name, _ in node.bindings if (q := queues.get(name))),
+            default=WINDOW,
+        )
+
+    def _window_for(self, result: PublishResult | None, size: int) -> int:
+        node = self.node
+        if isinstance(node, Queue):
+            return node.credit_window(WINDOW, size)
+        if result is None or not result.queues:
+            return self._window  # nothing new learnt about where its messages go
+        queues = self.conn.core.model.queues
+        return min(
+            (q.credit_window(WINDOW, size) for n in result.queues if (q := queues.get(n))),
+            default=WINDOW,
+        )
+
+    def retry_credit(self) -> bool:
+        """The gate's pass after a queue resumed or the alarm cleared: credit the link if nothing
+        holds it now, and wake its connection to say so. True once it needs the gate no more."""
+        if self._closed or self.conn.gone:
+            return True
+        if self._refill(_credit(self._link), self._held_result, 0):
+            return False
+        self.conn.driver.wake()
+        return True
+
+    def _route(self, data: bytes, dlv: Any) -> PublishResult | None:
         core = self.conn.core
         now = core.clock()
         try:
@@ -193,7 +295,7 @@ class IncomingLink(SizeLimited):
         except codec.BadMessage as exc:
             if dlv is not None:
                 self._reject(dlv, DECODE_ERROR, str(exc))
-            return
+            return None
         node = self.node
         model = core.model
         pending = core.events.begin() if core.events else None
@@ -217,20 +319,21 @@ class IncomingLink(SizeLimited):
         except (ModelError, _NoRoute, _Denied) as exc:
             if dlv is not None:
                 self._reject(dlv, getattr(exc, "condition", NOT_FOUND), str(exc))
-            return
+            return None
         finally:
             if core.events:
                 core.events.end()
         core.outbox.schedule()
         if dlv is None:
-            return
+            return result
         if not result.accepted:
             self._reject(dlv, result.condition or RESOURCE_LIMIT, result.description or "refused")
-            return
+            return result
         if pending is None:
             self._settle(dlv, None)
         else:
             pending.when_done(lambda err: self._settle(dlv, err, result))
+        return result
 
     def _check_relay(self, node: Queue | Exchange, subject: str | None) -> None:
         """The anonymous relay: the ACL decides per message, by where its `to` leads."""
@@ -278,6 +381,9 @@ class IncomingLink(SizeLimited):
     def close(self) -> None:
         if self._partial:  # the link went while a message was arriving
             self._arrived()
+        self._closed = True
+        if self._gate is not None:
+            self._gate.forget(self)
         if self.conn.gone:  # outcomes that never came must not keep the engine's memory alive
             held, self._held = self._held, set()
             for dlv in held:

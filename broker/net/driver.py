@@ -46,6 +46,7 @@ from proton import (
 )
 
 from .handler import ConnectionHandler, HandlerFactory
+from .limit import Slot
 from .options import ConnectionOptions, anonymous_sasl, peer_of
 from .output import OutputBuffer, OutputHook
 from .sockio import SocketIO
@@ -98,6 +99,7 @@ class ConnectionDriver:
         self.conn_id = conn_id
         self.peer = peer_of(stream)
         self.handler: ConnectionHandler | None = None
+        self.slot: Slot | None = None  # its place in the server's --max-connections, if any
         self._io = SocketIO(stream)
         self._factory = handler_factory
         self._opts = options
