@@ -141,7 +141,8 @@ class BrokerService:
                 gate.on_flow(q, True)
         limit = max_memory(self.cfg.max_memory)
         log.info(
-            "memory limit: %s (--max-memory %s); queues hold %d bytes; default queue limit %s",
+            "memory limit: %s (--max-memory %s); queued messages take about %d bytes; "
+            "default queue limit %s",
             f"{limit} bytes" if limit else "none",
             self.cfg.max_memory,
             usage.bytes,

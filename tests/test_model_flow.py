@@ -8,7 +8,7 @@ import pytest
 
 from broker.model import Broker, InvalidField, Message
 from broker.model.arguments import parse_queue_arguments
-from broker.model.flow import FlowLimits, Usage, credit_window
+from broker.model.flow import MESSAGE_OVERHEAD, FlowLimits, Usage, credit_window
 
 
 class Heard:
@@ -217,6 +217,7 @@ def test_purge_and_expiry_resume_too() -> None:
 
 def test_memory_alarm_raised_above_the_limit_and_cleared_below_ninety_percent() -> None:
     b = Broker()
+    b.usage.overhead = 0  # bytes only, for readable sums (the overhead: the test after next)
     heard = Heard(b)
     b.usage.set_limit(1000)
     b.declare_queue("a")
@@ -239,6 +240,7 @@ def test_memory_alarm_raised_above_the_limit_and_cleared_below_ninety_percent() 
 
 def test_memory_counts_every_way_a_message_leaves() -> None:
     b = Broker()
+    b.usage.overhead = 0
     b.declare_queue("lvq", arguments={"qpid.last_value_queue_key": "k"})
     b.declare_queue("ring", arguments={"qpid.max_count": 2, "qpid.policy_type": "ring"})
     b.declare_queue("fan")
@@ -252,6 +254,23 @@ def test_memory_counts_every_way_a_message_leaves() -> None:
     b.delete_queue("fan")
     b.purge("ring")
     assert b.usage.bytes == 10
+
+
+def test_memory_counts_each_message_overhead() -> None:
+    """Small messages take far more memory than their bytes: each counts MESSAGE_OVERHEAD more,
+    added and taken away with it (a queue's `bytes` statistic stays the messages' own)."""
+    b = Broker()
+    b.usage.set_limit(10 * MESSAGE_OVERHEAD)
+    b.declare_queue("q")
+    put(b, "q", 9, size=10)
+    assert b.usage.bytes == 9 * (10 + MESSAGE_OVERHEAD) and not b.usage.alarm
+    put(b, "q", 1, size=10)
+    assert b.usage.alarm  # 100 bytes of messages, but ten of them
+    assert b.stats().bytes == 100
+    consume(b, "q", 2)
+    assert not b.usage.alarm
+    b.delete_queue("q")
+    assert b.usage.bytes == 0
 
 
 def test_changing_the_limit_raises_or_clears_at_once() -> None:

@@ -59,14 +59,14 @@ class FlowGate:
             usage = self.model.usage
             if stopped:
                 log.warning(
-                    "broker=%s memory alarm raised: queues hold %d bytes, above --max-memory "
-                    "%d; no publishing link gets credit until they hold less than %d",
+                    "broker=%s memory alarm raised: queued messages take about %d bytes, above "
+                    "--max-memory %d; no publishing link gets credit until they hold less than %d",
                     name, usage.bytes, usage.limit, usage.resume_at,
                 )  # fmt: skip
             else:
                 log.warning(
-                    "broker=%s memory alarm cleared: queues hold %d bytes; publishers get "
-                    "credit again",
+                    "broker=%s memory alarm cleared: queued messages take about %d bytes; "
+                    "publishers get credit again",
                     name, usage.bytes,
                 )  # fmt: skip
         if not stopped and self.held:

@@ -221,7 +221,7 @@ class Queue:
         store.add(e)
         self.enqueues += 1
         u = self._usage
-        u.bytes += e.size
+        u.bytes += e.size + u.overhead
         if u.bytes > u.high:
             u.check_high()
         if store.bytes > self._stop_size or len(store.by_id) > self._stop_count:
@@ -240,7 +240,7 @@ class Queue:
             return False
         self.dequeues += 1
         u = self._usage
-        u.bytes -= e.size
+        u.bytes -= e.size + u.overhead
         if u.bytes < u.low:
             u.check_low()
         if self.flow_stopped:
@@ -359,7 +359,7 @@ class Queue:
         """The queue is being deleted: forget messages and close consumers (no events)."""
         self.deleted = True
         u = self._usage
-        u.bytes -= self._store.bytes
+        u.bytes -= self._store.bytes + u.overhead * self._store.depth
         self._store.clear()
         if self.flow_stopped:  # links held by it must not wait for a queue that is gone
             self._flow_resume(force=True)
