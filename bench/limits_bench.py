@@ -6,6 +6,8 @@ Cases (each on a fresh broker, `--auth no`, the other options at their defaults 
 - flood: one producer sends durable messages to a queue nobody consumes, for `--seconds`. With
   the default queue limit and producer flow control, the producer is held at the queue's
   flow-stop mark instead of growing the queue (and the broker) without bound.
+- memory: the same flood into a queue with no limit (`--default-queue-limit 0`): only the
+  broker-wide `--max-memory` holds the producer.
 - idle: `--sockets` sockets connect and say nothing. The broker keeps at most
   `--max-connections` of them, closes the rest at once, and the ones it kept at the open deadline.
 - big: `--big-count` messages of `--big-size` bytes are offered; `--max-message-size` refuses
@@ -18,7 +20,7 @@ queue) and that nothing the broker accepted is lost (the case's queue is drained
 accepted message id is found). One JSON line per case:
 
 - rss_start_mib / rss_peak_mib / rss_end_mib: the broker's resident memory (VmRSS, sampled every
-  50 ms) before, at its highest during, and after the pressure;
+  50 ms) before, at its highest during the pressure and the drain that follows, and at the end;
 - bound_mib: what the configured limits allow the case to hold (the queue limit, one message at
   the size limit, or 0) plus `--overhead` MiB over rss_start; within: rss_peak_mib <= bound_mib;
 - accepted / refused: deliveries the broker settled accepted / refused (rejected, or the link or
@@ -26,7 +28,7 @@ accepted message id is found). One JSON line per case:
 - serving_s: from the new client's connect to its message back (goal: under 1 s);
 - machine: cpu model, cores, python.
 
-    .venv/bin/python bench/limits_bench.py [--cases flood,idle,big,slow] [--seconds 30]
+    .venv/bin/python bench/limits_bench.py [--cases flood,memory,idle,big,slow] [--seconds 30]
         [--sockets 10000] [--big-size 100MiB] [--big-count 3] [--slow-rate 200]
         [--slow-limit 20MiB] [--overhead 64]
 """
@@ -286,8 +288,7 @@ def serving(url: str) -> float | None:
 
 
 def case_flood(b: Broker, args: argparse.Namespace) -> dict[str, Any]:
-    with b.sampling():
-        p = produce(b.url, "flood", args.seconds, args.size)
+    p = produce(b.url, "flood", args.seconds, args.size)
     got = consume(b.url, "flood")
     return {
         "accepted": len(p.accepted),
@@ -302,22 +303,21 @@ def case_flood(b: Broker, args: argparse.Namespace) -> dict[str, Any]:
 def case_idle(b: Broker, args: argparse.Namespace) -> dict[str, Any]:
     socks: list[socket.socket] = []
     failed = 0
-    with b.sampling():
-        for _ in range(args.sockets):
-            try:
-                socks.append(socket.create_connection(("127.0.0.1", b.port), timeout=1))
-            except OSError:
-                failed += 1
-        time.sleep(args.idle_seconds)
-        kept = 0
-        for s in socks:  # still open at our end: the broker has not closed it
-            s.setblocking(False)
-            try:
-                kept += s.recv(1) != b""
-            except BlockingIOError:
-                kept += 1
-            except OSError:
-                pass
+    for _ in range(args.sockets):
+        try:
+            socks.append(socket.create_connection(("127.0.0.1", b.port), timeout=1))
+        except OSError:
+            failed += 1
+    time.sleep(args.idle_seconds)
+    kept = 0
+    for s in socks:  # still open at our end: the broker has not closed it
+        s.setblocking(False)
+        try:
+            kept += s.recv(1) != b""
+        except BlockingIOError:
+            kept += 1
+        except OSError:
+            pass
     for s in socks:
         s.close()
     return {
@@ -336,13 +336,12 @@ def case_idle(b: Broker, args: argparse.Namespace) -> dict[str, Any]:
 def case_big(b: Broker, args: argparse.Namespace) -> dict[str, Any]:
     refused = accepted = 0
     errors: list[str] = []
-    with b.sampling():
-        for _ in range(args.big_count):  # one producer each: a refusal may end its link
-            p = produce(b.url, "big", CLIENT_TIMEOUT, args.big_size, window=1, count=1)
-            accepted += len(p.accepted)
-            refused += 1 if p.refused or p.error else 0
-            if p.error:
-                errors.append(p.error)
+    for _ in range(args.big_count):  # one producer each: a refusal may end its link
+        p = produce(b.url, "big", CLIENT_TIMEOUT, args.big_size, window=1, count=1)
+        accepted += len(p.accepted)
+        refused += 1 if p.refused or p.error else 0
+        if p.error:
+            errors.append(p.error)
     got = consume(b.url, "big")
     return {
         "accepted": accepted,
@@ -360,11 +359,10 @@ def case_slow(b: Broker, args: argparse.Namespace) -> dict[str, Any]:
     def slow_consumer() -> None:
         result["slow"] = consume(b.url, "slow", rate=args.slow_rate, seconds=args.seconds)
 
-    with b.sampling():
-        t = threading.Thread(target=slow_consumer, daemon=True)
-        t.start()
-        p = produce(b.url, "slow", args.seconds, args.size)
-        t.join(CLIENT_TIMEOUT)
+    t = threading.Thread(target=slow_consumer, daemon=True)
+    t.start()
+    p = produce(b.url, "slow", args.seconds, args.size)
+    t.join(CLIENT_TIMEOUT)
     rest = consume(b.url, "slow")
     received = result["slow"].ids | rest.ids if "slow" in result else rest.ids
     return {
@@ -378,8 +376,19 @@ def case_slow(b: Broker, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def case_memory(b: Broker, args: argparse.Namespace) -> dict[str, Any]:
+    """The flood with no queue limit: only --max-memory holds the producer."""
+    figures = case_flood(b, args)
+    figures["held_bytes"] = args.max_memory
+    return figures
+
+
 CASES = {
     "flood": (case_flood, lambda a: []),
+    "memory": (
+        case_memory,
+        lambda a: ["--default-queue-limit", "0", "--max-memory", str(a.max_memory)],
+    ),
     "idle": (case_idle, lambda a: []),
     "big": (case_big, lambda a: ["--max-message-size", str(a.max_message_size)]),
     "slow": (case_slow, lambda a: ["--default-queue-limit", str(a.slow_limit)]),
@@ -392,7 +401,8 @@ def run_case(name: str, args: argparse.Namespace, base: Path) -> dict[str, Any]:
     try:
         start = b.rss()
         b.peak = start
-        figures = fn(b, args)
+        with b.sampling():  # the pressure and the drain after it
+            figures = fn(b, args)
         serving_s = serving(b.url)
         end = b.rss()
     finally:
@@ -422,6 +432,12 @@ def main() -> None:
         type=parse_size,
         default=100 * MIB,
         help="the broker's default queue limit (the flood queue's bound); as qstored's default",
+    )
+    ap.add_argument(
+        "--max-memory",
+        type=parse_size,
+        default=64 * MIB,
+        help="memory: the broker's --max-memory (no queue limit)",
     )
     ap.add_argument("--sockets", type=int, default=10_000, help="idle: sockets opened")
     ap.add_argument("--idle-seconds", type=float, default=2.0, help="idle: how long they idle")
