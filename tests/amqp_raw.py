@@ -24,10 +24,31 @@ SOURCE, TARGET, ERROR, ACCEPTED = 0x28, 0x29, 0x1D, 0x24
 SENDER, RECEIVER = False, True  # an attach's role
 
 
-def encode(code: int, fields: list[Any]) -> bytes:
+class Raw(bytes):
+    """A value already encoded, possibly ill-formed in a way no AMQP encoder would write (a
+    string that is not UTF-8, a char past Unicode): what a hostile peer can send."""
+
+
+def enc(value: Any) -> bytes:
+    """The AMQP encoding of `value`: proton's for scalars, ours for the compound types (so that
+    they can hold `Raw` values)."""
+    if isinstance(value, Raw):
+        return bytes(value)
+    if isinstance(value, Described):
+        return b"\x00" + enc(value.descriptor) + enc(value.value)
+    if isinstance(value, list):
+        body = b"".join(enc(v) for v in value)
+        return b"\xd0" + struct.pack(">II", len(body) + 4, len(value)) + body
+    if isinstance(value, dict):
+        body = b"".join(enc(k) + enc(v) for k, v in value.items())
+        return b"\xd1" + struct.pack(">II", len(body) + 4, 2 * len(value)) + body
     d = Data()
-    d.put_object(Described(ulong(code), fields))
+    d.put_object(value)
     return bytes(d.encode())
+
+
+def encode(code: int, fields: list[Any]) -> bytes:
+    return enc(Described(ulong(code), fields))
 
 
 def frame(channel: int, code: int, fields: list[Any], payload: bytes = b"") -> bytes:
@@ -225,8 +246,10 @@ __all__ = [
     "RECEIVER",
     "SENDER",
     "Frame",
+    "Raw",
     "RawPeer",
     "attach_frame",
+    "enc",
     "frame",
     "symbol",
     "transfer_frame",

@@ -10,7 +10,9 @@ case, `amqp:invalid-field` for unknown handles and duplicate link names, `amqp:n
 frames on a channel never begun, `amqp:connection:framing-error` past channel-max. The broker's
 own: `amqp:not-allowed` for a transfer on a link where the broker sends (proton would file it
 as a delivery of the broker's sending link), `amqp:link:message-size-exceeded` for a management
-request over its bound.
+request over its bound, `amqp:decode-error` for fields proton keeps unread (a container-id, link
+name or address that is not UTF-8, open properties that are no map or cannot be read): the
+connection for an open or a link name, only that link for an address.
 
 Two wrong conversations proton takes silently and the broker cannot see: an attach that reuses
 a live handle (proton maps the handle to the new link and orphans the old one) and a begin on a
@@ -24,26 +26,30 @@ counted limits (tests/test_broker_limits.py): orphans count against --max-links-
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from amqp_raw import (
     ACCEPTED,
+    AMQP_HEADER,
     ATTACH,
     BEGIN,
     CLOSE,
     DETACH,
     DISPOSITION,
     END,
+    OPEN,
     RECEIVER,
     SENDER,
     TRANSFER,
+    Raw,
     RawPeer,
 )
 from amqp_raw import frame as raw_frame
 from broker_harness import BrokerProcess, Brokers
-from proton import Described, Message, Timeout, char, symbol, uint, ulong, ushort
+from proton import Described, Message, Timeout, char, symbol, ubyte, uint, ulong, ushort
 from proton.utils import BlockingConnection, LinkDetached, SyncRequestResponse
 from test_broker_malformed import GoodClient, _after
 
@@ -408,4 +414,97 @@ def test_a_detach_without_close_ends_the_link(broker: BrokerProcess, good: GoodC
         assert not any(f.code == TRANSFER for f in p.quiet(0.2)), p.frames
     finally:
         p.close()
+    _no_traceback(broker)
+
+
+# -- fields proton keeps without looking at them (found by tests/test_driver_fuzz.py) -----------
+
+NOT_UTF8 = Raw(b"\xa1\x03ab\xff")  # a str8 that is not UTF-8
+
+
+def _nested_lists(depth: int) -> Raw:
+    out = b"\x45"
+    for _ in range(depth):
+        out = b"\xd0" + struct.pack(">II", len(out) + 4, 1) + out
+    return Raw(out)
+
+
+ILL_FORMED_OPENS: dict[str, list[Any]] = {
+    # open: container-id, hostname, max-frame-size, channel-max, ..., properties (the 10th)
+    "container-id-not-utf8": [NOT_UTF8],
+    "properties-not-a-map": ["c", *[None] * 8, "props"],
+    "property-key-not-utf8": ["c", *[None] * 8, Raw(b"\xc1\x07\x02" + NOT_UTF8 + b"\x40")],
+    "property-a-char-past-unicode": ["c", *[None] * 8, Raw(b"\xc1\x09\x02\xa1\x01k\x73\0\x11\0\0")],
+    "property-nested-2000-deep": ["c", *[None] * 8, {"k": _nested_lists(2000)}],
+}
+
+
+@pytest.mark.parametrize("name", list(ILL_FORMED_OPENS))
+def test_an_ill_formed_open_is_a_decode_error(
+    broker: BrokerProcess, good: GoodClient, name: str
+) -> None:
+    """These were amqp:internal-error, with a traceback (proton's Python binding raised)."""
+    p = RawPeer(broker.port)
+    try:
+        p.send(AMQP_HEADER, raw_frame(0, OPEN, ILL_FORMED_OPENS[name]))
+        close = p.expect(CLOSE)
+        assert close.error() is not None and close.error()[0] == "amqp:decode-error", p.frames
+        assert "the open's" in close.error()[1], close.error()
+        p.wait_eof()
+    finally:
+        p.close()
+    _after(broker, good, p.addr)
+    _no_traceback(broker)
+
+
+def test_a_link_name_not_utf8_is_a_decode_error(broker: BrokerProcess, good: GoodClient) -> None:
+    p = RawPeer(broker.port)
+    try:
+        p.open()
+        p.begin()
+        fields = [NOT_UTF8, uint(0), SENDER, ubyte(0), ubyte(0)]
+        fields += [Described(ulong(0x28), [None]), Described(ulong(0x29), ["conv-n"])]
+        p.send(raw_frame(0, ATTACH, [*fields, None, None, uint(0)]))
+        close = p.expect(CLOSE)
+        assert close.error() == ("amqp:decode-error", "attach: a link name is not valid UTF-8")
+        p.wait_eof()
+    finally:
+        p.close()
+    _after(broker, good, p.addr)
+    _no_traceback(broker)
+
+
+@pytest.mark.parametrize("role", [SENDER, RECEIVER])
+def test_an_address_not_utf8_refuses_only_that_link(
+    broker: BrokerProcess, good: GoodClient, role: bool
+) -> None:
+    """The link is refused with amqp:decode-error; the session and the connection go on."""
+    p = RawPeer(broker.port)
+    try:
+        p.open()
+        p.begin()
+        src, tgt = (None, NOT_UTF8) if role == SENDER else (NOT_UTF8, None)
+        fields = ["bad", uint(0), role, ubyte(0), ubyte(0)]
+        fields += [Described(ulong(0x28), [src]), Described(ulong(0x29), [tgt])]
+        p.send(raw_frame(0, ATTACH, [*fields, None, None, uint(0)]))
+        detach = p.expect(DETACH)
+        assert detach.error() is not None and detach.error()[0] == "amqp:decode-error", p.frames
+        assert "address is not valid UTF-8" in detach.error()[1]
+        p.send(raw_frame(0, DETACH, [uint(0), True]))
+        p.attach("good", 1, SENDER, "conv-u")
+        p.expect(ATTACH)
+        p.transfer(1, 0, VALID)
+        d = p.expect(DISPOSITION)
+        assert int(d.fields[4].descriptor) == ACCEPTED, p.frames
+        assert not any(f.code == CLOSE for f in p.frames), p.frames
+    finally:
+        p.close()
+    c = BlockingConnection(broker.url, timeout=10)
+    try:
+        r = c.create_receiver("conv-u")
+        assert r.receive(timeout=10).body == "ok"
+        r.accept()
+    finally:
+        c.close()
+    good.roundtrip()
     _no_traceback(broker)

@@ -54,7 +54,7 @@ def test_backups_keep_replicating_while_the_primary_holds_a_producer(cluster: An
         assert read(c, 0, "queue", "q")["flowStopped"] is True
         c.wait(lambda: read(c, 1, "queue", "q")["depth"] == n, "the backup to hold all of them")
         backup = read(c, 1, "broker")["statistics"]
-        assert backup["memory_alarm"] is True and backup["bytes"] > 16 * 1024  # and took them anyway
+        assert backup["memory_alarm"] is True and backup["bytes"] > 16 * 1024  # took them anyway
         assert read(c, 1, "queue", "q")["flowStopped"] is True  # follows: held at once if promoted
 
         r = rc.create_receiver("q")

@@ -245,6 +245,36 @@ def test_malformed_input_closes_only_that_connection(
         assert f"still here after {name}" in record.received
 
 
+NOT_PERFORMATIVES = {
+    # a well-framed frame whose body is no performative: proton stops reading in silence
+    "after-open": client_frames() + struct.pack(">IBBH", 9, 2, 0, 0) + b"\x00",
+    "before-open": AMQP_HEADER + struct.pack(">IBBH", 9, 2, 0, 0) + b"\x45",
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_PERFORMATIVES))
+def test_a_frame_that_is_not_a_performative_is_a_decode_error(
+    start: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    """Found by tests/test_driver_fuzz.py: the peer was neither answered nor dropped (not even
+    after it hung up) until the idle timeout, here a minute away."""
+    caplog.set_level(logging.INFO, logger="qstore.net")
+    record = Record()
+    srv = start(lambda d: SinkSourceHandler(d, record), idle_timeout=60)
+    sock = raw_connect(srv)
+    try:
+        sock.sendall(NOT_PERFORMATIVES[name])
+        said = read_until_closed(sock, timeout=2)
+        port = sock.getsockname()[1]
+    finally:
+        sock.close()
+    cond = server_said(said).remote_condition
+    assert cond is not None and cond.name == "amqp:decode-error", (said, cond)
+    lines = close_lines(caplog, port)
+    assert len(lines) == 1 and "decode-error" in lines[0].getMessage()
+    check_good_client(srv, record, "after a frame that is not a performative")
+
+
 def test_handler_bug_closes_that_connection_only(
     start: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -38,6 +38,9 @@ FRAMES = [
 ]
 
 
+INIT = b"\x00\x53\x41"  # the descriptor of a sasl-init; its list follows, hand-encoded
+
+
 def frame_of(body: bytes, *, doff: int = 2, ftype: int = 1) -> bytes:
     return struct.pack(">IBBH", 8 + len(body), doff, ftype, 0) + body
 
@@ -140,6 +143,12 @@ def test_bad_frame_headers(data: bytes, message: str) -> None:
         (described(0x44), "sasl-outcome without a code"),
         (described(0x44, ("int", 1)), "unexpected AMQP type int"),
         (described(0x40, ("null", None)), "without mechanisms"),
+        # found by tests/test_driver_fuzz.py: these raised UnicodeDecodeError (the broker's
+        # "driver failed", with a traceback, and the peer not even answered)
+        (INIT + b"\xd0\0\0\0\x0c\0\0\0\x03\xa3\x01P\x40\xa1\x02a\xff", "not valid UTF-8"),
+        (INIT + b"\xc0\x04\x01\xa3\x02\xc3\xa9", "not valid ASCII"),  # a mechanism
+        (b"\x00\xa3\x02\xc3\xa9\x45", "not valid ASCII"),  # a symbolic descriptor
+        (b"\x00\x53\x40\xc0\x07\x01\xe0\x04\x01\xa3\x01\xff", "not valid ASCII"),  # in an array
     ],
 )
 def test_malformed_bodies(body: bytes, message: str) -> None:

@@ -30,7 +30,7 @@ from broker.model import (
 )
 from broker.net import ConnectionDriver, ConnectionHandler
 
-from . import nodes
+from . import fields, nodes
 from .flowgate import FlowGate
 from .limits import NOT_ALLOWED, RESOURCE_LIMIT, Limits, Notices
 from .links import IncomingLink, OutgoingLink
@@ -118,7 +118,7 @@ class AmqpConnection(ConnectionHandler):
             if on_flow is not None:
                 on_flow()
         elif t == Event.LINK_REMOTE_OPEN:
-            if self._admit_link(event.link):
+            if self._named(event.link) and self._admit_link(event.link):
                 self._attach(event.link)
         elif t in (Event.LINK_REMOTE_CLOSE, Event.LINK_REMOTE_DETACH):
             # A detach without `closed` (a suspended link) ends it too: this broker does not
@@ -144,10 +144,16 @@ class AmqpConnection(ConnectionHandler):
 
     def _open(self, event: Event) -> None:
         conn = event.connection
-        self.container = conn.remote_container
-        props = conn.remote_properties
-        self.properties = {str(k): v for k, v in props.items()} if props else {}
         self.user = self.driver.user or ANONYMOUS
+        try:
+            container = fields.text("the open's container-id", lambda: conn.remote_container)
+            self.properties = fields.properties(
+                "the open's properties", lambda: conn.remote_properties
+            )
+        except fields.BadField as exc:
+            self._deny(exc.description, condition=exc.condition)
+            return
+        self.container = container
         security = self.core.security
         if security is not None:
             host = self.driver.peer.rpartition(":")[0].strip("[]")
@@ -234,6 +240,16 @@ class AmqpConnection(ConnectionHandler):
             "already in use",
         )
         return False
+
+    def _named(self, link: Link) -> bool:
+        """A link's name is how it is known in logs, refusals and to the peer: one that is not
+        UTF-8 closes the connection (amqp:decode-error)."""
+        try:
+            fields.text("a link name", lambda: link.name)
+        except fields.BadField as exc:
+            self.fail(exc.condition, f"attach: {exc.description}")
+            return False
+        return True
 
     def _admit_link(self, link: Link) -> bool:
         """Count an attached link; refuse one past --max-links-per-session (the session goes on).
@@ -329,6 +345,7 @@ class AmqpConnection(ConnectionHandler):
             return
         core = self.core
         try:
+            fields.check_addresses(link)  # refused with amqp:decode-error if not UTF-8
             if link.is_receiver:  # the client sends to us
                 target = link.remote_target
                 link.target.copy(target)

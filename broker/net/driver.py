@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import struct
 import weakref
 from collections.abc import Callable
 
@@ -39,10 +40,14 @@ from proton import (
     Collector,
     Condition,
     Connection,
+    Data,
+    Described,
     Endpoint,
     Event,
     Transport,
     TransportException,
+    symbol,
+    ulong,
 )
 
 from .handler import ConnectionHandler, HandlerFactory
@@ -58,6 +63,8 @@ _MAX_EVENTS_PER_DISPATCH = 100_000  # a handler that makes an event per event mu
 _SOCKET_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 _INTERNAL_ERROR = "amqp:internal-error"
 _FRAMING_ERROR = "amqp:connection:framing-error"
+_DECODE_ERROR = "amqp:decode-error"
+_CLOSE, _ERROR = 0x18, 0x1D  # descriptors of the close performative and of an error
 _MAX_REASON = 200  # characters of a condition's description in a log line
 
 # The raw engine calls of the dispatch loop (no wrapper objects; see `_dispatch`).
@@ -257,6 +264,7 @@ class ConnectionDriver:
                 except TransportException:
                     cap = -1
                 if cap < 0:  # proton wants no more input (closed or failed)
+                    self._input_ended()
                     break
                 if cap == 0:  # cannot happen with proton's growing buffer; do not spin if it does
                     await anyio.sleep(0.01)
@@ -360,6 +368,32 @@ class ConnectionDriver:
             with contextlib.suppress(TransportException):
                 self.transport.close_head()  # then nothing more: the peer is gone mid-frame
         self._pump()
+
+    def _input_ended(self) -> None:
+        """Proton reads no more. After the peer's `close`, or a failure proton recorded (its
+        close frame says why), that is all. But proton 0.40 also stops in silence on a frame
+        whose body is not a performative (a dispatch error with no condition set): unanswered,
+        that peer would be kept until the idle timeout, even after it hung up. Say so then."""
+        c = self.connection
+        if self.transport.condition is not None or c.state & (
+            Endpoint.REMOTE_CLOSED | Endpoint.LOCAL_CLOSED
+        ):
+            return
+        why = "a frame that is not an AMQP performative"
+        self._error = self._error or f"{_DECODE_ERROR}: {why}"
+        c.condition = Condition(_DECODE_ERROR, why)
+        c.close()
+        self._start_closing()
+        self._pump()
+        if c.state & Endpoint.REMOTE_UNINIT and not self._out.head_closed:
+            # Proton holds a `close` back until the peer's `open` has come, which now never
+            # will: our `open` is out (the pump took it), the close is written here, and then
+            # nothing more.
+            self._out.push(_close_frame(_DECODE_ERROR, why))
+            self._out.head_closed = True
+            with contextlib.suppress(TransportException):
+                self.transport.close_head()
+            self._output.set()
 
     async def _timer_loop(self) -> None:
         while True:
@@ -553,6 +587,15 @@ class ConnectionDriver:
             except Exception:
                 log.exception("conn=%s peer=%s: handler on_closed failed", self.conn_id, self.peer)
         self.finished.set()
+
+
+def _close_frame(condition: str, description: str) -> bytes:
+    """An AMQP `close` frame on channel 0 carrying an error (encoded by proton's codec)."""
+    error = Described(ulong(_ERROR), [symbol(condition), description])
+    d = Data()
+    d.put_object(Described(ulong(_CLOSE), [error]))
+    body = bytes(d.encode())
+    return struct.pack(">IBBH", 8 + len(body), 2, 0, 0) + body
 
 
 def _condition_text(cond: Condition) -> str:

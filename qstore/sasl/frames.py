@@ -215,6 +215,15 @@ def _decode_body(body: bytes) -> tuple[int, list[Any]]:
         raise SaslProtocolError(f"undecodable SASL frame body ({type(exc).__name__})") from None
     if used != len(body):
         raise SaslProtocolError("trailing bytes after the SASL performative")
+    try:
+        return _read_performative(d)
+    except UnicodeDecodeError as exc:
+        # proton's codec checks neither: its Python binding raises when it reads them
+        text = "ASCII" if exc.encoding == "ascii" else "UTF-8"
+        raise SaslProtocolError(f"a symbol or string in a SASL frame is not valid {text}") from None
+
+
+def _read_performative(d: Data) -> tuple[int, list[Any]]:
     d.rewind()
     if d.next() != Data.DESCRIBED:
         raise SaslProtocolError("SASL frame body is not a described type")
