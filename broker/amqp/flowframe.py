@@ -21,21 +21,14 @@ from typing import Any
 
 from proton import Data
 
+from .codec import _FIXED, _SIZE8, _SIZE32  # the type-code tables of the message decoder
+
 _U16, _U32 = struct.Struct(">H"), struct.Struct(">I")
 ATTACH, FLOW = 0x12, 0x13
 _PROTOCOL_HEADER = b"AMQP"
 _SESSION_FIELDS = 4  # next-incoming-id, incoming-window, next-outgoing-id, outgoing-window
 _NULL = b"\x40"
 
-# type code -> bytes after the code, for fixed-width values; 1/4-byte sizes for the others
-_FIXED = {
-    0x40: 0, 0x41: 0, 0x42: 0, 0x43: 0, 0x44: 0, 0x45: 0,
-    0x50: 1, 0x51: 1, 0x52: 1, 0x53: 1, 0x54: 1, 0x55: 1, 0x56: 1, 0x60: 2, 0x61: 2,
-    0x70: 4, 0x71: 4, 0x72: 4, 0x73: 4, 0x74: 4, 0x80: 8, 0x81: 8, 0x82: 8, 0x83: 8, 0x84: 8,
-    0x94: 16, 0x98: 16,
-}  # fmt: skip
-_SIZE8 = frozenset((0xA0, 0xA1, 0xA3, 0xC0, 0xC1, 0xE0))
-_SIZE32 = frozenset((0xB0, 0xB1, 0xB3, 0xD0, 0xD1, 0xF0))
 
 
 class Frame:
