@@ -1,8 +1,9 @@
 """`qstore-ocf install [--provider-dir DIR]`: make the agent Pacemaker's `ocf:qstore:qstored`.
 
 Writes the agent's wrapper (tools/ocf/qstored, shipped in the package) as DIR/qstored, executable,
-with the interpreter this command runs under as the agent's default `python` parameter: the agent
-then runs in the environment qstore is installed in, whatever PATH Pacemaker has. DIR is by
+with the interpreter this command runs under as the agent's default `python` parameter (the agent
+then runs in the environment qstore is installed in, whatever PATH Pacemaker has) and the agent's
+meta-data written in (Pacemaker, and ocf-tester as user nobody, read it without Python). DIR is by
 default the system's OCF provider directory for the provider `qstore`,
 /usr/lib/ocf/resource.d/qstore (with OCF_ROOT set: $OCF_ROOT/resource.d/qstore).
 """
@@ -15,6 +16,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from tools.ocf.agent import meta_data
+
 PROG = "qstore-ocf"
 PROVIDER = "qstore"
 AGENT = "qstored"
@@ -25,9 +28,9 @@ def default_provider_dir() -> Path:
 
 
 def agent_text(python: str) -> str:
-    """The wrapper with `python` as its default interpreter."""
+    """The wrapper with `python` as its default interpreter, and its meta-data."""
     template = resources.files("tools.ocf").joinpath(AGENT).read_text(encoding="utf-8")
-    return template.replace("@PYTHON@", python)
+    return template.replace("@PYTHON@", python).replace("@META_DATA@", meta_data(python))
 
 
 def install(provider_dir: Path, python: str) -> Path:

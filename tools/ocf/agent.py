@@ -171,16 +171,19 @@ PARAMS: tuple[Param, ...] = (
 )
 
 
-def meta_data() -> str:
+def meta_data(python: str = sys.executable) -> str:
+    """The OCF 1.1 meta-data; `python` is the default shown for the `python` parameter."""
+    defaults = {p.name: p.default for p in PARAMS} | {"python": python}
     params = "\n".join(
         f'  <parameter name="{p.name}" unique="0" required="{int(p.required)}">\n'
         f'    <longdesc lang="en">{_xml(p.long)}</longdesc>\n'
         f'    <shortdesc lang="en">{_xml(p.short)}</shortdesc>\n'
-        f'    <content type="{p.kind}" default="{_xml(p.default)}"/>\n'
+        f'    <content type="{p.kind}" default="{_xml(defaults[p.name])}"/>\n'
         "  </parameter>"
         for p in PARAMS
     )
     return f"""<?xml version="1.0"?>
+<!DOCTYPE resource-agent SYSTEM "ra-api-1.dtd">
 <resource-agent name="{AGENT}" version="{VERSION}">
 <version>1.1</version>
 <longdesc lang="en">A qstore AMQP 1.0 broker (qstored --ha-cluster yes) as one instance of a
