@@ -246,7 +246,7 @@ def test_one_broker_lifecycle_with_the_ha_identity(
     assert agent.rc("promote") == 0  # already primary
     assert agent.rc("notify") == 0
 
-    # alive but silent: a failed primary, found within the status timeout
+    # alive but silent: a failed primary, found within the status timeout; demote kills it
     pid = agent.pid()
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -255,10 +255,19 @@ def test_one_broker_lifecycle_with_the_ha_identity(
         assert out.returncode == 9, out.stderr
         assert time.monotonic() - t0 < 10
         assert "does not answer" in out.stderr
+        t0 = time.monotonic()
+        out = agent.run("demote")
+        assert out.returncode == 0, out.stderr
+        assert time.monotonic() - t0 < 10
+        assert agent.rc("monitor") == 7
     finally:
-        os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
-    # demote restarts it as a backup
+    # a healthy primary: demote restarts it as a backup
+    assert agent.rc("start") == 0
+    assert agent.rc("promote") == 0
+    pid = agent.pid()
     out = agent.run("demote")
     assert out.returncode == 0, out.stderr
     assert agent.pid() != pid

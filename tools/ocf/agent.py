@@ -528,14 +528,16 @@ def start(cfg: Config) -> Rc:
     return Rc.ERR_GENERIC
 
 
-def stop(cfg: Config) -> Rc:
-    """SIGTERM, then SIGKILL after stop_timeout; success if it was not running."""
+def stop(cfg: Config, grace: bool = True) -> Rc:
+    """SIGTERM, then SIGKILL after stop_timeout (at once without `grace`); success if it was not
+    running."""
     pid = broker_pid(cfg)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         term_until = min(
-            time.monotonic() + cfg.stop_timeout, _deadline(cfg, cfg.stop_timeout + 5) - 2
+            time.monotonic() + (cfg.stop_timeout if grace else 0.0),
+            _deadline(cfg, cfg.stop_timeout + 5) - 2,
         )
         while broker_pid(cfg) is not None and time.monotonic() < term_until:
             time.sleep(_POLL)
@@ -583,13 +585,20 @@ def promote(cfg: Config) -> Rc:
 
 
 def demote(cfg: Config) -> Rc:
-    """A broker cannot step down in place: a primary (or a failed one) is restarted as a backup."""
+    """A broker cannot step down in place: a primary is restarted as a backup.
+
+    A failed primary (alive, silent) is only killed, at once: Pacemaker demotes it on its way to
+    stop and start it again, and that restart is on the fail-over's critical path, so the agent
+    does not restart it twice, nor wait on a SIGTERM that a hung process cannot act on (the
+    journal is crash-safe)."""
     rc = monitor_rc(
         broker_pid(cfg) is not None, _state(probe(cfg)), (cfg.state_dir / "promoted").exists()
     )
     (cfg.state_dir / "promoted").unlink(missing_ok=True)
     if rc in (Rc.NOT_RUNNING, Rc.SUCCESS):
         return Rc.SUCCESS  # nothing to demote (a dead primary is demoted, then stopped)
+    if rc == Rc.FAILED_PROMOTED:
+        return stop(cfg, grace=False)
     if stop(cfg) != Rc.SUCCESS:
         return Rc.ERR_GENERIC
     return start(cfg)
