@@ -591,9 +591,9 @@ def demote(cfg: Config) -> Rc:
     stop and start it again, and that restart is on the fail-over's critical path, so the agent
     does not restart it twice, nor wait on a SIGTERM that a hung process cannot act on (the
     journal is crash-safe)."""
-    rc = monitor_rc(
-        broker_pid(cfg) is not None, _state(probe(cfg)), (cfg.state_dir / "promoted").exists()
-    )
+    running = broker_pid(cfg) is not None
+    state = _state(probe(cfg)) if running else None
+    rc = monitor_rc(running, state, (cfg.state_dir / "promoted").exists())
     (cfg.state_dir / "promoted").unlink(missing_ok=True)
     if rc in (Rc.NOT_RUNNING, Rc.SUCCESS):
         return Rc.SUCCESS  # nothing to demote (a dead primary is demoted, then stopped)
