@@ -35,7 +35,10 @@ from tools.qstore_ocf import install
 OCF_TESTER = Path("/usr/sbin/ocf-tester")
 INSTALL_HINT = "apt-get install -y resource-agents (Debian; as root)"
 AGENT_TIMEOUT = 60.0
-FAST = "--link-maintenance-interval 0.1 --link-heartbeat-interval 2 --ha-backup-timeout 3"
+FAST = (
+    "--ha-replicate all --link-maintenance-interval 0.1 --link-heartbeat-interval 2 "
+    "--ha-backup-timeout 3"
+)
 
 
 @dataclass
