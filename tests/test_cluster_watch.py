@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,8 +140,17 @@ def test_a_kept_status_connection_survives_a_restart_and_a_dead_broker_costs_no_
         # the kept connection is to the process before: the link reconnects in the same call
         again = link.status(timeout=5)
         assert again is not None and again["state"] == "standalone"
+        # a stopped broker (TCP alive, AMQP silent): one timeout, then let go (proton's own
+        # close would wait on its socket for ever)
+        os.kill(b.pid, signal.SIGSTOP)
+        found: list[object] = []
+        asker = threading.Thread(target=lambda: found.append(link.status(timeout=1)), daemon=True)
+        asker.start()
+        asker.join(15)
+        assert not asker.is_alive(), "a status request on a stopped broker never returned"
+        assert found == [None]
     finally:
-        link.close()
+        link.drop()
 
 
 # -- the manager for real ---------------------------------------------------------------------
@@ -185,3 +195,21 @@ def test_an_idle_manager_uses_little_cpu_and_sees_a_kill_at_once(
     assert t_new - t_kill < 5, "the kill was noticed by a poll, not by the process's exit"
     c.whole(T)
     assert "promoting" in c.manager_log()
+
+
+def test_a_stopped_primary_is_restarted_and_a_backup_promoted(tmp_path: Path) -> None:
+    """SIGSTOP: the process runs but never answers; only the polls can tell, and they must not
+    hang on it."""
+    c = LocalCluster(tmp_path, consecutive_free_ports(3), heartbeat=0.5, auth=False)
+    try:
+        c.whole(T)
+        primary = c.states().index("active")
+        pid = c.pids()[primary]
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        c.wait(lambda s: s.count("active") == 1 and s[primary] != "active", "a new primary", 30)
+        c.whole(T)  # the stopped one was killed and came back as a backup
+        assert "presumed hung" in c.manager_log()
+        assert c.pids()[primary] != pid
+    finally:
+        c.stop()

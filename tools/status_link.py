@@ -4,8 +4,9 @@
 a tool run once, but `qstore-cluster up` asked every broker several times a second, and opening
 connections was nearly all of its CPU (and a log line pair per poll on every broker). A
 `StatusLink` keeps its connection and reopens it only after a failure. A request on a kept
-connection that fails (the broker restarted, or dropped us) is tried once more on a fresh one, so a
-stale connection never reads as a silent broker. A failed connection is dropped, not closed:
+connection that is lost (the broker restarted, or dropped us) is tried once more on a fresh one,
+so a stale connection never reads as a silent broker; one that times out is not (a hung broker
+costs one timeout per poll, as before). A failed connection is dropped, not closed:
 proton's close waits for the peer's close frame, the whole timeout when the peer is dead, and on a
 fail-over that wait would come before the promote.
 """
@@ -36,12 +37,16 @@ class StatusLink:
                 self._client = ManagementClient(
                     parse_broker(self.address), ha_admin=True, timeout=timeout, **self.login
                 )
-            self._client.timeout = timeout
+            client = self._client
+            client.timeout = timeout
             try:
-                return self._client.request(operation, type)
+                return client.request(operation, type)
             except ToolError:
+                # lost (not timed out) on a kept connection: the broker restarted since, or
+                # dropped us; a fresh connection answers for the broker as it is now
+                stale = kept and client.conn is not None and bool(client.conn.disconnected)
                 self.drop()
-                if not kept or attempt:
+                if not stale or attempt:
                     raise
         raise AssertionError("unreachable")
 
@@ -64,7 +69,15 @@ class StatusLink:
     def drop(self) -> None:
         """Let go of the connection without waiting for the broker (dead, hung or gone)."""
         if self._client is not None:
-            if self._client.conn is not None:
-                self._client.conn.timeout = 0  # close() then sends its close frame, waits not
+            blocking = self._client.conn
+            if blocking is not None:
+                # Closed transport ends: proton then lets the socket go without reading more (a
+                # stopped broker's socket never ends, and proton's close would wait on it for
+                # ever), and its wait for the broker's close frame lasts no time at all.
+                transport = blocking.conn.transport
+                if transport is not None:
+                    transport.close_tail()
+                    transport.close_head()
+                blocking.timeout = 0
             self._client.close()
             self._client = None
