@@ -183,7 +183,7 @@ class ClusterManager:
 
     def stop_all(self) -> None:
         for node in self.nodes:
-            node.link.close()
+            node.link.drop()  # never a polite close: a hung broker would hold it for ever
         for node in self.nodes:
             if node.running():
                 assert node.proc is not None
