@@ -138,6 +138,13 @@ PARAMS: tuple[Param, ...] = (
         "per_clone=yes); each broker of a cluster needs its own.",
     ),
     Param(
+        "ha_replicate",
+        "all",
+        "--ha-replicate",
+        "Default replication of queues and exchanges: all (as qstore-cluster), configuration or "
+        "none. With none, only queues declared with qpid.replicate survive a fail-over.",
+    ),
+    Param(
         "options", "", "Extra qstored options", "More qstored options, as a shell would split them."
     ),
     Param(
@@ -229,6 +236,7 @@ class Config:
     ha_password_file: str
     ha_password: str | None = dataclasses.field(repr=False)
     name: str
+    ha_replicate: str
     options: tuple[str, ...]
     clone: int
     status_timeout: float
@@ -263,6 +271,7 @@ class Config:
             "--data-dir", str(self.data_dir),
             "--ha-cluster", "yes",
             "--ha-brokers-url", self.brokers_url,
+            "--ha-replicate", self.ha_replicate,
         ]  # fmt: skip
         if self.ha_password is not None:
             cmd += ["--ha-username", self.ha_username, "--ha-password-file", self.ha_password_file]
@@ -335,6 +344,11 @@ def load_config(env: Mapping[str, str]) -> Config:
     except ValueError as exc:
         raise Invalid(Rc.ERR_CONFIGURED, f"options: {exc}") from None
     name = get("name") or os.uname().nodename + (f"-{clone}" if per_clone else "")
+    replicate = get("ha_replicate")
+    if replicate not in ("all", "configuration", "none"):
+        raise Invalid(
+            Rc.ERR_CONFIGURED, f"ha_replicate={replicate!r}: expected all, configuration or none"
+        )
     timeout_ms = env.get("OCF_RESKEY_CRM_meta_timeout", "")
     interval = env.get("OCF_RESKEY_CRM_meta_interval", "0")
     return Config(
@@ -348,6 +362,7 @@ def load_config(env: Mapping[str, str]) -> Config:
         ha_password_file=password_file,
         ha_password=password,
         name=name,
+        ha_replicate=replicate,
         options=options,
         clone=clone,
         status_timeout=_number(env, "status_timeout", "3"),
