@@ -9,6 +9,11 @@ per case:
 - send_msg_per_s: messages / (last settle - first send), over all senders;
 - p50_ms / p99_ms: send-to-settle latency of each message;
 - receive_msg_per_s: messages / (last message - credit granted), one receiver, accepting each;
+- receiver: "credit1000" (it grants 1000 credits, topping up at half) or "prefetch1": a stock
+  proton `MessagingHandler(prefetch=1)`, one credit at a time (fair-dispatch consumers), the
+  case `senders=1 window=1000 receiver=prefetch1` (`--no-prefetch1` leaves it out); a receiver
+  that gets nothing for STALL_S seconds gives up (`stalled`: true, receive_msg_per_s null,
+  e.g. a baseline broker that does not refill a window of 1);
 - broker_cpu_ms_per_1000: the broker process's CPU (all threads, user + system, from
   /proc/<pid>/stat) per 1000 messages that went in AND out (also split into _in and _out), and
   the share of it the main thread (the event loop) took;
@@ -20,6 +25,7 @@ per case:
     .venv/bin/python bench/broker_bench.py [--messages 20000] [--windows 100,1000]
         [--senders 1,4] [--size 1024] [--auth no|yes|both] [--rounds 1]
         [--exchange amq.topic [--subjects 100]] [--baseline DIR] [--profile broker.prof]
+        [--no-prefetch1]
 
 `--auth both` runs every case on a broker without authentication and on one with it, `--rounds`
 times: both brokers (fresh each round) are started first, then each case runs on one and at once
@@ -71,6 +77,8 @@ START_TIMEOUT = 20.0
 CASE_TIMEOUT = 600.0
 GOAL_SEND_RATE = 20_000  # msg/s, 4 senders, window 1000
 GOAL_CPU_MS = 60.0  # broker CPU ms per 1000 messages sent and received
+STALL_S = 5.0  # a receiver that gets nothing for this long gives up
+CREDIT, PREFETCH1 = "credit1000", "prefetch1"  # the receivers
 
 # Run in a subprocess: the broker's own main() under cProfile, stats dumped when it stops.
 PROFILE_BOOT = """
@@ -291,6 +299,56 @@ def worker_recv(url: str, queue: str, count: int, credit: int) -> dict[str, Any]
     return {"start": h.t0, "end": h.t1, "received": h.got}
 
 
+def worker_recv_prefetch1(url: str, queue: str, count: int) -> dict[str, Any]:
+    """A stock proton consumer with prefetch 1: its FlowController grants one credit at a time
+    (and accepts each message), as fair-dispatch consumers do. Gives up after STALL_S seconds
+    without a message."""
+    from proton.handlers import MessagingHandler
+    from proton.reactor import Container
+
+    class Recv(MessagingHandler):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(prefetch=1)
+            self.got = 0
+            self.t0 = self.t1 = 0.0
+            self.last = time.monotonic()
+            self.stalled = False
+
+        def on_start(self, event: Any) -> None:
+            self.conn = event.container.connect(url, reconnect=False, **client_options())
+            event.container.create_receiver(self.conn, queue)
+            event.container.schedule(1.0, self)
+
+        def on_link_opened(self, event: Any) -> None:
+            if event.receiver is not None and not self.t0:
+                self.t0 = self.last = _await_go()
+
+        def on_message(self, event: Any) -> None:
+            self.got += 1
+            self.last = time.monotonic()
+            if self.got == count:
+                self.t1 = self.last
+                self.conn.close()
+
+        def on_timer_task(self, event: Any) -> None:
+            if self.t1:
+                return
+            if self.t0 and time.monotonic() - self.last > STALL_S:
+                self.stalled = True
+                self.t1 = self.last
+                self.conn.close()
+                event.container.stop()
+                return
+            event.container.schedule(1.0, self)
+
+        def on_transport_error(self, event: Any) -> None:
+            event.container.stop()
+
+    h = Recv()
+    Container(h).run()
+    return {"start": h.t0, "end": h.t1, "received": h.got, "stalled": h.stalled}
+
+
 # -- one case --------------------------------------------------------------------------------
 
 
@@ -383,10 +441,14 @@ def run_case(
     size: int,
     exchange: str | None = None,
     subjects: int = 0,
+    receiver: str = CREDIT,
 ) -> dict[str, Any]:
     """Senders put n messages on a fresh queue (or publish them to `exchange`, which routes
-    them to a fresh queue bound to it), then one receiver drains it."""
+    them to a fresh queue bound to it), then one receiver (`CREDIT` or `PREFETCH1`) drains
+    it."""
     case = f"senders={senders} window={window}"
+    if receiver != CREDIT:
+        case += f" receiver={receiver}"
     if exchange is None:
         queue = target = f"{QUEUE_PREFIX}{senders}-{window}.{time.monotonic_ns()}"
         subjects = 0
@@ -406,29 +468,37 @@ def run_case(
             for k in shares
         ],
     )
-    got, (cpu_out, main_out) = _run_workers(broker, [["recv", broker.url, queue, str(n), "1000"]])
+    recv = ["recv", broker.url, queue, str(n), "1000"]
+    if receiver == PREFETCH1:
+        recv = ["recv1", broker.url, queue, str(n)]
+    got, (cpu_out, main_out) = _run_workers(broker, [recv])
     settled = sum(r["settled"] for r in sent)
     failed = sum(r["failed"] for r in sent)
     latencies = [x for r in sent for x in r["latencies"]]
     send_s = max(r["end"] for r in sent) - min(r["start"] for r in sent)
     recv_s = got[0]["end"] - got[0]["start"]
+    stalled = bool(got[0].get("stalled"))
     return {
         "case": case,
         **broker.variant.info(),
         "senders": senders,
         "window": window,
+        "receiver": receiver,
         "messages": n,
         "size": size,
         "send_msg_per_s": round(settled / send_s) if send_s > 0 else None,
         "p50_ms": round(pct(latencies, 0.50) * 1e3, 2),
         "p99_ms": round(pct(latencies, 0.99) * 1e3, 2),
-        "receive_msg_per_s": round(got[0]["received"] / recv_s) if recv_s > 0 else None,
+        "receive_msg_per_s": (
+            round(got[0]["received"] / recv_s) if recv_s > 0 and not stalled else None
+        ),
         "broker_cpu_ms_per_1000": round((cpu_in + cpu_out) / n * 1000, 1),
         "broker_cpu_ms_per_1000_in": round(cpu_in / n * 1000, 1),
         "broker_cpu_ms_per_1000_out": round(cpu_out / n * 1000, 1),
         "broker_main_thread_share": round((main_in + main_out) / max(cpu_in + cpu_out, 1e-9), 2),
         "settled_not_accepted": failed,
         "received": got[0]["received"],
+        "stalled": stalled,
     }
 
 
@@ -445,7 +515,7 @@ def run_round(
     sides: list[Variant],
     profile: Path | None,
     args: argparse.Namespace,
-    cases: list[tuple[int, int, str | None]],
+    cases: list[tuple[int, int, str | None, str]],
     info: dict[str, Any],
     round_: int,
 ) -> list[dict[str, Any]]:
@@ -462,7 +532,7 @@ def run_round(
                 profiles[variant.name] = Path(f"{profile}.{tag}") if len(sides) > 1 else profile
             where = base / f"broker-{i}"
             brokers[variant.name] = Broker(where, profiles.get(variant.name), variant)
-        for c, (senders, window, exchange) in enumerate(cases):
+        for c, (senders, window, exchange, receiver) in enumerate(cases):
             for variant in order(sides, round_ + c):
                 res = run_case(
                     brokers[variant.name],
@@ -472,6 +542,7 @@ def run_round(
                     args.size,
                     exchange,
                     args.subjects,
+                    receiver,
                 )
                 goals: dict[str, Any] = {
                     "cpu_ms_per_1000_le_60": (res["broker_cpu_ms_per_1000"] <= GOAL_CPU_MS)
@@ -480,6 +551,8 @@ def run_round(
                     goals["send_ge_20000_msg_per_s"] = (
                         res["send_msg_per_s"] or 0
                     ) >= GOAL_SEND_RATE
+                if receiver == PREFETCH1:
+                    goals["prefetch1_received_all"] = res["received"] == args.messages
                 load = round(os.getloadavg()[0], 2)
                 line = {**res, "round": round_, "loadavg_1m": load, "goals": goals}
                 print(json.dumps({**line, "machine": info}), flush=True)
@@ -510,6 +583,8 @@ def main() -> None:
         if kind == "send":
             subjects = int(rest[5]) if len(rest) > 5 else 0
             res = worker_send(rest[0], rest[1], int(rest[2]), int(rest[3]), int(rest[4]), subjects)
+        elif kind == "recv1":
+            res = worker_recv_prefetch1(rest[0], rest[1], int(rest[2]))
         else:
             res = worker_recv(rest[0], rest[1], int(rest[2]), int(rest[3]))
         print(json.dumps(res), flush=True)
@@ -528,6 +603,12 @@ def main() -> None:
         help="run the broker under cProfile (FILE; FILE[.r<round>][.<auth>] when several run)",
     )
     ap.add_argument("--top", type=int, default=40, help="functions to print with --profile")
+    ap.add_argument(
+        "--prefetch1",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run senders=1 window=1000 with a proton prefetch=1 receiver (default: yes)",
+    )
     args = ap.parse_args()
     try:
         windows = [int(x) for x in args.windows.split(",")]
@@ -544,7 +625,9 @@ def main() -> None:
         if not (args.baseline / "broker" / "main.py").is_file():
             ap.error(f"--baseline {args.baseline}: not a qstore checkout (no broker/main.py)")
     targets: list[str | None] = [None] if args.exchange is None else [None, args.exchange]
-    cases = [(s, w, x) for x in targets for s in sender_counts for w in windows]
+    cases = [(s, w, x, CREDIT) for x in targets for s in sender_counts for w in windows]
+    if args.prefetch1:
+        cases.append((1, 1000, None, PREFETCH1))
     base = Path(tempfile.mkdtemp(prefix="qstore-broker-bench-", dir=args.dir))
     info = machine()
     lines: list[dict[str, Any]] = []

@@ -1,7 +1,12 @@
 """Fail-over gap: how long a steady sender through qstore.client waits for its next acknowledgement
-when the primary is killed (kill -9) under `qstore-cluster up --heartbeat 0.5`.
+when the primary is killed (kill -9) under `qstore-cluster up --heartbeat 0.5`, or under Pacemaker.
 
     .venv/bin/python bench/failover_bench.py [--rate 500] [--kills 10] [--heartbeat 0.5] [--auth no]
+                                             [--manager local|pacemaker] [--promoted-monitor 1s]
+
+`--manager pacemaker`: the same three brokers run by real Corosync + Pacemaker through the OCF agent
+(recovery/pacemaker.py: one node, a private mount namespace; root, packages pacemaker corosync),
+with the Promoted role monitored every --promoted-monitor. Goal there: median gap <= 1.5 s with 1s.
 
 A sender sends numbered durable messages at --rate (sync=False, a buffer big enough never to block
 during a fail-over). A thread polls the sender's public `acknowledged` count and the connection's
@@ -44,6 +49,7 @@ from proton import Message  # noqa: E402
 
 from qstore.client import Connection  # noqa: E402
 from recovery.localcluster import LocalCluster, consecutive_free_ports, drain  # noqa: E402
+from recovery.pacemaker import PacemakerCluster, unavailable  # noqa: E402
 
 QUEUE = "failover-bench"
 ADDRESS = (
@@ -132,9 +138,25 @@ class SteadySender:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="qstore-failover-bench-"))
-    cluster = LocalCluster(
-        root, consecutive_free_ports(3), heartbeat=args.heartbeat, auth=args.auth == "yes"
-    )
+    cluster: LocalCluster | PacemakerCluster
+    if args.manager == "pacemaker":
+        why = unavailable()
+        if why is not None:
+            shutil.rmtree(root, ignore_errors=True)
+            raise RuntimeError(f"--manager pacemaker: {why}")
+        # the brokers' options as qstore-cluster gives them (tools/qstore_cluster.py start)
+        options = (
+            f"--ha-replicate all --link-heartbeat-interval {args.heartbeat} "
+            f"--link-maintenance-interval {min(0.1, args.heartbeat / 4)} --ha-backup-timeout 5"
+        )
+        cluster = PacemakerCluster(
+            root, consecutive_free_ports(3), auth=args.auth == "yes", options=options,
+            promoted_monitor=args.promoted_monitor,
+        )  # fmt: skip
+    else:
+        cluster = LocalCluster(
+            root, consecutive_free_ports(3), heartbeat=args.heartbeat, auth=args.auth == "yes"
+        )
     load: SteadySender | None = None
     gaps: list[float] = []
     missed = 0
@@ -173,6 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         load.finish(args.timeout)
         sent = load.sender.sent
         result: dict[str, Any] = {
+            "manager": args.manager,
             "rate": args.rate,
             "kills": args.kills,
             "heartbeat": args.heartbeat,
@@ -231,6 +254,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--auth", choices=["yes", "no"], default="yes",
         help="yes (default): the cluster requires a login (the clients log in as its admin)",
+    )  # fmt: skip
+    p.add_argument(
+        "--manager", choices=["local", "pacemaker"], default="local",
+        help="local (default): qstore-cluster up; pacemaker: Corosync + Pacemaker, the OCF agent",
+    )  # fmt: skip
+    p.add_argument(
+        "--promoted-monitor", default="1s", metavar="INTERVAL",
+        help="with --manager pacemaker: the Promoted role's monitor interval (default 1s)",
     )  # fmt: skip
     args = p.parse_args(argv)
     if args.kills < 1:

@@ -34,6 +34,7 @@ MIN_FRAME_SIZE = 512  # AMQP 1.0 MIN-MAX-FRAME-SIZE
 MIN_JOURNAL_SIZE = 1 << 20
 MAX_SESSIONS = 32768  # proton's most channels (PN_IMPL_CHANNEL_MAX + 1)
 DEFAULT_SSL_PORT = 5671
+DEFAULT_QUEUE_LIMIT = 100 << 20  # qpidd's --default-queue-limit (104857600 bytes)
 
 
 class ConfigError(Exception):
@@ -42,6 +43,20 @@ class ConfigError(Exception):
     def __init__(self, message: str, *, usage: bool = False) -> None:
         super().__init__(" ".join(message.splitlines()))
         self.usage = usage
+
+
+@dataclass(frozen=True)
+class Share:
+    """A share of the machine's memory (`--max-memory 40%`), turned into bytes at start-up
+    (`broker.sysmem.max_memory`), where the machine is known."""
+
+    percent: float
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%"
+
+
+DEFAULT_MAX_MEMORY = Share(40)  # RabbitMQ's vm_memory_high_watermark 0.4
 
 
 def default_name(interface: str, port: int) -> str:
@@ -86,6 +101,8 @@ class BrokerConfig:
     journal_max_size: int = 16 << 30
     heartbeat: float = 60.0
     max_connections: int = 500  # as qpidd
+    default_queue_limit: int = DEFAULT_QUEUE_LIMIT  # bytes; 0: none
+    max_memory: int | Share = DEFAULT_MAX_MEMORY  # bytes (0: none) or a share of the memory
     max_frame_size: int = 65536
     max_message_size: int = 16 << 20  # as RabbitMQ 4; 0: no limit
     max_sessions: int = 64  # per connection, as RabbitMQ 4 (session_max_per_connection)
@@ -115,7 +132,7 @@ class BrokerConfig:
                 value = MASK
             elif isinstance(value, BrokerUrl):
                 value = value.masked()
-            elif isinstance(value, Path):
+            elif isinstance(value, Path | Share):
                 value = str(value)
             out[f.name] = value
         return out
@@ -174,6 +191,26 @@ def parse_size(text: str) -> int:
     if not m or m.group(2).lower() not in _SIZE_UNITS:
         raise ValueError("expected a size in bytes, e.g. 1048576, 512K, 64MiB or 16GiB")
     return int(Fraction(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_memory(text: str) -> int | Share:
+    """`--max-memory`: a size (bytes, K/M/G, KiB/MiB/GiB; 0: no limit) or a share of the
+    machine's memory, "40%" (above 0, at most 100)."""
+    t = text.strip()
+    if t.endswith("%"):
+        m = _AMOUNT.fullmatch(t[:-1].strip())
+        if not m or m.group(2):
+            raise ValueError("expected a size such as 2GiB, or a share of the memory such as 40%")
+        percent = float(Fraction(m.group(1)))
+        if not 0 < percent <= 100:
+            raise ValueError("a share of the memory must be above 0% and at most 100%")
+        return Share(percent)
+    try:
+        return parse_size(t)
+    except ValueError:
+        raise ValueError(
+            "expected a size such as 2GiB, or a share of the memory such as 40%"
+        ) from None
 
 
 def _journal_size(text: str) -> int:
@@ -354,7 +391,24 @@ OPTIONS: tuple[Option, ...] = (
         "max-connections",
         _integer(0, 10_000_000),
         "N",
-        "most connections open at once, on all ports (0: no limit)",
+        "most sockets open at once, on all ports; when full, one not yet opened after 1 s "
+        "gives its place to a new one; in an HA cluster the last few are for HA connections "
+        "(0: no limit)",
+    ),
+    Option(
+        "default-queue-limit",
+        parse_size,
+        "SIZE",
+        "size limit (qpid.max_size) of each queue that sets neither qpid.max_size nor "
+        "qpid.max_count, temporary queues included; producers are flow-stopped at 80%% of it. "
+        "Each broker applies its own (give cluster members the same); 0: none",
+    ),
+    Option(
+        "max-memory",
+        parse_memory,
+        "SIZE|N%",
+        "bytes of messages all queues may hold before no publisher gets credit (resumed "
+        "below 90%% of it); a size, or a share of the machine's memory; 0: none",
     ),
     Option(
         "max-frame-size",
@@ -414,6 +468,10 @@ def _default_text(option: Option) -> str | None:
         return f"{value >> 30}GiB"
     if option.key == "max-message-size":
         return f"{value >> 20}MiB"
+    if option.key == "default-queue-limit":
+        return f"{value >> 20}MiB"
+    if option.key == "max-memory":
+        return f"{value} of the machine's memory"
     return str(value)
 
 
@@ -432,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for option in OPTIONS:
         default = _default_text(option)
-        text = option.help + (f" (default {default})" if default else "")
+        shown = default.replace("%", "%%") if default else None  # argparse %-formats help
+        text = option.help + (f" (default {shown})" if shown else "")
         extra: dict[str, Any] = {}
         if option.metavar == _YES_NO:
             extra = {"nargs": "?", "const": "yes"}  # a bare --ha-cluster means yes

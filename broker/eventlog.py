@@ -392,7 +392,9 @@ class EventLog:
 def _log_failure(result: Any) -> None:
     """A record nobody waits for failed. If the journal has said so already, with what it
     means (qstore/journal/space.py), one more line per record would only drown that."""
+    if not isinstance(result, BaseException):  # stored: the usual case, once per dequeue
+        return
     if isinstance(result, JournalError) and result.reported:
         log.debug("journal write failed: %s", result)
-    elif isinstance(result, BaseException):
+    else:
         log.error("journal write failed: %s", result)

@@ -19,6 +19,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from broker.amqp.connection import AmqpConnection, Core
+from broker.amqp.flowgate import FlowGate
 from broker.amqp.limits import Limits
 from broker.amqp.outbox import Outbox
 from broker.config import BrokerConfig
@@ -27,8 +28,9 @@ from broker.ha.driver import HaDriver
 from broker.mgmt.node import Management
 from broker.model import Broker
 from broker.net import Server
-from broker.net.server import ConnectionLimit
+from broker.net.limit import ConnectionLimit, ha_reserve
 from broker.security import Authenticator, Authorizer, server_context
+from broker.sysmem import max_memory
 from qstore.journal import Journal, faults
 from recovery.startup import restore
 
@@ -44,6 +46,7 @@ class BrokerService:
         self.clock = clock
         self.state = "standalone"
         self.model = Broker()
+        self.model.default_queue_limit = cfg.default_queue_limit  # before restore: it is a setting
         t0 = time.monotonic()
         self.journal = Journal(
             cfg.data_dir, map_size=cfg.journal_max_size, commit=faults.from_environment()
@@ -81,8 +84,21 @@ class BrokerService:
             limits=Limits.from_config(cfg),
         )
         self.core.management = Management(self.core, self.info())
+        self._start_flow_control()
 
-        limit = ConnectionLimit(cfg.max_connections)  # one budget for both ports
+        # one budget for both ports; in a cluster the last few slots are for HA connections
+        reserve = 0
+        if cfg.ha_cluster and cfg.ha_brokers_url is not None:
+            reserve = ha_reserve(cfg.max_connections, len(cfg.ha_brokers_url.addresses))
+        limit = ConnectionLimit(cfg.max_connections, reserve=reserve)
+        if reserve:
+            log.info(
+                "--max-connections %d: clients are refused at their open while %d connections "
+                "are open; the last %d are for HA connections (backups, admin tools)",
+                cfg.max_connections,
+                cfg.max_connections - reserve,
+                reserve,
+            )
 
         def listener(port: int, ssl_context: Any = None) -> Server:
             return Server(
@@ -112,6 +128,27 @@ class BrokerService:
             self.ha = HaDriver(self, time.monotonic)
             self.core.ha = self.ha
             self.state = str(self.ha.state)
+
+    def _start_flow_control(self) -> None:
+        """The gate that holds and frees publishing links, told of every flow change from now
+        on; queues restored past their stop mark are said to be stopped; then the memory
+        watermark, which raises the alarm at once if restored queues already hold too much."""
+        gate = self.core.flow = FlowGate(self.model, lambda: self.core.name)
+        usage = self.model.usage
+        usage.listener = gate.on_flow
+        for q in self.model.queues.values():
+            if q.flow_stopped:
+                gate.on_flow(q, True)
+        limit = max_memory(self.cfg.max_memory)
+        log.info(
+            "memory limit: %s (--max-memory %s); queued messages take about %d bytes; "
+            "default queue limit %s",
+            f"{limit} bytes" if limit else "none",
+            self.cfg.max_memory,
+            usage.bytes,
+            f"{self.cfg.default_queue_limit} bytes" if self.cfg.default_queue_limit else "none",
+        )
+        usage.set_limit(limit)
 
     def info(self) -> dict[str, Any]:
         return {

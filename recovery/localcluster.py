@@ -74,8 +74,9 @@ def consecutive_free_ports(n: int) -> int:
 class LocalCluster:
     """`qstore-cluster up --nodes N` in `root` on BASE_PORT.. as a child process.
 
-    `heartbeat`, `recovery_wait` and `backup_timeout` are passed to `qstore-cluster up` when
-    given (None: its defaults). `auth=False`: an open cluster (`--auth no`).
+    `heartbeat`, `recovery_wait`, `backup_timeout` and `steady_poll` are passed to
+    `qstore-cluster up` when given (None: its defaults). `auth=False`: an open cluster
+    (`--auth no`).
     """
 
     def __init__(
@@ -88,6 +89,7 @@ class LocalCluster:
         recovery_wait: float | None = None,
         backup_timeout: float | None = 5.0,
         poll: float = 0.1,
+        steady_poll: float | None = None,
         auth: bool = True,
     ) -> None:
         self.root = root
@@ -105,6 +107,7 @@ class LocalCluster:
             ("--heartbeat", heartbeat),
             ("--recovery-wait", recovery_wait),
             ("--backup-timeout", backup_timeout),
+            ("--steady-poll", steady_poll),
         ):
             if value is not None:
                 cmd += [flag, str(value)]

@@ -19,7 +19,8 @@ DEADLINE = 8.0  # every run ends by then, whatever the broker does
 
 class Client(MessagingHandler):
     def __init__(self, url: str, queue: str, pattern: str, n: int) -> None:
-        prefetch = int(pattern[len("window") :]) if pattern.startswith("window") else 0
+        window = pattern[len("window") :].split("_")[0]  # window1_late: window 1, sent later
+        prefetch = int(window) if pattern.startswith("window") else 0
         super().__init__(prefetch=prefetch, auto_accept=True)
         self.url, self.queue, self.pattern, self.n = url, queue, pattern, n
         self.got: list[object] = []
@@ -40,9 +41,17 @@ class Client(MessagingHandler):
             self.container.schedule(1.0, _Call(self.regrant))
         if p == "before_messages":
             self.receiver.flow(self.n)
+        if p in ("before_messages", "window1_late"):  # sent on this connection's session
             self.container.schedule(0.5, _Call(lambda: self.send(self.n)))
         if p == "drain":
             self.receiver.drain(self.n + 5)
+        if p == "window1_many":  # two more links: one on this session, one on a second session
+            event.container.create_receiver(self.conn, self.queue + "-b")
+            ssn = self.conn.session()
+            ssn.open()
+            rcv = ssn.receiver(f"{self.queue}-c")
+            rcv.source.address = self.queue + "-c"
+            rcv.open()
 
     def send(self, n: int) -> None:
         sender = self.container.create_sender(self.conn, self.queue)
@@ -75,7 +84,7 @@ class Client(MessagingHandler):
                 self.finish()
 
     def check_done(self) -> None:
-        want = 1 if self.pattern == "withdrawn" else self.n
+        want = {"withdrawn": 1, "window1_many": 3 * self.n}.get(self.pattern, self.n)
         if len(self.got) >= want and self.pattern not in ("drain", "withdrawn"):
             self.finish()
         if self.pattern == "withdrawn" and self.phase is not None and len(self.got) > self.phase:

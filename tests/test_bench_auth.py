@@ -130,14 +130,19 @@ def test_broker_bench_auth_both_runs_every_case_in_both_modes_and_compares() -> 
     assert sorted({(x["auth"], x["case"], x["round"]) for x in runs}) == sorted(
         (auth, case, r)
         for auth in ("none", "sasl+acl50")
-        for case in ("senders=1 window=50", "senders=1 window=50 exchange=amq.topic subjects=7")
+        for case in (
+            "senders=1 window=50",
+            "senders=1 window=50 exchange=amq.topic subjects=7",
+            "senders=1 window=1000 receiver=prefetch1",
+        )
         for r in (0, 1)
     )
     for x in runs:
         assert (x["received"], x["settled_not_accepted"]) == (300, 0), x
+        assert x["stalled"] is False, x
     # the order alternates: round 0 starts with none, round 1 with the authenticated broker
     assert [x["auth"] for x in runs[:2]] == ["none", "sasl+acl50"]
-    assert [x["auth"] for x in runs[4:6]] == ["sasl+acl50", "none"]
+    assert [x["auth"] for x in runs[6:8]] == ["sasl+acl50", "none"]
     summaries = [x for x in lines if "summary" in x]
     assert {x["case"] for x in summaries} == {r["case"] for r in runs}
     for s in summaries:

@@ -519,8 +519,9 @@ def test_a_sender_past_its_credit_ends_only_that_link(
 ) -> None:
     """Found by tests/test_driver_fuzz.py: a flow moving the sender's delivery-count far past the
     credit it was given took proton's link-credit below zero, and granting credit back then
-    overflowed proton's int (amqp:internal-error, a traceback). Now the delivery is rejected and
-    the link ended with amqp:link:transfer-limit-exceeded; the session goes on."""
+    overflowed proton's int (amqp:internal-error, a traceback). Now the link ends with
+    amqp:link:transfer-limit-exceeded and the session goes on. The message that came is routed
+    (credit is looked at after routing, for flow control); a management request is refused."""
     p = RawPeer(broker.port)
     try:
         p.open()
@@ -538,7 +539,8 @@ def test_a_sender_past_its_credit_ends_only_that_link(
         p.expect(ATTACH)
         p.transfer(1, 1, VALID)
         while (d := p.expect(DISPOSITION)).fields[1] != 1:
-            assert int(d.fields[4].descriptor) == REJECTED, p.frames  # delivery 0
+            if address == "$management":  # delivery 0: the request is refused
+                assert int(d.fields[4].descriptor) == REJECTED, p.frames
         assert int(d.fields[4].descriptor) == ACCEPTED, p.frames
         assert not any(f.code == CLOSE for f in p.frames), p.frames
     finally:
@@ -546,8 +548,9 @@ def test_a_sender_past_its_credit_ends_only_that_link(
     c = BlockingConnection(broker.url, timeout=10)
     try:
         r = c.create_receiver("conv-t")
-        assert r.receive(timeout=10).body == "ok"  # the second link's message, and only it
-        r.accept()
+        for _ in range(1 if address == "$management" else 2):
+            assert r.receive(timeout=10).body == "ok"
+            r.accept()
         with pytest.raises(Timeout):
             r.receive(timeout=0.5)
     finally:

@@ -105,41 +105,91 @@ def _rss_kib(pid: int) -> int:
 # -- connections ---------------------------------------------------------------------------------
 
 
-def test_max_connections_refuses_the_next_socket_and_recovers(brokers: Brokers) -> None:
-    b = brokers.start(args=["--auto-create", "yes", "--max-connections", "3"])
-    held = [socket.create_connection(("127.0.0.1", b.port), timeout=T) for _ in range(3)]
+def _closed_at_once(port: int) -> bool:
+    """A new socket is closed by the broker without a word."""
+    with contextlib.closing(socket.create_connection(("127.0.0.1", port), timeout=T)) as s:
+        s.settimeout(T)
+        return s.recv(1) == b""
+
+
+def _still_open(sock: socket.socket) -> bool:
+    sock.settimeout(0.2)
     try:
-        time.sleep(0.2)  # the broker has taken all three
-        extra = socket.create_connection(("127.0.0.1", b.port), timeout=T)
-        with contextlib.closing(extra):
-            extra.settimeout(T)
-            assert extra.recv(1) == b""  # closed at once, nothing said
-        with contextlib.closing(socket.create_connection(("127.0.0.1", b.port), timeout=T)) as s:
-            s.settimeout(T)
-            assert s.recv(1) == b""
-        line = wait_for_log(b, "refusing connections: 3 open")
-        assert "--max-connections" in line
-        assert b.log().count("refusing connections") == 1  # once per spell, not per socket
-    finally:
-        for s in held:
-            s.close()
-    # the idle sockets gone, a real client is served again
+        return sock.recv(1) != b""
+    except TimeoutError:
+        return True
+    except ConnectionResetError:
+        return False
+
+
+def _connect_until_served(url: str) -> BlockingConnection:
     deadline = time.monotonic() + T
     while True:
         try:
-            conn = BlockingConnection(b.url, timeout=T)
-            break
+            return BlockingConnection(url, timeout=T)
         except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_max_connections_refuses_the_next_socket_and_recovers(brokers: Brokers) -> None:
+    b = brokers.start(args=["--auto-create", "yes", "--max-connections", "3"])
+    held = [BlockingConnection(b.url, timeout=T) for _ in range(3)]  # opened: never dropped
     try:
-        conn.create_sender("q").send(Message(body="after", durable=True))
-        assert conn.create_receiver("q").receive(timeout=T).body == "after"
+        assert _closed_at_once(b.port)
+        time.sleep(1.2)  # past the grace: an opened connection is still never dropped
+        assert _closed_at_once(b.port)
+        line = wait_for_log(b, "at --max-connections: 3 sockets, 3 connections open")
+        assert "WARNING" in line
+        assert b.log().count("at --max-connections: ") == 1  # once per spell, not per socket
+        for conn in held:  # the held connections were not disturbed
+            conn.create_sender("q").send(Message(body="held", durable=True))
+    finally:
+        for conn in held:
+            conn.close()
+    conn = _connect_until_served(b.url)  # the held connections gone, a client is served again
+    try:
+        conn.create_sender("q2").send(Message(body="after", durable=True))
+        assert conn.create_receiver("q2").receive(timeout=T).body == "after"
     finally:
         conn.close()
     line = wait_for_log(b, "accepting connections again")
-    assert "(2 refused meanwhile)" in line
+    assert "(2 refused, 0 unopened sockets dropped for newer ones meanwhile)" in line
+
+
+def test_idle_sockets_give_their_slots_to_a_client(brokers: Brokers) -> None:
+    """Sockets that never open fill --max-connections; they are closed only at --open-timeout
+    (60 s here), but a client arriving after the first has waited past the grace (1 s) takes
+    its slot, and the next one the next oldest's."""
+    b = brokers.start(
+        args=["--auto-create", "yes", "--max-connections", "5", "--open-timeout", "60"]
+    )
+    idle = [socket.create_connection(("127.0.0.1", b.port), timeout=T) for _ in range(5)]
+    try:
+        assert _closed_at_once(b.port)  # the idle ones are young: the newcomer is refused
+        time.sleep(1.2)
+        t0 = time.monotonic()
+        clients = [BlockingConnection(b.url, timeout=T)]  # the oldest idle socket makes room
+        clients.append(BlockingConnection(b.url, timeout=T))  # and the next oldest
+        try:
+            assert time.monotonic() - t0 < 5.0
+            for i, c in enumerate(clients):
+                c.create_sender("limits-idle").send(Message(body=f"m{i}", durable=True))
+        finally:
+            for c in clients:
+                c.close()
+        for s in idle[:2]:
+            s.settimeout(T)
+            assert s.recv(1) == b""
+        assert all(_still_open(s) for s in idle[2:])  # only as many as needed were dropped
+    finally:
+        for s in idle:
+            s.close()
+    line = wait_for_log(b, "dropped before its AMQP open for a newer socket")
+    assert "INFO" in line
+    assert b.log().count("at --max-connections: ") == 1
+    assert "first peer=127.0.0.1:" in wait_for_log(b, "at --max-connections: 5 sockets")
 
 
 # -- message size ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from broker.config import (
     OPTIONS,
     BrokerConfig,
     ConfigError,
+    Share,
     build_parser,
     main_parse,
     parse_bool,
@@ -69,6 +70,8 @@ def test_defaults() -> None:
     assert (c.max_sessions, c.max_links_per_session) == (64, 256)  # as RabbitMQ 4
     assert c.max_temporary_queues == 1000
     assert c.open_timeout == 10.0
+    assert c.default_queue_limit == 104857600  # qpidd's
+    assert c.max_memory == Share(40)  # RabbitMQ's 0.4 of the memory
     assert c.port_file is None
 
 
@@ -125,6 +128,12 @@ def test_every_option_has_a_field_and_help() -> None:
         (["--max-temporary-queues", "0"], "max_temporary_queues", 0),
         (["--open-timeout", "500ms"], "open_timeout", 0.5),
         (["--open-timeout", "0"], "open_timeout", 0.0),
+        (["--default-queue-limit", "0"], "default_queue_limit", 0),
+        (["--default-queue-limit", "10MiB"], "default_queue_limit", 10 << 20),
+        (["--max-memory", "2GiB"], "max_memory", 2 << 30),
+        (["--max-memory", "0"], "max_memory", 0),
+        (["--max-memory", "40%"], "max_memory", Share(40)),
+        (["--max-memory", " 12.5 % "], "max_memory", Share(12.5)),
         (["--port-file", "port.txt"], "port_file", Path("port.txt")),
     ],
 )
@@ -213,6 +222,27 @@ def test_bad_sizes() -> None:
     )
     assert "at least 1MiB" in error_of(["--journal-max-size", "1023K"])
     assert parse_args(["--journal-max-size", "1MiB"]).journal_max_size == 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("140%", "a share of the memory must be above 0% and at most 100%"),
+        ("0%", "a share of the memory must be above 0% and at most 100%"),
+        ("x%", "expected a size such as 2GiB, or a share of the memory such as 40%"),
+        ("10K%", "expected a size such as 2GiB, or a share of the memory such as 40%"),
+        ("-1", "expected a size such as 2GiB, or a share of the memory such as 40%"),
+    ],
+)
+def test_bad_max_memory(value: str, words: str) -> None:
+    assert error_of(["--max-memory", value]) == f"--max-memory: invalid value '{value}': {words}"
+
+
+def test_memory_options_in_help_and_status() -> None:
+    text = " ".join(build_parser().format_help().split())
+    assert "(default 100MiB)" in text and "(default 40% of the machine's memory)" in text
+    d = json.loads(json.dumps(parse_args(["--max-memory", "25%"]).to_dict()))
+    assert d["max_memory"] == "25%" and d["default_queue_limit"] == 104857600
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,14 @@ def test_add_queue_with_each_option_and_delete(url: str) -> None:
         "k",
         "--priorities",
         "4",
+        "--flow-stop-size",
+        "4000",
+        "--flow-resume-size",
+        "3000",
+        "--flow-stop-count",
+        "9",
+        "--flow-resume-count",
+        "5",
         "--argument",
         "x-n=7",
         "--argument",
@@ -114,6 +122,10 @@ def test_add_queue_with_each_option_and_delete(url: str) -> None:
         "qpid.policy_type": "ring",
         "qpid.last_value_queue_key": "k",
         "qpid.priorities": 4,
+        "qpid.flow_stop_size": 4000,
+        "qpid.flow_resume_size": 3000,
+        "qpid.flow_stop_count": 9,
+        "qpid.flow_resume_count": 5,
         "x-n": 7,
         "x-flag": True,
         "x-text": "hello",
@@ -230,7 +242,8 @@ def test_stat_views_with_real_counts(url: str) -> None:
         assert queues["other"]["replication"] == "none"  # the broker's default
         text = ok("qstore_stat", "-b", url, "-q")
         line = next(ln for ln in text.splitlines() if ln.startswith("work "))
-        assert line.split() == ["work", "Y", "3", str(work["bytes"]), "4", "1", "1", "all"]
+        assert work["flowStopped"] is False and work["flowStoppedCount"] == 0
+        assert line.split() == ["work", "Y", "3", str(work["bytes"]), "4", "1", "1", "0", "all"]
 
         exchanges = {x["name"]: x for x in stat_json(url, "-e")}
         assert exchanges["amq.direct"]["routed"] == 1

@@ -144,3 +144,21 @@ def decide(
         why += f"; nodes {missing} did not answer within {recovery_wait:g}s"
     memory.promoting, memory.promoting_since = best.index, now
     return [*actions, Promote(best.index, why)]
+
+
+def steady(nodes: list[NodeView], memory: Memory) -> bool:
+    """Nothing to watch closely: every process runs, one broker is active, the others ready, and
+    no promote is pending. Only a hang changes that without a process exiting (an exit wakes
+    the manager at once), so a steady cluster is polled slowly."""
+    return (
+        memory.promoting is None
+        and all(n.running for n in nodes)
+        and [n.state for n in nodes].count("active") == 1
+        and all(n.state in ("active", "ready") for n in nodes)
+    )
+
+
+def next_poll(nodes: list[NodeView], memory: Memory, poll: float, steady_poll: float) -> float:
+    """Seconds until the next status poll: `poll` while the cluster settles (starting, failing
+    over, a broker catching up), `steady_poll` once it is steady."""
+    return max(poll, steady_poll) if steady(nodes, memory) else poll

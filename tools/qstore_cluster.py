@@ -1,7 +1,8 @@
 """`qstore-cluster`: a local cluster manager for one machine (what rgmanager does in the seed).
 
     qstore-cluster up [--nodes 3] [--base-port 5672] [--data-dir ./data] [--ha-replicate all]
-                      [--heartbeat S] [--poll S] [--recovery-wait S] [--auth yes|no]
+                      [--heartbeat S] [--poll S] [--steady-poll S] [--recovery-wait S]
+                      [--auth yes|no]
     qstore-cluster status [--data-dir ./data] [--json]
 
 `up` starts one `qstored` per node (node i: port base-port + i, data in DATA_DIR/node<i>, log in
@@ -9,6 +10,12 @@ DATA_DIR/node<i>.log), keeps each running (a broker that dies is restarted: it c
 backup), and keeps exactly one primary (see cluster_manager.py for the rules). It prints each state
 change with a timestamp. Ctrl-C or SIGTERM stops every broker cleanly. The same --data-dir again
 reuses the journals and the ports (kept in DATA_DIR/cluster.json).
+
+Watching costs little while the cluster is idle: the manager learns of a broker's exit from the
+kernel at once (a pidfd per child, see child_watch.py), asks each broker its state over one kept
+connection (status_link.py), every --poll seconds while the cluster settles and every
+--steady-poll seconds once it is steady (one active primary, the others ready), which only a hung
+primary can end unseen.
 
 The brokers run with `--auth yes`: the first `up` creates DATA_DIR/sasl-db with an `admin` user and
 the HA user `qstore-ha`, their random passwords in DATA_DIR/credentials (see cluster_auth.py), and
@@ -34,8 +41,10 @@ from typing import Any
 
 from broker.logfmt import escape_controls
 from tools import cluster_auth
-from tools._mgmt import ManagementClient, ToolError, parse_broker, query_status
-from tools.cluster_manager import Memory, NodeView, Note, Promote, Restart, decide
+from tools._mgmt import ToolError, query_status
+from tools.child_watch import ChildWatch
+from tools.cluster_manager import Memory, NodeView, Note, Promote, Restart, decide, next_poll
+from tools.status_link import StatusLink
 
 STOP_TIMEOUT = 10.0
 
@@ -54,6 +63,7 @@ class Node:
     index: int
     port: int
     data_dir: Path
+    link: StatusLink
     proc: subprocess.Popen[bytes] | None = None
     last_state: str | None = "?"
 
@@ -75,18 +85,15 @@ class ClusterManager:
         n = saved.get("nodes", args.nodes) if saved else args.nodes
         if saved and (base != args.base_port or n != args.nodes):
             say(f"reusing {self.root}: {n} nodes from port {base} (as first set up)")
-        self.nodes = [Node(i, base + i, self.root / f"node{i}") for i in range(n)]
-        self.url = ",".join(node.address for node in self.nodes)
-        self.memory = Memory()
-        self.stopping = False
         self.auth = args.auth == "yes"
         # How the manager logs in to its brokers (the keywords of query_status and
         # ManagementClient): the HA identity, the only one that may read a backup's status and
         # promote; empty for an open cluster.
         self.login: dict[str, Any] = {}
         self.ha_user = ""
+        first = f"127.0.0.1:{base}"
         if self.auth:
-            prepared = cluster_auth.ensure(self.root, self.nodes[0].address)
+            prepared = cluster_auth.ensure(self.root, first)
             creds = prepared.credentials
             self.login = creds.ha_login()
             self.ha_user = creds.ha_user
@@ -94,13 +101,17 @@ class ClusterManager:
                 say(note)
             made = "created" if prepared.created else "reused"
             say(f"authentication on: users {creds.user} and {creds.ha_user} ({made})")
-            say(
-                cluster_auth.connect_line(
-                    creds, self.nodes[0].address, self.root, show=sys.stdout.isatty()
-                )
-            )
+            say(cluster_auth.connect_line(creds, first, self.root, show=sys.stdout.isatty()))
         else:
             say("authentication off (--auth no): anyone may connect and do anything")
+        self.nodes = [
+            Node(i, port, self.root / f"node{i}", StatusLink(f"127.0.0.1:{port}", self.login))
+            for i, port in enumerate(range(base, base + n))
+        ]
+        self.url = ",".join(node.address for node in self.nodes)
+        self.memory = Memory()
+        self.stopping = False
+        self.watch = ChildWatch()
         self._save()
 
     # -- the cluster file ---------------------------------------------------------------------
@@ -153,6 +164,9 @@ class ClusterManager:
             ]  # fmt: skip
         else:
             cmd += ["--auth", "no"]
+        node.link.drop()  # a connection to the process before this one, if any
+        if node.proc is not None:
+            self.watch.forget(node.proc.pid)
         log = open(self.root / f"node{node.index}.log", "ab")  # noqa: SIM115 - child's stdout
         node.proc = subprocess.Popen(
             cmd,
@@ -162,11 +176,14 @@ class ClusterManager:
             start_new_session=True,  # Ctrl-C reaches the manager only; it stops them in order
         )
         log.close()
+        self.watch.watch(node.proc)
         node.last_state = "?"
         say(f"node{node.index} started: pid {node.proc.pid} on {node.address}")
         self._save()
 
     def stop_all(self) -> None:
+        for node in self.nodes:
+            node.link.drop()  # never a polite close: a hung broker would hold it for ever
         for node in self.nodes:
             if node.running():
                 assert node.proc is not None
@@ -181,13 +198,14 @@ class ClusterManager:
                 node.proc.kill()
                 node.proc.wait()
             say(f"node{node.index} stopped (exit {node.proc.returncode})")
+        self.watch.close()
 
     def view(self, node: Node) -> NodeView:
-        st = (
-            query_status(node.address, timeout=max(1.0, 2 * self.args.heartbeat), **self.login)
-            if node.running()
-            else None
-        )
+        if node.running():
+            st = node.link.status(timeout=max(1.0, 2 * self.args.heartbeat))
+        else:
+            node.link.drop()
+            st = None
         state = str(st["state"]) if st else None
         pos = st.get("position") if st else None
         position = (int(pos[0]), int(pos[1])) if isinstance(pos, list) and len(pos) == 2 else (0, 0)
@@ -199,20 +217,12 @@ class ClusterManager:
 
     def promote(self, node: Node, why: str) -> None:
         say(f"promoting node{node.index} ({why})")
-        try:
-            client = ManagementClient(
-                parse_broker(node.address), ha_admin=True, timeout=15, **self.login
-            )
+        try:  # over the kept connection: no connection set-up on the fail-over's path
+            code, desc, _ = node.link.request("PROMOTE", "ha", timeout=15)
         except ToolError as exc:
             say(f"promote node{node.index} failed: {exc}")
             self.memory.promoting = None
             return
-        try:
-            code, desc, _ = client.request("PROMOTE", "ha")
-        except ToolError as exc:
-            code, desc = 0, str(exc)
-        finally:
-            client.close()
         if code != 200:
             say(f"promote node{node.index} refused: {desc}")
             self.memory.promoting = None
@@ -222,12 +232,15 @@ class ClusterManager:
     def run(self) -> None:
         for node in self.nodes:
             self.start(node)
+        args = self.args
         while not self.stopping:
             views = [self.view(n) for n in self.nodes]
             hung_after = max(2.0, 4 * self.args.heartbeat)
             actions = decide(
                 views, time.monotonic(), self.memory, self.args.recovery_wait, hung_after
             )
+            # promotes first: a dead broker's restart (a fork and exec) can wait for the new primary
+            actions.sort(key=lambda a: not isinstance(a, Promote))
             for a in actions:
                 if self.stopping:
                     break
@@ -248,9 +261,8 @@ class ClusterManager:
                         if text not in self.memory.noted:
                             self.memory.noted.add(text)
                             say(text)
-            end = time.monotonic() + self.args.poll
-            while not self.stopping and time.monotonic() < end:
-                time.sleep(min(0.05, self.args.poll))
+            if not self.stopping:  # until the interval passes, a broker exits or a signal
+                self.watch.wait(next_poll(views, self.memory, args.poll, args.steady_poll))
 
 
 def seconds(text: str) -> float:
@@ -272,7 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default="./data")
     up.add_argument("--ha-replicate", choices=["none", "configuration", "all"], default="all")
     up.add_argument("--heartbeat", type=seconds, default=1.0, help="link heartbeat interval")
-    up.add_argument("--poll", type=seconds, default=0.25, help="seconds between status polls")
+    up.add_argument(
+        "--poll", type=seconds, default=0.25,
+        help="seconds between status polls while the cluster settles",
+    )  # fmt: skip
+    up.add_argument(
+        "--steady-poll", type=seconds, default=1.0,
+        help="seconds between status polls while the cluster is steady (a broker's exit is seen "
+        "at once; this bounds how soon a hung primary is noticed)",
+    )  # fmt: skip
     up.add_argument("--backup-timeout", type=seconds, default=10.0)
     up.add_argument(
         "--recovery-wait", type=seconds, default=10.0,

@@ -5,7 +5,8 @@ The seed's qpid-config, over the broker's `$management` node:
     qstore-config [-b BROKER] [--ha-admin] [--timeout S] [LOGIN OPTIONS] VERB ...
       add queue NAME [--durable] [--replicate all|configuration|none] [--max-queue-size N]
                      [--max-queue-count N] [--limit-policy ring|reject] [--lvq-key K]
-                     [--priorities N] [--argument K=V ...]
+                     [--priorities N] [--flow-stop-size N] [--flow-stop-count N]
+                     [--flow-resume-size N] [--flow-resume-count N] [--argument K=V ...]
       del queue NAME [--force]
       add exchange TYPE NAME [--durable] [--replicate L] [--argument K=V ...]
       del exchange NAME
@@ -50,6 +51,10 @@ QUEUE_ARGUMENTS = (
     ("limit_policy", "qpid.policy_type", "--limit-policy"),
     ("lvq_key", "qpid.last_value_queue_key", "--lvq-key"),
     ("priorities", "qpid.priorities", "--priorities"),
+    ("flow_stop_size", "qpid.flow_stop_size", "--flow-stop-size"),
+    ("flow_stop_count", "qpid.flow_stop_count", "--flow-stop-count"),
+    ("flow_resume_size", "qpid.flow_resume_size", "--flow-resume-size"),
+    ("flow_resume_count", "qpid.flow_resume_count", "--flow-resume-count"),
     ("replicate", "qpid.replicate", "--replicate"),
 )
 
@@ -138,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     aq.add_argument(
         "--priorities", type=_count, metavar="N", help="priority levels (qpid.priorities)"
     )
+    flow = (
+        ("--flow-stop-size", "producers are held above N bytes (qpid.flow_stop_size; default "
+         "80%% of the size limit; 0: not by size)"),
+        ("--flow-stop-count", "producers are held above N messages (qpid.flow_stop_count; "
+         "default 80%% of the count limit; 0: not by count)"),
+        ("--flow-resume-size", "held producers go on below N bytes (qpid.flow_resume_size; "
+         "default 70%% of the size limit)"),
+        ("--flow-resume-count", "held producers go on below N messages "
+         "(qpid.flow_resume_count; default 70%% of the count limit)"),
+    )  # fmt: skip
+    for option, text in flow:
+        aq.add_argument(option, type=_count, metavar="N", help=text)
     _arguments_option(aq, "queue")
 
     ax = add_kinds.add_parser("exchange", help="add an exchange: add exchange TYPE NAME [options]")

@@ -38,10 +38,12 @@ REPLICATE = "qpid.replicate"
 
 HELP = f"""\
 views (choose one; default -b):
-  -q, --queues       queues: depth, bytes, enqueues, dequeues, consumers, replication
+  -q, --queues       queues: depth, bytes, enqueues, dequeues, consumers, flow control
+                     (flow: Y while flow-stopped; stops: times it was), replication
   -e, --exchanges    exchanges: type, routed, dropped, bindings
   -c, --connections  connections: peer, container, links, admin
-  -b, --brokers      brokers: name, state, node id, pid, data dir, journal, statistics
+  -b, --brokers      brokers: name, state, node id, pid, data dir, journal, statistics (with
+                     the memory limit and alarm, and how many queues are flow-stopped)
 
 -b is both the broker address and the brokers view (as in the seed's qpid-stat):
   qstore-stat -b 127.0.0.1:5672 -q    queues of the broker at 127.0.0.1:5672
@@ -53,6 +55,19 @@ views (choose one; default -b):
 exit status: 0 success, 1 the broker refused or could not be reached, 2 bad usage
 """
 
+# flow: Y while flow-stopped (qpidd's flowStopped); stops: times it was (flowStoppedCount)
+QUEUE_COLUMNS = (
+    "queue",
+    "dur",
+    "depth",
+    "bytes",
+    "enqueues",
+    "dequeues",
+    "cons",
+    "flow",
+    "stops",
+    "replication",
+)
 _BROKERS_VIEW = object()  # what `-b` without a value stands for
 
 
@@ -164,6 +179,8 @@ def queue_rows(client: ManagementClient, default_replication: str) -> list[dict[
                 "dequeues": q.get("dequeues", 0),
                 "consumers": q.get("consumers", 0),
                 "acquired": q.get("acquired", 0),
+                "flowStopped": bool(q.get("flowStopped")),
+                "flowStoppedCount": q.get("flowStoppedCount", 0),
                 "replication": str(args.get(REPLICATE) or default_replication),
             }
         )
@@ -263,7 +280,7 @@ def show(ns: argparse.Namespace, view: str) -> int:
 def render(view: str, rows: list[dict[str, Any]]) -> str:
     if view == "queues":
         return "Queues\n" + table(
-            ("queue", "dur", "depth", "bytes", "enqueues", "dequeues", "cons", "replication"),
+            QUEUE_COLUMNS,
             [
                 (
                     r["name"],
@@ -273,6 +290,8 @@ def render(view: str, rows: list[dict[str, Any]]) -> str:
                     r["enqueues"],
                     r["dequeues"],
                     r["consumers"],
+                    _yes(r["flowStopped"]),
+                    r["flowStoppedCount"],
                     r["replication"],
                 )
                 for r in rows

@@ -1,10 +1,10 @@
-"""What the broker reads from a message it receives, and what it changes when redelivering.
+"""What the broker reads from a message it receives, and what it changes when delivering it.
 
 The model keeps each message's AMQP encoding exactly as received and never decodes it; this module
 reads it once, at the door, to learn what routing and queueing need (durable, priority, TTL,
-subject, application properties, and `to` for the anonymous relay), and rewrites only the header
-of a redelivered message (new delivery-count, first-acquirer false), leaving the rest byte for
-byte as the sender made it.
+subject, application properties, and `to` for the anonymous relay). On the way out only the header
+changes (first-acquirer true on a first delivery; on a redelivery the new delivery-count and
+first-acquirer false), the rest byte for byte as the sender made it (`outgoing`).
 
 Reading is a scan of the encoded sections, not a proton `Message.decode`: that decode costs about
 three times as much (it builds Python objects for every section, body included), and it is
@@ -414,12 +414,51 @@ def owned(value: Any) -> Any:
     return value
 
 
-def outgoing_bytes(qm: QueuedMessage) -> bytes:
-    """The bytes to send for a queued message: as received unless redelivered, when the header's
-    delivery-count and first-acquirer must tell the consumer."""
-    if qm.delivery_count == qm.message.delivery_count and qm.first_acquirer:
-        return qm.message.body
-    return with_header(qm.message.body, qm.delivery_count, qm.first_acquirer)
+_FIRST_ONLY = b"\x00\x53\x70\xc0\x05\x04\x40\x40\x40\x41"  # a header: first-acquirer true
+_first_heads: dict[bytes, bytes] = {}  # a received header -> the same with first-acquirer true
+_FIRST_HEADS_MAX = 1024  # distinct headers remembered (a message's header is a few bytes)
+_DURABLE = b"\x00\x53\x70\xc0\x02\x01\x41"  # proton's header of a durable message
+# The header last seen (the whole section, so a body that starts with it has that very header),
+# its first-delivery form, and where the rest of the message starts.
+_last_first = (_DURABLE, b"\x00\x53\x70\xc0\x06\x05\x41\x40\x40\x41\x43", len(_DURABLE))
+
+
+def outgoing(qm: QueuedMessage) -> tuple[bytes, bytes | bytearray, int]:
+    """What to send for a queued message: `head + body[start:]`, so that a first delivery goes
+    without copying the message. The stored bytes are as received, and a sender's header rarely
+    says first-acquirer (proton leaves out trailing defaults): a first delivery's header is
+    replaced by the same with first-acquirer true; a redelivery's also gets its delivery-count
+    (and first-acquirer false: someone acquired it before). This runs for every message sent:
+    the usual case (the same header as the message before) costs one `startswith`."""
+    body = qm.message.body
+    if qm.delivery_count or qm.redelivered:  # i.e. not first_acquirer (a property: slower)
+        return b"", with_header(body, qm.delivery_count, qm.first_acquirer), 0
+    key, head, start = _last_first
+    if body.startswith(key):
+        return head, body, start
+    return _first_header(body)
+
+
+def _first_header(body: bytes | bytearray) -> tuple[bytes, bytes | bytearray, int]:
+    """`outgoing` for a first delivery whose header differs from the last one's."""
+    global _last_first
+    if body[0] == 0 and body[1] == 0x53:
+        code = body[2]
+        if code == HEADER:
+            c = body[3]
+            end = 5 + body[4] if c == 0xC0 else 4 if c == 0x45 else _end(body, 3, len(body))
+            key = bytes(body[:end])
+            head = _first_heads.get(key)
+            if head is None:
+                head = with_header(key, 0, True)
+                if len(_first_heads) >= _FIRST_HEADS_MAX:
+                    _first_heads.clear()
+                _first_heads[key] = head
+            _last_first = (key, head, end)
+            return head, body, end
+        if code in _RANK:  # another section first: no header at all
+            return _FIRST_ONLY, body, 0
+    return b"", with_header(body, 0, True), 0  # a header with a symbolic descriptor
 
 
 def with_header(data: bytes, delivery_count: int, first_acquirer: bool) -> bytes:

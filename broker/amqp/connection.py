@@ -31,9 +31,11 @@ from broker.model import (
 from broker.net import ConnectionDriver, ConnectionHandler
 
 from . import fields, nodes
+from .flowgate import FlowGate
 from .limits import NOT_ALLOWED, RESOURCE_LIMIT, Limits, Notices
 from .links import IncomingLink, OutgoingLink
 from .outbox import Outbox
+from .senderflow import SenderFlows
 
 if TYPE_CHECKING:
     from broker.eventlog import EventLog
@@ -63,6 +65,7 @@ class Core:
     auto_create: bool = False
     limits: Limits = field(default_factory=Limits)
     connections: dict[int, AmqpConnection] = field(default_factory=dict)
+    flow: FlowGate | None = None  # publishing links held by flow control; None: none held
 
 
 class AmqpConnection(ConnectionHandler):
@@ -86,6 +89,7 @@ class AmqpConnection(ConnectionHandler):
         self._sessions = 0  # sessions the peer has begun and not ended
         self._attached: dict[Link, Session] = {}  # links the peer has attached, not detached
         self._per_session: dict[Session, int] = {}  # how many of them on each session
+        self.flows = SenderFlows(driver)  # the link flows proton does not send (senderflow.py)
         core.connections[self.id] = self
 
     # -- events -------------------------------------------------------------------------------
@@ -155,7 +159,7 @@ class AmqpConnection(ConnectionHandler):
             host = self.driver.peer.rpartition(":")[0].strip("[]")
             denied = security.check(self.user, "access", "connection", {"host": host})
             if denied is not None:
-                self._deny(denied, logged=True)
+                self._deny(denied, level=logging.INFO)  # the ACL has just given a warning
                 return
         ha = self.core.ha
         if ha is not None:
@@ -181,6 +185,11 @@ class AmqpConnection(ConnectionHandler):
                 return
             if self.kind == "backup":
                 self.driver.transport.idle_timeout = ha.heartbeat * 2
+        slot = self.driver.slot
+        if slot is not None and not slot.admit_open(ha=self.kind != "client"):
+            # the limit logs the spell; the driver's close line names each connection
+            self._deny(slot.refusal(), level=logging.DEBUG, condition=RESOURCE_LIMIT)
+            return
         conn.container = self.core.name
         conn.open()
         log.info(
@@ -194,13 +203,13 @@ class AmqpConnection(ConnectionHandler):
             "" if self.kind == "client" else f" as {self.kind}",
         )
 
-    def _deny(self, why: str, logged: bool = False, condition: str = UNAUTHORIZED) -> None:
-        """Refuse the connection, by default with amqp:unauthorized-access (an open, then a
-        close with the reason: a stock client reports it and does not retry, which is right for
-        a refusal that retrying cannot cure). A warning unless the ACL has just given one."""
+    def _deny(self, why: str, level: int = logging.WARNING, condition: str = UNAUTHORIZED) -> None:
+        """Refuse the connection with `condition` (an open, then a close with the reason: a
+        stock client reports it; for amqp:unauthorized-access it does not retry, which is right
+        for a refusal that retrying cannot cure)."""
         self.denied = True
         log.log(
-            logging.INFO if logged else logging.WARNING,
+            level,
             "broker=%s conn=%s peer=%s container=%s refused: %s",
             self.core.name,
             self.id,

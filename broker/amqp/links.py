@@ -11,6 +11,24 @@ functions on pointers: proton's wrapper objects (a Delivery, its Link, Session, 
 CPU than everything else a message does. Rare paths (rejects, credit, drain) keep the wrappers.
 A raw delivery pointer is never touched after it was settled (proton may free it then); one whose
 outcome waits for the journal is kept alive by a reference of our own (`pn_incref`).
+
+Producer flow control acts where an incoming link's credit is refilled (below half its window),
+so the per-message path pays nothing for it. A link into a flow-stopped queue, a link to an
+exchange or the anonymous relay whose message just routed landed in a flow-stopped queue, and
+every link while the memory alarm is up, get no refill: they wait in the `FlowGate` until what
+held them is gone, then are credited at once. Messages that do arrive are routed as ever (never
+refused for flow control; only a queue's limit refuses, by its policy).
+
+The overshoot: the sender keeps the credit it already has, so up to a window of messages can
+still come after a queue stops (proton offers no way to take credit back; withholding the refill
+is all a receiver can do, and all it needs to). A link into a queue with limits therefore keeps a
+window sized so that one producer's credit cannot carry the queue from its stop mark to its limit
+(`Queue.credit_window`: at most WINDOW, at least 1, re-sized at each refill from the queue's
+average message size); a link to an exchange starts with the smallest window of the queues bound
+to it, the relay with WINDOW, and either takes, at each refill, the smallest window of the queues
+its message just reached. Several producers together can still reach the limit, where the reject
+policy refuses as before. The memory alarm sizes no window: each link may overshoot by its
+window. HA replication and management links are not `IncomingLink`s: never flow-controlled.
 """
 
 from __future__ import annotations
@@ -22,7 +40,15 @@ from typing import TYPE_CHECKING, Any
 from cproton_ffi import ffi, lib
 from proton import Condition, Delivery, Link
 
-from broker.model import Consumer, DequeueReason, Exchange, ModelError, Queue, QueuedMessage
+from broker.model import (
+    Consumer,
+    DequeueReason,
+    Exchange,
+    ModelError,
+    PublishResult,
+    Queue,
+    QueuedMessage,
+)
 from qstore.journal import JournalFull
 
 from . import codec
@@ -38,7 +64,8 @@ log = logging.getLogger("qstore.amqp")
 INTERNAL_ERROR = "amqp:internal-error"
 DECODE_ERROR = "amqp:decode-error"
 NOT_FOUND = "amqp:not-found"
-WINDOW = 1000  # credit kept open on each incoming link
+WINDOW = 1000  # credit kept open on each incoming link, at most (see the module doc)
+MEMORY = "memory alarm"  # what holds a link while the broker's memory alarm is up
 
 _from_buffer = ffi.from_buffer
 _incref, _decref = lib.pn_incref, lib.pn_decref
@@ -51,6 +78,7 @@ _recv, _send, _advance = lib.pn_link_recv, lib.pn_link_send, lib.pn_link_advance
 _credit, _flow = lib.pn_link_credit, lib.pn_link_flow
 _EOS = lib.PN_EOS
 _ABORTED = -11  # PN_ABORTED (proton/error.h), which cproton does not export
+_outgoing = codec.outgoing
 _ACCEPTED, _REJECTED = lib.PN_ACCEPTED, lib.PN_REJECTED
 _RELEASED, _MODIFIED = lib.PN_RELEASED, lib.PN_MODIFIED
 
@@ -125,19 +153,30 @@ class SizeLimited:
         conn.close_link(self.link, condition, description)
 
     def _top_up(self, dlv: Any, credit: int, window: int) -> bool:
-        """Credit back to `window` (called once a delivery took it below half). Below zero the
-        peer went past the credit it was given: transfers beyond it, or a flow that moved its
-        delivery-count past it (proton checks neither, and the credit to grant back would not
-        fit its int): False, the delivery refused and the link ended."""
+        """Credit back to `window` (called once a delivery took it below half); False if the
+        sender overran it (`_overrun`: `dlv` refused, the link ended)."""
         if credit < 0:
-            self._refuse_message(
-                dlv,
-                TRANSFER_LIMIT_EXCEEDED,
-                f"the sender went past the credit it was given (link-credit now {credit})",
-            )
+            self._overrun(credit, dlv)
             return False
         _flow(self.link._impl, window - credit)
         return True
+
+    def _overrun(self, credit: int, dlv: Any = None) -> None:
+        """Credit below zero: the sender went past what it was given, by transfers beyond it or
+        by a flow that moved its delivery-count past it (proton checks neither, and the credit
+        to grant back would not fit its int). The link ends with
+        amqp:link:transfer-limit-exceeded; `dlv`, if given, is refused."""
+        text = f"the sender went past the credit it was given (link-credit now {credit})"
+        if dlv is not None:
+            self._refuse_message(dlv, TRANSFER_LIMIT_EXCEEDED, text)
+            return
+        conn = self.conn
+        link = self.link
+        conn.notices.refused(
+            TRANSFER_LIMIT_EXCEEDED,
+            f"closed link {link.name!r}: {TRANSFER_LIMIT_EXCEEDED} {text}",
+        )
+        conn.close_link(link, TRANSFER_LIMIT_EXCEEDED, text)
 
     def _aborted(self, dlv: Any) -> None:
         """The sender gave up on a message part-sent (AMQP 2.6.12): forget it."""
@@ -161,7 +200,13 @@ class IncomingLink(SizeLimited):
         self._relay_checked = node is None and conn.publisher("") is not None
         # On a backup: refuses what would write into a replicated queue; None on a primary.
         self._guard = conn.write_guard()
-        link.flow(WINDOW)
+        self._gate = conn.core.flow
+        self._window = WINDOW if node is None else self._first_window(node)
+        self._low = WINDOW // 2  # refill when credit falls below this
+        self.held_by: Queue | str | None = None  # what withholds our credit (flow control)
+        self._held_result: PublishResult | None = None
+        self._closed = False
+        self._refill(0, None, 0)  # the first grant, unless already held
 
     def on_delivery(self, dlv: Delivery) -> None:
         self.on_raw_delivery(dlv._impl)
@@ -189,17 +234,88 @@ class IncomingLink(SizeLimited):
             data = data[: max(got, 0)]
         _advance(link)
         credit = _credit(link)
-        if credit < WINDOW // 2 and not self._top_up(dlv, credit, WINDOW):
-            return
         if _settled(dlv):  # the client sent it pre-settled: at most once, no outcome wanted
-            self._route(data, None)
+            result = self._route(data, None)
             _settle(dlv)
         else:
             _incref(dlv)  # its outcome may wait for the journal: keep it alive until then
             self._held.add(dlv)
-            self._route(data, dlv)
+            result = self._route(data, dlv)
+        if credit < self._low:  # after routing: flow control looks at where it went
+            self._refill(credit, result, size)
 
-    def _route(self, data: bytes, dlv: Any) -> None:
+    def _refill(self, credit: int, result: PublishResult | None, size: int) -> bool:
+        """Top the credit up to the window, unless flow control holds the link (then it waits
+        in the gate); True if held. `result`: the message just routed, `size` its size."""
+        holder = self._holder(result)
+        gate = self._gate
+        if holder is not None and gate is not None:
+            self.held_by, self._held_result = holder, result
+            gate.hold(self)
+            return True
+        if self.held_by is not None:
+            self.held_by = self._held_result = None
+            if gate is not None:
+                gate.forget(self)
+        window = self._window = self._window_for(result, size)
+        self._low = max(1, window // 2)
+        if credit < 0:  # the message that came is routed; the link ends
+            self._overrun(credit)
+        elif credit < self._low:
+            _flow(self._link, window - credit)
+        return False
+
+    def _holder(self, result: PublishResult | None) -> Queue | str | None:
+        """What keeps this link from more credit now: the memory alarm, its flow-stopped queue,
+        or a flow-stopped queue its last message (`result`) landed in; None if nothing."""
+        model = self.conn.core.model
+        if model.usage.alarm:
+            return MEMORY
+        node = self.node
+        if isinstance(node, Queue):
+            return node if node.flow_stopped else None
+        if result is not None:
+            queues = model.queues
+            for name in result.queues:
+                q = queues.get(name)
+                if q is not None and q.flow_stopped:
+                    return q
+        return None
+
+    def _first_window(self, node: Queue | Exchange) -> int:
+        """Before any message: a queue's window, or the smallest of the queues bound to an
+        exchange now (the ones its messages may reach; attach is rare, so all are looked at)."""
+        if isinstance(node, Queue):
+            return node.credit_window(WINDOW)
+        queues = self.conn.core.model.queues
+        return min(
+            (q.credit_window(WINDOW) for name, _ in node.bindings if (q := queues.get(name))),
+            default=WINDOW,
+        )
+
+    def _window_for(self, result: PublishResult | None, size: int) -> int:
+        node = self.node
+        if isinstance(node, Queue):
+            return node.credit_window(WINDOW, size)
+        if result is None or not result.queues:
+            return self._window  # nothing new learnt about where its messages go
+        queues = self.conn.core.model.queues
+        return min(
+            (q.credit_window(WINDOW, size) for n in result.queues if (q := queues.get(n))),
+            default=WINDOW,
+        )
+
+    def retry_credit(self) -> bool:
+        """The gate's pass after a queue resumed or the alarm cleared: credit the link if nothing
+        holds it now, and wake its connection to say so. True once it needs the gate no more."""
+        if self._closed or self.conn.gone:
+            return True
+        if self._refill(_credit(self._link), self._held_result, 0):
+            return False
+        self.conn.driver.wake()
+        return True
+
+    def _route(self, data: bytes, dlv: Any) -> PublishResult | None:
         core = self.conn.core
         now = core.clock()
         try:
@@ -207,7 +323,7 @@ class IncomingLink(SizeLimited):
         except codec.BadMessage as exc:
             if dlv is not None:
                 self._reject(dlv, DECODE_ERROR, str(exc))
-            return
+            return None
         node = self.node
         model = core.model
         pending = core.events.begin() if core.events else None
@@ -231,20 +347,21 @@ class IncomingLink(SizeLimited):
         except (ModelError, _NoRoute, _Denied) as exc:
             if dlv is not None:
                 self._reject(dlv, getattr(exc, "condition", NOT_FOUND), str(exc))
-            return
+            return None
         finally:
             if core.events:
                 core.events.end()
         core.outbox.schedule()
         if dlv is None:
-            return
+            return result
         if not result.accepted:
             self._reject(dlv, result.condition or RESOURCE_LIMIT, result.description or "refused")
-            return
+            return result
         if pending is None:
             self._settle(dlv, None)
         else:
             pending.when_done(lambda err: self._settle(dlv, err, result))
+        return result
 
     def _check_relay(self, node: Queue | Exchange, subject: str | None) -> None:
         """The anonymous relay: the ACL decides per message, by where its `to` leads."""
@@ -292,6 +409,9 @@ class IncomingLink(SizeLimited):
     def close(self) -> None:
         if self._partial:  # the link went while a message was arriving
             self._arrived()
+        self._closed = True
+        if self._gate is not None:
+            self._gate.forget(self)
         if self.conn.gone:  # outcomes that never came must not keep the engine's memory alive
             held, self._held = self._held, set()
             for dlv in held:
@@ -316,16 +436,30 @@ class OutgoingLink:
         self.driver: ConnectionDriver = conn.driver
         self._link = link._impl
         self._tags = 0
+        self._drained = 0  # credit given back to drains, which counts as deliveries
+        # The most credit the receiver has had at once: at 1 it may be proton's prefetch 1,
+        # which refills only on a flow from us (senderflow.py).
+        self._window = 0
         # unsettled delivery pointer -> the message id it carries; popped when we settle it
         self._ids: dict[Any, Any] = {}
+        self._flows = conn.flows
+        self._flows.attaching(self)
 
     def __repr__(self) -> str:
         return f"OutgoingLink({self.link.name!r}, queue={self.consumer.queue.name!r})"
 
+    @property
+    def deliveries(self) -> int:
+        """What the link's delivery-count has advanced by since the attach."""
+        return self._tags + self._drained
+
     def on_flow(self) -> None:
         core = self.conn.core
+        credit = self.link.credit
+        if credit > self._window:
+            self._window = credit
         if not self.conn.paused:
-            core.model.set_credit(self.consumer, self.link.credit)
+            core.model.set_credit(self.consumer, credit)
         if self.link.drain_mode:
             core.outbox.drain_requested(self)
         core.outbox.schedule()
@@ -335,8 +469,10 @@ class OutgoingLink:
         tag = str(self._tags).encode()
         link = self._link
         dlv = _new_delivery(link, (len(tag), _from_buffer(tag)))
-        body = codec.outgoing_bytes(qm)
-        sent = _send(link, _from_buffer(body), len(body))
+        head, body, start = _outgoing(qm)
+        if head:
+            _send(link, head, len(head))
+        sent = _send(link, _from_buffer(body) + start, len(body) - start)
         if sent < 0:
             self.link._check(sent)  # raises, as Link.stream does
         _advance(link)
@@ -345,12 +481,14 @@ class OutgoingLink:
             _settle(dlv)  # no outcome will come: forget it
         else:
             self._ids[dlv] = qm.id
+        if self._window == 1 and consumer.credit == 0:
+            self._flows.want(self)  # its last credit: it may wait for a flow to refill
 
     def drain(self) -> bool:
         """The receiver asked to drain: whatever credit is left after dispatch is used up."""
         if self.consumer.closed or not self.link.drain_mode:
             return False
-        self.link.drained()
+        self._drained += self.link.drained()
         self.conn.core.model.set_credit(self.consumer, self.link.credit)
         return True
 
@@ -398,5 +536,6 @@ class OutgoingLink:
 
     def close(self) -> None:
         self._ids.clear()
+        self._flows.forget(self)
         self.conn.core.model.unsubscribe(self.consumer)
         self.conn.core.outbox.schedule()

@@ -119,6 +119,9 @@ class Operations:
 
     def _queue(self, q: Queue) -> dict[str, Any]:
         d = asdict(q.stats())
+        # producer flow control under qpidd's QMF names
+        d["flowStopped"] = d.pop("flow_stopped")
+        d["flowStoppedCount"] = d.pop("flow_stopped_count")
         d.update(
             {
                 "uuid": str(q.uuid),

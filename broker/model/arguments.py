@@ -5,6 +5,14 @@ The `arguments` dict is kept exactly as given (it is journaled and replicated as
 strings (command line tools send `K=V` text), so `"100"` is accepted where a count is expected.
 Unknown keys are kept and ignored, as the seed does. Anything malformed is an `InvalidField`
 naming the argument, the bad value and what would be accepted.
+
+`--default-queue-limit` (qpidd's `--default-queue-limit`) is applied here, to the settings and not
+to the arguments: a queue that sets neither `qpid.max_size` nor `qpid.max_count` gets
+`max_size = default`, so an explicit 0 opts out. Being a setting, it is decided by each broker for
+itself: on restart the current default applies to journaled queues, and a backup's replicas of a
+queue get the backup's default (harmless there: replicated messages bypass limits, see
+`Queue.put`; after a promotion the new primary's default governs). The flow-control marks
+(`flow.flow_limits`) follow the effective limits.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidField
+from .flow import FlowLimits, flow_limits
 
 MAX_COUNT = "qpid.max_count"
 MAX_SIZE = "qpid.max_size"
@@ -39,6 +48,8 @@ class QueueSettings:
     levels: int = 1
     lvq_key: str | None = None
     replicate: str | None = None  # None: the broker's default (--ha-replicate) applies
+    flow: FlowLimits | None = None  # producer flow control; None: none
+    default_limit: bool = False  # max_size is --default-queue-limit's, not an argument's
 
     @property
     def limited(self) -> bool:
@@ -87,10 +98,16 @@ def check_arguments(arguments: Any, what: str) -> dict[str, Any]:
     return arguments
 
 
-def parse_queue_arguments(arguments: dict[str, Any]) -> QueueSettings:
-    """Validate a queue's arguments; raise `InvalidField` with an actionable message."""
+def parse_queue_arguments(arguments: dict[str, Any], default_max_size: int = 0) -> QueueSettings:
+    """Validate a queue's arguments; raise `InvalidField` with an actionable message.
+    `default_max_size` (--default-queue-limit) is the size limit of a queue whose arguments set
+    neither `qpid.max_size` nor `qpid.max_count`."""
     max_count = _non_negative_int(arguments, MAX_COUNT)
     max_size = _non_negative_int(arguments, MAX_SIZE)
+    default_limit = bool(default_max_size) and arguments.get(MAX_SIZE) is None
+    default_limit = default_limit and arguments.get(MAX_COUNT) is None
+    if default_limit:
+        max_size = default_max_size
     policy = _choice(arguments, POLICY_TYPE, POLICIES, "queue") or "reject"
     levels = _non_negative_int(arguments, PRIORITIES)
     lvq_key = arguments.get(LVQ_KEY)
@@ -99,6 +116,14 @@ def parse_queue_arguments(arguments: dict[str, Any]) -> QueueSettings:
     if lvq_key is None and arguments.get(LVQ_FLAG) not in (None, False, 0, "0", "false", "False"):
         lvq_key = LVQ_DEFAULT_KEY
     replicate = _choice(arguments, REPLICATE, REPLICATE_LEVELS, "queue")
+    flow = flow_limits(
+        arguments,
+        max_count=max_count,
+        max_size=max_size,
+        size_explicit=not default_limit,
+        policy=policy,
+        number=_non_negative_int,
+    )
     return QueueSettings(
         max_count=max_count,
         max_size=max_size,
@@ -106,6 +131,8 @@ def parse_queue_arguments(arguments: dict[str, Any]) -> QueueSettings:
         levels=min(max(levels, 1), MAX_LEVELS),
         lvq_key=lvq_key,
         replicate=replicate,
+        flow=flow,
+        default_limit=default_limit,
     )
 
 

@@ -267,4 +267,8 @@ class Broker(Registry):
             dequeues=self._retired[1] + sum(s.dequeues for s in qs),
             routed=self._retired[2] + sum(x.routed for x in xs),
             dropped=self._retired[3] + sum(x.dropped for x in xs),
+            flow_stopped_queues=self.usage.stopped,
+            max_memory=self.usage.limit,
+            memory_alarm=self.usage.alarm,
+            memory_alarm_count=self.usage.alarms,
         )

@@ -13,6 +13,11 @@ Policies, in the order they apply to a new message:
 3. priority (`qpid.priorities` N): dispatch takes the highest level first, FIFO within a level;
    the priority to level map is the seed's (see `arguments.priority_table`).
 
+Producer flow control (`flow.py`): past its flow-stop mark a queue is `flow_stopped` (checked on
+every enqueue: two comparisons), until it is below its resume marks (checked on a dequeue only
+while stopped); each change is told to the usage's listener. It refuses nothing by itself.
+Every queue also keeps the broker-wide byte count (`Usage`) as messages come and go.
+
 Expired messages (`Message.expiry <= now`) are never delivered: dispatch and browsing drop them as
 they meet them (`expired`); `expire(now)` sweeps the whole queue for a housekeeping timer.
 
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .arguments import QueueSettings, priority_table
 from .events import DeliveryCountChanged, Dequeued, DequeueReason, Emitter, Enqueued
+from .flow import SIZE_GUESS, Usage, credit_window
 from .message import Message, QueuedMessage, State
 from .stats import QueueStats
 from .store import MessageStore
@@ -57,6 +63,7 @@ class Queue:
         settings: QueueSettings,
         emitter: Emitter,
         dirty: dict[Queue, None],
+        usage: Usage | None = None,
     ) -> None:
         self.name = name
         self.uuid = uuid
@@ -81,6 +88,13 @@ class Queue:
         self._browsers: list[Consumer] = []
         self._em = emitter
         self._dirty = dirty
+        self._usage = usage if usage is not None else Usage()
+        self.flow_stopped = False
+        self.flow_stops = 0  # times flow-stopped since start (qpidd: flowStoppedCount)
+        # the stop marks put checks; infinite while stopped or without flow control
+        self._stop_count: float = math.inf
+        self._stop_size: float = math.inf
+        self._arm_flow()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -113,6 +127,8 @@ class Queue:
             dequeues=self.dequeues,
             consumers=len(self.consumers),
             acquired=self.acquired,
+            flow_stopped=self.flow_stopped,
+            flow_stopped_count=self.flow_stops,
         )
 
     def __repr__(self) -> str:
@@ -126,6 +142,11 @@ class Queue:
         if not s.limited:
             return None
         size = len(message.body)
+        store = self._store
+        if (not s.max_size or store.bytes + size <= s.max_size) and (
+            not s.max_count or len(store.by_id) < s.max_count
+        ):
+            return None  # the usual case (every queue has a limit by default): fits as it is
         if self._fits(message, size):
             return None
         self._drop_expired_heads(now)
@@ -196,8 +217,15 @@ class Queue:
                 if victim is None:
                     break
                 self.remove(victim, DequeueReason.RING)
-        self._store.add(e)
+        store = self._store
+        store.add(e)
         self.enqueues += 1
+        u = self._usage
+        u.bytes += e.size + u.overhead
+        if u.bytes > u.high:
+            u.check_high()
+        if store.bytes > self._stop_size or len(store.by_id) > self._stop_count:
+            self._flow_stop()
         if self._em.active:
             self._em.emit(Enqueued(self.name, id, message))
         if self._ready or self._browsers:
@@ -211,6 +239,12 @@ class Queue:
         if not self._store.remove(e):
             return False
         self.dequeues += 1
+        u = self._usage
+        u.bytes -= e.size + u.overhead
+        if u.bytes < u.low:
+            u.check_low()
+        if self.flow_stopped:
+            self._flow_resume()
         if e.lvq_key is not None and self._lvq is not None and self._lvq.get(e.lvq_key) is e:
             del self._lvq[e.lvq_key]
         if self._em.active:
@@ -239,6 +273,59 @@ class Queue:
         if self._em.active:
             self._em.emit(DeliveryCountChanged(self.name, id, count, e.message.durable))
         return True
+
+    # -- flow control --------------------------------------------------------------------------
+
+    def _arm_flow(self) -> None:
+        """Let put watch the stop marks (running, with flow control) or nothing (stopped)."""
+        flow = self.settings.flow
+        if flow is None or self.flow_stopped:
+            self._stop_count = self._stop_size = math.inf
+        else:
+            self._stop_count = flow.stop_count or math.inf
+            self._stop_size = flow.stop_size or math.inf
+
+    def _flow_stop(self) -> None:
+        self.flow_stopped = True
+        self.flow_stops += 1
+        self._arm_flow()
+        u = self._usage
+        u.stopped += 1
+        if u.listener is not None:
+            u.listener(self, True)
+
+    def _flow_resume(self, force: bool = False) -> None:
+        flow = self.settings.flow
+        if not force and flow is not None and not flow.resumes(self.depth, self.bytes):
+            return
+        self.flow_stopped = False
+        self._arm_flow()
+        u = self._usage
+        u.stopped -= 1
+        if u.listener is not None:
+            u.listener(self, False)
+
+    def credit_window(self, most: int, message_size: int = 0) -> int:
+        """The credit a link publishing into this queue should keep open (`flow.credit_window`),
+        sized for messages like the larger of the queue's average and `message_size`."""
+        s = self.settings
+        if s.flow is None:
+            return most
+        depth = len(self._store.by_id)
+        size = max(self._store.bytes // depth if depth else 0, message_size) or SIZE_GUESS
+        return credit_window(s.flow, s.max_count, s.max_size, size, most)
+
+    def flow_limits_text(self) -> str:
+        """The marks, for log lines."""
+        f = self.settings.flow
+        if f is None:
+            return "no flow control"
+        parts = []
+        if f.stop_count:
+            parts.append(f"stops above {f.stop_count} messages, resumes below {f.resume_count}")
+        if f.stop_size:
+            parts.append(f"stops above {f.stop_size} bytes, resumes below {f.resume_size}")
+        return "; ".join(parts)
 
     def _drop_expired_heads(self, now: float) -> None:
         store = self._store
@@ -271,7 +358,12 @@ class Queue:
     def clear(self) -> list[Consumer]:
         """The queue is being deleted: forget messages and close consumers (no events)."""
         self.deleted = True
+        u = self._usage
+        u.bytes -= self._store.bytes + u.overhead * self._store.depth
         self._store.clear()
+        if self.flow_stopped:  # links held by it must not wait for a queue that is gone
+            self._flow_resume(force=True)
+        u.check_low()
         if self._lvq is not None:
             self._lvq.clear()
         closed = list(self.consumers)

@@ -29,6 +29,7 @@ from .events import (
     Unbound,
 )
 from .exchange import BUILTINS, TYPES, Binding, DefaultExchange, Exchange
+from .flow import Usage
 from .queue import Queue
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ class Registry:
         self._by_owner: dict[Any, dict[Consumer, None]] = {}
         self._owned: dict[Any, set[str]] = {}  # exclusive owner -> queue names
         self._retired = [0, 0, 0, 0]  # enqueues, dequeues, routed, dropped of deleted entities
+        # Bytes held by all queues, the memory watermark, the flow-control listener (flow.py).
+        self.usage = Usage()
+        # --default-queue-limit: the size limit of queues that set none (see arguments.py).
+        self.default_queue_limit = 0
         # Arguments a deployment adds to every new queue/exchange that lacks them, e.g. an HA
         # primary writes the replication level a default gave: fill(kind, name, args, exclusive,
         # auto_delete) -> args. Applied before validation; None: arguments kept as given.
@@ -124,7 +129,7 @@ class Registry:
             args = self.fill_arguments(
                 "queue", name, args, exclusive_owner is not None, auto_delete
             )
-        settings = parse_queue_arguments(args)
+        settings = parse_queue_arguments(args, self.default_queue_limit)
         q = Queue(
             name,
             uuid or uuidlib.uuid4(),
@@ -135,6 +140,7 @@ class Registry:
             settings=settings,
             emitter=self._em,
             dirty=self._dirty,
+            usage=self.usage,
         )
         self.queues[name] = q
         if exclusive_owner is not None:

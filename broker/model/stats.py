@@ -20,6 +20,8 @@ class QueueStats:
     dequeues: int
     consumers: int  # subscriptions, browsers included
     acquired: int  # sent to consumers, outcome not yet known
+    flow_stopped: bool = False  # past its flow-stop mark: publishers are not credited
+    flow_stopped_count: int = 0  # times it was flow-stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +46,7 @@ class BrokerStats:
     dequeues: int
     routed: int
     dropped: int
+    flow_stopped_queues: int = 0  # queues flow-stopped now
+    max_memory: int = 0  # --max-memory in bytes (0: none), compared with `bytes`
+    memory_alarm: bool = False  # `bytes` passed max_memory: no publisher is credited
+    memory_alarm_count: int = 0  # times the alarm was raised

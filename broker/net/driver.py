@@ -51,8 +51,9 @@ from proton import (
 )
 
 from .handler import ConnectionHandler, HandlerFactory
+from .limit import Slot
 from .options import ConnectionOptions, anonymous_sasl, peer_of
-from .output import OutputBuffer
+from .output import OutputBuffer, OutputHook
 from .sockio import SocketIO
 
 log = logging.getLogger("qstore.net")
@@ -105,6 +106,7 @@ class ConnectionDriver:
         self.conn_id = conn_id
         self.peer = peer_of(stream)
         self.handler: ConnectionHandler | None = None
+        self.slot: Slot | None = None  # its place in the server's --max-connections, if any
         self._io = SocketIO(stream)
         self._factory = handler_factory
         self._opts = options
@@ -198,6 +200,11 @@ class ConnectionDriver:
             self.connection.close()
         self._start_closing()
         self.wake()
+
+    def set_output_hook(self, hook: OutputHook | None) -> None:
+        """Have `hook` see (and add to) proton's output before it is queued, or stop (None).
+        Set it only while it has work: each pull then costs a join of its output."""
+        self._out.hook = hook
 
     @property
     def output_pending_bytes(self) -> int:

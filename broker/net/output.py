@@ -9,10 +9,25 @@ they are not copied twice (the writer joins small chunks only).
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol
 
 from proton import Transport, TransportException
 
 WRITE_CHUNK = 256 * 1024  # at most this much per socket send, unless one frame is bigger
+
+
+class OutputHook(Protocol):
+    """Sees (and may add to) proton's output before it is queued; set only while needed, as it
+    costs a join of what each pull takes out of proton."""
+
+    def inspect(self, data: bytes) -> bool:
+        """`data`: whole frames proton has just written. True to have proton's next output
+        (written after this call changed the engine) passed to `rewrite`."""
+        ...
+
+    def rewrite(self, data: bytes) -> bytes:
+        """The frames to queue instead of `data`."""
+        ...
 
 
 class OutputBuffer:
@@ -24,13 +39,35 @@ class OutputBuffer:
         self.size = 0  # includes the chunk being sent
         self.head_closed = False  # proton has nothing more to say, ever
         self.hold = False  # proton's output waits (the SASL layer speaks first)
+        self.hook: OutputHook | None = None
 
     def __bool__(self) -> bool:
         return bool(self._chunks)
 
     def pull(self) -> None:
         """Move everything proton has encoded so far into this buffer."""
+        if self.hook is not None:
+            self._pull_hooked(self.hook)
+            return
+        self.size += self._move(self._chunks)
+
+    def _pull_hooked(self, hook: OutputHook) -> None:
+        got: list[bytes | bytearray] = []
+        self._move(got)
+        data = b"".join(got)
+        if hook.inspect(data):
+            more: list[bytes | bytearray] = []
+            self._move(more)
+            data += hook.rewrite(b"".join(more))
+        if data:
+            self._chunks.append(data)
+            self.size += len(data)
+
+    def _move(self, into: deque[bytes | bytearray] | list[bytes | bytearray]) -> int:
+        """Take proton's output into `into`; the bytes taken. When it returns, proton's buffer
+        is empty, so what it took ends with a whole frame."""
         t = self._transport
+        moved = 0
         while not (self.head_closed or self.hold):
             try:
                 n = t.pending()
@@ -39,11 +76,12 @@ class OutputBuffer:
             if n < 0:
                 self.head_closed = True
             elif n == 0:
-                return
+                break
             else:
-                self._chunks.append(t.peek(n) or b"")
+                into.append(t.peek(n) or b"")
                 t.pop(n)
-                self.size += n
+                moved += n
+        return moved
 
     def push(self, data: bytes) -> None:
         """Bytes of our own (the SASL layer's) to send before anything proton encodes next."""

@@ -28,11 +28,13 @@ from broker.security.tls import HANDSHAKE_ERRORS, handshake_reason
 
 from .driver import ConnectionDriver
 from .handler import HandlerFactory
+from .limit import ConnectionLimit, Slot
 from .options import Clock, ConnectionOptions, SaslFactory, peer_of
 
 log = logging.getLogger("qstore.net")
 
 _ACCEPT_RETRY = 0.1  # after a failed accept (e.g. out of file descriptors) try again this soon
+_EVICTED = "dropped before its AMQP open for a newer socket (at --max-connections)"
 
 # One numbering for every connection of the process, whichever listener (plain, TLS) took it or
 # whether we dialled it: the model knows a connection's consumers and queues by this id.
@@ -128,19 +130,39 @@ class Server:
                 await anyio.sleep(_ACCEPT_RETRY)
                 continue
             limit = self._limit
-            if limit is not None and not limit.admit(peer_of(stream)):
+            if limit is None:
+                tg.start_soon(self._serve_connection, stream, next_conn_id(), None)
+                continue
+            slot, victim = limit.admit(peer_of(stream))
+            if victim is not None:
+                victim.drop(_EVICTED)
+            if slot is None:
                 await anyio.aclose_forcefully(stream)  # a refused TCP connection, at once
                 continue
-            tg.start_soon(self._run_connection, stream, next_conn_id())
+            tg.start_soon(self._run_limited, stream, next_conn_id(), slot)
 
-    async def _run_connection(self, stream: SocketStream, conn_id: int) -> None:
+    async def _run_limited(self, stream: SocketStream, conn_id: int, slot: Slot) -> None:
+        """A connection holding a slot of the limit: until its driver runs, an eviction cancels
+        it (e.g. in the TLS handshake); then the driver's abort does."""
+        assert self._limit is not None
+        scope = anyio.CancelScope()
+        slot.drop = lambda reason: scope.cancel()
         try:
-            await self._serve_connection(stream, conn_id)
+            if slot.evicted:  # dropped before this task began
+                scope.cancel()
+            else:
+                with scope:
+                    await self._serve_connection(stream, conn_id, slot)
+            if scope.cancel_called:
+                log.debug("conn=%s peer=%s: %s", conn_id, slot.peer, _EVICTED)
+                with anyio.CancelScope(shield=True):
+                    await anyio.aclose_forcefully(stream)
         finally:
-            if self._limit is not None:
-                self._limit.release()
+            self._limit.release(slot)
 
-    async def _serve_connection(self, stream: SocketStream, conn_id: int) -> None:
+    async def _serve_connection(
+        self, stream: SocketStream, conn_id: int, slot: Slot | None
+    ) -> None:
         secured = await self._secure(stream, conn_id)
         if secured is None:
             with anyio.CancelScope(shield=True):
@@ -153,6 +175,9 @@ class Server:
             with anyio.CancelScope(shield=True):
                 await secured.aclose()
             return
+        if slot is not None:
+            driver.slot = slot
+            slot.drop = driver.abort
         self._drivers.add(driver)
         try:
             await driver.run()
@@ -217,38 +242,6 @@ class Server:
             driver.abort("server stop timed out")
         if self._done is not None:
             await self._done.wait()
-
-
-class ConnectionLimit:
-    """At most `most` sockets at once across the listeners that share it (0: no limit), as
-    qpidd's max-connections: each one costs buffers and a task, so a flood of idle sockets must
-    not be able to take the broker's memory. A refused socket is closed at once (a stock client
-    tries its next URL); the start and the end of a refusing spell are logged, not each socket."""
-
-    def __init__(self, most: int) -> None:
-        self.most = most
-        self.open = 0
-        self._refused = 0  # in the current spell
-
-    def admit(self, peer: str) -> bool:
-        if self.most and self.open >= self.most:
-            if not self._refused:
-                log.warning(
-                    "refusing connections: %d open, the most allowed (--max-connections); "
-                    "first refused peer=%s",
-                    self.open,
-                    peer,
-                )
-            self._refused += 1
-            return False
-        if self._refused:
-            log.info("accepting connections again (%d refused meanwhile)", self._refused)
-            self._refused = 0
-        self.open += 1
-        return True
-
-    def release(self) -> None:
-        self.open -= 1
 
 
 def _loopback(stream: SocketStream) -> bool:
