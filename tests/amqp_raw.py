@@ -196,8 +196,12 @@ class RawPeer:
                     d.decode(body)
                     d.rewind()
                     d.next()
-                    value = d.get_object()
-                    f = Frame(channel, int(value.descriptor), list(value.value or []))
+                    try:
+                        value = d.get_object()
+                        f = Frame(channel, int(value.descriptor), list(value.value or []))
+                    except (UnicodeDecodeError, ValueError, OverflowError, RecursionError):
+                        # an attach echoing our ill-formed terminus: its kind, fields unread
+                        f = Frame(channel, body[2] if body[:2] == b"\x00\x53" else -1, [])
                     self.frames.append(f)
                     return f
             if self.eof:

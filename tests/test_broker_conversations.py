@@ -557,3 +557,32 @@ def test_a_sender_past_its_credit_ends_only_that_link(
         c.close()
     good.roundtrip()
     _no_traceback(broker)
+
+
+def test_a_source_holding_text_that_is_not_utf8_is_echoed_and_served(
+    broker: BrokerProcess, good: GoodClient
+) -> None:
+    """Found by tests/test_driver_fuzz.py: the broker's attach echoes the receiver's source
+    (here dynamic-node-properties holding a string that is not UTF-8), and reading that attach
+    back to learn the link's handle (for prefetch-1 flows) failed the driver. Now the link is
+    served with credit 1 like any other."""
+    p = RawPeer(broker.port)
+    try:
+        p.open()
+        p.begin()
+        source = Described(ulong(0x28), ["conv-e", None, None, None, None, {"k": NOT_UTF8}])
+        fields = ["r", uint(0), RECEIVER, ubyte(0), ubyte(0), source, Described(ulong(0x29), [])]
+        p.send(raw_frame(0, ATTACH, fields))
+        p.expect(ATTACH)
+        p.flow(0, 1)
+        c = BlockingConnection(broker.url, timeout=10)
+        try:
+            c.create_sender("conv-e").send(Message(body="to r", durable=True))
+        finally:
+            c.close()
+        assert p.expect(TRANSFER).fields[0] == 0, p.frames
+        assert not any(f.code == CLOSE for f in p.frames), p.frames
+    finally:
+        p.close()
+    _after(broker, good, p.addr)
+    _no_traceback(broker)

@@ -273,3 +273,27 @@ def test_other_channels_and_frames_untouched() -> None:
     links = {5: [(0, 1, False)]}
     assert flowframe.add_link_flows(data, links) == data
     assert links == {5: [(0, 1, False)]}  # not served: left for the caller
+
+
+def test_attach_fields_skip_a_terminus_python_cannot_read() -> None:
+    """Found by tests/test_driver_fuzz.py: our attach echoes the peer's source, which may hold
+    a string that is not UTF-8 (proton's C codec takes it, its Python cannot decode it); reading
+    the whole attach failed the connection's driver ("driver failed", a traceback)."""
+    p = Pair()
+    p.client.open()
+    ssn = p.client.session()
+    ssn.open()
+    rcv = ssn.receiver("mine")
+    rcv.source.address = "q"
+    rcv.source.properties.decode(b"\xc1\x07\x02\xa1\x01k\xa1\x01\xff")  # {"k": b"\xff" as text}
+    rcv.open()
+    p.pump()
+    p.server.open()
+    p.server.session_head(0).open()
+    link = p.server.link_head(0)
+    link.source.copy(link.remote_source)
+    link.open()
+    out = p.pump()
+    assert b"\xa1\x01\xff" in out  # echoed as it came
+    got = [flowframe.attach_fields(out, f) for f in flowframe.frames(out) if f.code == ATTACH]
+    assert got == [("mine", 0, False, 0)]

@@ -162,12 +162,21 @@ def add_link_flows(data: bytes, links: dict[int, list[tuple[int, int, bool]]]) -
 
 def attach_fields(data: bytes, frame: Frame) -> tuple[str, int, bool, int]:
     """An attach frame's name, handle, role (True: receiver) and initial-delivery-count.
-    Decoded by proton: attaches are rare, and their source and target are composite."""
+    Decoded by proton (attaches are rare), field by field: the source and target between them
+    echo the peer's own, which may hold what proton's Python cannot read (a string that is not
+    UTF-8, which its C codec takes), so they are skipped, never read."""
     d = Data()
     d.decode(bytes(data[frame.body : frame.end]))
     d.rewind()
     d.next()
-    value: Any = d.get_object()
-    fields = list(value.value)
+    d.enter()  # the described performative: its descriptor, then the list of fields
+    d.next()
+    d.next()
+    d.enter()
+    fields: list[Any] = []
+    for i in range(10):
+        if d.next() is None:
+            break
+        fields.append(d.get_object() if i in (0, 1, 2, 9) else None)
     fields += [None] * (10 - len(fields))
     return str(fields[0]), int(fields[1]), bool(fields[2]), int(fields[9] or 0)
