@@ -14,8 +14,9 @@ that the SASL layer in front of proton is fuzzed too). What is sent:
   swapped, another protocol header, or one field (or a field of a source, target or outcome)
   replaced by an AMQP value of another type. The conversation goes in stages, as a client's
   does: the transfer waits for the broker's flow (credit), the disposition for its transfer;
-- well-typed performatives in any order, with handles, ids and credit that collide or wrap,
-  and flows whose numbers are anything, followed by transfers;
+- well-typed performatives in any order, with handles, ids and credit that collide or wrap;
+  flows whose numbers are anything, followed by transfers; attaches whose source and target
+  hold anything, followed by credit 1 or a message;
 - SASL exchanges with random or truncated frames, and a PLAIN login (good or not) followed by a
   damaged conversation, pipelined as stock clients do.
 
@@ -670,6 +671,35 @@ def test_a_flow_of_any_numbers_then_transfers(
     for i in range(transfers):
         then += amqp_frame(0, TRANSFER, [uint(0), uint(i), str(i).encode(), uint(0)], MESSAGE)
     plain.converse([(prelude, FLOW), (then, None)], half_close=True)  # EOF: no waiting
+
+
+@fuzz(60)
+@given(
+    role=st.sampled_from([RECEIVER, SENDER]),
+    address=st.sampled_from([QUEUE, "$management", None]) | _field,
+    source=st.lists(_ill_formed | st.none() | _field, min_size=10, max_size=10),
+    target=st.lists(_ill_formed | st.none() | _field, min_size=6, max_size=6),
+)
+def test_an_attach_with_any_terminus(
+    plain: Watched, role: bool, address: Any, source: list[Any], target: list[Any]
+) -> None:
+    """An attach whose source and target fields are anything (the broker reads some, and
+    echoes them all in its own attach), then credit 1 for a receiver or a message from a
+    sender: what nodes are made of, and what is read back out of our own frames."""
+    sender = role == SENDER
+    src = Described(ulong(SOURCE), [None if sender else address, *source])
+    tgt = Described(ulong(TARGET), [address if sender else None, *target])
+    attach = ["t", uint(0), role, ubyte(0), ubyte(0), src, tgt]
+    attach += [None, None, uint(0) if sender else None]
+    hello = AMQP_HEADER + b"".join(amqp_frame(*f) for f in conversation()[:2])
+    hello += amqp_frame(0, ATTACH, attach)
+    if sender:
+        then = amqp_frame(0, TRANSFER, [uint(0), uint(0), b"t", uint(0)], MESSAGE)
+    else:
+        then = amqp_frame(
+            0, FLOW, [uint(0), uint(2048), uint(0), uint(2048), uint(0), None, uint(1)]
+        )
+    plain.converse([(hello, ATTACH), (then, None)], half_close=True)
 
 
 def test_plain_broker_still_serves(plain: Watched) -> None:
