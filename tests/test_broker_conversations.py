@@ -586,3 +586,31 @@ def test_a_source_holding_text_that_is_not_utf8_is_echoed_and_served(
         p.close()
     _after(broker, good, p.addr)
     _no_traceback(broker)
+
+
+def test_a_link_name_with_a_nul_then_not_utf8_is_served(
+    broker: BrokerProcess, good: GoodClient
+) -> None:
+    """Found by tests/test_driver_fuzz.py: proton's Python shows a link name only up to a NUL
+    (here "" of "\\x00\\xff"), so the name passes for text; our attach echoes it whole, and
+    reading that back (for prefetch-1 flows) failed the driver. The link is served."""
+    p = RawPeer(broker.port)
+    try:
+        p.open()
+        p.begin()
+        source = Described(ulong(0x28), ["conv-z"])
+        fields = [Raw(b"\xa1\x02\x00\xff"), uint(0), RECEIVER, ubyte(0), ubyte(0), source]
+        p.send(raw_frame(0, ATTACH, [*fields, Described(ulong(0x29), [])]))
+        p.expect(ATTACH)
+        p.flow(0, 1)
+        c = BlockingConnection(broker.url, timeout=10)
+        try:
+            c.create_sender("conv-z").send(Message(body="to z", durable=True))
+        finally:
+            c.close()
+        assert p.expect(TRANSFER).fields[0] == 0, p.frames
+        assert not any(f.code == CLOSE for f in p.frames), p.frames
+    finally:
+        p.close()
+    _after(broker, good, p.addr)
+    _no_traceback(broker)

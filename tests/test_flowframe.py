@@ -5,6 +5,7 @@ must take the link flow as the sender's state and nothing more."""
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import pytest
@@ -297,3 +298,14 @@ def test_attach_fields_skip_a_terminus_python_cannot_read() -> None:
     assert b"\xa1\x01\xff" in out  # echoed as it came
     got = [flowframe.attach_fields(out, f) for f in flowframe.frames(out) if f.code == ATTACH]
     assert got == [("mine", 0, False, 0)]
+
+
+def test_attach_fields_of_a_name_python_cannot_read() -> None:
+    """Found by tests/test_driver_fuzz.py: our attach echoes the peer's link name as it came; a
+    name that is not UTF-8 (after a NUL, which is all proton's Python shows of the name) failed
+    the connection's driver. It is read as it is, with a replacement character."""
+    fields = b"\xa1\x02\x00\xff" + b"\x43\x41\x50\x00\x50\x00\x40\x40\x40\x42\x43"
+    body = b"\x00\x53\x12\xc0" + bytes([len(fields) + 1, 10]) + fields
+    out = struct.pack(">IBBH", 8 + len(body), 2, 0, 0) + body
+    got = [flowframe.attach_fields(out, f) for f in flowframe.frames(out) if f.code == ATTACH]
+    assert got == [("\x00\ufffd", 0, True, 0)]

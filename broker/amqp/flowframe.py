@@ -19,6 +19,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
+from cproton_ffi import ffi, lib
 from proton import Data
 
 from .codec import _FIXED, _SIZE8, _SIZE32  # the type-code tables of the message decoder
@@ -162,9 +163,11 @@ def add_link_flows(data: bytes, links: dict[int, list[tuple[int, int, bool]]]) -
 
 def attach_fields(data: bytes, frame: Frame) -> tuple[str, int, bool, int]:
     """An attach frame's name, handle, role (True: receiver) and initial-delivery-count.
-    Decoded by proton (attaches are rare), field by field: the source and target between them
-    echo the peer's own, which may hold what proton's Python cannot read (a string that is not
-    UTF-8, which its C codec takes), so they are skipped, never read."""
+    Decoded by proton (attaches are rare), field by field: our attach echoes the peer's name,
+    source and target, which may hold what proton's Python cannot read (text that is not UTF-8,
+    which its C codec takes). The termini are skipped; the name is read whatever its bytes (a
+    name proton's Python cannot give back as it is never matches a link's: such a link is not
+    learned, and so gets no prefetch-1 flows)."""
     d = Data()
     d.decode(bytes(data[frame.body : frame.end]))
     d.rewind()
@@ -175,8 +178,14 @@ def attach_fields(data: bytes, frame: Frame) -> tuple[str, int, bool, int]:
     d.enter()
     fields: list[Any] = []
     for i in range(10):
-        if d.next() is None:
+        kind = d.next()
+        if kind is None:
             break
-        fields.append(d.get_object() if i in (0, 1, 2, 9) else None)
+        if i == 0 and kind in (Data.STRING, Data.SYMBOL):
+            get = lib.pn_data_get_string if kind == Data.STRING else lib.pn_data_get_symbol
+            raw = get(d._data)
+            fields.append(ffi.unpack(raw.start, raw.size).decode("utf-8", "replace"))
+        else:
+            fields.append(d.get_object() if i in (0, 1, 2, 9) else None)
     fields += [None] * (10 - len(fields))
     return str(fields[0]), int(fields[1]), bool(fields[2]), int(fields[9] or 0)
