@@ -350,6 +350,7 @@ def _nested(depth: int) -> Raw:
 _ill_formed = st.one_of(
     st.binary(max_size=8).map(lambda b: _sized(0xA1, b + b"\xff")),  # str8, not UTF-8
     st.binary(max_size=8).map(lambda b: _sized(0xA1, b + b"\xed\xa0\x80")),  # a surrogate
+    st.binary(max_size=4).map(lambda b: _sized(0xA1, b"\x00" + b + b"\xff")),  # cut at the NUL
     st.binary(max_size=8).map(lambda b: _sized(0xA3, b + b"\xc3\xa9")),  # sym8, not ASCII
     st.one_of(st.integers(0x110000, 2**32 - 1), st.integers(0xD800, 0xDFFF)).map(
         lambda n: Raw(b"\x73" + struct.pack(">I", n))  # a char that is no character
