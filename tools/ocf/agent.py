@@ -492,10 +492,12 @@ def monitor(cfg: Config) -> Rc:
         log.error("broker pid %s %s", pid, what)
     if cfg.probe:
         return rc
-    if rc == Rc.NOT_RUNNING:
-        set_score(cfg, None)  # a dead instance must not win the next promotion after a restart
-    elif st is not None and rc in (Rc.SUCCESS, Rc.RUNNING_PROMOTED):
+    if st is not None and rc in (Rc.SUCCESS, Rc.RUNNING_PROMOTED):
         set_score(cfg, score_of(cfg, st))
+    else:
+        # dead, silent or not a member: its score goes before Pacemaker sees the failure, or
+        # with on-fail=demote it would promote the failed instance again (the top score wins)
+        set_score(cfg, None)
     return rc
 
 
@@ -602,9 +604,10 @@ def promote(cfg: Config) -> Rc:
 def demote(cfg: Config) -> Rc:
     """A broker cannot step down in place: a primary is restarted as a backup.
 
-    A failed primary (alive, silent) is only killed, at once: Pacemaker demotes it on its way to
-    stop and start it again, and that restart is on the fail-over's critical path, so the agent
-    does not restart it twice, nor wait on a SIGTERM that a hung process cannot act on (the
+    A failed primary is only killed (alive, silent), at once, or found dead: this demote is on the
+    fail-over's critical path (with the Promoted monitor's on-fail=demote, Pacemaker promotes
+    another instance right after it, and stops and starts the failed one afterwards), so the
+    agent neither restarts it here nor waits on a SIGTERM that a hung process cannot act on (the
     journal is crash-safe)."""
     running = broker_pid(cfg) is not None
     state = _state(probe(cfg)) if running else None
