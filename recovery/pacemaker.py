@@ -153,7 +153,9 @@ cp -a /usr/lib/ocf/resource.d "$R/ra"
 mkdir -p "$R/ra/qstore"; cp "$W/qstored" "$R/ra/qstore/qstored"; chmod 755 "$R/ra/qstore/qstored"
 mount --bind "$R/ra" /usr/lib/ocf/resource.d
 ln -sf /dev/shm /run/shm
-export PCMK_logfile="$W/log/pacemaker.log" PCMK_logfacility=none
+# the log goes where the daemons that run as hacluster can write it too ($W is root's alone):
+# $W/root/vlogp/pacemaker.log from outside
+export PCMK_logfile=/var/log/pacemaker/pacemaker.log PCMK_logfacility=none
 corosync -f -c "$W/corosync.conf" > "$W/log/corosync.out" 2>&1 &
 echo $! > "$W/corosync.pid"
 i=0

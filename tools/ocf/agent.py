@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -458,8 +459,9 @@ def score_of(cfg: Config, st: dict[str, Any]) -> int | None:
         except ToolError:
             addresses = []
         timeout = min(cfg.status_timeout, 2.0)
-        for i, address in enumerate(addresses):
-            peer = probe(cfg, address, timeout)
+        with ThreadPoolExecutor(max(1, len(addresses))) as pool:  # one timeout, not one per peer
+            answers = list(pool.map(lambda a: probe(cfg, a, timeout), addresses))
+        for i, peer in enumerate(answers):
             if peer is not None and peer.get("name") == st.get("name"):
                 me = dataclasses.replace(me, index=i)
                 continue
