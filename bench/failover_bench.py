@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         cluster = PacemakerCluster(
             root, consecutive_free_ports(3), auth=args.auth == "yes", options=options,
-            promoted_monitor=args.promoted_monitor,
+            promoted_monitor=args.promoted_monitor, promoted_on_fail=args.promoted_on_fail,
         )  # fmt: skip
     else:
         cluster = LocalCluster(
@@ -196,6 +196,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sent = load.sender.sent
         result: dict[str, Any] = {
             "manager": args.manager,
+            "promoted_monitor": args.promoted_monitor if args.manager == "pacemaker" else None,
+            "promoted_on_fail": args.promoted_on_fail if args.manager == "pacemaker" else None,
             "rate": args.rate,
             "kills": args.kills,
             "heartbeat": args.heartbeat,
@@ -262,6 +264,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--promoted-monitor", default="1s", metavar="INTERVAL",
         help="with --manager pacemaker: the Promoted role's monitor interval (default 1s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--promoted-on-fail", choices=["demote", "restart"], default="demote",
+        help="with --manager pacemaker: on-fail of the Promoted monitor (default demote)",
     )  # fmt: skip
     args = p.parse_args(argv)
     if args.kills < 1:

@@ -79,7 +79,9 @@ def corosync_conf(log_dir: Path) -> str:
         """)
 
 
-def clone_xml(params: dict[str, str], nodes: int, promoted_monitor: str) -> str:
+def clone_xml(
+    params: dict[str, str], nodes: int, promoted_monitor: str, on_fail: str = "demote"
+) -> str:
     attrs = "\n".join(
         f'        <nvpair id="qstored-ia-{k}" name="{k}" value="{v}"/>' for k, v in params.items()
     )
@@ -90,7 +92,7 @@ def clone_xml(params: dict[str, str], nodes: int, promoted_monitor: str) -> str:
         "promoted-max": "1",
         "promoted-node-max": "1",
         "globally-unique": "true",  # else only one instance per node
-        "notify": "true",
+        "notify": "false",  # the agent learns nothing from them, and each round costs time
     }
     metas = "\n".join(
         f'      <nvpair id="qstored-clone-{k}" name="{k}" value="{v}"/>' for k, v in meta.items()
@@ -110,7 +112,7 @@ def clone_xml(params: dict[str, str], nodes: int, promoted_monitor: str) -> str:
         <op id="qstored-promote" name="promote" interval="0" timeout="30s"/>
         <op id="qstored-demote" name="demote" interval="0" timeout="60s"/>
         <op id="qstored-mon-p" name="monitor" interval="{promoted_monitor}" role="Promoted"
-            timeout="20s"/>
+            timeout="20s" on-fail="{on_fail}"/>
         <op id="qstored-mon-u" name="monitor" interval="2s" role="Unpromoted" timeout="20s"/>
       </operations>
     </primitive>
@@ -151,7 +153,9 @@ cp -a /usr/lib/ocf/resource.d "$R/ra"
 mkdir -p "$R/ra/qstore"; cp "$W/qstored" "$R/ra/qstore/qstored"; chmod 755 "$R/ra/qstore/qstored"
 mount --bind "$R/ra" /usr/lib/ocf/resource.d
 ln -sf /dev/shm /run/shm
-export PCMK_logfile="$W/log/pacemaker.log" PCMK_logfacility=none
+# the log goes where the daemons that run as hacluster can write it too ($W is root's alone):
+# $W/root/vlogp/pacemaker.log from outside
+export PCMK_logfile=/var/log/pacemaker/pacemaker.log PCMK_logfacility=none
 corosync -f -c "$W/corosync.conf" > "$W/log/corosync.out" 2>&1 &
 echo $! > "$W/corosync.pid"
 i=0
@@ -191,6 +195,7 @@ class PacemakerCluster:
         auth: bool = False,
         options: str = FAST,
         promoted_monitor: str = "1s",
+        promoted_on_fail: str = "demote",
     ) -> None:
         self.root = root
         self.nodes = nodes
@@ -216,7 +221,8 @@ class PacemakerCluster:
                 f"--auto-create yes {options}",
             }
         self._ha_login = self.credentials.ha_login() if self.credentials else {}
-        (root / "cib.xml").write_text(seed_cib(clone_xml(params, nodes, promoted_monitor)))
+        clone = clone_xml(params, nodes, promoted_monitor, promoted_on_fail)
+        (root / "cib.xml").write_text(seed_cib(clone))
         (root / "corosync.conf").write_text(corosync_conf(root / "log"))
         install(root / "agent", sys.executable)
         shutil.copy(root / "agent" / "qstored", root / "qstored")

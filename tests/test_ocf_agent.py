@@ -257,6 +257,7 @@ def test_one_broker_lifecycle_with_the_ha_identity(
         assert out.returncode == 9, out.stderr
         assert time.monotonic() - t0 < 10
         assert "does not answer" in out.stderr
+        assert agent.score() is None  # else on-fail=demote would promote it again
         t0 = time.monotonic()
         out = agent.run("demote")
         assert out.returncode == 0, out.stderr

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -458,8 +459,9 @@ def score_of(cfg: Config, st: dict[str, Any]) -> int | None:
         except ToolError:
             addresses = []
         timeout = min(cfg.status_timeout, 2.0)
-        for i, address in enumerate(addresses):
-            peer = probe(cfg, address, timeout)
+        with ThreadPoolExecutor(max(1, len(addresses))) as pool:  # one timeout, not one per peer
+            answers = list(pool.map(lambda a: probe(cfg, a, timeout), addresses))
+        for i, peer in enumerate(answers):
             if peer is not None and peer.get("name") == st.get("name"):
                 me = dataclasses.replace(me, index=i)
                 continue
@@ -492,10 +494,12 @@ def monitor(cfg: Config) -> Rc:
         log.error("broker pid %s %s", pid, what)
     if cfg.probe:
         return rc
-    if rc == Rc.NOT_RUNNING:
-        set_score(cfg, None)  # a dead instance must not win the next promotion after a restart
-    elif st is not None and rc in (Rc.SUCCESS, Rc.RUNNING_PROMOTED):
+    if st is not None and rc in (Rc.SUCCESS, Rc.RUNNING_PROMOTED):
         set_score(cfg, score_of(cfg, st))
+    else:
+        # dead, silent or not a member: its score goes before Pacemaker sees the failure, or
+        # with on-fail=demote it would promote the failed instance again (the top score wins)
+        set_score(cfg, None)
     return rc
 
 
@@ -602,9 +606,10 @@ def promote(cfg: Config) -> Rc:
 def demote(cfg: Config) -> Rc:
     """A broker cannot step down in place: a primary is restarted as a backup.
 
-    A failed primary (alive, silent) is only killed, at once: Pacemaker demotes it on its way to
-    stop and start it again, and that restart is on the fail-over's critical path, so the agent
-    does not restart it twice, nor wait on a SIGTERM that a hung process cannot act on (the
+    A failed primary is only killed (alive, silent), at once, or found dead: this demote is on the
+    fail-over's critical path (with the Promoted monitor's on-fail=demote, Pacemaker promotes
+    another instance right after it, and stops and starts the failed one afterwards), so the
+    agent neither restarts it here nor waits on a SIGTERM that a hung process cannot act on (the
     journal is crash-safe)."""
     running = broker_pid(cfg) is not None
     state = _state(probe(cfg)) if running else None
