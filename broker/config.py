@@ -311,14 +311,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("name", _text, "NAME", "broker name in logs and HA status (default: INTERFACE:PORT)"),
     Option("ha-cluster", parse_bool, _YES_NO, "join a HA cluster (needs --ha-brokers-url)"),
     Option("ha-brokers-url", _url, "URL", "URL the cluster brokers use to reach each other"),
-    Option("ha-public-url", _url, "URL", "URL advertised to clients"),
+    Option("ha-public-url", _url, "URL", "obsolete (amq.failover): accepted and ignored"),
     Option(
         "ha-replicate",
         _choice(*REPLICATE_LEVELS),
         "none|configuration|all",
         "default replication of queues and exchanges",
     ),
-    Option("ha-queue-replication", parse_bool, _YES_NO, "replicate queues without a cluster"),
+    Option("ha-queue-replication", parse_bool, _YES_NO, "not supported yet: only no"),
     Option("ha-username", _text, "USER", "user for broker-to-broker connections"),
     Option("ha-password", _text, "PASS", "password for broker-to-broker connections", secret=True),
     Option(
@@ -557,6 +557,17 @@ def _hint(key: str) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def obsolete(config: BrokerConfig) -> list[str]:
+    """One line for each option given that is accepted only for old configurations and does
+    nothing (the broker logs them at start-up)."""
+    if config.ha_public_url is None:
+        return []
+    return [
+        "--ha-public-url is obsolete and ignored: it was advertised by the amq.failover exchange, "
+        "which qstore does not have; give clients every broker's address or a virtual IP"
+    ]
+
+
 def parse_args(argv: Sequence[str]) -> BrokerConfig:
     """Options from argv (without the program name) and the --config file, checked."""
     namespace = vars(build_parser().parse_args(list(argv)))
@@ -617,6 +628,11 @@ def _check(config: BrokerConfig, given: dict[str, _Given]) -> None:
         raise ConfigError(
             f"{said} requires --ha-brokers-url "
             "(to configure a HA cluster you must set at least ha-cluster and ha-brokers-url)"
+        )
+    if config.ha_queue_replication:
+        raise ConfigError(
+            f"{where('ha-queue-replication')}: yes is not supported yet (replicating single "
+            "queues without a cluster, seed 1.13); use --ha-cluster yes"
         )
     if config.ha_password is not None and config.ha_username is None:
         raise ConfigError(f"{where('ha-password')}: given without --ha-username")

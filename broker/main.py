@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from broker.acl import AclError
-from broker.config import BrokerConfig, main_parse
+from broker.config import BrokerConfig, main_parse, obsolete
 from broker.logfmt import EscapingFormatter
 from broker.security import TlsError
 from qstore.journal import JournalError
@@ -78,6 +78,8 @@ async def _serve(cfg: BrokerConfig) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     cfg = main_parse(sys.argv[1:] if argv is None else list(argv))
     setup_logging(cfg, lambda: cfg.name, lambda: "standalone")
+    for line in obsolete(cfg):
+        log.warning("%s", line)
     code = 0
     try:
         code = anyio.run(_serve, cfg)

@@ -44,7 +44,7 @@ class BrokerService:
     def __init__(self, cfg: BrokerConfig, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.state = "standalone"
+        self.ha: HaDriver | None = None
         self.model = Broker()
         self.model.default_queue_limit = cfg.default_queue_limit  # before restore: it is a setting
         t0 = time.monotonic()
@@ -83,7 +83,7 @@ class BrokerService:
             security=self.security,
             limits=Limits.from_config(cfg),
         )
-        self.core.management = Management(self.core, self.info())
+        self.core.management = Management(self.core, self.info)
         self._start_flow_control()
 
         # one budget for both ports; in a cluster the last few slots are for HA connections
@@ -122,12 +122,10 @@ class BrokerService:
         self.exit_code = 0
         self._tg: Any = None
         self.stop_requested = anyio.Event()
-        self.ha: HaDriver | None = None
         if cfg.ha_cluster:
             self.model.fill_arguments = self.events.explicit_levels
             self.ha = HaDriver(self, time.monotonic)
             self.core.ha = self.ha
-            self.state = str(self.ha.state)
 
     def _start_flow_control(self) -> None:
         """The gate that holds and frees publishing links, told of every flow change from now
@@ -150,7 +148,13 @@ class BrokerService:
         )
         usage.set_limit(limit)
 
+    @property
+    def state(self) -> str:
+        """The HA role's state, read from the role itself (its one owner); standalone without."""
+        return "standalone" if self.ha is None else str(self.ha.state)
+
     def info(self) -> dict[str, Any]:
+        """What `$management` READ broker answers, read live at each request."""
         return {
             "name": self.cfg.name,
             "state": self.state,

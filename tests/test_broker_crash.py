@@ -4,7 +4,7 @@
 enqueue is fsync'd in the journal. So whatever a sender saw accepted before the crash must be on
 the queue after a restart on the same data directory. Messages in flight at the crash (sent, not
 yet accepted) may or may not be there; nothing may be there twice unless sent twice (these
-senders never resend, so a duplicate would be the broker's doing: counted and reported).
+senders never resend, so a duplicate would be the broker's doing: a failure).
 
 The senders are separate processes running this file in worker mode (stock proton Container +
 MessagingHandler, a window of unsettled messages); each appends the id of every accepted
@@ -195,6 +195,7 @@ def test_sigkill_keeps_every_accepted_message(brokers, tmp_path: Path) -> None:
     )
     assert not missing, f"{len(missing)} accepted messages lost, e.g. {missing[:10]}\n{reports}"
     assert len(set(accepted)) == len(accepted), "a sender saw the same id accepted twice"
+    assert not duplicates, f"the broker doubled {len(duplicates)} messages, e.g. {duplicates}"
 
 
 if __name__ == "__main__":  # worker mode: URL PREFIX OUT-FILE

@@ -101,7 +101,7 @@ def test_every_option_has_a_field_and_help() -> None:
         (["--ha-public-url", "amqp:vip:5672"], "ha_public_url", parse_url("vip")),
         (["--ha-replicate", "all"], "ha_replicate", "all"),
         (["--ha-replicate", "Configuration"], "ha_replicate", "configuration"),
-        (["--ha-queue-replication", "yes"], "ha_queue_replication", True),
+        (["--ha-queue-replication", "no"], "ha_queue_replication", False),
         (["--ha-username", "bob"], "ha_username", "bob"),
         (["--ha-username", "bob", "--ha-password", "s"], "ha_password", "s"),
         (["--ha-mechanism", "plain"], "ha_mechanism", "PLAIN"),
@@ -263,7 +263,7 @@ def test_memory_options_in_help_and_status() -> None:
 )
 def test_yes_no_forms(text: str, value: bool) -> None:
     assert parse_bool(text) is value
-    for key in ("ha-queue-replication", "auth", "auto-create"):
+    for key in ("auth", "auto-create"):
         assert getattr(parse_args([f"--{key}", text]), key.replace("-", "_")) is value
 
 
@@ -545,3 +545,23 @@ def test_bad_option_in_a_real_process(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1] == "qstored: error: argument --port: expected one argument"
+
+
+def test_options_that_do_nothing_say_so(tmp_path: Path, brokers: Any) -> None:
+    """--ha-queue-replication yes is refused until it is built; --ha-public-url (for the
+    amq.failover exchange, obsolete in the seed) is accepted with a one-line warning."""
+    refused = (
+        "yes is not supported yet (replicating single queues without a cluster, seed 1.13); "
+        "use --ha-cluster yes"
+    )
+    assert error_of(["--ha-queue-replication", "yes"]) == f"--ha-queue-replication: {refused}"
+    conf = write_conf(tmp_path, "ha-queue-replication=on\n")
+    assert error_of(["--config", str(conf)]) == f"{conf}:1: ha-queue-replication: {refused}"
+    assert config.obsolete(parse_args(["--ha-queue-replication", "no"])) == []
+
+    [line] = config.obsolete(parse_args(["--ha-public-url", "vip"]))
+    assert line.startswith("--ha-public-url is obsolete and ignored")
+    b = brokers.start(args=["--ha-public-url", "amqp:vip:5672"])
+    assert b.url  # listening: start-up is done
+    warnings = [x for x in b.log().splitlines() if " WARNING " in x]
+    assert len(warnings) == 1 and warnings[0].endswith(line), warnings

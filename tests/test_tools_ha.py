@@ -224,3 +224,32 @@ def test_unreachable_broker_and_usage() -> None:
     user_help, manager_help = yes(r[7]), yes(r[8])
     assert "status" in user_help and "promote" not in user_help
     assert "promote" in manager_help and "[cluster manager only]" in manager_help
+
+
+def stat_state(address: str) -> str:
+    """The state `qstore-stat -b` shows for a broker, run as a user runs it (`--ha-admin`: a
+    backup lets only HA tools in)."""
+    args = ["--ha-admin", "--broker", address, "-b", "--json"]
+    p = subprocess.run(
+        [sys.executable, "-m", "tools.qstore_stat", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert p.returncode == 0 and "Traceback" not in p.stderr, (p.returncode, p.stderr)
+    [row] = json.loads(p.stdout)
+    return str(row["state"])
+
+
+def test_qstore_stat_and_qstore_ha_agree_on_every_broker(cluster) -> None:
+    """`qstore-stat -b` reads the HA state live from the role (it showed `standalone` on every
+    cluster broker: a copy taken before HA started), through a fail-over too."""
+    c: Cluster = cluster(3)
+    a = [c.address(i) for i in range(3)]
+
+    def both(i: int) -> tuple[str, str]:
+        return stat_state(a[i]), yes(ha("-b", a[i], "status")).strip()
+
+    assert [both(i) for i in range(3)] == [("active",) * 2, ("ready",) * 2, ("ready",) * 2]
+    c.kill(0)
+    assert yes(ha_process("-b", a[1], "promote", "--cluster-manager")) == ""
+    c.wait_states({1: "active", 2: "ready"})
+    assert [both(i) for i in (1, 2)] == [("active",) * 2, ("ready",) * 2]

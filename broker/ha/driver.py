@@ -159,7 +159,6 @@ class HaDriver:
             match a:
                 case R.Transition(old=old, new=new, why=why):
                     log.info("state %s -> %s: %s", old, new, why)
-                    self.service.state = str(new)
                     if new == BrokerState.RECOVERING:
                         self._become_primary()
                     self._broadcast_membership()

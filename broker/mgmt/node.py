@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from proton import Delivery, Link
@@ -36,7 +36,7 @@ _background: set[asyncio.Task[None]] = set()  # answers in progress (a task need
 
 
 class Management:
-    def __init__(self, core: Core, info: dict[str, Any]) -> None:
+    def __init__(self, core: Core, info: Callable[[], dict[str, Any]]) -> None:
         self.core = core
         self.ops = Operations(core, info)
 

@@ -14,6 +14,7 @@ precondition such as deleting a non-empty queue without `force`), 501 unknown op
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +62,7 @@ def _map(value: Any) -> dict[str, Any]:
 
 
 class Operations:
-    def __init__(self, core: Core, info: dict[str, Any]) -> None:
+    def __init__(self, core: Core, info: Callable[[], dict[str, Any]]) -> None:
         self.core = core
         self.info = info
 
@@ -192,11 +193,11 @@ class Operations:
     def broker_read(self, name: str | None, body: dict[str, Any], conn: Any) -> Response:
         stats = asdict(self.core.model.stats())
         stats["connections"] = len(self.core.connections)
-        # The name is read live: `info` is taken before the listener binds (port 0 -> real port).
+        # The name is the core's: the service's config names the port before the listener binds
         live: dict[str, Any] = {"name": self.core.name}
         if self.core.events is not None:  # writable, full or failed, and its room
             live["journal"] = self.core.events.journal.status()
-        return Response(200, OK, {**self.info, **live, "statistics": stats})
+        return Response(200, OK, {**self.info(), **live, "statistics": stats})
 
     def connection_query(self, name: str | None, body: dict[str, Any], conn: Any) -> Response:
         out = [
