@@ -156,7 +156,11 @@ def test_dump_lines(clean: Path) -> None:
     assert len(lines) == 20
     assert lines[0] == f"seq=1 epoch=1 origin=1 type=epoch flags=- number=1 node={CLEAN_NODE}"
     assert lines[7].startswith("seq=8 epoch=1 origin=8 type=enqueue flags=- queue=orders msgid=1 ")
-    assert " body=63B:" in lines[7] and "order-1" in lines[7]
+    assert lines[7].endswith(
+        ' size=63 message-id=order-1 subject=order.created durable=true body="order 1: 1 x widget"'
+    )
+    # the record's priority (7) is what the broker uses; the header's is shown when it differs
+    assert " priority=7 " in lines[10] and " amqp-priority=4 " in lines[10]
     assert "type=enqueue flags=compressed queue=audit msgid=3" in lines[12]
     assert lines[15].endswith("type=delivery flags=- queue=orders msgid=3 delivery_count=1")
 
@@ -249,14 +253,19 @@ def test_messages(clean: Path) -> None:
         "EXPIRY",
         "DELIVERIES",
         "POSITION",
+        "MESSAGE-ID",
+        "SUBJECT",
+        "BODY",
     ]
-    assert lines[1].split() == ["3", "10", "63", "4", "never", "1", "(1,", "10)"]
+    assert lines[1].split()[:8] == ["3", "10", "63", "4", "never", "1", "(1,", "10)"]
+    assert lines[1].split()[8:] == ["order-3", "order.created", '"order', "3:", "3", "x", 'widget"']
     assert [x.split()[0] for x in lines[1:4]] == ["3", "4", "5"]
     assert lines[-1] == "3 messages, 189 bytes in queue 'orders'"
     msgs = [
         json.loads(x)
         for x in run("messages", "--json", clean, "--queue", "audit").stdout.splitlines()
     ]
+    message = msgs[0].pop("message")
     assert msgs[0] == {
         "msgid": 1,
         "seq": 11,
@@ -266,6 +275,11 @@ def test_messages(clean: Path) -> None:
         "delivery_count": 0,
         "position": [1, 11],
     }
+    assert (message["message_id"], message["subject"], message["body"]) == (
+        "audit-1",
+        "audit.login",
+        "login alice",
+    )
     assert [m["msgid"] for m in msgs] == [1, 3]
 
 

@@ -21,9 +21,11 @@ from typing import Any, TextIO
 
 import lmdb
 
-from qstore.journal import CorruptRecord, Entry, JournalReader, NotAJournal
+from qstore.journal import CorruptRecord, Enqueue, Entry, JournalReader, NotAJournal
 from qstore.journal.reader import journal_path
 from qstore.journal.records import FLAG_COMPRESSED, FLAG_REPLICA, Record
+
+from ._inspect_message import Undecodable, decode_message, message_json, message_pairs
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 PREVIEW = 24  # body bytes shown by the text dump
@@ -116,16 +118,28 @@ def json_value(value: Any) -> Any:
     return value
 
 
-def entry_text(e: Entry) -> str:
-    fields = " ".join(f"{k}={text_value(v)}" for k, v in record_fields(e.record).items())
+def entry_text(e: Entry, full_body: bool = False) -> str:
+    """One line per record; an enqueue's body is shown as the message it holds."""
+    r = e.record
+    pairs = [(k, text_value(v)) for k, v in record_fields(r).items()]
+    if isinstance(r, Enqueue):
+        pairs = [(k, v) for k, v in pairs if k != "body"]
+        pairs.append(("size", str(len(r.body))))
+        try:
+            pairs += message_pairs(decode_message(r.body), full_body, r.priority)
+        except Undecodable as exc:
+            pairs.append(("message", json.dumps(f"undecodable: {exc}")))
+    fields = " ".join(f"{k}={v}" for k, v in pairs)
     flags = ",".join(flag_names(e.flags)) or "-"
     return (
         f"seq={e.seq} epoch={e.epoch} origin={e.origin} type={e.type.label} flags={flags} {fields}"
     )
 
 
-def entry_json(e: Entry) -> dict[str, Any]:
-    return {
+def entry_json(e: Entry, full_body: bool = False) -> dict[str, Any]:
+    """A record as JSON: its own fields (the body in base64, what `import` reads) and, for an
+    enqueue, the message decoded (`message`, or `message_error` when it does not decode)."""
+    out = {
         "seq": e.seq,
         "epoch": e.epoch,
         "origin": e.origin,
@@ -134,6 +148,17 @@ def entry_json(e: Entry) -> dict[str, Any]:
         "size": e.size,
         "record": {k: json_value(v) for k, v in record_fields(e.record).items()},
     }
+    if isinstance(e.record, Enqueue):
+        out.update(message_field(e.record.body, full_body))
+    return out
+
+
+def message_field(body: bytes, full_body: bool = False) -> dict[str, Any]:
+    """{"message": fields} or {"message_error": why} for a stored message."""
+    try:
+        return {"message": message_json(decode_message(body), full_body)}
+    except Undecodable as exc:
+        return {"message_error": str(exc)}
 
 
 def damaged_json(seq: int, reason: str, value: bytes) -> dict[str, Any]:

@@ -47,10 +47,12 @@ from ._inspect_common import (
     entry_json,
     entry_text,
     expiry_text,
+    message_field,
     open_reader,
     table,
 )
 from ._inspect_diff import Side, diverge, outline, state_line
+from ._inspect_message import Undecodable, body_text, decode_message, value_text
 from ._inspect_summary import print_summary, summarize
 
 PROG = "qstore-journal"
@@ -89,6 +91,7 @@ def record_queue(record: Record) -> str | None:
 
 def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
     types = set(args.types) if args.types else None
+    body = args.body
     bad = 0
     with open_reader(args.dir) as reader:
         # The line would fight with the records when both go to the same terminal.
@@ -110,7 +113,8 @@ def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
                     continue
                 if args.queue is not None and record_queue(e.record) != args.queue:
                     continue
-                out.write((dumps(entry_json(e)) if args.json else entry_text(e)) + "\n")
+                line = dumps(entry_json(e, body)) if args.json else entry_text(e, body)
+                out.write(line + "\n")
     if bad:
         raise Fail(f"{args.dir}: {bad} damaged record(s) (run verify for details)", EXIT_FOUND)
     return EXIT_OK
@@ -159,48 +163,66 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_messages(args: argparse.Namespace, out: TextIO) -> int:
-    with open_reader(args.dir) as reader, Progress(reader.count(), "replaying") as progress:
-        st = replay(reader, args.dir, progress, bodies=False)
-    q = st.queues.get(args.queue)
-    if q is None:
-        known = ", ".join(repr(n) for n in st.queues) or "none"
-        raise Fail(
-            f"{args.dir}: no queue {args.queue!r} in the journal (queues: {known})", EXIT_FOUND
-        )
-    msgs = list(q.messages.values())
-    if args.json:
-        for m in msgs:
-            out.write(
-                dumps(
-                    {
-                        "msgid": m.msgid,
-                        "seq": m.seq,
-                        "size": m.size,
-                        "priority": m.priority,
-                        "expiry": m.expiry,
-                        "delivery_count": m.delivery_count,
-                        "position": list(m.position),
-                    }
-                )
-                + "\n"
+    with open_reader(args.dir) as reader:
+        with Progress(reader.count(), "replaying") as progress:
+            st = replay(reader, args.dir, progress, bodies=False)
+        q = st.queues.get(args.queue)
+        if q is None:
+            known = ", ".join(repr(n) for n in st.queues) or "none"
+            raise Fail(
+                f"{args.dir}: no queue {args.queue!r} in the journal (queues: {known})", EXIT_FOUND
             )
+        # Bodies are read one by one from the journal (replay kept none): memory stays that of
+        # the queue's metadata, as in a broker's start.
+        msgs = [(m, _stored_message(reader, m.seq, args.dir)) for m in q.messages.values()]
+    if args.json:
+        for m, message in msgs:
+            row = {
+                "msgid": m.msgid,
+                "seq": m.seq,
+                "size": m.size,
+                "priority": m.priority,
+                "expiry": m.expiry,
+                "delivery_count": m.delivery_count,
+                "position": list(m.position),
+            }
+            out.write(dumps({**row, **message_field(message, args.body)}) + "\n")
         return EXIT_OK
-    rows = [["MSGID", "SEQ", "SIZE", "PRIORITY", "EXPIRY", "DELIVERIES", "POSITION"]]
-    rows += [
-        [
-            str(m.msgid),
-            str(m.seq),
-            str(m.size),
-            str(m.priority),
-            expiry_text(m.expiry),
-            str(m.delivery_count),
-            f"({m.position[0]}, {m.position[1]})",
-        ]
-        for m in msgs
-    ]
+    head = ["MSGID", "SEQ", "SIZE", "PRIORITY", "EXPIRY", "DELIVERIES", "POSITION"]
+    rows = [[*head, "MESSAGE-ID", "SUBJECT", "BODY"]]
+    for m, message in msgs:
+        rows.append(
+            [
+                str(m.msgid),
+                str(m.seq),
+                str(m.size),
+                str(m.priority),
+                expiry_text(m.expiry),
+                str(m.delivery_count),
+                f"({m.position[0]}, {m.position[1]})",
+                *_message_columns(message, args.body),
+            ]
+        )
     out.writelines(line + "\n" for line in table(rows))
     out.write(f"{len(msgs)} messages, {q.bytes} bytes in queue {q.name!r}\n")
     return EXIT_OK
+
+
+def _stored_message(reader: JournalReader, seq: int, name: str) -> bytes:
+    with damage_is_a_finding(name):
+        e = reader.get(seq)
+    if e is None or not isinstance(e.record, Enqueue):  # compacted under a live broker's feet
+        raise Fail(f"{name}: the journal changed while it was read (seq {seq}); try again", 1)
+    return e.record.body
+
+
+def _message_columns(body: bytes, full: bool) -> list[str]:
+    try:
+        v = decode_message(body)
+    except Undecodable as exc:
+        return ["-", "-", f"(undecodable: {exc})"]
+    mid = "-" if v.message_id is None else value_text(v.message_id)
+    return [mid, "-" if v.subject is None else value_text(v.subject), body_text(v, full)]
 
 
 # -- diff -------------------------------------------------------------------------------------
@@ -296,13 +318,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="only records of this type (e.g. enqueue, queue-declare; repeatable)",
     )
     d.add_argument("--queue", metavar="Q", help="only records about queue Q")
+    _body_option(d)
     verb("verify", "check every record's crc32c and encoding")
-    m = verb("messages", "live messages of a queue after replay")
+    m = verb("messages", "live messages of a queue after replay, as the application sent them")
     m.add_argument("--queue", required=True, metavar="Q", help="the queue")
+    _body_option(m)
     df = verb("diff", "first position where two journals diverge, or replicated-state difference")
     df.add_argument("dir2", metavar="DIR2", help="the other data directory")
-    verb("export", "every record as JSON lines (same as dump --json)")
+    _body_option(verb("export", "every record as JSON lines (same as dump --json)"))
     return p
+
+
+def _body_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--body",
+        action="store_true",
+        help="show each message's whole body (default: the first characters, or bytes in hex)",
+    )
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
