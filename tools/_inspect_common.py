@@ -12,14 +12,14 @@ import dataclasses
 import json
 import os
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import lmdb
+from tqdm import tqdm
 
 from qstore.journal import CorruptRecord, Enqueue, Entry, JournalReader, NotAJournal
 from qstore.journal.reader import journal_path
@@ -188,58 +188,52 @@ def dumps(obj: Any) -> str:
 
 
 class Progress:
-    """A `\\r` progress line on stderr for scans that outlast `delay`; silent unless a terminal.
+    """A progress bar on stderr (tqdm) with records/s, for scans that outlast `delay`; silent
+    unless stderr is a terminal, and erased at the end (also when the scan failed, so that the
+    error line starts on a clean line).
 
-    Fed by `JournalReader`'s per-chunk callback. The clock is injectable so tests need no sleeps.
+    Fed with record counts (`progress(n)`), as `JournalReader` calls back once per chunk.
+    `total` None: unknown (a stream being imported), shown as a count and a rate.
     """
 
     def __init__(
         self,
-        total: int,
+        total: int | None,
         label: str = "scanning",
         *,
         stream: TextIO | None = None,
         enabled: bool | None = None,
         delay: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = _isatty(self.stream) if enabled is None else enabled
-        self.total = max(total, 1)
-        self.label = label
+        stream = stream if stream is not None else sys.stderr
+        enabled = _isatty(stream) if enabled is None else enabled
         self.done = 0
-        self.delay = delay
-        self.clock = clock
-        self.start = clock()
-        self._last = 0.0
-        self._width = 0
+        self.bar = tqdm(
+            total=None if total is None else max(total, 1),
+            desc=label,
+            unit=" records",
+            unit_scale=True,
+            file=stream,
+            disable=not enabled,
+            delay=delay,
+            leave=False,
+            mininterval=0.2,
+            dynamic_ncols=True,
+        )
 
     def __call__(self, n: int) -> None:
         self.done += n
-        if not self.enabled:
-            return
-        now = self.clock()
-        if now - self.start < self.delay or now - self._last < 0.1:
-            return
-        self._last = now
-        pct = min(100, self.done * 100 // self.total)
-        line = f"\r{self.label}: {self.done}/{self.total} records ({pct}%)"
-        self._width = max(self._width, len(line) - 1)
-        self.stream.write(line)
-        self.stream.flush()
+        self.bar.update(n)
 
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.clear()  # also when the scan failed: the error line must start on a clean line
+        self.clear()
 
     def clear(self) -> None:
-        """Erase the line (if one was drawn) so that the results start on a clean line."""
-        if self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-            self._width = 0
+        """Erase the bar (if one was drawn) so that the results start on a clean line."""
+        self.bar.close()
 
 
 def _isatty(stream: TextIO) -> bool:
