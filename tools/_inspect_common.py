@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import sys
@@ -48,16 +49,20 @@ def damage_is_a_finding(name: str) -> Iterator[None]:
         raise Fail(f"{name}: {exc}", EXIT_FOUND) from None
 
 
-def open_reader(data_dir: str) -> JournalReader:
+def open_reader(data_dir: str, *, untouched: bool = False) -> JournalReader:
     """Open a data directory's journal without ever taking the broker's lock.
 
     LMDB creates `journal/lock.mdb` (its reader table) when missing; a journal without one has no
     process attached, so it is opened without LMDB locking and left byte-for-byte untouched (a
-    copied or committed journal, a read-only forensic image).
+    copied or committed journal, a read-only forensic image). `untouched`: so is any journal (not
+    even LMDB's reader table is written), for the stopped broker's journal that salvage reads;
+    one that a running broker holds is refused.
     """
     path = Path(data_dir)
     jdir = journal_path(path)
-    if (jdir / "data.mdb").is_file() and not (jdir / "lock.mdb").exists():
+    if untouched:
+        _not_in_use(path)
+    if (jdir / "data.mdb").is_file() and (untouched or not (jdir / "lock.mdb").exists()):
         try:
             env = lmdb.open(
                 str(jdir), readonly=True, lock=False, max_dbs=4, map_size=1 << 20, readahead=False
@@ -70,6 +75,23 @@ def open_reader(data_dir: str) -> JournalReader:
             env.close()
             raise
     return JournalReader.open(path)
+
+
+def _not_in_use(data_dir: Path) -> None:
+    """Fail if a broker holds the data directory's lock (read-only look: flock on a read fd)."""
+    try:
+        fd = os.open(data_dir / "lock", os.O_RDONLY)
+    except OSError:
+        return  # no lock file: no broker ever ran here, or it is not a data directory
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        raise Fail(
+            f"{data_dir}: in use by a running broker (pid {holder}); stop it first", EXIT_ERROR
+        ) from None
+    finally:
+        os.close(fd)  # drops our shared lock too
 
 
 # -- rendering --------------------------------------------------------------------------------

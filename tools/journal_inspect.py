@@ -53,7 +53,9 @@ from ._inspect_common import (
 )
 from ._inspect_diff import Side, diverge, outline, state_line
 from ._inspect_message import Undecodable, body_text, decode_message, value_text
+from ._inspect_salvage import salvage, salvage_text
 from ._inspect_summary import print_summary, summarize
+from ._inspect_target import check_target, writing
 
 PROG = "qstore-journal"
 EXIT_PIPE = 128 + 13  # SIGPIPE
@@ -225,6 +227,24 @@ def _message_columns(body: bytes, full: bool) -> list[str]:
     return [mid, "-" if v.subject is None else value_text(v.subject), body_text(v, full)]
 
 
+# -- salvage ----------------------------------------------------------------------------------
+
+
+def cmd_salvage(args: argparse.Namespace, out: TextIO) -> int:
+    dst = check_target(args.dst, args.dir)
+    with (
+        open_reader(args.dir, untouched=True) as reader,
+        Progress(reader.count(), "salvaging") as progress,
+        writing(args.dst),
+    ):
+        s = salvage(reader, args.dir, dst, skip_damaged=args.skip_damaged, progress=progress)
+    if args.json:
+        out.write(dumps(s.json()) + "\n")
+    else:
+        out.writelines(line + "\n" for line in salvage_text(s))
+    return EXIT_FOUND if s.lost or s.unreadable else EXIT_OK
+
+
 # -- diff -------------------------------------------------------------------------------------
 
 
@@ -326,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     df = verb("diff", "first position where two journals diverge, or replicated-state difference")
     df.add_argument("dir2", metavar="DIR2", help="the other data directory")
     _body_option(verb("export", "every record as JSON lines (same as dump --json)"))
+    sv = verb(
+        "salvage",
+        "write a new data directory DST from every record of DIR that verifies, in order "
+        "(DIR is only read)",
+    )
+    sv.add_argument("dst", metavar="DST", help="the new data directory (missing or empty)")
+    sv.add_argument(
+        "--skip-damaged",
+        action="store_true",
+        help="go on past a damaged record (default: stop at the first one)",
+    )
     return p
 
 
@@ -344,6 +375,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "messages": cmd_messages,
     "diff": cmd_diff,
     "export": cmd_export,
+    "salvage": cmd_salvage,
 }
 
 
