@@ -184,8 +184,10 @@ def test_dump_json_and_export(clean: Path) -> None:
     dump = run("dump", "--json", clean)
     export = run("export", clean)
     assert dump.returncode == export.returncode == 0
-    assert dump.stdout == export.stdout
-    records = [json.loads(x) for x in export.stdout.splitlines()]
+    head, rest = export.stdout.split("\n", 1)  # export: a header line first (import's node id)
+    assert json.loads(head)["journal"]["node_id"] == CLEAN_NODE
+    assert dump.stdout == rest
+    records = [json.loads(x) for x in rest.splitlines()]
     assert [r["seq"] for r in records] == list(range(1, 21))
     enq = records[12]
     assert enq["type"] == "enqueue" and enq["flags"] == ["compressed"]

@@ -113,7 +113,8 @@ def salvage(
         except lmdb.Error as exc:  # a broken page: nothing past it can be read
             report.unreadable = str(exc)
         # New records of DST stay above every seq SRC used, lost ones included.
-        loader.finish(max(report.last_seen, KEY.unpack(high)[0] if high else 0))
+        mark = max(report.last_seen, KEY.unpack(high)[0] if high else 0)
+        loader.finish(mark if mark > (report.last or 0) or high else None)
     return report
 
 

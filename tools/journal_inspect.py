@@ -52,6 +52,7 @@ from ._inspect_common import (
     table,
 )
 from ._inspect_diff import Side, diverge, outline, state_line
+from ._inspect_import import import_file, journal_header
 from ._inspect_message import Undecodable, body_text, decode_message, value_text
 from ._inspect_salvage import salvage, salvage_text
 from ._inspect_summary import print_summary, summarize
@@ -123,8 +124,40 @@ def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    """The journal's header line (node id, ...), then what `dump --json` prints: what `import`
+    reads back."""
+    with open_reader(args.dir) as reader:
+        out.write(dumps(journal_header(reader)) + "\n")
     args.json, args.start, args.end, args.types, args.queue = True, 0, None, None, None
     return cmd_dump(args, out)
+
+
+def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
+    dst = check_target(args.dir)
+    with Progress(None, "importing") as progress, writing(args.dir):
+        done = import_file(dst, args.file, skip_damaged=args.skip_damaged, progress=progress)
+    if args.json:
+        out.write(
+            dumps(
+                {
+                    "target": args.dir,
+                    "node_id": done.node_id,
+                    "records": done.records,
+                    "skipped": done.skipped,
+                }
+            )
+            + "\n"
+        )
+        return EXIT_OK
+    out.write(f"imported {done.records} record(s) into {args.dir} (node {done.node_id})\n")
+    if done.skipped:
+        out.write(
+            f"skipped {len(done.skipped)} record(s) marked damaged: seq "
+            + ", ".join(map(str, done.skipped[:20]))
+            + (", ..." if len(done.skipped) > 20 else "")
+            + "\n"
+        )
+    return EXIT_OK
 
 
 def _tty(stream: TextIO) -> bool:
@@ -345,7 +378,26 @@ def build_parser() -> argparse.ArgumentParser:
     _body_option(m)
     df = verb("diff", "first position where two journals diverge, or replicated-state difference")
     df.add_argument("dir2", metavar="DIR2", help="the other data directory")
-    _body_option(verb("export", "every record as JSON lines (same as dump --json)"))
+    _body_option(
+        verb(
+            "export",
+            "the journal as JSON lines: a header (node id, format), then every record as "
+            "dump --json prints it (what import reads)",
+        )
+    )
+    im = sub.add_parser(
+        "import",
+        parents=[js],
+        help="build a new data directory from an export",
+        description="build a new data directory DIR from export's JSON lines (FILE, - for stdin)",
+    )
+    im.add_argument("dir", metavar="DIR", help="the new data directory (missing or empty)")
+    im.add_argument("file", metavar="FILE", help="an export (JSON lines); - reads stdin")
+    im.add_argument(
+        "--skip-damaged",
+        action="store_true",
+        help="leave out records the export marks damaged (default: refuse the file)",
+    )
     sv = verb(
         "salvage",
         "write a new data directory DST from every record of DIR that verifies, in order "
@@ -376,6 +428,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "diff": cmd_diff,
     "export": cmd_export,
     "salvage": cmd_salvage,
+    "import": cmd_import,
 }
 
 

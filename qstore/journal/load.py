@@ -104,12 +104,12 @@ class JournalLoader:
             except lmdb.Error as exc:  # a full map or disk, an I/O error: the journal's words
                 raise self.journal.writer._error(exc) from None
 
-    def finish(self, high_water: int = 0) -> None:
-        """Commit what is left; `high_water`: a seq the source used (a record since lost or
-        truncated) that new records must still stay above."""
+    def finish(self, high_water: int | None = None) -> None:
+        """Commit what is left, and `high_water` if given: the source's mark (a seq it used for a
+        record since lost or truncated), above which new records of this journal stay."""
         self._flush()
         self._wait()
-        if high_water > self.last:
+        if high_water is not None:
             meta = self.journal.meta
             self.journal._control(lambda txn: txn.put(b"high-water", KEY.pack(high_water), db=meta))
 
