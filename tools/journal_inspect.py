@@ -52,6 +52,7 @@ from ._inspect_common import (
     table,
 )
 from ._inspect_diff import Side, diverge, outline, state_line
+from ._inspect_find import Query, absences, node_names, search
 from ._inspect_import import import_file, journal_header
 from ._inspect_message import Undecodable, body_text, decode_message, value_text
 from ._inspect_salvage import salvage, salvage_text
@@ -260,6 +261,69 @@ def _message_columns(body: bytes, full: bool) -> list[str]:
     return [mid, "-" if v.subject is None else value_text(v.subject), body_text(v, full)]
 
 
+# -- find -------------------------------------------------------------------------------------
+
+
+def cmd_find(args: argparse.Namespace, out: TextIO) -> int:
+    q = Query(args.message_id, args.subject, args.properties or [], args.body_contains, args.queue)
+    if not (q.message_id or q.subject or q.properties or q.body is not None):
+        raise Fail("find needs --message-id, --subject, --property or --body-contains", EXIT_ERROR)
+    for i, d in enumerate(args.dirs):
+        if any(_same_dir(d, e) for e in args.dirs[:i]):
+            raise Fail(f"{d}: given twice", EXIT_ERROR)
+    names = node_names(args.dirs)
+    results = []
+    with contextlib.ExitStack() as stack:
+        readers = [stack.enter_context(open_reader(d)) for d in args.dirs]
+        total = sum(r.count() for r in readers)
+        with Progress(total, "searching") as progress:
+            for name, d, reader in zip(names, args.dirs, readers, strict=True):
+                results.append(search(reader, name, d, q, limit=args.limit, progress=progress))
+    missing = absences(results)
+    found = sum(len(r.hits) + r.more for r in results)
+    damaged = sum(r.damaged for r in results)
+    if args.json:
+        for r in results:
+            node = {"node": r.name, "data_dir": r.data_dir, "node_id": r.node_id}
+            out.writelines(dumps({**node, **h.json()}) + "\n" for h in r.hits)
+        for _, nodes in missing:
+            for a in nodes:
+                n = a.node
+                row = {"node": n.name, "data_dir": n.data_dir, "node_id": n.node_id}
+                row.update(queue=a.queue, msgid=a.msgid, absent=a.why, detail=a.detail)
+                out.write(dumps({**row, "position": list(n.position)}) + "\n")
+        for r in results:
+            row = {"node": r.name, "data_dir": r.data_dir, "node_id": r.node_id}
+            row.update(matches=len(r.hits) + r.more, listed=len(r.hits), damaged=r.damaged)
+            out.write(dumps({**row, "position": list(r.position)}) + "\n")
+        return EXIT_FOUND if not found or damaged else EXIT_OK
+    rows = [["NODE", "QUEUE", "MSGID", "SEQ", "EPOCH", "ORIGIN", "MESSAGE-ID", "LIFE"]]
+    for r in results:
+        for h in r.hits:
+            mid = "-" if h.message.message_id is None else value_text(h.message.message_id)
+            row = [r.name, h.queue, str(h.msgid), str(h.seq), str(h.epoch), str(h.origin), mid]
+            rows.append([*row, h.life()])
+    for hit, nodes in missing:
+        mid = "-" if hit.message.message_id is None else value_text(hit.message.message_id)
+        for a in nodes:
+            place = [a.node.name, a.queue, str(a.msgid), "-", "-", "-", mid]
+            rows.append([*place, a.text()])
+    if len(rows) > 1:
+        out.writelines(line + "\n" for line in table(rows))
+    for r in results:
+        if r.more:
+            out.write(f"{r.name}: {r.more} more match(es) not listed (--limit {args.limit})\n")
+        if r.damaged:
+            out.write(f"{r.name}: {r.damaged} damaged record(s) skipped (run verify)\n")
+    where = sum(1 for r in results if r.hits or r.more)
+    n = len(results)
+    if found:
+        out.write(f"{found} match(es) for {q.describe()} in {where} of {n} journal(s)\n")
+    else:
+        out.write(f"no message with {q.describe()} in {n} journal(s)\n")
+    return EXIT_FOUND if not found or damaged else EXIT_OK
+
+
 # -- salvage ----------------------------------------------------------------------------------
 
 
@@ -332,6 +396,23 @@ def _type(text: str) -> RecordType:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _property(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"not K=V: {text!r}")
+    return key, value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --json may stand before or after the verb; SUPPRESS keeps a subparser from resetting it.
     js = argparse.ArgumentParser(add_help=False)
@@ -398,6 +479,29 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out records the export marks damaged (default: refuse the file)",
     )
+    f = sub.add_parser(
+        "find",
+        parents=[js],
+        help="where is my message? search every queue of one or several data directories",
+        description="search every queue of the data directories for messages (all the criteria "
+        "given must hold) and show what each journal holds of their life",
+    )
+    f.add_argument("dirs", nargs="+", metavar="DIR", help="data directories (one per node)")
+    f.add_argument("--message-id", metavar="ID", help="the message-id the application set")
+    f.add_argument("--subject", metavar="S", help="the subject (a routing key through an exchange)")
+    f.add_argument(
+        "--property",
+        dest="properties",
+        type=_property,
+        action="append",
+        metavar="K=V",
+        help="an application property K whose value reads V (repeatable)",
+    )
+    f.add_argument("--body-contains", metavar="TEXT", help="text the body contains")
+    f.add_argument("--queue", metavar="Q", help="only messages of queue Q")
+    f.add_argument(
+        "--limit", type=_positive, default=1000, metavar="N", help="matches listed per journal"
+    )
     sv = verb(
         "salvage",
         "write a new data directory DST from every record of DIR that verifies, in order "
@@ -429,6 +533,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "export": cmd_export,
     "salvage": cmd_salvage,
     "import": cmd_import,
+    "find": cmd_find,
 }
 
 
