@@ -9,6 +9,7 @@ import json
 import uuid
 from pathlib import Path
 
+import lmdb
 import pytest
 from inspect_support import DAMAGED_SEQ, MAP, copy_fixture, encoded, one_error_line, run
 from proton import Message, ulong
@@ -22,6 +23,7 @@ from qstore.journal import (
     QueueDeclare,
     QueueDelete,
 )
+from qstore.journal.records import KEY
 
 QA, QB = uuid.UUID(int=1), uuid.UUID(int=2)
 NODE_A = uuid.UUID("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa")
@@ -239,3 +241,26 @@ def test_find_in_a_real_clusters_journals(cluster) -> None:
     rows = find_json(*dirs, "--message-id", "order-1")
     lives = [r.get("state") or r.get("absent") for r in rows if "state" in r or "absent" in r]
     assert len(lives) == 3 and set(lives) <= {"dequeued", "compacted"}, rows
+
+
+def cut_value(data_dir: Path, seq: int, length: int) -> None:
+    """Damage a closed journal as a torn write might: record `seq` cut to `length` bytes."""
+    env = lmdb.open(str(data_dir / "journal"), max_dbs=4, map_size=MAP)
+    try:
+        db = env.open_db(b"records", create=False)
+        with env.begin(write=True, db=db) as txn:
+            txn.put(KEY.pack(seq), txn.get(KEY.pack(seq))[:length])
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("length", [0, 1, 10, 27])
+def test_cut_records_are_damage_for_every_scan(node: Path, tmp_path: Path, length: int) -> None:
+    cut_value(node, 4, length)  # order-1's enqueue
+    cp = run("find", node, "--message-id", "order-1")
+    assert cp.returncode == 1 and "Traceback" not in cp.stderr
+    assert "node0: 1 damaged record(s) skipped (run verify)" in cp.stdout
+    cp = run("verify", node)
+    assert cp.returncode == 1 and cp.stdout.startswith("seq 4: ")
+    cp = run("salvage", node, tmp_path / "s", "--skip-damaged")
+    assert cp.returncode == 1 and "skipped:  seq 4: " in cp.stdout

@@ -18,6 +18,7 @@ compacted away since (consumed, or its queue deleted); before it, it never got t
 from __future__ import annotations
 
 import contextlib
+import re
 import struct
 import uuid
 from collections.abc import Callable, Iterator
@@ -69,22 +70,28 @@ class Query:
             self.needles.append(_id_needles(self.message_id))
         if self.subject is not None:
             self.needles.append((self.subject.encode(),))
-        for k, _ in self.properties:
+        for k, v in self.properties:
             self.needles.append((k.encode(),))
+            self.needles.append(_value_needles(v))
         if self.body is not None:
             self.needles.append((self.body.encode(),))
-        # a one-byte needle (ulong 0) filters nothing
-        self.needles = [n for n in self.needles if all(len(x) > 1 for x in n)]
+        # a one-byte needle (ulong 0) filters nothing, nor does an empty group
+        self.needles = [n for n in self.needles if n and all(len(x) > 1 for x in n)]
+        # re's search, not bytes.find: on Python 3.11 it is ~6x faster for these (0.4 against
+        # 2.5 us in a 1 KiB message), and this runs once per enqueue of the journal
+        self._patterns = [
+            re.compile(b"|".join(re.escape(x) for x in n)).search for n in self.needles
+        ]
 
-    def maybe(self, raw: bytes) -> bool:
-        """Could the message encoded in `raw` match? (No: it certainly does not.)"""
-        for alternatives in self.needles:
-            if len(alternatives) == 1:
-                if alternatives[0] not in raw:
-                    return False
-            elif not any(n in raw for n in alternatives):
-                return False
-        return True
+    def maybe(self, raw: bytes) -> Any:
+        """Could the message encoded in `raw` match? (Falsy: it certainly does not.)"""
+        return all(search(raw) is not None for search in self._patterns)
+
+    def prefilter(self) -> Callable[[bytes], Any]:
+        """`maybe`, quicker when there is one group of needles (the usual case)."""
+        if len(self._patterns) == 1:
+            return self._patterns[0]
+        return self.maybe
 
     def matches(self, v: MessageView) -> bool:
         if self.message_id is not None and not _same_id(v.message_id, self.message_id):
@@ -119,6 +126,36 @@ def _id_needles(text: str) -> tuple[bytes, ...]:
         d.put_ulong(int(text))
         out.append(bytes(d.encode()))
     return tuple(out)
+
+
+_INTS = ("byte", "ubyte", "short", "ushort", "int", "uint", "long", "ulong")
+
+
+def _value_needles(text: str) -> tuple[bytes, ...]:
+    """What a property value that reads `text` may look like encoded: its UTF-8 (a string),
+    and for a number, its encoding as each AMQP integer type it fits. () for true/false and
+    other numbers: the value then filters nothing by bytes (only the name does)."""
+    out = [text.encode()]
+    try:
+        n = int(text)
+    except ValueError:
+        if text in ("true", "false") or _is_float(text):
+            return ()
+        return tuple(out)
+    for kind in _INTS:
+        d = Data()
+        with contextlib.suppress(Exception):  # out of this type's range
+            getattr(d, f"put_{kind}")(n)
+            out.append(bytes(d.encode()))
+    return tuple(out)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _same_id(value: Any, text: str) -> bool:
@@ -235,7 +272,8 @@ def search(
     queues: set[str] = set()
     epochs: list[tuple[int, str, int]] = []
     more = damaged = 0
-    head, maybe, msgid_at = HEADER.size, q.maybe, _MSGID.unpack_from
+    head, maybe, msgid_at = HEADER.size, q.prefilter(), _MSGID.unpack_from
+    short = head + _MSGID.size
 
     def decoded(seq: int, value: bytes) -> Any:
         nonlocal damaged
@@ -246,6 +284,9 @@ def search(
             return None
 
     for key, value in _records(reader, progress):
+        if len(value) < short:  # too short for any record naming a message: damaged or unbind
+            decoded(KEY.unpack(key)[0], value)
+            continue
         t = value[1]
         if t == ENQUEUE:
             compressed = value[3] & FLAG_COMPRESSED

@@ -14,17 +14,20 @@ Each record is copied as stored (its crc32c checked and its payload decoded firs
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
 
-from qstore.journal import CorruptRecord, JournalReader, UnsupportedFormat
-from qstore.journal.records import KEY, decode
+from qstore.journal import JournalReader
+from qstore.journal.records import KEY
 
 from ._inspect_target import new_journal, source_map_size
 
+# a stored record's epoch and origin seq (the middle of records.HEADER)
+header = struct.Struct(">4xIQ").unpack_from
 LISTED = 1000  # damaged records named in the report; beyond that they are only counted
 
 
@@ -86,12 +89,9 @@ def salvage(
         add = loader.add
         stopped = False
         try:
-            for seq, value in reader.raw(progress=progress):
+            for seq, value, reason in reader.verified(progress=progress):
                 report.last_seen = seq
-                try:
-                    e = decode(seq, value)
-                except (CorruptRecord, UnsupportedFormat) as exc:
-                    reason = exc.reason if isinstance(exc, CorruptRecord) else str(exc)
+                if reason is not None:
                     report.damaged_count += 1
                     if len(report.damaged) < LISTED:
                         report.damaged.append((seq, reason))
@@ -108,8 +108,9 @@ def salvage(
                 if report.first is None:
                     report.first = seq
                 report.last = seq
-                if e.origin:
-                    report.position = (e.epoch, e.origin)
+                epoch, origin = header(value, 0)
+                if origin:
+                    report.position = (epoch, origin)
         except lmdb.Error as exc:  # a broken page: nothing past it can be read
             report.unreadable = str(exc)
         # New records of DST stay above every seq SRC used, lost ones included.

@@ -89,9 +89,10 @@ class JournalLoader:
         chunk, self._chunk, self._bytes = self._chunk, [], 0
 
         def put(txn: Txn) -> None:
-            put = txn.put
-            for key, value in chunk:
-                put(key, value, append=True)
+            with txn.cursor() as cur:  # putmulti: the loop over the chunk runs in C
+                _, added = cur.putmulti(chunk, append=True)
+            if added != len(chunk):
+                raise JournalError(f"only {added} of {len(chunk)} records could be added")
 
         self._pending = SyncWaiter()
         self.journal.writer.submit(_Control(put, self._pending))
