@@ -21,11 +21,14 @@ from inspect_support import (
     run,
     tool,
 )
+from journal_helpers import rewrite_value
+from proton import Message
 from proton.utils import BlockingConnection
 from small_fs import small_fs
 
 from qstore.journal import Enqueue, Journal, JournalReader, QueueDeclare
 from qstore.journal.lock import DataDirLock
+from qstore.journal.records import HEADER
 
 RECEIVE_TIMEOUT = 10.0
 
@@ -180,3 +183,47 @@ def test_a_salvage_that_fails_leaves_no_target(tmp_path: Path) -> None:
         assert cp.returncode == 2, cp.stderr
         assert "journal is full" in one_error_line(cp)
         assert not fs.outside(fs.path / "out").exists()
+
+
+def test_a_salvaged_backup_rejoins_and_catches_up(tmp_path: Path, cluster) -> None:
+    """docs/operations.md's procedure on a real cluster: a backup's journal damaged near its
+    end, salvaged and put in place; the node comes back ready and holds the cut-off messages
+    again (find over the three journals)."""
+    c = cluster(3)
+    m = c.management(0)
+    try:
+        code, desc, _ = m.request("CREATE", "queue", "orders", {"durable": True})
+        assert code == 201, desc
+    finally:
+        m.close()
+    conn = c.client(0)
+    try:
+        s = conn.create_sender("orders")
+        for i in range(1, 6):
+            s.send(Message(id=f"order-{i}", subject="order.created", body=f"o{i}", durable=True))
+    finally:
+        conn.close()
+    positions = lambda: {tuple(c.status(i)["position"]) for i in range(3)}  # noqa: E731
+    c.wait(lambda: len(positions()) == 1, "the backups at the primary's position")
+    assert c.members[2].terminate() == 0
+    node2 = c.data_dir(2)
+    with JournalReader.open(node2) as r:
+        enqueues = [e for e in r.entries() if isinstance(e.record, Enqueue)]
+    seq = enqueues[-2].seq  # order-4's
+    rewrite_value(node2, seq, HEADER.size + 4)  # order-4's enqueue fails its crc32c
+    assert run("verify", node2).returncode == 1
+    cp = run("salvage", node2, tmp_path / "salvaged")
+    assert cp.returncode == 1 and f"damaged:  seq {seq}: crc32c mismatch" in cp.stdout
+    assert f"lost:     2 record(s) from seq {seq} on" in cp.stdout  # order-4 and order-5
+    node2.rename(tmp_path / "node2.damaged")
+    (tmp_path / "salvaged").rename(node2)
+    c.start(2)
+    c.wait_states({0: "active", 1: "ready", 2: "ready"})
+    c.wait(lambda: len(positions()) == 1, "the salvaged backup at the primary's position")
+    dirs = [c.data_dir(i) for i in range(3)]
+    found = run("find", "--json", *dirs, "--subject", "order.created")
+    rows = [json.loads(x) for x in found.stdout.splitlines()]
+    held = sorted(
+        (r["node"], r["message"]["message_id"]) for r in rows if r.get("state") == "queued"
+    )
+    assert held == sorted((f"node{i}", f"order-{n}") for i in range(3) for n in range(1, 6)), rows

@@ -1,9 +1,12 @@
-"""`qstore-journal`: read-only forensics over the journal of a stopped or a running broker.
+"""`qstore-journal`: forensics over the journal of a stopped or a running broker, and repair.
 
-Everything goes through `JournalReader`, which never takes the data directory's lock and reads in
-short LMDB transactions, so the tool can look at a live broker's journal without slowing it down.
-Exit status: 0 fine, 1 something found (damage, divergence, a missing queue), 2 the journal could
-not be read at all or the command line was wrong.
+Everything that reads goes through `JournalReader`, which never takes the data directory's lock and
+reads in short LMDB transactions, so the tool can look at a live broker's journal without slowing it
+down. Messages are shown decoded (_inspect_message.py). `salvage` and `import` are the only verbs
+that write, and only a new data directory (_inspect_target.py); salvage's source is not written
+at all. Exit status: 0 fine, 1 something found (damage, divergence, a missing queue, no match,
+records lost by a salvage), 2 the journal could not be read or written, or the command line was
+wrong.
 """
 
 from __future__ import annotations
