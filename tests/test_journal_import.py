@@ -157,6 +157,11 @@ def test_out_of_order_and_refused_targets(tmp_path: Path) -> None:
     assert cp.returncode == 2 and "not empty" in one_error_line(cp)
     cp = run("import", tmp_path / "out", tmp_path / "missing.jsonl")
     assert cp.returncode == 2 and "missing.jsonl" in one_error_line(cp)
+    cp = run("import", tmp_path / "out", tmp_path)
+    assert cp.returncode == 2 and "Is a directory" in one_error_line(cp)
+    (tmp_path / "latin1.jsonl").write_bytes(json.dumps(rec).encode() + b"\n\xff\xfe\n")
+    cp = run("import", tmp_path / "out", tmp_path / "latin1.jsonl")
+    assert cp.returncode == 2 and "latin1.jsonl line 2: not UTF-8 text" in one_error_line(cp)
     assert not (tmp_path / "out").exists()
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 from qstore.journal import FORMAT_VERSION, JournalReader, RecordType
 from qstore.journal.records import (
@@ -78,8 +78,8 @@ def import_file(
     progress: Callable[[int], None] | None = None,
 ) -> Imported:
     """Build `dst`'s journal from the export in file `name` ("-": standard input)."""
-    opened: AbstractContextManager[TextIO] = (
-        nullcontext(sys.stdin) if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115
+    opened: AbstractContextManager[BinaryIO] = (
+        nullcontext(sys.stdin.buffer) if name == "-" else open(name, "rb")  # noqa: SIM115
     )
     done = Imported()
     with opened as stream:
@@ -121,8 +121,14 @@ def import_file(
     return done
 
 
-def _numbered(stream: TextIO, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(stream, 1):
+def _numbered(stream: BinaryIO, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The file's JSON objects with their line numbers (read as bytes: a line that is not UTF-8
+    is named by its number)."""
+    for number, raw in enumerate(stream, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Fail(f"{name} line {number}: not UTF-8 text", EXIT_ERROR) from None
         if not line.strip():
             continue
         try:
