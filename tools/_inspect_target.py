@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,14 +53,14 @@ def _same(a: Path, b: Path) -> bool:
 
 @contextlib.contextmanager
 def new_journal(
-    dst: Path, *, node_id: object = None, created: bytes | None = None, map_size: int = 0
+    dst: Path, *, node_id: uuid.UUID | None = None, created: bytes | None = None, map_size: int = 0
 ) -> Iterator[JournalLoader]:
     """A loader writing `dst`'s new journal; whatever was written goes if the body fails."""
     made = not dst.exists()
     try:
         with JournalLoader(
             dst,
-            node_id=node_id,  # type: ignore[arg-type]
+            node_id=node_id,
             created=created,
             map_size=max(map_size, DEFAULT_MAP_SIZE),
         ) as loader:

@@ -55,9 +55,10 @@ from ._inspect_common import (
     table,
 )
 from ._inspect_diff import Side, diverge, outline, state_line
-from ._inspect_find import Query, absences, node_names, search
+from ._inspect_find import absences, node_names, search
 from ._inspect_import import import_file, journal_header
 from ._inspect_message import Undecodable, body_text, decode_message, value_text
+from ._inspect_query import Query
 from ._inspect_salvage import salvage, salvage_text
 from ._inspect_summary import print_summary, summarize
 from ._inspect_target import check_target, writing
