@@ -1,4 +1,5 @@
-"""Journal benchmark: group-commit throughput and latency, the raw LMDB reference, and replay time.
+"""Journal benchmark: group-commit throughput and latency, the raw LMDB reference, replay time, and
+the forensic tool's scans (`qstore-journal verify`, `find --message-id`, `salvage`).
 
 Prints one JSON line per case. Appenders are asyncio tasks (the broker's shape); each appends 1 KiB
 Enqueue records one at a time and waits until its record is durable (sync on, always).
@@ -8,6 +9,11 @@ per record of the event loop's thread and of the journal's writer thread (Linux)
 is printed too, to compare changes on a noisy machine.
 
     .venv/bin/python bench/journal_bench.py [--seconds 3] [--replay 1000000] [--dir /tmp]
+        [--inspect-mb 1024] [--cases raw,append,replay,inspect]
+
+The tool's cases run `qstore-journal` as a child process over a journal of `--inspect-mb` MB of
+1 KiB messages (proton-encoded, as a broker journals them), warm in the page cache as after the
+fill, and report MB/s of journal (its data.mdb) and the child's peak memory (max RSS).
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import lmdb
+from proton import Message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -33,6 +42,7 @@ from qstore.journal import Enqueue, Journal, QueueDeclare
 from qstore.journal.records import prepare, seal
 
 BODY = os.urandom(1024)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def machine() -> dict[str, object]:
@@ -134,6 +144,113 @@ def replay_case(path: Path, n: int) -> dict[str, float]:
     }
 
 
+INSPECT_BODY = "x" * 900  # with the message's other fields: about 1 KiB per message
+
+
+def message(i: int) -> bytes:
+    m = Message(
+        id=f"order-{i}",
+        subject="order.created",
+        durable=True,
+        properties={"customer": f"c{i % 97}"},
+        body=INSPECT_BODY,
+    )
+    return bytes(m.encode())
+
+
+def inspect_journal(path: Path, mb: int) -> tuple[int, int]:
+    """Fill a journal with `mb` MB of 1 KiB messages; return (records, data.mdb bytes).
+
+    The file is larger than the messages: each record's header and queue name, and LMDB's
+    pages (three 1.1 KiB records fill a 4 KiB page)."""
+    n = mb * 1_000_000 // 1024
+    with Journal(path) as j:
+        j.append(QueueDeclare("orders", uuid.uuid4()))
+        batch = 5000
+        for start in range(0, n, batch):
+            j.append_many(
+                [Enqueue("orders", i, message(i)) for i in range(start, min(n, start + batch))]
+            )
+    return n + 1, (path / "journal" / "data.mdb").stat().st_size
+
+
+def anon_kib(pid: int) -> int:
+    """The process's anonymous resident memory (heap, not the journal's mapped file), in KiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def tool_run(*args: str) -> dict[str, float]:
+    """Run qstore-journal; its wall time, its peak RSS (wait4: includes the pages of the journal
+    it mapped and read, which the kernel may drop at will) and its peak anonymous memory
+    (sampled every 10 ms: what the scan itself holds)."""
+    script = Path(sys.executable).parent / "qstore-journal"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "tools.journal_inspect"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [*cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT
+    )
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], anon_kib(proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):
+        raise RuntimeError(f"qstore-journal {' '.join(args)} exited {code}: {err}")
+    return {
+        "seconds": elapsed,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "peak_anon_mib": peak[0] / 1024,
+        "exit": code,
+    }
+
+
+def inspect_cases(base: Path, mb: int) -> list[dict[str, object]]:
+    src = base / "inspect"
+    t0 = time.perf_counter()
+    records, size = inspect_journal(src, mb)
+    fill = time.perf_counter() - t0
+    needle = f"order-{records // 2}"
+    args_mb = mb
+    out = []
+    for case, args in (
+        ("verify", ["verify", str(src)]),
+        ("find-message-id", ["find", str(src), "--message-id", needle]),
+        ("salvage", ["salvage", str(src), str(base / "salvaged")]),
+    ):
+        r = tool_run(*args)
+        out.append(
+            {
+                "case": f"journal-tool-{case}",
+                "journal_mb": round(size / 1e6, 1),  # data.mdb, what MB/s is of
+                "messages_mb": args_mb,
+                "records": records,
+                "mb_per_s": round(size / 1e6 / r["seconds"], 1),
+                "records_per_s": round(records / r["seconds"]),
+                "seconds": round(r["seconds"], 2),
+                "peak_anon_mib": round(r["peak_anon_mib"], 1),
+                "peak_rss_mib": round(r["peak_rss_mib"], 1),
+                "fill_s": round(fill, 1),
+            }
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="duration of each append case")
@@ -142,13 +259,22 @@ def main() -> None:
     )
     ap.add_argument("--dir", default=None, help="where to put the temporary journals")
     ap.add_argument("--appenders", default="1,10,100,1000")
+    ap.add_argument(
+        "--inspect-mb", type=int, default=1024, help="journal size for the tool's cases (MB)"
+    )
+    ap.add_argument(
+        "--cases", default="raw,append,replay,inspect", help="which cases (comma-separated)"
+    )
     args = ap.parse_args()
+    cases = set(args.cases.split(","))
     base = Path(tempfile.mkdtemp(prefix="qstore-bench-", dir=args.dir))
     info = machine()
     try:
-        raw = raw_reference(base / "raw", args.seconds)
-        print(json.dumps({"case": "raw-lmdb", **raw, "machine": info}), flush=True)
-        for n in (int(x) for x in args.appenders.split(",")):
+        raw = {"records_per_s": 0}
+        if cases & {"raw", "append"}:
+            raw = raw_reference(base / "raw", args.seconds)
+            print(json.dumps({"case": "raw-lmdb", **raw, "machine": info}), flush=True)
+        for n in (int(x) for x in args.appenders.split(",") if "append" in cases):
             d = base / f"j{n}"
             with Journal(d) as j:
                 j.append(QueueDeclare("bench", uuid.uuid4()))
@@ -159,9 +285,12 @@ def main() -> None:
                 json.dumps({"case": f"append-{n}", "appenders": n, **res, "machine": info}),
                 flush=True,
             )
-        if args.replay:
+        if args.replay and "replay" in cases:
             res = replay_case(base / "replay", args.replay)
             print(json.dumps({"case": "replay", **res, "machine": info}), flush=True)
+        if args.inspect_mb and "inspect" in cases:
+            for res in inspect_cases(base, args.inspect_mb):
+                print(json.dumps({**res, "machine": info}), flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -9,21 +9,24 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import lmdb
+from tqdm import tqdm
 
-from qstore.journal import CorruptRecord, Entry, JournalReader, NotAJournal
+from qstore.journal import CorruptRecord, Enqueue, Entry, JournalReader, NotAJournal
 from qstore.journal.reader import journal_path
 from qstore.journal.records import FLAG_COMPRESSED, FLAG_REPLICA, Record
+
+from ._inspect_message import Undecodable, decode_message, message_json, message_pairs
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 PREVIEW = 24  # body bytes shown by the text dump
@@ -46,16 +49,20 @@ def damage_is_a_finding(name: str) -> Iterator[None]:
         raise Fail(f"{name}: {exc}", EXIT_FOUND) from None
 
 
-def open_reader(data_dir: str) -> JournalReader:
+def open_reader(data_dir: str, *, untouched: bool = False) -> JournalReader:
     """Open a data directory's journal without ever taking the broker's lock.
 
     LMDB creates `journal/lock.mdb` (its reader table) when missing; a journal without one has no
     process attached, so it is opened without LMDB locking and left byte-for-byte untouched (a
-    copied or committed journal, a read-only forensic image).
+    copied or committed journal, a read-only forensic image). `untouched`: so is any journal (not
+    even LMDB's reader table is written), for the stopped broker's journal that salvage reads;
+    one that a running broker holds is refused.
     """
     path = Path(data_dir)
     jdir = journal_path(path)
-    if (jdir / "data.mdb").is_file() and not (jdir / "lock.mdb").exists():
+    if untouched:
+        _not_in_use(path)
+    if (jdir / "data.mdb").is_file() and (untouched or not (jdir / "lock.mdb").exists()):
         try:
             env = lmdb.open(
                 str(jdir), readonly=True, lock=False, max_dbs=4, map_size=1 << 20, readahead=False
@@ -68,6 +75,23 @@ def open_reader(data_dir: str) -> JournalReader:
             env.close()
             raise
     return JournalReader.open(path)
+
+
+def _not_in_use(data_dir: Path) -> None:
+    """Fail if a broker holds the data directory's lock (read-only look: flock on a read fd)."""
+    try:
+        fd = os.open(data_dir / "lock", os.O_RDONLY)
+    except OSError:
+        return  # no lock file: no broker ever ran here, or it is not a data directory
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        raise Fail(
+            f"{data_dir}: in use by a running broker (pid {holder}); stop it first", EXIT_ERROR
+        ) from None
+    finally:
+        os.close(fd)  # drops our shared lock too
 
 
 # -- rendering --------------------------------------------------------------------------------
@@ -116,16 +140,28 @@ def json_value(value: Any) -> Any:
     return value
 
 
-def entry_text(e: Entry) -> str:
-    fields = " ".join(f"{k}={text_value(v)}" for k, v in record_fields(e.record).items())
+def entry_text(e: Entry, full_body: bool = False) -> str:
+    """One line per record; an enqueue's body is shown as the message it holds."""
+    r = e.record
+    pairs = [(k, text_value(v)) for k, v in record_fields(r).items()]
+    if isinstance(r, Enqueue):
+        pairs = [(k, v) for k, v in pairs if k != "body"]
+        pairs.append(("size", str(len(r.body))))
+        try:
+            pairs += message_pairs(decode_message(r.body), full_body, r.priority)
+        except Undecodable as exc:
+            pairs.append(("message", json.dumps(f"undecodable: {exc}")))
+    fields = " ".join(f"{k}={v}" for k, v in pairs)
     flags = ",".join(flag_names(e.flags)) or "-"
     return (
         f"seq={e.seq} epoch={e.epoch} origin={e.origin} type={e.type.label} flags={flags} {fields}"
     )
 
 
-def entry_json(e: Entry) -> dict[str, Any]:
-    return {
+def entry_json(e: Entry, full_body: bool = False) -> dict[str, Any]:
+    """A record as JSON: its own fields (the body in base64, what `import` reads) and, for an
+    enqueue, the message decoded (`message`, or `message_error` when it does not decode)."""
+    out = {
         "seq": e.seq,
         "epoch": e.epoch,
         "origin": e.origin,
@@ -134,6 +170,17 @@ def entry_json(e: Entry) -> dict[str, Any]:
         "size": e.size,
         "record": {k: json_value(v) for k, v in record_fields(e.record).items()},
     }
+    if isinstance(e.record, Enqueue):
+        out.update(message_field(e.record.body, full_body))
+    return out
+
+
+def message_field(body: bytes, full_body: bool = False) -> dict[str, Any]:
+    """{"message": fields} or {"message_error": why} for a stored message."""
+    try:
+        return {"message": message_json(decode_message(body), full_body)}
+    except Undecodable as exc:
+        return {"message_error": str(exc)}
 
 
 def damaged_json(seq: int, reason: str, value: bytes) -> dict[str, Any]:
@@ -163,58 +210,52 @@ def dumps(obj: Any) -> str:
 
 
 class Progress:
-    """A `\\r` progress line on stderr for scans that outlast `delay`; silent unless a terminal.
+    """A progress bar on stderr (tqdm) with records/s, for scans that outlast `delay`; silent
+    unless stderr is a terminal, and erased at the end (also when the scan failed, so that the
+    error line starts on a clean line).
 
-    Fed by `JournalReader`'s per-chunk callback. The clock is injectable so tests need no sleeps.
+    Fed with record counts (`progress(n)`), as `JournalReader` calls back once per chunk.
+    `total` None: unknown (a stream being imported), shown as a count and a rate.
     """
 
     def __init__(
         self,
-        total: int,
+        total: int | None,
         label: str = "scanning",
         *,
         stream: TextIO | None = None,
         enabled: bool | None = None,
         delay: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = _isatty(self.stream) if enabled is None else enabled
-        self.total = max(total, 1)
-        self.label = label
+        stream = stream if stream is not None else sys.stderr
+        enabled = _isatty(stream) if enabled is None else enabled
         self.done = 0
-        self.delay = delay
-        self.clock = clock
-        self.start = clock()
-        self._last = 0.0
-        self._width = 0
+        self.bar = tqdm(
+            total=None if total is None else max(total, 1),
+            desc=label,
+            unit=" records",
+            unit_scale=True,
+            file=stream,
+            disable=not enabled,
+            delay=delay,
+            leave=False,
+            mininterval=0.2,
+            dynamic_ncols=True,
+        )
 
     def __call__(self, n: int) -> None:
         self.done += n
-        if not self.enabled:
-            return
-        now = self.clock()
-        if now - self.start < self.delay or now - self._last < 0.1:
-            return
-        self._last = now
-        pct = min(100, self.done * 100 // self.total)
-        line = f"\r{self.label}: {self.done}/{self.total} records ({pct}%)"
-        self._width = max(self._width, len(line) - 1)
-        self.stream.write(line)
-        self.stream.flush()
+        self.bar.update(n)
 
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.clear()  # also when the scan failed: the error line must start on a clean line
+        self.clear()
 
     def clear(self) -> None:
-        """Erase the line (if one was drawn) so that the results start on a clean line."""
-        if self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-            self._width = 0
+        """Erase the bar (if one was drawn) so that the results start on a clean line."""
+        self.bar.close()
 
 
 def _isatty(stream: TextIO) -> bool:

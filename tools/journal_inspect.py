@@ -1,9 +1,12 @@
-"""`qstore-journal`: read-only forensics over the journal of a stopped or a running broker.
+"""`qstore-journal`: forensics over the journal of a stopped or a running broker, and repair.
 
-Everything goes through `JournalReader`, which never takes the data directory's lock and reads in
-short LMDB transactions, so the tool can look at a live broker's journal without slowing it down.
-Exit status: 0 fine, 1 something found (damage, divergence, a missing queue), 2 the journal could
-not be read at all or the command line was wrong.
+Everything that reads goes through `JournalReader`, which never takes the data directory's lock and
+reads in short LMDB transactions, so the tool can look at a live broker's journal without slowing it
+down. Messages are shown decoded (_inspect_message.py). `salvage` and `import` are the only verbs
+that write, and only a new data directory (_inspect_target.py); salvage's source is not written
+at all. Exit status: 0 fine, 1 something found (damage, divergence, a missing queue, no match,
+records lost by a salvage), 2 the journal could not be read or written, or the command line was
+wrong.
 """
 
 from __future__ import annotations
@@ -47,11 +50,18 @@ from ._inspect_common import (
     entry_json,
     entry_text,
     expiry_text,
+    message_field,
     open_reader,
     table,
 )
 from ._inspect_diff import Side, diverge, outline, state_line
+from ._inspect_find import absences, node_names, search
+from ._inspect_import import import_file, journal_header
+from ._inspect_message import Undecodable, body_text, decode_message, value_text
+from ._inspect_query import Query
+from ._inspect_salvage import salvage, salvage_text
 from ._inspect_summary import print_summary, summarize
+from ._inspect_target import check_target, writing
 
 PROG = "qstore-journal"
 EXIT_PIPE = 128 + 13  # SIGPIPE
@@ -89,6 +99,7 @@ def record_queue(record: Record) -> str | None:
 
 def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
     types = set(args.types) if args.types else None
+    body = args.body
     bad = 0
     with open_reader(args.dir) as reader:
         # The line would fight with the records when both go to the same terminal.
@@ -110,15 +121,48 @@ def cmd_dump(args: argparse.Namespace, out: TextIO) -> int:
                     continue
                 if args.queue is not None and record_queue(e.record) != args.queue:
                     continue
-                out.write((dumps(entry_json(e)) if args.json else entry_text(e)) + "\n")
+                line = dumps(entry_json(e, body)) if args.json else entry_text(e, body)
+                out.write(line + "\n")
     if bad:
         raise Fail(f"{args.dir}: {bad} damaged record(s) (run verify for details)", EXIT_FOUND)
     return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    """The journal's header line (node id, ...), then what `dump --json` prints: what `import`
+    reads back."""
+    with open_reader(args.dir) as reader:
+        out.write(dumps(journal_header(reader)) + "\n")
     args.json, args.start, args.end, args.types, args.queue = True, 0, None, None, None
     return cmd_dump(args, out)
+
+
+def cmd_import(args: argparse.Namespace, out: TextIO) -> int:
+    dst = check_target(args.dir)
+    with Progress(None, "importing") as progress, writing(args.dir):
+        done = import_file(dst, args.file, skip_damaged=args.skip_damaged, progress=progress)
+    if args.json:
+        out.write(
+            dumps(
+                {
+                    "target": args.dir,
+                    "node_id": done.node_id,
+                    "records": done.records,
+                    "skipped": done.skipped,
+                }
+            )
+            + "\n"
+        )
+        return EXIT_OK
+    out.write(f"imported {done.records} record(s) into {args.dir} (node {done.node_id})\n")
+    if done.skipped:
+        out.write(
+            f"skipped {len(done.skipped)} record(s) marked damaged: seq "
+            + ", ".join(map(str, done.skipped[:20]))
+            + (", ..." if len(done.skipped) > 20 else "")
+            + "\n"
+        )
+    return EXIT_OK
 
 
 def _tty(stream: TextIO) -> bool:
@@ -137,14 +181,10 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     with open_reader(args.dir) as reader:
         reader.node_id  # noqa: B018  (a journal without metadata is not one)
         with Progress(reader.count(), "verifying") as progress:
-            for seq, value in reader.raw(progress=progress):
+            for seq, _, reason in reader.verified(progress=progress):
                 n += 1
-                try:
-                    decode(seq, value)
-                except CorruptRecord as exc:
-                    bad.append((seq, exc.reason))
-                except UnsupportedFormat as exc:
-                    bad.append((seq, str(exc)))
+                if reason is not None:
+                    bad.append((seq, reason))
     if args.json:
         out.write(dumps({"records": n, "damaged": [{"seq": s, "reason": r} for s, r in bad]}))
         out.write("\n")
@@ -159,48 +199,147 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_messages(args: argparse.Namespace, out: TextIO) -> int:
-    with open_reader(args.dir) as reader, Progress(reader.count(), "replaying") as progress:
-        st = replay(reader, args.dir, progress, bodies=False)
-    q = st.queues.get(args.queue)
-    if q is None:
-        known = ", ".join(repr(n) for n in st.queues) or "none"
-        raise Fail(
-            f"{args.dir}: no queue {args.queue!r} in the journal (queues: {known})", EXIT_FOUND
-        )
-    msgs = list(q.messages.values())
-    if args.json:
-        for m in msgs:
-            out.write(
-                dumps(
-                    {
-                        "msgid": m.msgid,
-                        "seq": m.seq,
-                        "size": m.size,
-                        "priority": m.priority,
-                        "expiry": m.expiry,
-                        "delivery_count": m.delivery_count,
-                        "position": list(m.position),
-                    }
-                )
-                + "\n"
+    with open_reader(args.dir) as reader:
+        with Progress(reader.count(), "replaying") as progress:
+            st = replay(reader, args.dir, progress, bodies=False)
+        q = st.queues.get(args.queue)
+        if q is None:
+            known = ", ".join(repr(n) for n in st.queues) or "none"
+            raise Fail(
+                f"{args.dir}: no queue {args.queue!r} in the journal (queues: {known})", EXIT_FOUND
             )
+        # Bodies are read one by one from the journal (replay kept none): memory stays that of
+        # the queue's metadata, as in a broker's start.
+        msgs = [(m, _stored_message(reader, m.seq, args.dir)) for m in q.messages.values()]
+    if args.json:
+        for m, message in msgs:
+            row = {
+                "msgid": m.msgid,
+                "seq": m.seq,
+                "size": m.size,
+                "priority": m.priority,
+                "expiry": m.expiry,
+                "delivery_count": m.delivery_count,
+                "position": list(m.position),
+            }
+            out.write(dumps({**row, **message_field(message, args.body)}) + "\n")
         return EXIT_OK
-    rows = [["MSGID", "SEQ", "SIZE", "PRIORITY", "EXPIRY", "DELIVERIES", "POSITION"]]
-    rows += [
-        [
-            str(m.msgid),
-            str(m.seq),
-            str(m.size),
-            str(m.priority),
-            expiry_text(m.expiry),
-            str(m.delivery_count),
-            f"({m.position[0]}, {m.position[1]})",
-        ]
-        for m in msgs
-    ]
+    head = ["MSGID", "SEQ", "SIZE", "PRIORITY", "EXPIRY", "DELIVERIES", "POSITION"]
+    rows = [[*head, "MESSAGE-ID", "SUBJECT", "BODY"]]
+    for m, message in msgs:
+        rows.append(
+            [
+                str(m.msgid),
+                str(m.seq),
+                str(m.size),
+                str(m.priority),
+                expiry_text(m.expiry),
+                str(m.delivery_count),
+                f"({m.position[0]}, {m.position[1]})",
+                *_message_columns(message, args.body),
+            ]
+        )
     out.writelines(line + "\n" for line in table(rows))
     out.write(f"{len(msgs)} messages, {q.bytes} bytes in queue {q.name!r}\n")
     return EXIT_OK
+
+
+def _stored_message(reader: JournalReader, seq: int, name: str) -> bytes:
+    with damage_is_a_finding(name):
+        e = reader.get(seq)
+    if e is None or not isinstance(e.record, Enqueue):  # compacted under a live broker's feet
+        raise Fail(f"{name}: the journal changed while it was read (seq {seq}); try again", 1)
+    return e.record.body
+
+
+def _message_columns(body: bytes, full: bool) -> list[str]:
+    try:
+        v = decode_message(body)
+    except Undecodable as exc:
+        return ["-", "-", f"(undecodable: {exc})"]
+    mid = "-" if v.message_id is None else value_text(v.message_id)
+    return [mid, "-" if v.subject is None else value_text(v.subject), body_text(v, full)]
+
+
+# -- find -------------------------------------------------------------------------------------
+
+
+def cmd_find(args: argparse.Namespace, out: TextIO) -> int:
+    q = Query(args.message_id, args.subject, args.properties or [], args.body_contains, args.queue)
+    if not (q.message_id or q.subject or q.properties or q.body is not None):
+        raise Fail("find needs --message-id, --subject, --property or --body-contains", EXIT_ERROR)
+    for i, d in enumerate(args.dirs):
+        if any(_same_dir(d, e) for e in args.dirs[:i]):
+            raise Fail(f"{d}: given twice", EXIT_ERROR)
+    names = node_names(args.dirs)
+    results = []
+    with contextlib.ExitStack() as stack:
+        readers = [stack.enter_context(open_reader(d)) for d in args.dirs]
+        total = sum(r.count() for r in readers)
+        with Progress(total, "searching") as progress:
+            for name, d, reader in zip(names, args.dirs, readers, strict=True):
+                results.append(search(reader, name, d, q, limit=args.limit, progress=progress))
+    missing = absences(results)
+    found = sum(len(r.hits) + r.more for r in results)
+    damaged = sum(r.damaged for r in results)
+    if args.json:
+        for r in results:
+            node = {"node": r.name, "data_dir": r.data_dir, "node_id": r.node_id}
+            out.writelines(dumps({**node, **h.json()}) + "\n" for h in r.hits)
+        for _, nodes in missing:
+            for a in nodes:
+                n = a.node
+                row = {"node": n.name, "data_dir": n.data_dir, "node_id": n.node_id}
+                row.update(queue=a.queue, msgid=a.msgid, absent=a.why, detail=a.detail)
+                out.write(dumps({**row, "position": list(n.position)}) + "\n")
+        for r in results:
+            row = {"node": r.name, "data_dir": r.data_dir, "node_id": r.node_id}
+            row.update(matches=len(r.hits) + r.more, listed=len(r.hits), damaged=r.damaged)
+            out.write(dumps({**row, "position": list(r.position)}) + "\n")
+        return EXIT_FOUND if not found or damaged else EXIT_OK
+    rows = [["NODE", "QUEUE", "MSGID", "SEQ", "EPOCH", "ORIGIN", "MESSAGE-ID", "LIFE"]]
+    for r in results:
+        for h in r.hits:
+            mid = "-" if h.message.message_id is None else value_text(h.message.message_id)
+            row = [r.name, h.queue, str(h.msgid), str(h.seq), str(h.epoch), str(h.origin), mid]
+            rows.append([*row, h.life()])
+    for hit, nodes in missing:
+        mid = "-" if hit.message.message_id is None else value_text(hit.message.message_id)
+        for a in nodes:
+            place = [a.node.name, a.queue, str(a.msgid), "-", "-", "-", mid]
+            rows.append([*place, a.text()])
+    if len(rows) > 1:
+        out.writelines(line + "\n" for line in table(rows))
+    for r in results:
+        if r.more:
+            out.write(f"{r.name}: {r.more} more match(es) not listed (--limit {args.limit})\n")
+        if r.damaged:
+            out.write(f"{r.name}: {r.damaged} damaged record(s) skipped (run verify)\n")
+    where = sum(1 for r in results if r.hits or r.more)
+    n = len(results)
+    if found:
+        out.write(f"{found} match(es) for {q.describe()} in {where} of {n} journal(s)\n")
+    else:
+        out.write(f"no message with {q.describe()} in {n} journal(s)\n")
+    return EXIT_FOUND if not found or damaged else EXIT_OK
+
+
+# -- salvage ----------------------------------------------------------------------------------
+
+
+def cmd_salvage(args: argparse.Namespace, out: TextIO) -> int:
+    dst = check_target(args.dst, args.dir)
+    with (
+        open_reader(args.dir, untouched=True) as reader,
+        Progress(reader.count(), "salvaging") as progress,
+        writing(args.dst),
+    ):
+        s = salvage(reader, args.dir, dst, skip_damaged=args.skip_damaged, progress=progress)
+    if args.json:
+        out.write(dumps(s.json()) + "\n")
+    else:
+        out.writelines(line + "\n" for line in salvage_text(s))
+    return EXIT_FOUND if s.lost or s.unreadable else EXIT_OK
 
 
 # -- diff -------------------------------------------------------------------------------------
@@ -257,6 +396,23 @@ def _type(text: str) -> RecordType:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _property(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"not K=V: {text!r}")
+    return key, value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --json may stand before or after the verb; SUPPRESS keeps a subparser from resetting it.
     js = argparse.ArgumentParser(add_help=False)
@@ -296,13 +452,76 @@ def build_parser() -> argparse.ArgumentParser:
         help="only records of this type (e.g. enqueue, queue-declare; repeatable)",
     )
     d.add_argument("--queue", metavar="Q", help="only records about queue Q")
+    _body_option(d)
     verb("verify", "check every record's crc32c and encoding")
-    m = verb("messages", "live messages of a queue after replay")
+    m = verb("messages", "live messages of a queue after replay, as the application sent them")
     m.add_argument("--queue", required=True, metavar="Q", help="the queue")
+    _body_option(m)
     df = verb("diff", "first position where two journals diverge, or replicated-state difference")
     df.add_argument("dir2", metavar="DIR2", help="the other data directory")
-    verb("export", "every record as JSON lines (same as dump --json)")
+    _body_option(
+        verb(
+            "export",
+            "the journal as JSON lines: a header (node id, format), then every record as "
+            "dump --json prints it (what import reads)",
+        )
+    )
+    im = sub.add_parser(
+        "import",
+        parents=[js],
+        help="build a new data directory from an export",
+        description="build a new data directory DIR from export's JSON lines (FILE, - for stdin)",
+    )
+    im.add_argument("dir", metavar="DIR", help="the new data directory (missing or empty)")
+    im.add_argument("file", metavar="FILE", help="an export (JSON lines); - reads stdin")
+    im.add_argument(
+        "--skip-damaged",
+        action="store_true",
+        help="leave out records the export marks damaged (default: refuse the file)",
+    )
+    f = sub.add_parser(
+        "find",
+        parents=[js],
+        help="where is my message? search every queue of one or several data directories",
+        description="search every queue of the data directories for messages (all the criteria "
+        "given must hold) and show what each journal holds of their life",
+    )
+    f.add_argument("dirs", nargs="+", metavar="DIR", help="data directories (one per node)")
+    f.add_argument("--message-id", metavar="ID", help="the message-id the application set")
+    f.add_argument("--subject", metavar="S", help="the subject (a routing key through an exchange)")
+    f.add_argument(
+        "--property",
+        dest="properties",
+        type=_property,
+        action="append",
+        metavar="K=V",
+        help="an application property K whose value reads V (repeatable)",
+    )
+    f.add_argument("--body-contains", metavar="TEXT", help="text the body contains")
+    f.add_argument("--queue", metavar="Q", help="only messages of queue Q")
+    f.add_argument(
+        "--limit", type=_positive, default=1000, metavar="N", help="matches listed per journal"
+    )
+    sv = verb(
+        "salvage",
+        "write a new data directory DST from every record of DIR that verifies, in order "
+        "(DIR is only read)",
+    )
+    sv.add_argument("dst", metavar="DST", help="the new data directory (missing or empty)")
+    sv.add_argument(
+        "--skip-damaged",
+        action="store_true",
+        help="go on past a damaged record (default: stop at the first one)",
+    )
     return p
+
+
+def _body_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--body",
+        action="store_true",
+        help="show each message's whole body (default: the first characters, or bytes in hex)",
+    )
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
@@ -312,6 +531,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "messages": cmd_messages,
     "diff": cmd_diff,
     "export": cmd_export,
+    "salvage": cmd_salvage,
+    "import": cmd_import,
+    "find": cmd_find,
 }
 
 

@@ -27,6 +27,7 @@ from .records import (
     Entry,
     RecordType,
     check,
+    damage,
     decode,
     read_header,
 )
@@ -167,6 +168,16 @@ class JournalReader:
         for chunk in self.chunks(start, end, progress):
             for k, v in chunk:
                 yield unpack(k)[0], v
+
+    def verified(
+        self, start: int = 0, progress: Progress | None = None
+    ) -> Iterator[tuple[int, bytes, str | None]]:
+        """(seq, stored value, why it is damaged or None) for every record from `start`: what
+        `decode` checks, at a fraction of its cost (records.damage)."""
+        unpack = KEY.unpack
+        for chunk in self.chunks(start, None, progress):
+            for k, v in chunk:
+                yield unpack(k)[0], v, damage(k, v)
 
     def get(self, seq: int) -> Entry | None:
         """The entry at `seq`, verified, or None when there is none (deleted or never written).

@@ -436,3 +436,33 @@ def decode(seq: int, value: bytes) -> Entry:
             seq, f"{RecordType(rtype).label} payload does not decode: {exc}"
         ) from None
     return Entry(seq, epoch, origin, flags, record, len(value))
+
+
+# An enqueue's header and fixed fields, read in one call (the bulk of a journal)
+_ENQ_HEAD = struct.Struct(">" + HEADER.format.lstrip(">") + _ENQ.format.lstrip(">"))
+_ENQUEUE = int(RecordType.ENQUEUE)
+
+
+def damage(key: bytes, value: bytes) -> str | None:
+    """Why the value stored under `key` does not verify, or None: exactly what `decode` checks,
+    without building the record for the bulk of a journal (an uncompressed enqueue whose fields
+    fit), so that scanning a whole journal costs little more than reading it."""
+    if len(value) >= _ENQ_HEAD.size and value[1] == _ENQUEUE:
+        version, _t, flags, _e, _o, crc, _m, _p, _x, _c, qn = _ENQ_HEAD.unpack_from(value, 0)
+        start = _ENQ_HEAD.size
+        if not flags and version <= FORMAT_VERSION and len(value) >= start + qn:
+            mv = memoryview(value)
+            if crc == crc32c.crc32c(mv[HEADER.size :], crc32c.crc32c(mv[:16], crc32c.crc32c(key))):
+                try:
+                    str(mv[start : start + qn], "utf-8")
+                except UnicodeDecodeError:
+                    pass  # decode() names it
+                else:
+                    return None
+    try:
+        decode(KEY.unpack(key)[0], value)
+    except CorruptRecord as exc:
+        return exc.reason
+    except UnsupportedFormat as exc:
+        return str(exc)
+    return None
