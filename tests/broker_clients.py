@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from proton import Delivery, Message
+from proton import Delivery, Message, Timeout
 from proton.handlers import FlowController, MessagingHandler
 from proton.reactor import Container, LinkOption
 from proton.utils import BlockingConnection, BlockingReceiver, BlockingSender, SyncRequestResponse
@@ -191,18 +191,26 @@ def depth(url: str, queue: str) -> int:
         return int(reply.body["depth"])
 
 
+def receive_n(receiver: BlockingReceiver, n: int, timeout: float = TIMEOUT) -> list[Message]:
+    """The next `n` messages, each accepted; each may take `timeout` seconds to come, else the
+    test fails saying how many did."""
+    out: list[Message] = []
+    for _ in range(n):
+        try:
+            out.append(receiver.receive(timeout=timeout))
+        except Timeout:
+            raise AssertionError(f"{len(out)} of {n} messages came") from None
+        receiver.accept()
+    return out
+
+
 def fetch(url: str, address: str, n: int | None = None) -> list[Any]:
     """The bodies on a queue, accepted: `n` of them, or as many as its depth says."""
     if n is None:
         n = depth(url, address)
     conn = BlockingConnection(url, timeout=TIMEOUT)
     try:
-        r = conn.create_receiver(address)
-        out = []
-        for _ in range(n):
-            out.append(body(r.receive(timeout=TIMEOUT)))
-            r.accept()
-        return out
+        return [body(m) for m in receive_n(conn.create_receiver(address), n)]
     finally:
         conn.close()
 
