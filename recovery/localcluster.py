@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from proton import Message
+
 from qstore.client import Connection, Empty
 from tools import cluster_auth
 from tools._mgmt import query_status
@@ -225,16 +227,20 @@ def stop_manager(proc: subprocess.Popen[bytes], root: Path) -> None:
                     os.kill(pid, signal.SIGKILL)
 
 
+END = "qstore: end of the queue"  # the marker `drain` sends last and reads up to
+
+
 def drain(
     addresses: list[str],
     address: str,
-    idle: float = 3.0,
+    timeout: float = 30.0,
     *,
     options: Mapping[str, Any] | None = None,
 ) -> list[Any]:
-    """Every body left at `address`, through qstore.client (failing over as need be),
-    acknowledged; done once nothing arrives for `idle` seconds. `options`: more keywords of
-    `Connection.establish` (the login: `LocalCluster.client_options()`)."""
+    """Every body left at `address` (a FIFO queue), through qstore.client (failing over as need
+    be), acknowledged. A marker is sent last and read up to: the end is known, not guessed from
+    a silence; TimeoutError if the next message does not come within `timeout` seconds.
+    `options`: more keywords of `Connection.establish` (the login: `client_options()`)."""
     conn = Connection.establish(
         addresses[0], reconnect=True, reconnect_urls=addresses, heartbeat=1, timeout=30,
         **(options or {}),
@@ -242,12 +248,18 @@ def drain(
     got: list[Any] = []
     try:
         ssn = conn.session()
-        rcv = ssn.receiver(address, capacity=1000)
+        ssn.sender(address, timeout=timeout).send(Message(body=END, durable=True), timeout=timeout)
+        rcv = ssn.receiver(address, capacity=1000, timeout=timeout)
         while True:
             try:
-                got.append(rcv.fetch(timeout=idle).body)
+                body = rcv.fetch(timeout=timeout).body
             except Empty:
+                raise TimeoutError(
+                    f"draining {address!r}: no end marker after {len(got)} messages"
+                ) from None
+            if body == END:
                 break
+            got.append(body)
             if len(got) % 500 == 0:
                 ssn.acknowledge()
         ssn.acknowledge()

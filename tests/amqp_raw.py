@@ -229,14 +229,6 @@ class RawPeer:
             if f.code == code and (channel is None or f.channel == channel):
                 return f
 
-    def quiet(self, seconds: float) -> list[Frame]:
-        """All the broker says within `seconds` (until EOF)."""
-        deadline = time.monotonic() + seconds
-        out = []
-        while (f := self._read_frame(deadline)) is not None:
-            out.append(f)
-        return out
-
     def wait_eof(self, timeout: float = 15.0) -> None:
         """Read (and keep) frames until the broker closes the socket."""
         deadline = time.monotonic() + timeout

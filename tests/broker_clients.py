@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from proton import Delivery, Message, Timeout
-from proton.handlers import MessagingHandler
+from proton.handlers import FlowController, MessagingHandler
 from proton.reactor import Container, LinkOption
 from proton.utils import BlockingConnection, BlockingReceiver, BlockingSender, SyncRequestResponse
 
 TIMEOUT = 10.0  # bound on any single blocking call
-QUIET = 0.3  # how long "nothing more arrives" is watched for
+QUIET = 0.3  # how long a test watches that something does not happen (never: "queue empty")
+DRAIN_CREDIT = 1000  # credit per round of `drain`
 
 
 @dataclass(frozen=True)
@@ -140,16 +141,39 @@ def settle(dlv: Delivery, state: Any, *, failed: bool = False, undeliverable: bo
     dlv.settle()
 
 
-def drain(receiver: BlockingReceiver, quiet: float = QUIET) -> list[Message]:
-    """Receive and accept until nothing arrives for `quiet` seconds."""
-    got = []
-    while True:
-        try:
-            m = receiver.receive(timeout=quiet)
-        except Timeout:
-            return got
-        receiver.accept()
-        got.append(m)
+def drain(receiver: BlockingReceiver, timeout: float = TIMEOUT) -> list[Message]:
+    """Every message the broker holds for `receiver` now, in order, accepted (a browser's come
+    settled: nothing to accept).
+
+    Asked the AMQP way, not by waiting for silence: credit granted with the drain flag makes the
+    broker send what it has and use up the rest of the credit, and the flow that brings the link's
+    credit to 0 is its word that there is no more. Rounds of `DRAIN_CREDIT` until one comes back
+    short. The receiver must have no prefetch (made without `credit=`): proton's flow controller
+    would grant credit again. Drain mode is off again afterwards, for later `receive()` calls."""
+    fetcher = receiver.fetcher
+    assert fetcher is not None and not any(
+        isinstance(h, FlowController) for h in getattr(fetcher, "handlers", ())
+    ), "drain() needs a receiver made without credit= (no prefetch)"
+    link = receiver.link
+    got: list[Message] = []
+    try:
+        while True:
+            link.drain(DRAIN_CREDIT)
+            receiver.connection.wait(
+                lambda: link.credit == 0, timeout=timeout, msg=f"the broker to drain {link.name}"
+            )
+            came = 0
+            while fetcher.incoming:
+                message, dlv = fetcher.incoming.popleft()
+                if not dlv.settled:
+                    dlv.update(Delivery.ACCEPTED)
+                    dlv.settle()
+                got.append(message)
+                came += 1
+            if came < DRAIN_CREDIT:
+                return got
+    finally:
+        link.drain_mode = False
 
 
 def body(m: Message) -> Any:
@@ -167,18 +191,26 @@ def depth(url: str, queue: str) -> int:
         return int(reply.body["depth"])
 
 
+def receive_n(receiver: BlockingReceiver, n: int, timeout: float = TIMEOUT) -> list[Message]:
+    """The next `n` messages, each accepted; each may take `timeout` seconds to come, else the
+    test fails saying how many did."""
+    out: list[Message] = []
+    for _ in range(n):
+        try:
+            out.append(receiver.receive(timeout=timeout))
+        except Timeout:
+            raise AssertionError(f"{len(out)} of {n} messages came") from None
+        receiver.accept()
+    return out
+
+
 def fetch(url: str, address: str, n: int | None = None) -> list[Any]:
     """The bodies on a queue, accepted: `n` of them, or as many as its depth says."""
     if n is None:
         n = depth(url, address)
     conn = BlockingConnection(url, timeout=TIMEOUT)
     try:
-        r = conn.create_receiver(address)
-        out = []
-        for _ in range(n):
-            out.append(body(r.receive(timeout=TIMEOUT)))
-            r.accept()
-        return out
+        return [body(m) for m in receive_n(conn.create_receiver(address), n)]
     finally:
         conn.close()
 

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker_clients import body, drain
 from broker_harness import BrokerProcess, Brokers
-from proton import Timeout, symbol
+from proton import symbol
 from proton.reactor import Copy
 from proton.utils import BlockingConnection
 
@@ -235,17 +236,13 @@ class Cluster:
         )
 
 
-def browse(conn: BlockingConnection, queue: str, quiet: float = 0.3) -> list[Any]:
-    """The bodies on `queue`, in order, without consuming (a `copy` receiver): read until nothing
-    arrives for `quiet` seconds."""
+def browse(conn: BlockingConnection, queue: str) -> list[Any]:
+    """The bodies on `queue` now, in order, without consuming (a `copy` receiver): as many as
+    the broker says it holds, asked with a drain (broker_clients.drain), not guessed from a
+    silence; so a `c.wait(lambda: browse(...) == want)` retries on a snapshot of the queue."""
     r = conn.create_receiver(queue, options=Copy())
-    out: list[Any] = []
     try:
-        while True:
-            try:
-                out.append(r.receive(timeout=quiet).body)
-            except Timeout:
-                return out
+        return [body(m) for m in drain(r)]
     finally:
         r.close()
 

@@ -4,13 +4,15 @@ that returns once the broker has its accepts."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from proton import Delivery, Message, Timeout
 from proton.utils import BlockingConnection, BlockingReceiver
 
 T = 10.0  # bound on any one wait
-QUIET = 0.5  # no credit for this long: the producer is stalled
+QUIET = 0.5  # how long a test watches that a held producer gets no credit
 
 
 class Producer:
@@ -34,13 +36,24 @@ class Producer:
     def credit(self) -> int:
         return self.sender.link.credit
 
-    def send_on_credit(self, total: int, quiet: float = QUIET) -> int:
-        """Send until `total` are sent in all or no credit comes for `quiet` s; how many sent."""
+    def send_on_credit(self, total: int, held: Callable[[], bool] | None = None) -> int:
+        """Send on the credit the broker grants until `total` are sent in all, or until the
+        producer is held: its credit used up, every message it sent has its outcome (so no credit
+        is on its way) and `held()`, the broker's own report (a queue's flowStopped, the memory
+        alarm), says so. Not a silence: without credit for T seconds and not held, the test
+        fails. How many were sent in all."""
         while self.sent < total:
-            try:
-                self.conn.wait(lambda: self.credit > 0, timeout=quiet)
-            except Timeout:
-                break
+            deadline = time.monotonic() + T
+            while self.credit == 0:
+                try:
+                    self.conn.wait(lambda: self.credit > 0, timeout=0.1)
+                except Timeout:
+                    settled = all(d.remote_state or d.settled for d in self.deliveries)
+                    if settled and held is not None and held():
+                        return self.sent
+                    assert time.monotonic() < deadline, (
+                        f"no credit for {T:g} s after {self.sent} sent, and not held"
+                    )
             body = f"m{self.sent}".ljust(self.pad, ".")
             msg = Message(body=body, durable=self.durable, **self.kw)
             self.deliveries.append(self.sender.link.send(msg))

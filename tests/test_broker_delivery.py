@@ -24,6 +24,7 @@ from broker_clients import (
     Mgmt,
     Step,
     depth,
+    drain,
     fetch,
     outcome,
     run_container,
@@ -136,10 +137,8 @@ def test_browsing_leaves_messages_on_the_queue(broker: Any) -> None:
     queue_with(broker.url, "browse", ["a", "b", "c"])
     conn = BlockingConnection(broker.url, timeout=TIMEOUT)
     try:
-        r = conn.create_receiver("browse", credit=10, options=Copy())
-        seen = [r.receive(timeout=TIMEOUT).body for _ in range(3)]
-        with pytest.raises(Exception, match="timed out"):
-            r.receive(timeout=QUIET)
+        r = conn.create_receiver("browse", options=Copy())
+        seen = [m.body for m in drain(r)]  # all the broker has for the browser
     finally:
         conn.close()
     assert seen == ["a", "b", "c"]
@@ -212,7 +211,6 @@ def test_rejected_message_is_dropped(broker: Any) -> None:
     assert fetch(broker.url, "rej") == ["good"]
 
 
-
 def test_settled_without_an_outcome_counts_as_accepted(broker: Any) -> None:
     queue_with(broker.url, "noout", ["done", "next"])
     conn = BlockingConnection(broker.url, timeout=TIMEOUT)
@@ -232,6 +230,7 @@ def test_settled_without_an_outcome_counts_as_accepted(broker: Any) -> None:
         conn.close()
     assert m.body == "done"
     assert fetch(broker.url, "noout") == ["next"]
+
 
 CONSUMER = """
 import sys

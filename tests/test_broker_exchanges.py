@@ -138,15 +138,12 @@ def test_receiver_on_exchange_gets_private_bound_queue(broker: Any) -> None:
     conn = BlockingConnection(broker.url, timeout=TIMEOUT)
     try:
         filtered = conn.create_receiver(
-            "events",
-            name="filtered",
-            options=Filter({symbol("f"): Described(LEGACY_TOPIC, "a.*")}),
-            credit=10,
+            "events", name="filtered", options=Filter({symbol("f"): Described(LEGACY_TOPIC, "a.*")})
         )
-        everything = conn.create_receiver("events", name="everything", credit=10)
-        fan = conn.create_receiver("fan", credit=10)
+        everything = conn.create_receiver("events", name="everything")
+        fan = conn.create_receiver("fan")
         direct = conn.create_receiver(
-            "dx", options=Filter({symbol("f"): Described(LEGACY_DIRECT, "k1")}), credit=10
+            "dx", options=Filter({symbol("f"): Described(LEGACY_DIRECT, "k1")})
         )
         send(broker.url, "events", [msg("ab", "a.b"), msg("abc", "a.b.c"), msg("zz", "z")])
         send(broker.url, "fan", [msg("f1", "whatever"), msg("f2")])

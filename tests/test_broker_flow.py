@@ -32,6 +32,14 @@ def queue(url: str, name: str) -> dict[str, Any]:
         return reply.body
 
 
+def alarm(url: str) -> bool:
+    """The broker's memory alarm, as management reports it."""
+    with Mgmt(url) as m:
+        reply = m.call("READ", "broker")
+    assert reply.code == 200, reply
+    return bool(reply.body["statistics"]["memory_alarm"])
+
+
 def stat(url: str, *view: str) -> list[dict[str, Any]]:
     """qstore-stat as a user runs it."""
     p = subprocess.run(
@@ -48,8 +56,12 @@ def test_a_producer_stalls_at_the_stop_mark_and_goes_on_once_drained(brokers: Br
         m.create_queue("q", durable=True, arguments={"qpid.max_count": 200})
     p = Producer(b.url, "q")
     rc = BlockingConnection(b.url, timeout=T)
+
+    def stopped() -> bool:
+        return bool(queue(b.url, "q")["flowStopped"])
+
     try:
-        n = p.send_on_credit(600)
+        n = p.send_on_credit(600, held=stopped)
         # held past 80% (160), and its window (the 40 between the marks) kept it off the limit
         assert 160 < n <= 200, n
         assert p.credit == 0 and p.states() == {Delivery.ACCEPTED}  # stalled, nothing refused
@@ -69,7 +81,7 @@ def test_a_producer_stalls_at_the_stop_mark_and_goes_on_once_drained(brokers: Br
         deadline = time.monotonic() + 60
         while len(got) < 600:
             assert time.monotonic() < deadline, (p.sent, len(got), queue(b.url, "q"))
-            if p.send_on_credit(600, quiet=0.1) == 600:
+            if p.send_on_credit(600, held=stopped) == 600:
                 p.states()  # every outcome back: all of them reached the broker
             got += take(r, queue(b.url, "q")["depth"])
         assert got == [f"m{i}" for i in range(600)]  # in order, none lost, none twice
@@ -132,7 +144,7 @@ def test_an_exchange_producer_is_held_while_its_messages_reach_a_stopped_queue(
     free = Producer(b.url, "x", subject="o")
     rc = BlockingConnection(b.url, timeout=T)
     try:
-        n = held.send_on_credit(1000)
+        n = held.send_on_credit(1000, held=lambda: queue(b.url, "slow")["flowStopped"])
         assert 80 < n <= 100, n
         assert held.states() == {Delivery.ACCEPTED}
         assert queue(b.url, "copy")["depth"] == n  # the fan-out reached both
@@ -164,7 +176,7 @@ def test_max_memory_holds_every_producer_and_lets_them_go(brokers: Brokers) -> N
     try:
         total = 5000
         for p in producers:
-            p.send_on_credit(total)
+            p.send_on_credit(total, held=lambda: alarm(b.url))
         for p in producers:  # a window past the alarm at most, then held: nothing refused
             assert 0 < p.sent < total and p.credit == 0, (p.sent, p.credit)
             assert p.states() == {Delivery.ACCEPTED}
@@ -218,7 +230,7 @@ def test_default_queue_limit_flow_stops_a_queue_that_set_none(brokers: Brokers) 
     b = brokers.start(args=["--auto-create", "yes", "--default-queue-limit", "100K"])
     p = Producer(b.url, "q", durable=False, pad=1000)  # made on attach, no limit of its own
     try:
-        n = p.send_on_credit(1000)
+        n = p.send_on_credit(1000, held=lambda: queue(b.url, "q")["flowStopped"])
         stop = int(100 * 1024 * 0.8 + 0.5)
         q = queue(b.url, "q")
         assert q["flowStopped"] and stop < q["bytes"] <= 100 * 1024, q

@@ -52,9 +52,7 @@ def until(pred: Callable[[], object], what: str, timeout: float = T) -> None:
 
 @pytest.fixture(scope="module")
 def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(
-        tmp_path_factory.mktemp("cluster"), consecutive_free_ports(3), recovery_wait=5
-    )
+    c = LocalCluster(tmp_path_factory.mktemp("cluster"), consecutive_free_ports(3), recovery_wait=5)
     try:
         c.whole(T)
         yield c
@@ -214,21 +212,30 @@ class StockSender(MessagingHandler):
         self.others.append(("released", int(event.delivery.tag)))
 
 
-def drain(urls: list[str], queue: str, login: dict[str, Any], idle: float = 2.0) -> list[int]:
+END = "end of the queue"  # the marker `drain` sends last and reads up to
+
+
+def drain(urls: list[str], queue: str, login: dict[str, Any]) -> list[int]:
+    """Every number on `queue`, in order, acknowledged. A marker is sent last and read up to (the
+    queue is FIFO), so the end is known, not guessed from a silence; a fetch that waits T for the
+    next message fails the test, saying how many came."""
     conn = Connection.establish(urls[0], reconnect=True, reconnect_urls=urls, timeout=T, **login)
     got: list[int] = []
     try:
         ssn = conn.session()
+        ssn.sender(address(queue), timeout=T).send(Message(body=END, durable=True), timeout=T)
         rcv = ssn.receiver(address(queue), capacity=200, timeout=T)
         while True:
             try:
-                got.append(rcv.fetch(timeout=idle).body)
+                body = rcv.fetch(timeout=T).body
             except Empty:
-                break
+                raise AssertionError(f"no end marker after {len(got)} messages") from None
             ssn.acknowledge()
+            if body == END:
+                return got
+            got.append(body)
     finally:
         conn.close(timeout=5)
-    return got
 
 
 def test_stock_container_fails_over_and_resends_nothing(managed: LocalCluster) -> None:

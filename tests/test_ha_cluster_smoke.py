@@ -1,18 +1,7 @@
 """A 3-broker cluster end to end: promotion, replication, fail-over."""
 
+from cluster_harness import browse
 from proton import Message
-from proton.reactor import Copy
-
-
-def browse_all(conn, queue: str) -> list:
-    r = conn.create_receiver(queue, options=Copy())
-    out = []
-    try:
-        while True:
-            out.append(r.receive(timeout=0.5).body)
-    except Exception:
-        pass
-    return out
 
 
 def test_replicate_then_fail_over(cluster):
@@ -28,7 +17,7 @@ def test_replicate_then_fail_over(cluster):
     conn.close()
     for i in (1, 2):
         a = c.admin(i)
-        c.wait(lambda a=a: len(browse_all(a, "q1")) == 5, f"backup {i} holds the last 5")
+        c.wait(lambda a=a: len(browse(a, "q1")) == 5, f"backup {i} holds the last 5")
         a.close()
     c.kill(0)
     code, desc = c.promote(1)

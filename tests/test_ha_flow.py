@@ -45,8 +45,12 @@ def test_backups_keep_replicating_while_the_primary_holds_a_producer(cluster: An
     c.wait(lambda: read(c, 1, "queue", "big")["depth"] == 50, "the backup to hold all of big")
     p = Producer(c.address(0), "q", pad=100)
     rc = BlockingConnection(c.address(0), timeout=10)
+
+    def stopped() -> bool:
+        return bool(read(c, 0, "queue", "q")["flowStopped"])
+
     try:
-        n = p.send_on_credit(400)
+        n = p.send_on_credit(400, held=stopped)
         assert 160 < n <= 200, n
         # acknowledged only once the backup has them too: a backup that refused or stalled
         # replication would leave these outcomes hanging
@@ -63,7 +67,7 @@ def test_backups_keep_replicating_while_the_primary_holds_a_producer(cluster: An
         deadline = time.monotonic() + 60
         while len(got) < 400:
             assert time.monotonic() < deadline, (p.sent, len(got))
-            if p.send_on_credit(400, quiet=0.1) == 400:
+            if p.send_on_credit(400, held=stopped) == 400:
                 p.states()
             got += take(r, read(c, 0, "queue", "q")["depth"])
         assert got == [f"m{i}" for i in range(400)]

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from typing import Any
 
+from cluster_harness import browse
 from proton import Message
-from proton.reactor import Copy
 
 
 def setup_state(c, i: int) -> None:
@@ -44,13 +44,7 @@ def view(c, i: int) -> dict[str, Any]:
         m.close()
     a = c.admin(i)
     try:
-        rcv = a.create_receiver("ledger", options=Copy())
-        bodies = []
-        try:
-            while True:
-                bodies.append(rcv.receive(timeout=0.5).body)
-        except Exception:
-            pass
+        bodies = browse(a, "ledger")
     finally:
         a.close()
     return {
