@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cluster = PacemakerCluster(
             root, consecutive_free_ports(3), auth=args.auth == "yes", options=options,
             promoted_monitor=args.promoted_monitor, promoted_on_fail=args.promoted_on_fail,
+            load_threshold=args.load_threshold,
         )  # fmt: skip
     else:
         cluster = LocalCluster(
@@ -198,6 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "manager": args.manager,
             "promoted_monitor": args.promoted_monitor if args.manager == "pacemaker" else None,
             "promoted_on_fail": args.promoted_on_fail if args.manager == "pacemaker" else None,
+            "load_threshold": args.load_threshold if args.manager == "pacemaker" else None,
             "rate": args.rate,
             "kills": args.kills,
             "heartbeat": args.heartbeat,
@@ -268,6 +270,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--promoted-on-fail", choices=["demote", "restart"], default="demote",
         help="with --manager pacemaker: on-fail of the Promoted monitor (default demote)",
+    )  # fmt: skip
+    p.add_argument(
+        "--load-threshold", default=None, metavar="PERCENT",
+        help="with --manager pacemaker: the cluster option load-threshold (Pacemaker's default "
+        "80%%: it throttles its actions above twice that per core)",
     )  # fmt: skip
     args = p.parse_args(argv)
     if args.kills < 1:

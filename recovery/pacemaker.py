@@ -120,7 +120,7 @@ def clone_xml(
 """
 
 
-def seed_cib(clone: str) -> str:
+def seed_cib(clone: str, load_threshold: str | None = None) -> str:
     empty = subprocess.run(
         ["cibadmin", "--empty"], capture_output=True, text=True, timeout=10, check=True
     ).stdout
@@ -128,9 +128,15 @@ def seed_cib(clone: str) -> str:
       <cluster_property_set id="cib-bootstrap-options">
         <nvpair id="opt-stonith" name="stonith-enabled" value="false"/>
         <nvpair id="opt-quorum" name="no-quorum-policy" value="ignore"/>
-        <nvpair id="opt-dc" name="dc-deadtime" value="2s"/>
+        <nvpair id="opt-dc" name="dc-deadtime" value="2s"/>{load}
       </cluster_property_set>
     </crm_config>"""
+    load = (
+        f'\n        <nvpair id="opt-load" name="load-threshold" value="{load_threshold}"/>'
+        if load_threshold
+        else ""
+    )
+    options = options.replace("{load}", load)
     return empty.replace("<crm_config/>", options).replace(
         "<resources/>", f"<resources>{clone}</resources>"
     )
@@ -196,6 +202,7 @@ class PacemakerCluster:
         options: str = FAST,
         promoted_monitor: str = "1s",
         promoted_on_fail: str = "demote",
+        load_threshold: str | None = None,
     ) -> None:
         self.root = root
         self.nodes = nodes
@@ -222,7 +229,7 @@ class PacemakerCluster:
             }
         self._ha_login = self.credentials.ha_login() if self.credentials else {}
         clone = clone_xml(params, nodes, promoted_monitor, promoted_on_fail)
-        (root / "cib.xml").write_text(seed_cib(clone))
+        (root / "cib.xml").write_text(seed_cib(clone, load_threshold))
         (root / "corosync.conf").write_text(corosync_conf(root / "log"))
         install(root / "agent", sys.executable)
         shutil.copy(root / "agent" / "qstored", root / "qstored")
