@@ -63,10 +63,13 @@ def parse_timeout(text: str) -> float:
     return value
 
 
-def add_connection_options(parser: argparse.ArgumentParser, *, short_b: bool = True) -> None:
-    """`-b/--broker`, `--ha-admin`, `--timeout` and the login options; SUPPRESS defaults so that
-    a subparser repeating them (options after the verb) does not overwrite a value given before
-    the verb."""
+def add_connection_options(
+    parser: argparse.ArgumentParser, *, short_b: bool = True, ha_admin: bool = True
+) -> None:
+    """`-b/--broker`, `--ha-admin`, `--timeout` and the login options, declared here once for
+    every tool; SUPPRESS defaults (`connect` knows them) so that a subparser repeating them
+    (options after the verb) does not overwrite a value given before the verb. `short_b=False`:
+    the tool gives `-b` a meaning of its own; `ha_admin=False`: the tool always is one."""
     flags = ("-b", "--broker") if short_b else ("--broker",)
     parser.add_argument(
         *flags,
@@ -76,12 +79,13 @@ def add_connection_options(parser: argparse.ArgumentParser, *, short_b: bool = T
         default=argparse.SUPPRESS,
         help=f"broker [USER[/PASS]@][ssl:]HOST[:PORT] (default {DEFAULT_BROKER})",
     )
-    parser.add_argument(
-        "--ha-admin",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="connect as an admin tool (allowed on a backup broker)",
-    )
+    if ha_admin:
+        parser.add_argument(
+            "--ha-admin",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="connect as an admin tool (allowed on a backup broker)",
+        )
     parser.add_argument(
         "--timeout",
         type=parse_timeout,

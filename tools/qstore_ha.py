@@ -33,12 +33,12 @@ from typing import Any
 
 from broker.ha.states import BrokerState, matches
 from qstore.urls import Address, UrlError, parse_client_url
-from tools._login import Login, add_login_options, parse_broker_url
+from tools._login import Login
 from tools._mgmt import (
-    DEFAULT_BROKER,
     DEFAULT_TIMEOUT,
     ManagementClient,
     ToolError,
+    add_connection_options,
     login_of,
     parse_timeout,
     print_json,
@@ -89,24 +89,9 @@ def _expected_state(text: str) -> str:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    """Options every level accepts; SUPPRESS defaults so that repeating them after the verb does
-    not overwrite a value given before it."""
-    parser.add_argument(
-        "-b",
-        "--broker",
-        dest="broker",
-        metavar="BROKER",
-        type=parse_broker_url,
-        default=argparse.SUPPRESS,
-        help=f"broker [USER[/PASS]@][ssl:]HOST[:PORT] (default {DEFAULT_BROKER})",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=parse_timeout,
-        default=argparse.SUPPRESS,
-        metavar="S",
-        help=f"seconds to wait for each broker (default {DEFAULT_TIMEOUT:g})",
-    )
+    """Options every level accepts (before or after the verb): the tools' connection options
+    (always as an HA admin tool) and --cluster-manager."""
+    add_connection_options(parser, ha_admin=False)
     parser.add_argument(
         CLUSTER_MANAGER,
         dest="cluster_manager",
@@ -114,7 +99,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="enable the commands only a cluster manager may use",
     )
-    add_login_options(parser)
 
 
 def _json_option(parser: argparse.ArgumentParser) -> None:

@@ -21,12 +21,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from tools._login import add_login_options, parse_broker_url
+from tools._login import parse_broker_url
 from tools._mgmt import (
     DEFAULT_BROKER,
     ManagementClient,
+    add_connection_options,
     connect,
-    parse_timeout,
     print_json,
     run_tool,
     table,
@@ -135,28 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BROKER",
         help="the broker [USER[/PASS]@][ssl:]HOST[:PORT]; without a value: the brokers view",
     )
-    parser.add_argument(
-        "--broker",
-        dest="broker",
-        type=parse_broker_url,
-        default=argparse.SUPPRESS,
-        metavar="BROKER",
-        help=f"the broker [USER[/PASS]@][ssl:]HOST[:PORT] (default {DEFAULT_BROKER})",
-    )
-    parser.add_argument(
-        "--ha-admin",
-        action="store_true",
-        help="connect as an admin tool (allowed on a backup broker)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=parse_timeout,
-        default=10.0,
-        metavar="S",
-        help="seconds to wait for the broker (default 10)",
-    )
+    add_connection_options(parser, short_b=False)  # -b is the broker or the brokers view
     parser.add_argument("--json", action="store_true", help="print JSON")
-    add_login_options(parser)
     for short, view in (("-q", "queues"), ("-e", "exchanges"), ("-c", "connections")):
         parser.add_argument(short, f"--{view}", action=_View, const=view, help=f"show {view}")
     parser.add_argument("--brokers", action=_View, const="brokers", help="show brokers")
