@@ -29,10 +29,10 @@ from broker.mgmt.node import Management
 from broker.model import Broker
 from broker.net import Server
 from broker.net.limit import ConnectionLimit, ha_reserve
+from broker.restore import restore
 from broker.security import Authenticator, Authorizer, server_context
 from broker.sysmem import max_memory
 from qstore.journal import Journal, faults
-from recovery.startup import restore
 
 log = logging.getLogger("qstore.broker")
 

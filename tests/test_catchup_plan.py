@@ -1,6 +1,6 @@
-"""The catch-up decisions (recovery/catchup.py): tail, snapshot, and where histories diverge."""
+"""The catch-up decisions (broker/ha/catchup.py): tail, snapshot, and where histories diverge."""
 
-from recovery.catchup import BackupPosition, EpochId, common_prefix, plan
+from broker.ha.catchup import BackupPosition, EpochId, common_prefix, plan
 
 A, B = "node-a", "node-b"
 

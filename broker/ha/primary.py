@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from proton import Delivery, Link
 
-from recovery.catchup import BackupPosition, EpochId, plan, snapshot_items
+from broker.ha.catchup import BackupPosition, EpochId, plan, snapshot_items
 
 from . import stream
 from .guard import QueueGuard
