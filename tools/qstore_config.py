@@ -21,9 +21,9 @@ QSTORE_PASSWORD) are described in _login.py.
 
 Options may stand before or after the verb. The queue options become the queue's arguments
 (`qpid.max_size`, `qpid.max_count`, `qpid.policy_type`, `qpid.last_value_queue_key`,
-`qpid.priorities`, `qpid.replicate`, `qstore.dedup-window`), so `queues` shows them back in the same option form. The
-broker validates everything; its refusal (4xx) is printed as one line with exit status 1. A
-usage error exits 2; success 0.
+`qpid.priorities`, `qpid.replicate`, `qstore.dedup-window`), so `queues` shows them back in the
+same option form. The broker validates everything; its refusal (4xx) is printed as one line with
+exit status 1. A usage error exits 2; success 0.
 """
 
 from __future__ import annotations
