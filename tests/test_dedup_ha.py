@@ -6,6 +6,7 @@ acknowledged does not matter to the window)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -115,3 +116,34 @@ def test_a_resend_after_total_failure_and_recovery_is_enqueued_once(cluster: Any
     send(c, q, "orders", ids("m", 11))
     assert rest(c, q, "orders") == []
     assert dropped(c, q, "orders") == 11
+
+
+def test_a_backup_caught_up_by_snapshot_holds_the_window_and_drops_a_resend(cluster: Any) -> None:
+    """Member 2 comes back empty after a total restart: the promoted member's recent log starts
+    at its restart, so member 2 gets a snapshot (tests/test_ha_replication.py). The snapshot
+    carries the window, consumed ids included; after a fail-over to member 2 a resend is
+    dropped, and so after member 2 restarts on its own journal."""
+    c = cluster(3, extra=WINDOW)
+    send(c, 0, "orders", ids("m", 10))
+    assert consume(c, 0, "orders", 4) == ids("m", 4)
+    wait_depth(c, range(3), "orders", 6)
+    for i in range(3):
+        c.kill(i)
+    shutil.rmtree(c.data_dir(2))
+    for i in range(3):
+        c.start(i)
+    c.wait(lambda: all(c.state(i) == "joining" for i in range(3)), "every member joining")
+    c.start_primary(0)
+    assert "snapshot" in c.log(0).split("epoch")[-1]
+    wait_depth(c, range(3), "orders", 6)
+    c.kill(2)  # member 2 restarts from the journal the snapshot wrote
+    c.start(2)
+    c.wait_states({0: "active", 2: "ready"})
+    c.kill(0)
+    c.kill(1)
+    code, desc = c.promote(2)
+    assert code == 200, desc
+    c.wait(lambda: c.state(2) == "active", "member 2 primary")
+    send(c, 2, "orders", ids("m", 11))
+    assert rest(c, 2, "orders") == ids("m", 7, start=4)
+    assert dropped(c, 2, "orders") == 10

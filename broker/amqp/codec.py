@@ -417,6 +417,16 @@ def message_id(data: bytes) -> bytes | None:
     return None
 
 
+def id_only(message_id: bytes) -> bytes:
+    """A message of nothing but a properties section with `message_id` (as `extract` gives it):
+    what a snapshot sends a backup for a consumed message whose id is still in a dedup window,
+    so that the backup's window, and its journal's, hold it too."""
+    n = len(message_id) + 1
+    if n <= 255:
+        return b"\x00\x53\x73\xc0" + bytes((n, 1)) + message_id
+    return b"\x00\x53\x73\xd0" + _U32.pack(n + 3) + _U32.pack(1) + message_id
+
+
 def decode(data: bytes, check: bool = True) -> AmqpMessage:
     """A full proton decode (management requests), after the same checks as `extract`."""
     if check:

@@ -159,6 +159,10 @@ class Broker(Registry):
             self._next_id = id + 1
         return id
 
+    def take_id(self) -> int:
+        """A message id no message has or will have (a snapshot's dedup window entries)."""
+        return self._take_id(None)
+
     def restore_message(self, queue: str, id: int, message: Message) -> QueuedMessage:
         """Put a message back exactly as the journal or the primary had it: at the back, with its
         id and `message.delivery_count`, bypassing limits and last-value replacement (its source
