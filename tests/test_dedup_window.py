@@ -3,10 +3,12 @@ are in tests/test_dedup_broker.py and tests/test_dedup_ha.py."""
 
 from __future__ import annotations
 
+import json
 import sys
 import tracemalloc
 from pathlib import Path
 
+from inspect_support import run
 from journal_helpers import seqs_held, state_of, uid
 from proton import Message as AmqpMessage
 
@@ -155,3 +157,22 @@ def test_journal_keeps_a_consumed_messages_records_while_its_id_is_in_the_window
         q = j.replay().queues["q"]
         assert [(m, live) for m, _, live in q.window_seqs()] == [(4, True), (5, True)]
         assert j.replay().snapshot() == state_of(before).snapshot()
+
+
+def test_qstore_journal_dedup_shows_the_window(tmp_path: Path) -> None:
+    with Journal(tmp_path) as j:
+        j.append(QueueDeclare("q", uid(1), {"qstore.dedup-window": 3}))
+        for n, mid in enumerate(["A", None, "C", "D"], start=1):
+            j.append(Enqueue("q", n, amqp(f"m{n}", mid)))
+        j.append(Dequeue("q", 3))  # C consumed: still in the window
+        j.append(QueueDeclare("plain", uid(2)))
+    cp = run("dedup", tmp_path, "--queue", "q")
+    assert cp.returncode == 0, cp.stderr
+    rows = [ln.split() for ln in cp.stdout.splitlines()]
+    assert [r[2:] for r in rows[1:4]] == [["live", "-"], ["consumed", "C"], ["live", "D"]]
+    assert rows[-1][:3] == ["3", "of", "3"]
+    cp = run("dedup", tmp_path, "--queue", "q", "--json")
+    assert [json.loads(ln)["message_id"] for ln in cp.stdout.splitlines()] == [None, "C", "D"]
+    assert "no dedup window" in run("dedup", tmp_path, "--queue", "plain").stdout
+    cp = run("dedup", tmp_path, "--queue", "nope")
+    assert cp.returncode == 1 and "no queue 'nope'" in cp.stderr
