@@ -176,3 +176,33 @@ def test_qstore_journal_dedup_shows_the_window(tmp_path: Path) -> None:
     assert "no dedup window" in run("dedup", tmp_path, "--queue", "plain").stdout
     cp = run("dedup", tmp_path, "--queue", "nope")
     assert cp.returncode == 1 and "no queue 'nope'" in cp.stderr
+
+
+def test_an_id_counts_only_once_its_publish_is_answered_accepted() -> None:
+    """A resend answered `accepted` on the strength of an original whose write then failed
+    would be lost: the window holds an id from its put, but it counts only once settled."""
+    w = DedupWindow(3)
+    w.add(b"a")
+    slot = w.hold(b"a")
+    assert b"a" not in w  # its journal write (or the backups) may still fail
+    w.settled(b"a", slot)
+    assert b"a" in w
+    w.add(b"b")
+    w.hold(b"b")  # this publish failed: never settled
+    assert b"b" not in w
+    w.add(b"b")  # the resend, stored
+    w.settled(b"b", w.hold(b"b"))
+    assert b"b" in w
+    w.add(b"c")  # "a" leaves
+    assert b"b" in w
+    w.add(b"d")  # the failed "b" leaves; the stored one stays
+    assert b"b" in w and w.entries() == [b"b", b"c", b"d"]
+    w.add(b"e")
+    w.add(b"f")
+    assert b"b" not in w and w.ids == 3
+    w.add(b"g")
+    w.hold(b"g")
+    w.add(b"h")
+    w.add(b"i")
+    w.add(b"j")  # an unsettled slot leaving takes its hold along
+    assert b"g" not in w and w._unsettled == {}

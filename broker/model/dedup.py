@@ -20,16 +20,43 @@ from collections.abc import Iterable
 class DedupWindow:
     """The last `size` message-ids, oldest first; membership in O(1)."""
 
-    __slots__ = ("_count", "_order", "dropped", "size")
+    __slots__ = ("_added", "_count", "_order", "_unsettled", "dropped", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._order: deque[bytes | None] = deque()
+        self._added = 0  # slots ever added: the newest slot is number _added - 1
         self._count: dict[bytes, int] = {}  # id -> slots holding it (1 unless the window reset)
+        # id -> numbers of its slots whose publish has no outcome yet (or failed): they do not
+        # count, because a resend answered `accepted` on their strength would be lost if their
+        # write failed
+        self._unsettled: dict[bytes, list[int]] = {}
         self.dropped = 0  # duplicates not enqueued, since the broker started
 
     def __contains__(self, message_id: bytes) -> bool:
-        return message_id in self._count
+        """The window holds `message_id` from a message that is stored (a publish that was
+        answered `accepted`, a replicated or restored message)."""
+        n = self._count.get(message_id)
+        if n is None:
+            return False
+        unsettled = self._unsettled.get(message_id)
+        return unsettled is None or n > len(unsettled)
+
+    def hold(self, message_id: bytes) -> int:
+        """The message just put with this id awaits its outcome (journal, backups): its slot
+        does not count until `settled(message_id, slot)`; the slot's number."""
+        slot = self._added - 1
+        self._unsettled.setdefault(message_id, []).append(slot)
+        return slot
+
+    def settled(self, message_id: bytes, slot: int) -> None:
+        """That publish was answered `accepted`: the id counts. (One that failed stays
+        unsettled until it leaves the window: its message was not stored.)"""
+        slots = self._unsettled.get(message_id)
+        if slots is not None and slot in slots:
+            slots.remove(slot)
+            if not slots:
+                del self._unsettled[message_id]
 
     def __len__(self) -> int:
         return len(self._order)
@@ -43,6 +70,7 @@ class DedupWindow:
         """A message was put on the queue: its id enters, the oldest leaves if full."""
         order = self._order
         if len(order) >= self.size:
+            oldest = self._added - len(order)  # the number of the slot that leaves
             old = order.popleft()
             if old is not None:
                 count = self._count
@@ -51,7 +79,11 @@ class DedupWindow:
                     count[old] = n
                 else:
                     del count[old]
+                slots = self._unsettled.get(old)
+                if slots is not None:  # the slot leaving may be one that never settled
+                    self.settled(old, oldest)
         order.append(message_id)
+        self._added += 1
         if message_id is not None:
             count = self._count
             count[message_id] = count.get(message_id, 0) + 1
@@ -60,6 +92,8 @@ class DedupWindow:
         """Replace the window with `ids`, oldest first (restore; a snapshot)."""
         self._order.clear()
         self._count.clear()
+        self._unsettled.clear()
+        self._added = 0
         for i in ids:
             self.add(i)
 
