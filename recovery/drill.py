@@ -322,8 +322,10 @@ def main(argv: list[str] | None = None) -> None:
         help=f"qstore.dedup-window of the queue {DEDUP_QUEUE} (default {DEFAULT_WINDOW})",
     )  # fmt: skip
     args = p.parse_args(argv)
-    if args.messages < 1 or args.kills < 0 or args.dedup_window < 1:
-        p.error("--messages and --dedup-window must be >= 1 and --kills >= 0")
+    if args.messages < 1 or args.kills < 0:
+        p.error("--messages must be >= 1 and --kills >= 0")
+    if args.dedup_window < 1:
+        p.error("--dedup-window must be >= 1 (the queue drill is the one without a window)")
     try:
         report = run(args)
     except (TimeoutError, RuntimeError) as exc:
