@@ -25,7 +25,7 @@ per case:
     .venv/bin/python bench/broker_bench.py [--messages 20000] [--windows 100,1000]
         [--senders 1,4] [--size 1024] [--auth no|yes|both] [--rounds 1]
         [--exchange amq.topic [--subjects 100]] [--baseline DIR] [--profile broker.prof]
-        [--no-prefetch1]
+        [--no-prefetch1] [--dedup-window N]
 
 `--auth both` runs every case on a broker without authentication and on one with it, `--rounds`
 times: both brokers (fresh each round) are started first, then each case runs on one and at once
@@ -109,6 +109,13 @@ def pct(values: list[float], p: float) -> float:
 # -- the broker ------------------------------------------------------------------------------
 
 
+# `--dedup-window N`: every queue gets a dedup window (qstored --dedup-window) and every message
+# its own message-id (BENCH_MESSAGE_IDS, read by the sender workers); N=0 gives the ids without
+# windows, the A side of an A/B of the window's cost.
+BROKER_EXTRA: list[str] = []
+IDS_ENV = "BENCH_MESSAGE_IDS"
+
+
 class Broker:
     """A `qstored` subprocess on 127.0.0.1, an OS-chosen port, a temporary data directory: the
     variant's code with its security options (`--auth no`, or authentication and the ACL)."""
@@ -130,6 +137,7 @@ class Broker:
             *security.broker_args,
             "--log-level",
             "warning",
+            *BROKER_EXTRA,
         ]
         if profile is None:
             cmd = [variant.python, "-m", "broker.main", *args]
@@ -203,6 +211,10 @@ def worker_send(
         encodings = [
             Message(body=body, durable=True, subject=f"{SUBJECT_PREFIX}load.{i}").encode()
             for i in range(subjects)
+        ]
+    elif os.environ.get(IDS_ENV):  # --dedup-window: each message its own id, encoded ahead
+        encodings = [
+            Message(body=body, durable=True, id=f"{os.getpid()}:{i}").encode() for i in range(count)
         ]
     else:
         encodings = [Message(body=body, durable=True).encode()]
@@ -609,7 +621,17 @@ def main() -> None:
         default=True,
         help="also run senders=1 window=1000 with a proton prefetch=1 receiver (default: yes)",
     )
+    ap.add_argument(
+        "--dedup-window",
+        type=int,
+        default=None,
+        metavar="N",
+        help="qstored --dedup-window N, and a message-id on every message (0: ids, no window)",
+    )
     args = ap.parse_args()
+    if args.dedup_window is not None:
+        BROKER_EXTRA[:] = ["--dedup-window", str(args.dedup_window)]
+        os.environ[IDS_ENV] = "1"
     try:
         windows = [int(x) for x in args.windows.split(",")]
         sender_counts = [int(x) for x in args.senders.split(",")]

@@ -89,6 +89,10 @@ GOAL_CPU_MS = 150.0  # all three cluster brokers, CPU ms per 1000 messages sent 
 # -- brokers -----------------------------------------------------------------------------------
 
 
+# --dedup-window N: the members' qstored options for it (see main)
+DEDUP_EXTRA: list[str] = []
+
+
 class Node:
     """One `qstored` process on 127.0.0.1 with its own data directory under `base`."""
 
@@ -122,6 +126,7 @@ class Node:
             "--log-level",
             "warning",
             *extra,
+            *DEDUP_EXTRA,
         ]
         if profile is None:
             cmd = [variant.python, "-m", "broker.main", *args]
@@ -688,7 +693,20 @@ def main() -> None:
         "where the primary spends more",
     )
     ap.add_argument("--top", type=int, default=30, help="functions to print with --profile")
+    ap.add_argument(
+        "--dedup-window",
+        type=int,
+        default=None,
+        metavar="N",
+        help="qstored --dedup-window N on every member, and a message-id on every message "
+        "(0: the ids without windows, for an A/B; see broker_bench)",
+    )
     args = ap.parse_args()
+    if args.dedup_window is not None:
+        from broker_bench import IDS_ENV
+
+        DEDUP_EXTRA[:] = ["--dedup-window", str(args.dedup_window)]
+        os.environ[IDS_ENV] = "1"  # the sender workers (broker_bench's) give each message an id
     if min(args.messages, args.size, args.rounds, args.subjects) <= 0:
         ap.error("--messages, --size, --rounds and --subjects must be positive")
     if args.baseline is not None:

@@ -102,6 +102,7 @@ class BrokerConfig:
     heartbeat: float = 60.0
     max_connections: int = 500  # as qpidd
     default_queue_limit: int = DEFAULT_QUEUE_LIMIT  # bytes; 0: none
+    dedup_window: int = 0  # qstore.dedup-window of new queues that set none; 0: off
     max_memory: int | Share = DEFAULT_MAX_MEMORY  # bytes (0: none) or a share of the memory
     max_frame_size: int = 65536
     max_message_size: int = 16 << 20  # as RabbitMQ 4; 0: no limit
@@ -402,6 +403,14 @@ OPTIONS: tuple[Option, ...] = (
         "size limit (qpid.max_size) of each queue that sets neither qpid.max_size nor "
         "qpid.max_count, temporary queues included; producers are flow-stopped at 80%% of it. "
         "Each broker applies its own (give cluster members the same); 0: none",
+    ),
+    Option(
+        "dedup-window",
+        _integer(0, 100_000_000),
+        "N",
+        "qstore.dedup-window of each new queue that sets none (a connection's private queues "
+        "excepted): a message whose message-id is among those of the queue's last N messages "
+        "is accepted and not enqueued again (a producer's resend); 0: off",
     ),
     Option(
         "max-memory",

@@ -47,6 +47,7 @@ class BrokerService:
         self.ha: HaDriver | None = None
         self.model = Broker()
         self.model.default_queue_limit = cfg.default_queue_limit  # before restore: it is a setting
+        self.model.default_dedup_window = cfg.dedup_window  # new queues only: see Registry
         t0 = time.monotonic()
         self.journal = Journal(
             cfg.data_dir, map_size=cfg.journal_max_size, commit=faults.from_environment()

@@ -237,29 +237,43 @@ def drain(
     *,
     options: Mapping[str, Any] | None = None,
 ) -> list[Any]:
+    """Every body left at `address` (a FIFO queue): those of `drain_marked`."""
+    return [body for body, _ in drain_marked(addresses, address, timeout, options=options)]
+
+
+def drain_marked(
+    addresses: list[str],
+    address: str,
+    timeout: float = 30.0,
+    *,
+    options: Mapping[str, Any] | None = None,
+) -> list[tuple[Any, bool]]:
     """Every body left at `address` (a FIFO queue), through qstore.client (failing over as need
-    be), acknowledged. A marker is sent last and read up to: the end is known, not guessed from
-    a silence; TimeoutError if the next message does not come within `timeout` seconds.
-    `options`: more keywords of `Connection.establish` (the login: `client_options()`)."""
+    be), acknowledged, each with whether the broker marked its delivery a redelivery (not the
+    first acquirer: an earlier delivery's acknowledgement was lost), which tells a consumer's
+    redelivery from a second copy of the message. A marker is sent last and read up to: the end
+    is known, not guessed from a silence; TimeoutError if the next message does not come within
+    `timeout` seconds. `options`: more keywords of `Connection.establish` (the login:
+    `client_options()`). Tuples, not the Messages: a drill drains hundreds of thousands."""
     conn = Connection.establish(
         addresses[0], reconnect=True, reconnect_urls=addresses, heartbeat=1, timeout=30,
         **(options or {}),
     )  # fmt: skip
-    got: list[Any] = []
+    got: list[tuple[Any, bool]] = []
     try:
         ssn = conn.session()
         ssn.sender(address, timeout=timeout).send(Message(body=END, durable=True), timeout=timeout)
         rcv = ssn.receiver(address, capacity=1000, timeout=timeout)
         while True:
             try:
-                body = rcv.fetch(timeout=timeout).body
+                msg = rcv.fetch(timeout=timeout)
             except Empty:
                 raise TimeoutError(
                     f"draining {address!r}: no end marker after {len(got)} messages"
                 ) from None
-            if body == END:
+            if msg.body == END:
                 break
-            got.append(body)
+            got.append((msg.body, msg.delivery_count > 0 or not msg.first_acquirer))
             if len(got) % 500 == 0:
                 ssn.acknowledge()
         ssn.acknowledge()

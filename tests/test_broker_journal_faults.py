@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from broker_clients import TIMEOUT, body, fetch
 from broker_harness import Brokers
 from flood import flood, journal_status, qstore_stat, stat_journal, wait_journal
-from proton.utils import BlockingConnection
+from proton import Delivery, Message
+from proton.utils import BlockingConnection, SendException
 from small_fs import small_fs
 
 from qstore.journal import JournalReader
@@ -114,3 +116,28 @@ def test_a_write_error_at_commit_refuses_with_internal_error_and_clears_when_the
     assert _live_in_journal(b.data_dir) == 40
     b = brokers.start(data_dir=b.data_dir, args=args)
     assert sorted(fetch(b.url, "q")) == list(range(20)) + list(range(200, 220))
+
+
+def test_a_resend_of_a_message_whose_write_failed_is_stored_not_dropped_as_a_duplicate(
+    brokers: Brokers, tmp_path: Path
+) -> None:
+    """The dedup window takes an id only from a message that was stored: a message refused
+    because its write failed, sent again once the fault is gone, is stored (a dedup window that
+    answered `accepted` for it would lose it)."""
+    fault = tmp_path / "journal-fault"
+    args = ["--auto-create", "yes", "--dedup-window", "100"]
+    b = brokers.start(args=args, env={ENV_VAR: str(fault)})
+    conn = BlockingConnection(b.url, timeout=TIMEOUT)
+    try:
+        snd = conn.create_sender("q")
+        snd.send(Message(id="m-0", body=0, durable=True))
+        fault.write_text("EIO")
+        with pytest.raises(SendException) as refused:
+            snd.send(Message(id="m-1", body=1, durable=True))
+        assert refused.value.state == Delivery.REJECTED
+        fault.unlink()
+        snd.send(Message(id="m-1", body=1, durable=True))  # the resend: stored this time
+        snd.send(Message(id="m-0", body=0, durable=True))  # a true duplicate: dropped
+    finally:
+        conn.close()
+    assert sorted(fetch(b.url, "q")) == [0, 1]

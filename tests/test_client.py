@@ -105,6 +105,28 @@ def test_round_trip_and_fetch_timeout(conn: Connection) -> None:
         rcv.fetch(timeout=0)
 
 
+def test_sender_gives_each_message_an_id_and_leaves_the_applications_message_as_it_was(
+    broker: BrokerProcess, conn: Connection
+) -> None:
+    q = qname()
+    ssn = conn.session()
+    dedup = "node: {x-declare: {arguments: {'qstore.dedup-window': 100}}}"
+    snd = ssn.sender(create(q, dedup), timeout=T)
+    m = Message(body="same object")
+    snd.send(m, timeout=T)
+    snd.send(m, timeout=T)  # the same object sent again is a new message: a new id
+    assert m.id is None
+    snd.send(Message(id="mine", body="own id"), timeout=T)
+    snd.send(Message(id="mine", body="own id again"), timeout=T)  # the application's resend
+    rcv = ssn.receiver(q, timeout=T)
+    got = [rcv.fetch(timeout=T) for _ in range(3)]
+    ssn.acknowledge()
+    assert [g.body for g in got] == ["same object", "same object", "own id"]
+    a, b = got[0].id, got[1].id
+    assert isinstance(a, str) and a != b and a.rsplit(":", 1)[0] == b.rsplit(":", 1)[0]
+    wait_empty(broker.url, q)
+
+
 def test_sync_and_async_sends(broker: BrokerProcess, conn: Connection) -> None:
     q = qname()
     ssn = conn.session()

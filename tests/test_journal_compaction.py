@@ -45,7 +45,8 @@ BIG = b"big body " * (COMPRESS_THRESHOLD // 8)  # compressed on the way in
 
 queue_name = st.sampled_from(QUEUES)
 exchange_name = st.sampled_from(EXCHANGES)
-arguments = st.sampled_from([{}, {"qpid.max_count": 5}])
+# a dedup window keeps a consumed message's records until 2 later enqueues (state.py)
+arguments = st.sampled_from([{}, {"qpid.max_count": 5}, {"qstore.dedup-window": 2}])
 stale = st.sampled_from([False, False, True])  # a delete naming an older incarnation
 
 OPS = st.one_of(

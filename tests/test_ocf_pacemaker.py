@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from recovery.drill import ADDRESS, Load, Report, compare
-from recovery.localcluster import consecutive_free_ports, drain
+from recovery.drill import ADDRESS, Load, QueueReport, compare
+from recovery.localcluster import consecutive_free_ports, drain_marked
 from recovery.pacemaker import PacemakerCluster, unavailable
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
@@ -104,8 +104,8 @@ def test_pacemaker_promotes_one_and_fails_over_to_a_ready_backup(cluster: Pacema
         cluster,
     )
     assert cluster.promoted() == second
-    report = Report("pacemaker")
-    compare(report, load.sent, acked, drain(cluster.addresses, ADDRESS))
+    report = QueueReport()
+    compare(report, load.sent, acked, drain_marked(cluster.addresses, ADDRESS))
     assert report.lost == 0 and report.unexpected == 0, report
     assert report.acknowledged >= at_failover + 100
     print(f"cluster up in {up:.1f}s; fail-over in {failover:.2f}s; {report.acknowledged} acked")

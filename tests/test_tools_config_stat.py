@@ -243,7 +243,9 @@ def test_stat_views_with_real_counts(url: str) -> None:
         text = ok("qstore_stat", "-b", url, "-q")
         line = next(ln for ln in text.splitlines() if ln.startswith("work "))
         assert work["flowStopped"] is False and work["flowStoppedCount"] == 0
-        assert line.split() == ["work", "Y", "3", str(work["bytes"]), "4", "1", "1", "0", "all"]
+        assert line.split() == [
+            "work", "Y", "3", str(work["bytes"]), "4", "1", "1", "0", "all", "-", "0"
+        ]  # fmt: skip
 
         exchanges = {x["name"]: x for x in stat_json(url, "-e")}
         assert exchanges["amq.direct"]["routed"] == 1
@@ -271,6 +273,21 @@ def test_stat_views_with_real_counts(url: str) -> None:
     assert broker["statistics"]["dropped"] == 1
     text = ok("qstore_stat", "--brokers", "--broker", url)
     assert "standalone" in text and broker["node-id"] in text
+
+
+def test_dedup_window_set_by_config_and_counted_by_stat(url: str) -> None:
+    config(url, "add", "queue", "once", "--durable", "--dedup-window", "100")
+    config(url, "add", "queue", "plain")
+    assert config_json(url, "queues")["once"]["arguments"] == {"qstore.dedup-window": 100}
+    assert "--dedup-window=100" in config(url, "queues")
+    for q in ("once", "plain"):
+        send(url, q, *(Message(id=f"m{i % 2}", body=i, durable=True) for i in range(5)))
+    queues = {q["name"]: q for q in stat_json(url, "-q")}
+    assert (queues["once"]["depth"], queues["once"]["duplicatesDropped"]) == (2, 3)
+    assert (queues["plain"]["depth"], queues["plain"]["duplicatesDropped"]) == (5, 0)
+    assert queues["once"]["dedupWindow"] == 100 and queues["plain"]["dedupWindow"] == 0
+    line = next(ln for ln in ok("qstore_stat", "-b", url, "-q").splitlines() if "once" in ln)
+    assert line.split()[-2:] == ["100", "3"]
 
 
 def test_unreachable_broker_is_one_line(tmp_path: Path) -> None:

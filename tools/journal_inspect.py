@@ -261,6 +261,49 @@ def _message_columns(body: bytes, full: bool) -> list[str]:
     return [mid, "-" if v.subject is None else value_text(v.subject), body_text(v, full)]
 
 
+# -- dedup ------------------------------------------------------------------------------------
+
+
+def cmd_dedup(args: argparse.Namespace, out: TextIO) -> int:
+    """A queue's dedup window as replay rebuilds it: the message-id of each of its last N
+    messages, oldest first, live or consumed (the journal keeps those records for it)."""
+    with open_reader(args.dir) as reader:
+        with Progress(reader.count(), "replaying") as progress:
+            st = replay(reader, args.dir, progress, bodies=False)
+        q = st.queues.get(args.queue)
+        if q is None:
+            known = ", ".join(repr(n) for n in st.queues) or "none"
+            raise Fail(
+                f"{args.dir}: no queue {args.queue!r} in the journal (queues: {known})", EXIT_FOUND
+            )
+        window = [
+            (msgid, seq, live, _window_id(_stored_message(reader, seq, args.dir)))
+            for msgid, seq, live in q.window_seqs()
+        ]
+    if args.json:
+        for msgid, seq, live, mid in window:
+            row = {"msgid": msgid, "seq": seq, "live": live, "message_id": mid}
+            out.write(dumps(row) + "\n")
+        return EXIT_OK
+    rows = [["MSGID", "SEQ", "STATE", "MESSAGE-ID"]]
+    for msgid, seq, live, mid in window:
+        rows.append([str(msgid), str(seq), "live" if live else "consumed", mid or "-"])
+    out.writelines(line + "\n" for line in table(rows))
+    if not q.window_size:
+        out.write(f"queue {q.name!r} has no dedup window (qstore.dedup-window)\n")
+    else:
+        out.write(f"{len(window)} of {q.window_size} in the dedup window of queue {q.name!r}\n")
+    return EXIT_OK
+
+
+def _window_id(body: bytes) -> str | None:
+    try:
+        v = decode_message(body)
+    except Undecodable:
+        return None
+    return None if v.message_id is None else value_text(v.message_id)
+
+
 # -- find -------------------------------------------------------------------------------------
 
 
@@ -457,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = verb("messages", "live messages of a queue after replay, as the application sent them")
     m.add_argument("--queue", required=True, metavar="Q", help="the queue")
     _body_option(m)
+    dd = verb("dedup", "a queue's dedup window after replay: message-ids, oldest first")
+    dd.add_argument("--queue", required=True, metavar="Q", help="the queue")
     df = verb("diff", "first position where two journals diverge, or replicated-state difference")
     df.add_argument("dir2", metavar="DIR2", help="the other data directory")
     _body_option(
@@ -529,6 +574,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "dump": cmd_dump,
     "verify": cmd_verify,
     "messages": cmd_messages,
+    "dedup": cmd_dedup,
     "diff": cmd_diff,
     "export": cmd_export,
     "salvage": cmd_salvage,

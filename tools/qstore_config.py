@@ -6,7 +6,8 @@ The seed's qpid-config, over the broker's `$management` node:
       add queue NAME [--durable] [--replicate all|configuration|none] [--max-queue-size N]
                      [--max-queue-count N] [--limit-policy ring|reject] [--lvq-key K]
                      [--priorities N] [--flow-stop-size N] [--flow-stop-count N]
-                     [--flow-resume-size N] [--flow-resume-count N] [--argument K=V ...]
+                     [--flow-resume-size N] [--flow-resume-count N] [--dedup-window N]
+                     [--argument K=V ...]
       del queue NAME [--force]
       add exchange TYPE NAME [--durable] [--replicate L] [--argument K=V ...]
       del exchange NAME
@@ -20,9 +21,9 @@ QSTORE_PASSWORD) are described in _login.py.
 
 Options may stand before or after the verb. The queue options become the queue's arguments
 (`qpid.max_size`, `qpid.max_count`, `qpid.policy_type`, `qpid.last_value_queue_key`,
-`qpid.priorities`, `qpid.replicate`), so `queues` shows them back in the same option form. The
-broker validates everything; its refusal (4xx) is printed as one line with exit status 1. A
-usage error exits 2; success 0.
+`qpid.priorities`, `qpid.replicate`, `qstore.dedup-window`), so `queues` shows them back in the
+same option form. The broker validates everything; its refusal (4xx) is printed as one line with
+exit status 1. A usage error exits 2; success 0.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ QUEUE_ARGUMENTS = (
     ("flow_resume_size", "qpid.flow_resume_size", "--flow-resume-size"),
     ("flow_resume_count", "qpid.flow_resume_count", "--flow-resume-count"),
     ("replicate", "qpid.replicate", "--replicate"),
+    ("dedup_window", "qstore.dedup-window", "--dedup-window"),
 )
 
 
@@ -155,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     for option, text in flow:
         aq.add_argument(option, type=_count, metavar="N", help=text)
+    aq.add_argument(
+        "--dedup-window",
+        type=_count,
+        metavar="N",
+        help="keep the message-ids of the last N messages: a message whose id is among them "
+        "(a producer's resend) is accepted and not enqueued again (qstore.dedup-window; 0: off)",
+    )
     _arguments_option(aq, "queue")
 
     ax = add_kinds.add_parser("exchange", help="add an exchange: add exchange TYPE NAME [options]")

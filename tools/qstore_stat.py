@@ -39,7 +39,9 @@ REPLICATE = "qpid.replicate"
 HELP = f"""\
 views (choose one; default -b):
   -q, --queues       queues: depth, bytes, enqueues, dequeues, consumers, flow control
-                     (flow: Y while flow-stopped; stops: times it was), replication
+                     (flow: Y while flow-stopped; stops: times it was), replication,
+                     dedup window (dedup: its size, -: none; dups: messages not enqueued
+                     as their message-id was in it)
   -e, --exchanges    exchanges: type, routed, dropped, bindings
   -c, --connections  connections: peer, container, links, admin
   -b, --brokers      brokers: name, state, node id, pid, data dir, journal, statistics (with
@@ -67,6 +69,8 @@ QUEUE_COLUMNS = (
     "flow",
     "stops",
     "replication",
+    "dedup",
+    "dups",
 )
 _BROKERS_VIEW = object()  # what `-b` without a value stands for
 
@@ -162,6 +166,8 @@ def queue_rows(client: ManagementClient, default_replication: str) -> list[dict[
                 "flowStopped": bool(q.get("flowStopped")),
                 "flowStoppedCount": q.get("flowStoppedCount", 0),
                 "replication": str(args.get(REPLICATE) or default_replication),
+                "dedupWindow": q.get("dedupWindow", 0),
+                "duplicatesDropped": q.get("duplicatesDropped", 0),
             }
         )
     return sorted(out, key=lambda r: r["name"])
@@ -273,6 +279,8 @@ def render(view: str, rows: list[dict[str, Any]]) -> str:
                     _yes(r["flowStopped"]),
                     r["flowStoppedCount"],
                     r["replication"],
+                    r["dedupWindow"] or "-",
+                    r["duplicatesDropped"],
                 )
                 for r in rows
             ],

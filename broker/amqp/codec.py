@@ -307,7 +307,7 @@ def extract(data: bytes, now: float) -> tuple[Message, Decoded]:
     durable = False
     priority = 4
     ttl = delivery_count = 0
-    subject = address = None
+    subject = address = message_id = None
     props: dict[str, Any] = {}
     rank = -1
     last = i = 0
@@ -343,6 +343,8 @@ def extract(data: bytes, now: float) -> tuple[Message, Decoded]:
                     delivery_count = _uint(b, f[4])
             elif code == PROPERTIES:
                 f, k = _elements(b, v, end, "properties")
+                if k and b[f[0]] != 0x40:  # the message-id as encoded: the dedup window's key
+                    message_id = bytes(b[f[0] : f[1] if k > 1 else end])
                 if k > 2:
                     address = _text(b, f[2])
                 if k > 3:
@@ -382,8 +384,47 @@ def extract(data: bytes, now: float) -> tuple[Message, Decoded]:
         subject=subject,
         properties=props,
         delivery_count=delivery_count,
+        message_id=message_id,
     )
     return message, Decoded(data, address)
+
+
+def message_id(data: bytes) -> bytes | None:
+    """The message-id of a message the broker stored (its encoding as sent, as `extract` gives
+    it), None if it has none: a replica or a restored message, whose bytes `extract` checked
+    when they first came in, on a queue with a dedup window. Only the sections before the
+    properties are walked, and only their sizes."""
+    b = data
+    n = len(b)
+    i = 0
+    try:
+        while i < n and b[i] == 0:
+            if b[i + 1] == 0x53:
+                code, v = _SECTIONS.get(b[i + 2]), i + 3
+            else:
+                code, v = _descriptor(b, i, n)
+            if code is None or code > PROPERTIES:
+                return None
+            end = _end(b, v, n)
+            if code == PROPERTIES:
+                f, k = _elements(b, v, end, "properties")
+                if not k or b[f[0]] == 0x40:
+                    return None
+                return bytes(b[f[0] : f[1] if k > 1 else end])
+            i = end
+    except (IndexError, struct.error, BadMessage, RecursionError):
+        return None
+    return None
+
+
+def id_only(message_id: bytes) -> bytes:
+    """A message of nothing but a properties section with `message_id` (as `extract` gives it):
+    what a snapshot sends a backup for a consumed message whose id is still in a dedup window,
+    so that the backup's window, and its journal's, hold it too."""
+    n = len(message_id) + 1
+    if n <= 255:
+        return b"\x00\x53\x73\xc0" + bytes((n, 1)) + message_id
+    return b"\x00\x53\x73\xd0" + _U32.pack(n + 3) + _U32.pack(1) + message_id
 
 
 def decode(data: bytes, check: bool = True) -> AmqpMessage:

@@ -55,6 +55,7 @@ from . import codec
 from .limits import MESSAGE_SIZE_EXCEEDED, NO_LIMIT, RESOURCE_LIMIT, TRANSFER_LIMIT_EXCEEDED
 
 if TYPE_CHECKING:
+    from broker.model.dedup import DedupWindow
     from broker.net import ConnectionDriver
 
     from .connection import AmqpConnection
@@ -359,8 +360,20 @@ class IncomingLink(SizeLimited):
             return result
         if pending is None:
             self._settle(dlv, None)
-        else:
+            return result
+        windows = _hold_ids(model, result, message.message_id)
+        if windows is None:
             pending.when_done(lambda err: self._settle(dlv, err, result))
+        else:
+            mid = message.message_id
+
+            def done(err: BaseException | None) -> None:
+                if err is None:
+                    for w, slot in windows:
+                        w.settled(mid, slot)
+                self._settle(dlv, err, result)
+
+            pending.when_done(done)
         return result
 
     def _check_relay(self, node: Queue | Exchange, subject: str | None) -> None:
@@ -539,3 +552,20 @@ class OutgoingLink:
         self._flows.forget(self)
         self.conn.core.model.unsubscribe(self.consumer)
         self.conn.core.outbox.schedule()
+
+
+def _hold_ids(
+    model: Any, result: Any, message_id: bytes | None
+) -> list[tuple[DedupWindow, int]] | None:
+    """The dedup windows that took this message's id, with its slot, held there until the
+    publish is answered (None: none did): a resend is recognised only once the original is
+    stored."""
+    if message_id is None or result.id is None:
+        return None
+    windows = None
+    for name in result.queues:
+        q = model.queues.get(name)
+        w = q.dedup if q is not None else None
+        if w is not None:
+            windows = [*(windows or ()), (w, w.hold(message_id))]
+    return windows

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from broker.amqp import codec
 from broker.ha import levels, stream
 from broker.ha.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item
-from broker.model import Broker
-from qstore.journal import Bind, Enqueue, ExchangeDeclare, QueueDeclare
+from broker.model import Broker, Queue
+from qstore.journal import Bind, Dequeue, Enqueue, ExchangeDeclare, QueueDeclare
 
 
 @dataclass(frozen=True)
@@ -144,12 +145,30 @@ def snapshot_items(
     for q in model.queues.values():
         if queue_level(q.name) != levels.ALL:
             continue
+        if q.dedup is not None:
+            yield from _window_items(model, q, epoch, seq)
         for qm in q.messages():
             m = qm.message
             expiry = int(m.expiry * 1000) if m.expiry else 0
             rec = Enqueue(q.name, qm.id, m.body, m.priority, expiry, qm.delivery_count)
             yield stream.event(rec, epoch, seq, DURABLE if m.durable else 0)
     yield stream.control(stream.SNAPSHOT_END, epoch, seq, position=[epoch, seq])
+
+
+def _window_items(model: Broker, q: Queue, epoch: int, seq: int) -> Iterator[Item]:
+    """The ids of the queue's dedup window whose messages are gone (consumed), each as the
+    enqueue of a message of nothing but that id (`codec.id_only`, under a fresh message id) and
+    its dequeue: the backup's window and journal then hold them as if it had applied them.
+    They come before the queue's live messages, which are mostly the newer ones; a message
+    without an id leaves no slot (the backup keeps the ids it has a little longer)."""
+    live = {qm.message.message_id for qm in q.messages()}
+    flags = DURABLE if q.durable else 0
+    for mid in q.dedup.entries():  # type: ignore[union-attr]
+        if mid is None or mid in live:
+            continue
+        msgid = model.take_id()
+        yield stream.event(Enqueue(q.name, msgid, codec.id_only(mid)), epoch, seq, flags)
+        yield stream.event(Dequeue(q.name, msgid), epoch, seq)
 
 
 def node_text(node: uuid.UUID | str | None) -> str:

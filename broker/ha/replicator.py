@@ -123,6 +123,8 @@ class Replicator:
                 expiry=r.expiry / 1000 if r.expiry else None,
                 properties=codec.extract(r.body, 0.0)[0].properties if lvq else {},
                 delivery_count=r.delivery_count,
+                # the same dedup window as the primary's: it has every id the primary has
+                message_id=codec.message_id(r.body) if q.dedup is not None else None,
             )
             model.restore_message(r.queue, r.msgid, msg)
             return

@@ -123,6 +123,9 @@ class Operations:
         # producer flow control under qpidd's QMF names
         d["flowStopped"] = d.pop("flow_stopped")
         d["flowStoppedCount"] = d.pop("flow_stopped_count")
+        # the dedup window (issue 15): messages not enqueued as their id was in it
+        d["duplicatesDropped"] = d.pop("duplicates_dropped")
+        d["dedupWindow"] = d.pop("dedup_window")
         d.update(
             {
                 "uuid": str(q.uuid),

@@ -32,6 +32,7 @@ LVQ_KEY = "qpid.last_value_queue_key"
 LVQ_FLAG = "qpid.last_value_queue"  # the seed's older spelling: key is qpid.LVQ_key
 LVQ_DEFAULT_KEY = "qpid.LVQ_key"
 REPLICATE = "qpid.replicate"
+DEDUP_WINDOW = "qstore.dedup-window"  # message-ids of the last N messages kept (dedup.py)
 
 POLICIES = ("reject", "ring")
 REPLICATE_LEVELS = ("none", "configuration", "all")
@@ -50,6 +51,7 @@ class QueueSettings:
     replicate: str | None = None  # None: the broker's default (--ha-replicate) applies
     flow: FlowLimits | None = None  # producer flow control; None: none
     default_limit: bool = False  # max_size is --default-queue-limit's, not an argument's
+    dedup_window: int = 0  # qstore.dedup-window: 0, off
 
     @property
     def limited(self) -> bool:
@@ -133,6 +135,7 @@ def parse_queue_arguments(arguments: dict[str, Any], default_max_size: int = 0) 
         replicate=replicate,
         flow=flow,
         default_limit=default_limit,
+        dedup_window=_non_negative_int(arguments, DEDUP_WINDOW),
     )
 
 

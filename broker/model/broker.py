@@ -10,7 +10,9 @@ all the queues a fan-out reaches hold the message under that same id. A caller m
 Publishing is all-or-nothing: if any matched queue refuses (reject policy at its limit), no queue
 gets the message and the result is rejected with `amqp:resource-limit-exceeded`, so a sender that
 retries creates no duplicates. A message that matches no binding is accepted and dropped (counted
-on the exchange's `dropped`).
+on the exchange's `dropped`). A message whose message-id a queue's dedup window holds (a
+producer's resend) is not put on that queue (counted on its `duplicates_dropped`); if no queue is
+left it is accepted and dropped (`dedup.py`).
 
 Typical use by the AMQP layer:
     result = broker.publish("amq.topic", msg, now)     # or broker.enqueue("q", msg, now)
@@ -57,6 +59,7 @@ class PublishResult:
 
 
 DROPPED = PublishResult(True)
+DUPLICATE = PublishResult(True)  # every queue it reached had its message-id in its dedup window
 
 
 class Broker(Registry):
@@ -114,6 +117,11 @@ class Broker(Registry):
         self, targets: list[Queue], message: Message, now: float, id: int | None
     ) -> PublishResult:
         refusals = None
+        mid = message.message_id
+        if mid is not None:
+            targets = self._not_duplicates(targets, mid)
+            if not targets:
+                return DUPLICATE
         for q in targets:
             if id is not None and q.get(id) is not None:
                 raise PreconditionFailed(f"message id {id} is already on queue {q.name!r}")
@@ -127,6 +135,19 @@ class Broker(Registry):
             q.put(id, message)
         return PublishResult(True, id, tuple(q.name for q in targets))
 
+    @staticmethod
+    def _not_duplicates(targets: list[Queue], mid: bytes) -> list[Queue]:
+        """The targets whose dedup window does not hold `mid`; the others count a duplicate."""
+        kept = targets
+        for q in targets:
+            w = q.dedup
+            if w is not None and mid in w:
+                w.dropped += 1
+                if kept is targets:
+                    kept = list(targets)
+                kept.remove(q)
+        return kept
+
     def _take_id(self, id: int | None) -> int:
         if id is None:
             id = self._next_id
@@ -137,6 +158,10 @@ class Broker(Registry):
         if id >= self._next_id:
             self._next_id = id + 1
         return id
+
+    def take_id(self) -> int:
+        """A message id no message has or will have (a snapshot's dedup window entries)."""
+        return self._take_id(None)
 
     def restore_message(self, queue: str, id: int, message: Message) -> QueuedMessage:
         """Put a message back exactly as the journal or the primary had it: at the back, with its

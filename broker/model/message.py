@@ -30,6 +30,8 @@ class Message:
     None for never. `subject` is the routing key when sent to an exchange. `properties` are the
     application properties (headers exchange matching, last-value key). `delivery_count` is the
     count the message arrives with (normally 0; restored or replicated messages carry theirs).
+    `message_id` is the AMQP message-id as encoded in the message (None: it has none), the key
+    of a queue's dedup window (`dedup.py`).
     """
 
     body: bytes
@@ -39,6 +41,7 @@ class Message:
     subject: str | None = None
     properties: dict[str, Any] = field(default_factory=dict)
     delivery_count: int = 0
+    message_id: bytes | None = None
 
     @property
     def size(self) -> int:

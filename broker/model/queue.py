@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .arguments import QueueSettings, priority_table
+from .dedup import DedupWindow
 from .events import DeliveryCountChanged, Dequeued, DequeueReason, Emitter, Enqueued
 from .flow import SIZE_GUESS, Usage, credit_window
 from .message import Message, QueuedMessage, State
@@ -95,6 +96,8 @@ class Queue:
         self._stop_count: float = math.inf
         self._stop_size: float = math.inf
         self._arm_flow()
+        # the ids of the last N messages put (qstore.dedup-window); None: off
+        self.dedup = DedupWindow(settings.dedup_window) if settings.dedup_window else None
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -129,6 +132,8 @@ class Queue:
             acquired=self.acquired,
             flow_stopped=self.flow_stopped,
             flow_stopped_count=self.flow_stops,
+            duplicates_dropped=self.dedup.dropped if self.dedup is not None else 0,
+            dedup_window=self.settings.dedup_window,
         )
 
     def __repr__(self) -> str:
@@ -219,6 +224,8 @@ class Queue:
                 self.remove(victim, DequeueReason.RING)
         store = self._store
         store.add(e)
+        if self.dedup is not None:
+            self.dedup.add(message.message_id)
         self.enqueues += 1
         u = self._usage
         u.bytes += e.size + u.overhead

@@ -15,7 +15,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .arguments import check_arguments, parse_exchange_arguments, parse_queue_arguments
+from .arguments import (
+    DEDUP_WINDOW,
+    check_arguments,
+    parse_exchange_arguments,
+    parse_queue_arguments,
+)
 from .consumer import Consumer
 from .errors import InvalidField, NotAllowed, NotFound, PreconditionFailed, ResourceLocked
 from .events import (
@@ -59,6 +64,9 @@ class Registry:
         self.usage = Usage()
         # --default-queue-limit: the size limit of queues that set none (see arguments.py).
         self.default_queue_limit = 0
+        # --dedup-window: written into the arguments of each new queue that sets none (not a
+        # connection's private queue), so that the journal and the backups have it as an argument
+        self.default_dedup_window = 0
         # Arguments a deployment adds to every new queue/exchange that lacks them, e.g. an HA
         # primary writes the replication level a default gave: fill(kind, name, args, exclusive,
         # auto_delete) -> args. Applied before validation; None: arguments kept as given.
@@ -125,6 +133,13 @@ class Registry:
                 raise ResourceLocked(f"queue {name!r} is exclusive to another connection")
             return q, False
         args = check_arguments(arguments, "queue")
+        if (
+            self.default_dedup_window
+            and uuid is None  # not a restored or replicated queue: it has the arguments it had
+            and exclusive_owner is None
+            and DEDUP_WINDOW not in args
+        ):
+            args = {**args, DEDUP_WINDOW: self.default_dedup_window}
         if self.fill_arguments is not None:
             args = self.fill_arguments(
                 "queue", name, args, exclusive_owner is not None, auto_delete

@@ -22,6 +22,8 @@ class QueueStats:
     acquired: int  # sent to consumers, outcome not yet known
     flow_stopped: bool = False  # past its flow-stop mark: publishers are not credited
     flow_stopped_count: int = 0  # times it was flow-stopped
+    duplicates_dropped: int = 0  # messages whose id was in its dedup window: not enqueued
+    dedup_window: int = 0  # the window's size (qstore.dedup-window; 0: off)
 
 
 @dataclass(frozen=True, slots=True)

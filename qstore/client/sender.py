@@ -4,6 +4,9 @@ The primary settles a message as accepted only when it is safe (journaled and on
 the sender's buffer of unacknowledged messages is exactly what a fail-over could lose. On a new
 engine the link is re-attached and the whole buffer is sent again, oldest first, before anything
 new (`resent` counts each re-send; the receiving side may see duplicates, never gaps).
+A message the application gave no message-id gets one, unique to this sender and message
+(`<uuid of the sender>:<n>`), and a re-send is the very bytes first sent: a queue with a dedup
+window (`qstore.dedup-window`) recognises it and does not enqueue it twice.
 A `rejected` (or released) outcome is an error that will not heal: it is raised by the `send()`
 that waits for it (sync), else by the next `send()` or `sync()`.
 """
@@ -11,6 +14,7 @@ that waits for it (sync), else by the next `send()` or `sync()`.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -57,6 +61,7 @@ class Sender(LinkBase):
         self._unsent: deque[_Out] = deque()  # not yet sent on the current link
         self._errors: deque[SendError] = deque()  # outcomes to report on the next send/sync
         self._seq = 0
+        self._id_prefix = f"{uuid.uuid4()}:"  # message-ids this sender gives (see module doc)
         self._tags = 0
         self.sent = 0  # messages given to send()
         self.resent = 0  # re-sends after a fail-over
@@ -90,7 +95,7 @@ class Sender(LinkBase):
                         f"unacknowledged after {timeout:g}s"
                     )
             self._seq += 1
-            out = _Out(self._seq, message, self._encode(message))
+            out = _Out(self._seq, message, self._encode(message, self._seq))
             self._pending[out.seq] = out
             self._unsent.append(out)
             self.sent += 1
@@ -152,15 +157,26 @@ class Sender(LinkBase):
         if self._errors:
             raise self._errors.popleft()
 
-    def _encode(self, message: Message) -> bytes:
+    def _encode(self, message: Message, seq: int) -> bytes:
+        """The message's bytes with the defaults this sender gives: a message-id (so that a
+        re-send is recognised) and the address's subject. The application's message is left
+        as it was: it may send the same object again, as a new message."""
         subject = self.address.subject
-        if subject and message.subject is None:
+        add_subject = bool(subject) and message.subject is None
+        add_id = message.id is None
+        if not (add_subject or add_id):
+            return message.encode()
+        if add_subject:
             message.subject = subject  # the address's subject is the default (qpid.messaging)
-            try:
-                return message.encode()
-            finally:
+        if add_id:
+            message.id = self._id_prefix + str(seq)
+        try:
+            return message.encode()
+        finally:
+            if add_subject:
                 message.subject = None
-        return message.encode()
+            if add_id:
+                message.id = None
 
     # -- the engine's side --------------------------------------------------------------------
 

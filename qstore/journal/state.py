@@ -11,12 +11,19 @@ with fields: a broker's journal holds up to millions of them, and bytes are invi
 cyclic garbage collector, which would otherwise walk every one of them at each collection of the
 old generation (these collections cost the writer thread more than its LMDB work did).
 `QueueState.messages` presents them as `MessageState` values, built on access.
+
+A queue with a dedup window (argument `qstore.dedup-window` N: the broker remembers the
+message-ids of its last N messages, broker/model/dedup.py) keeps its window in the journal by
+keeping records: the enqueue and dequeue of a consumed message are cancelled only once N later
+messages have been enqueued on the queue, so replay meets the enqueue (the message-id is in its
+bytes) of every message in the window. `QueueState.window` follows it without reading messages.
 """
 
 from __future__ import annotations
 
 import struct
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +65,20 @@ class MessageState:
 _MSG = struct.Struct("=QQQQQIIB")
 _SEQS = struct.Struct("=QQQ")  # its first fields: seq, update_seq, size
 _pack_msg = _MSG.pack
+_GONE = struct.Struct("=QQ")  # a consumed message still in its queue's window: enqueue, dequeue
+DEDUP_WINDOW = "qstore.dedup-window"
+
+
+def window_size(arguments: dict[str, Any]) -> int:
+    """A queue's dedup window from its arguments (the broker validated them: else 0)."""
+    value = arguments.get(DEDUP_WINDOW)
+    if value is None or isinstance(value, bool):
+        return 0
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return 0
+    return max(n, 0)
 
 
 def _seqs_of(packed: bytes) -> list[int]:
@@ -74,6 +95,23 @@ class QueueState:
     packed: dict[int, bytes] = field(default_factory=dict)  # msgid -> packed, enqueue order
     bodies: dict[int, bytes] = field(default_factory=dict)  # msgid -> body, when kept
     bytes: int = 0
+    window_size: int = 0  # qstore.dedup-window; 0: none
+    # the last `window_size` msgids enqueued, oldest first: None while live, else the packed
+    # (enqueue seq, dequeue seq) that the window keeps from compaction
+    window: OrderedDict[int, bytes | None] | None = None
+
+    def window_seqs(self) -> list[tuple[int, int, bool]]:
+        """The window, oldest first: (msgid, enqueue seq, live)."""
+        out = []
+        if self.window is not None:
+            for msgid, gone in self.window.items():
+                if gone is None:
+                    packed = self.packed.get(msgid)
+                    if packed is not None:
+                        out.append((msgid, _SEQS.unpack_from(packed)[0], True))
+                else:
+                    out.append((msgid, _GONE.unpack(gone)[0], False))
+        return out
 
     @property
     def depth(self) -> int:
@@ -203,7 +241,10 @@ class JournalState:
             case QueueDeclare():
                 old = self.queues.get(r.name)
                 garbage = self._drop_queue(old) if old else []
-                self.queues[r.name] = QueueState(r.name, r.uuid, dict(r.arguments), e.seq)
+                q = self.queues[r.name] = QueueState(r.name, r.uuid, dict(r.arguments), e.seq)
+                q.window_size = window_size(r.arguments)
+                if q.window_size:
+                    q.window = OrderedDict()
                 return garbage
             case QueueDelete():
                 q = self.queues.get(r.name)
@@ -272,7 +313,17 @@ class JournalState:
             q.bodies[msgid] = bytes(body)
         q.bytes += size
         if old is None:
-            return []
+            window = q.window
+            if window is None:
+                return []
+            prior = window.pop(msgid, None)  # (msgids are not reused: only a test reuses one)
+            garbage = list(_GONE.unpack(prior)) if prior is not None else []
+            window[msgid] = None
+            if len(window) > q.window_size:
+                gone = window.popitem(last=False)[1]  # the oldest leaves: kept no longer
+                if gone is not None:
+                    garbage.extend(_GONE.unpack(gone))
+            return garbage
         seq0, update, size0 = _SEQS.unpack_from(old)
         q.bytes -= size0
         return [seq0, update] if update else [seq0]
@@ -301,11 +352,17 @@ class JournalState:
         q.bytes -= size  # type: ignore[union-attr]
         if self.keep_bodies:
             q.bodies.pop(msgid, None)  # type: ignore[union-attr]
+        window = q.window  # type: ignore[union-attr]
+        if window is not None and msgid in window:  # its id stays: so do its records
+            window[msgid] = _GONE.pack(seq0, seq)
+            return [update] if update else []
         return [seq0, update, seq] if update else [seq0, seq]
 
     def _drop_queue(self, q: QueueState) -> list[int]:
         del self.queues[q.name]
         garbage = [s for packed in q.packed.values() for s in _seqs_of(packed)]
+        if q.window is not None:
+            garbage.extend(s for g in q.window.values() if g is not None for s in _GONE.unpack(g))
         for key in [k for k in self.bindings if k[1] == q.name]:
             garbage.append(self.bindings.pop(key).seq)
         garbage.append(q.seq)
@@ -326,6 +383,8 @@ class JournalState:
         for q in self.queues.values():
             for packed in q.packed.values():
                 seqs.update(_seqs_of(packed))
+            if q.window is not None:
+                seqs.update(s for g in q.window.values() if g is not None for s in _GONE.unpack(g))
         return seqs
 
     def snapshot(self) -> dict[str, Any]:
@@ -339,6 +398,7 @@ class JournalState:
                         (m.msgid, m.priority, m.expiry, m.delivery_count, m.body, m.position)
                         for m in q.messages.values()
                     ],
+                    **({"window": list(q.window)} if q.window is not None else {}),
                 }
                 for n, q in self.queues.items()
             },
