@@ -37,6 +37,7 @@ from qstore.journal import (
     UnsupportedFormat,
 )
 from qstore.journal.records import HEADER, decode, read_header
+from qstore.journal.state import QueueState
 
 from ._inspect_common import (
     EXIT_ERROR,
@@ -198,16 +199,23 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 # -- messages ---------------------------------------------------------------------------------
 
 
+def _replayed_queue(reader: JournalReader, args: argparse.Namespace) -> QueueState:
+    """`args.queue` as replay leaves it (no bodies: they are read one by one after); `Fail` if
+    the journal has no such queue."""
+    with Progress(reader.count(), "replaying") as progress:
+        st = replay(reader, args.dir, progress, bodies=False)
+    q = st.queues.get(args.queue)
+    if q is None:
+        known = ", ".join(repr(n) for n in st.queues) or "none"
+        raise Fail(
+            f"{args.dir}: no queue {args.queue!r} in the journal (queues: {known})", EXIT_FOUND
+        )
+    return q
+
+
 def cmd_messages(args: argparse.Namespace, out: TextIO) -> int:
     with open_reader(args.dir) as reader:
-        with Progress(reader.count(), "replaying") as progress:
-            st = replay(reader, args.dir, progress, bodies=False)
-        q = st.queues.get(args.queue)
-        if q is None:
-            known = ", ".join(repr(n) for n in st.queues) or "none"
-            raise Fail(
-                f"{args.dir}: no queue {args.queue!r} in the journal (queues: {known})", EXIT_FOUND
-            )
+        q = _replayed_queue(reader, args)
         # Bodies are read one by one from the journal (replay kept none): memory stays that of
         # the queue's metadata, as in a broker's start.
         msgs = [(m, _stored_message(reader, m.seq, args.dir)) for m in q.messages.values()]
@@ -268,14 +276,7 @@ def cmd_dedup(args: argparse.Namespace, out: TextIO) -> int:
     """A queue's dedup window as replay rebuilds it: the message-id of each of its last N
     messages, oldest first, live or consumed (the journal keeps those records for it)."""
     with open_reader(args.dir) as reader:
-        with Progress(reader.count(), "replaying") as progress:
-            st = replay(reader, args.dir, progress, bodies=False)
-        q = st.queues.get(args.queue)
-        if q is None:
-            known = ", ".join(repr(n) for n in st.queues) or "none"
-            raise Fail(
-                f"{args.dir}: no queue {args.queue!r} in the journal (queues: {known})", EXIT_FOUND
-            )
+        q = _replayed_queue(reader, args)
         window = [
             (msgid, seq, live, _window_id(_stored_message(reader, seq, args.dir)))
             for msgid, seq, live in q.window_seqs()
