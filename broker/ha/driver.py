@@ -388,6 +388,7 @@ class HaDriver:
             "state": str(self.state),
             "epoch": ev.epoch,
             "position": [ev.epoch, ev.seq],
+            "catch-ups": dict(self.replicator.catch_ups),
             "brokers_url": ",".join(self.all_addresses),
             "members": [
                 {**m, "position": None}

@@ -49,6 +49,8 @@ class Replicator:
         self.recent = recent
         self.on_control: Callable[[Item], None] = lambda item: None
         self.in_snapshot = False
+        # how the primaries caught this backup up since it started (its HA status shows it)
+        self.catch_ups = {"snapshot": 0, "tail": 0}
 
     def apply(self, items: list[Item], done: Callable[[BaseException | None], None]) -> None:
         """Apply a batch; `done(error)` once everything durable in it is journaled."""
@@ -86,7 +88,10 @@ class Replicator:
             )
             self.events.journal.drop_stream_after(after, wait=False)
             self.events.seq = min(self.events.seq, after)
+        elif it.kind == stream.TAIL:
+            self.catch_ups["tail"] += 1
         elif it.kind == stream.SNAPSHOT_BEGIN:
+            self.catch_ups["snapshot"] += 1
             self.in_snapshot = True
             self._clear_replicated(it)
         elif it.kind == stream.SNAPSHOT_END:
