@@ -23,7 +23,16 @@ from .lock import DataDirLock
 from .loopbatch import LoopBatcher
 from .modes import PRIVATE_DIR
 from .reader import META_DB, RECORDS_DB, JournalReader, open_env
-from .records import COMPRESS_THRESHOLD, FORMAT_VERSION, KEY, Epoch, Record, prepare, read_header
+from .records import (
+    COMPRESS_THRESHOLD,
+    FIRST_VERSION,
+    FORMAT_VERSION,
+    KEY,
+    Epoch,
+    Record,
+    prepare,
+    read_header,
+)
 from .state import JournalState
 from .writer import GroupCommitWriter, LogWaiter, LoopWaiter, SyncWaiter, Txn, _Append, _Control
 
@@ -98,7 +107,9 @@ class Journal(JournalReader):
             if fmt is None:
                 if txn.stat(self.records)["entries"]:
                     raise NotAJournal(f"{self.data_dir}: journal has records but no metadata")
-                txn.put(b"format", str(FORMAT_VERSION).encode())
+                # the version of what it holds: the writer raises it with the first record of
+                # a later version (older code then refuses the journal at open, clearly)
+                txn.put(b"format", str(FIRST_VERSION).encode())
                 txn.put(b"node-id", uuid.uuid4().bytes)
                 txn.put(b"created", datetime.now(UTC).isoformat().encode())
             elif int(fmt) > FORMAT_VERSION:
