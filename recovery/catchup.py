@@ -115,10 +115,12 @@ def snapshot_items(
     epoch: int,
     seq: int,
     bindings: dict[tuple[str, str, str], tuple[bool, bool]],
+    epochs: list[list[Any]] | None = None,
 ) -> Iterator[Item]:
     """The primary's replicated state as items, all at its current position: exchanges, queues,
     bindings, then the messages of queues replicated at level `all` (acquired ones included, with
-    their delivery counts)."""
+    their delivery counts). The end carries the primary's `epochs` (broker/history.py: wire):
+    the backup's history from then on."""
     yield stream.control(stream.SNAPSHOT_BEGIN, epoch, seq, position=[epoch, seq])
     for x in model.exchanges.values():
         if x.builtin or exchange_level(x.name) == levels.NONE:
@@ -149,7 +151,9 @@ def snapshot_items(
             expiry = int(m.expiry * 1000) if m.expiry else 0
             rec = Enqueue(q.name, qm.id, m.body, m.priority, expiry, qm.delivery_count)
             yield stream.event(rec, epoch, seq, DURABLE if m.durable else 0)
-    yield stream.control(stream.SNAPSHOT_END, epoch, seq, position=[epoch, seq])
+    yield stream.control(
+        stream.SNAPSHOT_END, epoch, seq, position=[epoch, seq], epochs=list(epochs or [])
+    )
 
 
 def node_text(node: uuid.UUID | str | None) -> str:

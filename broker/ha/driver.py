@@ -119,13 +119,12 @@ class HaDriver:
 
     def backup_info(self) -> dict[str, Any]:
         ev = self.service.events
-        node = next((n for num, n, _ in reversed(ev.epochs) if num == ev.epoch), "")
         return {
             "name": self.name,
             "address": self.address,
             "state": str(self.state),
-            "position": {"epoch": ev.epoch, "node": node, "seq": ev.seq},
-            "epochs": [list(e) for e in ev.epochs],
+            "position": {"epoch": ev.epoch, "node": ev.history.node(ev.epoch), "seq": ev.seq},
+            "epochs": ev.history.wire(),
         }
 
     # -- running ------------------------------------------------------------------------------
@@ -337,7 +336,7 @@ class HaDriver:
 
     def _start_epoch(self) -> None:
         ev = self.service.events
-        seen = [n for n, _, _ in ev.epochs] + [ev.epoch] + getattr(self, "_peer_epochs", [])
+        seen = [*ev.history.numbers, ev.epoch, *getattr(self, "_peer_epochs", [])]
         number, seq = ev.start_epoch(max(seen) + 1, self.service.journal.node_id)
         log.info("epoch %d starts at seq %d", number, seq)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from proton import Delivery, Link
 
-from recovery.catchup import BackupPosition, EpochId, plan, snapshot_items
+from recovery.catchup import BackupPosition, plan, snapshot_items
 
 from . import stream
 from .guard import QueueGuard
@@ -266,7 +266,7 @@ class Primary:
             old.close()
         s = BackupStream(self, conn, link, name, address)
         ev = self.events
-        history = [EpochId(n, node, origin) for n, node, origin in ev.epochs]
+        history = ev.history.epochs
         p = plan(pos, history, ev.seq, self.recent.start)
         log.info(
             "backup %s at %s attached at position (%d, %d): %s (%s)",
@@ -281,7 +281,13 @@ class Primary:
             s.add(stream.control(stream.TRUNCATE, ev.epoch, ev.seq, after=p.truncate_after))
         if p.snapshot:
             items = snapshot_items(
-                ev.model, ev.queue_level, ev.exchange_level, ev.epoch, ev.seq, ev.bindings
+                ev.model,
+                ev.queue_level,
+                ev.exchange_level,
+                ev.epoch,
+                ev.seq,
+                ev.bindings,
+                ev.history.wire(),
             )
             for it in items:
                 s.add(it)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from broker.amqp import codec
+from broker.history import from_wire
 from broker.model import Broker, DequeueReason, Message, ModelError
 from qstore.journal import (
     Bind,
@@ -61,7 +62,7 @@ class Replicator:
         try:
             for it in items:
                 if it.record is None:
-                    self._control(it)
+                    self._control(it, add)
                     continue
                 # A snapshot's items stand for state, not events: journaled outside the stream
                 # (seq 0), so the journal's positions stay the primary's events, one for one.
@@ -80,24 +81,28 @@ class Replicator:
             ev.end()
         pending.when_done(done)
 
-    def _control(self, it: Item) -> None:
+    def _control(self, it: Item, add: Callable[[], Callable[[Any], None]]) -> None:
         if it.kind == stream.TRUNCATE and it.data is not None:
             after = int(it.data.get("after", 0))
             log.warning(
                 "history diverged from the primary's after seq %d: dropping the rest", after
             )
             self.events.journal.drop_stream_after(after, wait=False)
-            self.events.seq = min(self.events.seq, after)
+            self.events.truncated(after)
         elif it.kind == stream.TAIL:
             self.catch_ups["tail"] += 1
+            self.in_snapshot = False  # a snapshot cut short by a lost link is over
         elif it.kind == stream.SNAPSHOT_BEGIN:
             self.catch_ups["snapshot"] += 1
             self.in_snapshot = True
+            self.events.snapshot_begins(add())
             self._clear_replicated(it)
         elif it.kind == stream.SNAPSHOT_END:
             self.in_snapshot = False
-            self.events.seq = max(self.events.seq, it.seq)
-            self.events.epoch = it.epoch
+            # the primary's epochs up to the snapshot (none from an older primary: the next
+            # connection then gets a snapshot again, as it did before histories were sent)
+            epochs = from_wire((it.data or {}).get("epochs")) or []
+            self.events.snapshot_ends(it.epoch, it.seq, epochs, add())
         self.on_control(it)
 
     def _clear_replicated(self, it: Item) -> None:
