@@ -267,13 +267,40 @@ class Journal(JournalReader):
         loop = asyncio.get_running_loop()
         batcher = self._batcher
         if batcher is None or batcher.loop is not loop:  # one loop in a broker: rarely taken
+            batcher = self._loop_batcher()
+        batcher.add(
+            prepare(record, epoch, origin, replica, self.compress_threshold, payload), target, lazy
+        )
+
+    def submit_batch(
+        self,
+        entries: Iterable[tuple[Record, int, int, bytes | None]],
+        target: Any,
+        *,
+        replica: bool = False,
+    ) -> None:
+        """Queue records from the running event loop as one job, in order after what
+        `submit_one` queued before: each entry is (record, epoch, origin, its payload if packed
+        already); `target` (as for submit_one) gets their seqs once they are durable, or the error.
+        One outcome for many records: what a backup applying a snapshot needs."""
+        threshold = self.compress_threshold
+        prepared = [prepare(r, e, o, replica, threshold, p) for r, e, o, p in entries]
+        batcher = self._loop_batcher()
+        if prepared:
+            batcher.add_job(prepared, target)
+        else:  # nothing to write: the outcome all the same, on the loop as ever
+            LoopWaiter(batcher.loop, target).resolve([])
+
+    def _loop_batcher(self) -> LoopBatcher:
+        """The running loop's batcher (made on first use)."""
+        loop = asyncio.get_running_loop()
+        batcher = self._batcher
+        if batcher is None or batcher.loop is not loop:  # one loop in a broker: rarely taken
             batcher = self._batchers.get(loop)
             if batcher is None:
                 batcher = self._batchers[loop] = LoopBatcher(self.writer, loop)
             self._batcher = batcher  # holds no more than the batcher already does (its loop)
-        batcher.add(
-            prepare(record, epoch, origin, replica, self.compress_threshold, payload), target, lazy
-        )
+        return batcher
 
     async def append_async(
         self,
