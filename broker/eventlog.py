@@ -279,6 +279,20 @@ class EventLog:
         rec = History(self.history.records())
         self.journal.submit_one(rec, done, epoch=epoch, origin=seq, replica=True)
 
+    def snapshot_messages(self, items: list[Item], done: Callable[[Any], None]) -> None:
+        """A snapshot's messages, which the replicator restored with the model quiet (a
+        snapshot's bulk, at the cost of a few calls per message instead of an event each):
+        journal the durable ones (durable, on a durable queue), outside the stream (seq 0) as
+        the primary packed them, in one job; `done` once they are durable."""
+        queues = self.queues
+        entries = []
+        for it in items:
+            r: Enqueue = it.record  # type: ignore[assignment]
+            e = queues.get(r.queue)
+            if e is not None and e.durable and it.flags & DURABLE:
+                entries.append((r, it.epoch, 0, it.payload))
+        self.journal.submit_batch(entries, done, replica=True)
+
     def truncated(self, after: int) -> None:
         """The journal drops the stream after seq `after` (a diverged history)."""
         self.seq = min(self.seq, after)

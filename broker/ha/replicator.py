@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("qstore.ha")
 
 _CONSUMED = DequeueReason.CONSUMED
+_ENQUEUE = stream.RT_ENQUEUE
 
 
 class Replicator:
@@ -59,8 +60,15 @@ class Replicator:
         pending = ev.begin()
         add = pending.add
         recent = self.recent.append
+        restored: list[Item] = []  # a snapshot's messages, restored and journaled in bulk
         try:
             for it in items:
+                if self.in_snapshot and it.kind == _ENQUEUE:
+                    restored.append(it)
+                    continue
+                if restored:
+                    self._snapshot_messages(restored, add)
+                    restored = []
                 if it.record is None:
                     self._control(it, add)
                     continue
@@ -76,10 +84,36 @@ class Replicator:
                     ev.replica = None
                     ev.replica_item = None
                 it.payload = None  # the journal has its own reference; the recent log keeps
-                recent(it)  # no second copy of each body (a tail from it packs again)
+                if not self.in_snapshot:  # no second copy of each body (a tail from it packs
+                    recent(it)  # again); a snapshot's items are at its seq: no tail has them
+            if restored:
+                self._snapshot_messages(restored, add)
         finally:
             ev.end()
         pending.when_done(done)
+
+    def _snapshot_messages(
+        self, items: list[Item], add: Callable[[], Callable[[Any], None]]
+    ) -> None:
+        """A snapshot's messages: into the model without an event each (the snapshot is most of
+        them: a few calls per message count), then journaled by the event log in one job."""
+        model = self.model
+        put: list[Item] = []
+        with model.restoring():
+            for it in items:
+                r: Enqueue = it.record  # type: ignore[assignment]
+                q = model.queues.get(r.queue)
+                if q is None or q.get(r.msgid) is not None:
+                    continue
+                try:
+                    model.restore_message(r.queue, r.msgid, _message(it, r, q.arguments))
+                except ModelError as exc:  # as in apply: a bug, said
+                    log.error("snapshot apply of %s failed: %s", r, exc)
+                    continue
+                put.append(it)
+        self.events.snapshot_messages(put, add())
+        for it in put:
+            it.payload = None
 
     def _control(self, it: Item, add: Callable[[], Callable[[Any], None]]) -> None:
         if it.kind == stream.TRUNCATE and it.data is not None:
@@ -125,16 +159,7 @@ class Replicator:
             q = model.queues.get(r.queue)
             if q is None or q.get(r.msgid) is not None:
                 return
-            lvq = "qpid.last_value_queue_key" in q.arguments
-            msg = Message(
-                body=r.body,
-                durable=bool(it.flags & DURABLE),
-                priority=r.priority,
-                expiry=r.expiry / 1000 if r.expiry else None,
-                properties=codec.extract(r.body, 0.0)[0].properties if lvq else {},
-                delivery_count=r.delivery_count,
-            )
-            model.restore_message(r.queue, r.msgid, msg)
+            model.restore_message(r.queue, r.msgid, _message(it, r, q.arguments))
             return
         if isinstance(r, Dequeue):
             if r.queue in model.queues:
@@ -187,3 +212,16 @@ class Replicator:
                 model.unbind(r.exchange, r.queue, r.key)
             case Epoch():
                 self.events.apply_epoch(r, it.epoch, it.seq, add())
+
+
+def _message(it: Item, r: Enqueue, queue_arguments: dict[str, Any]) -> Message:
+    """The message an enqueue item carries (a last-value queue's needs its properties)."""
+    lvq = "qpid.last_value_queue_key" in queue_arguments
+    return Message(
+        body=r.body,
+        durable=bool(it.flags & DURABLE),
+        priority=r.priority,
+        expiry=r.expiry / 1000 if r.expiry else None,
+        properties=codec.extract(r.body, 0.0)[0].properties if lvq else {},
+        delivery_count=r.delivery_count,
+    )
