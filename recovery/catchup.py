@@ -10,6 +10,7 @@ the backup is `catch-up` until it has acknowledged the primary's position at con
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 
 from broker.ha import levels, stream
 from broker.ha.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item
-from broker.model import Broker
+from broker.model import Broker, QueuedMessage
 from qstore.journal import Bind, Enqueue, ExchangeDeclare, QueueDeclare
 
 
@@ -120,14 +121,19 @@ def snapshot_items(
     """The primary's replicated state as items, all at its current position: exchanges, queues,
     bindings, then the messages of queues replicated at level `all` (acquired ones included, with
     their delivery counts). The end carries the primary's `epochs` (broker/history.py: wire):
-    the backup's history from then on."""
-    yield stream.control(stream.SNAPSHOT_BEGIN, epoch, seq, position=[epoch, seq])
+    the backup's history from then on.
+
+    The state is taken now: the configuration as items, the messages as references to them. The
+    message items are made as the iterator is read (a snapshot of a million messages made at
+    once stalled its primary for seconds): what a message carries does not change, and what
+    happens to it after now (consumed, delivery count) follows the snapshot as events."""
+    head = [stream.control(stream.SNAPSHOT_BEGIN, epoch, seq, position=[epoch, seq])]
     for x in model.exchanges.values():
         if x.builtin or exchange_level(x.name) == levels.NONE:
             continue
         xargs = {levels.KEY: exchange_level(x.name), **x.arguments}
         rec = ExchangeDeclare(x.name, x.uuid, x.type, xargs)
-        yield stream.event(rec, epoch, seq, DURABLE if x.durable else 0)
+        head.append(stream.event(rec, epoch, seq, DURABLE if x.durable else 0))
     for q in model.queues.values():
         if queue_level(q.name) == levels.NONE:
             continue
@@ -137,23 +143,32 @@ def snapshot_items(
             | (EXCLUSIVE if q.exclusive_owner is not None else 0)
         )
         qargs = {levels.KEY: queue_level(q.name), **q.arguments}
-        yield stream.event(QueueDeclare(q.name, q.uuid, qargs), epoch, seq, flags)
-    for (x, q, k), (_durable, replicated) in bindings.items():
+        head.append(stream.event(QueueDeclare(q.name, q.uuid, qargs), epoch, seq, flags))
+    for (x, qn, k), (_durable, replicated) in bindings.items():
         if replicated:
-            binding = model.queues[q].bindings.get((x, k)) if q in model.queues else None
+            binding = model.queues[qn].bindings.get((x, k)) if qn in model.queues else None
             args = dict(getattr(binding, "arguments", None) or {})
-            yield stream.event(Bind(x, q, k, args), epoch, seq)
-    for q in model.queues.values():
-        if queue_level(q.name) != levels.ALL:
-            continue
-        for qm in q.messages():
-            m = qm.message
-            expiry = int(m.expiry * 1000) if m.expiry else 0
-            rec = Enqueue(q.name, qm.id, m.body, m.priority, expiry, qm.delivery_count)
-            yield stream.event(rec, epoch, seq, DURABLE if m.durable else 0)
-    yield stream.control(
+            head.append(stream.event(Bind(x, qn, k, args), epoch, seq))
+    held = [
+        (q.name, list(q.messages()))
+        for q in model.queues.values()
+        if queue_level(q.name) == levels.ALL
+    ]
+    end = stream.control(
         stream.SNAPSHOT_END, epoch, seq, position=[epoch, seq], epochs=list(epochs or [])
     )
+    return itertools.chain(head, _message_items(held, epoch, seq), (end,))
+
+
+def _message_items(
+    held: list[tuple[str, list[QueuedMessage]]], epoch: int, seq: int
+) -> Iterator[Item]:
+    for name, messages in held:
+        for qm in messages:
+            m = qm.message
+            expiry = int(m.expiry * 1000) if m.expiry else 0
+            rec = Enqueue(name, qm.id, m.body, m.priority, expiry, qm.delivery_count)
+            yield stream.event(rec, epoch, seq, DURABLE if m.durable else 0)
 
 
 def node_text(node: uuid.UUID | str | None) -> str:

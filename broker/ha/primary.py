@@ -12,10 +12,11 @@ last seq, which releases the guard's holds and moves its catch-up on.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from proton import Delivery, Link
@@ -98,8 +99,10 @@ class BackupStream:
         self.link = link
         self.name = name
         self.address = address
-        # the catch-up queued at attach (sent first, in catch-up batches), then what is published
-        self.backlog: deque[Item] = deque()
+        # the catch-up queued at attach (sent first, in catch-up batches; items made as they
+        # are sent), then what is published: `backlog` is its next item, None once all sent
+        self.backlog: Item | None = None
+        self._backlog: Iterator[Item] = iter(())
         self.pending: list[Item | None] = []
         # unsent enqueue -> its index counted from the stream's start (`_base` is the index of
         # pending[0]): entries below `_base` were sent and are only dropped lazily
@@ -135,36 +138,38 @@ class BackupStream:
         self.pending.append(item)
         self._bytes += _size(item) if size is None else size
 
-    def catch_up(self, items: list[Item]) -> None:
-        """What the backup needs before anything published from now on (sent first)."""
-        self.backlog.extend(items)
-        if items:
-            self.added = max(self.added, max(it.seq for it in items))
+    def catch_up(self, items: Iterator[Item], last: int) -> None:
+        """What the backup needs before anything published from now on (sent first); `last`:
+        the highest seq among them."""
+        self._backlog = items
+        self.backlog = next(items, None)
+        self.added = max(self.added, last)
 
     def _backlog_batch(self) -> list[Item]:
-        """The next catch-up batch (popped from the front: no list to shift as it drains)."""
-        backlog, batch = self.backlog, []
-        size = 0
-        while backlog and len(batch) < CATCH_UP_BATCH_ITEMS and size < CATCH_UP_BATCH_BYTES:
-            it = backlog.popleft()
+        """The next catch-up batch, read from the backlog as it goes."""
+        batch: list[Item] = []
+        it, rest, size = self.backlog, self._backlog, 0
+        while it is not None and len(batch) < CATCH_UP_BATCH_ITEMS and size < CATCH_UP_BATCH_BYTES:
             batch.append(it)
             size += _size(it)
+            it = next(rest, None)
+        self.backlog = it
         return batch
 
     def flush(self) -> None:
         link = self.link
         sent = False
-        while self.backlog and self.in_flight < CATCH_UP_IN_FLIGHT and link.credit > 0:
+        while self.backlog is not None and self.in_flight < CATCH_UP_IN_FLIGHT and link.credit > 0:
             if self.closed:
                 return
             batch = self._backlog_batch()
             last = batch[-1].seq
-            if not self.backlog and not self.pending:
+            if self.backlog is None and not self.pending:
                 last = max(last, self.added)  # as below: the batch stands for all given
             self._send(batch, last)
             sent = True
         while (
-            not self.backlog
+            self.backlog is None
             and self.pending
             and self.in_flight < MAX_IN_FLIGHT
             and link.credit > 0
@@ -230,7 +235,7 @@ class BackupStream:
         ok = dlv.remote_state in (Delivery.ACCEPTED, None)
         dlv.settle()
         self.in_flight -= 1
-        if self.pending or self.backlog:
+        if self.pending or self.backlog is not None:
             self.primary._schedule()  # what waited for room in flight
         if ok:
             self.primary.acked(self, last)
@@ -324,7 +329,7 @@ class Primary:
         if p.truncate_after is not None:
             items.append(stream.control(stream.TRUNCATE, ev.epoch, ev.seq, after=p.truncate_after))
         if p.snapshot:
-            items += snapshot_items(
+            snapshot = snapshot_items(
                 ev.model,
                 ev.queue_level,
                 ev.exchange_level,
@@ -333,18 +338,21 @@ class Primary:
                 ev.bindings,
                 ev.history.wire(),
             )
+            last = ev.seq  # every item of a snapshot is at its position
+            s.catch_up(itertools.chain(items, snapshot), last)
         else:
             items.append(
                 stream.control(stream.TAIL, ev.epoch, p.tail_from, **{"from": p.tail_from})
             )
             items += self.recent.after(p.tail_from)
-        s.catch_up(items)
+            last = items[-1].seq
+            s.catch_up(iter(items), last)
         self.streams[name] = s
         self.guard.expect(name)
         # Ready once it acknowledges the last item queued for it now. Not `ev.seq`: durable events
         # of non-replicated entities are numbered too but never sent, so a backup would never
         # acknowledge that seq (and would stay catch-up, holding a recovering primary up).
-        self.ha.backup_connected(name, target=items[-1].seq if items else p.tail_from)
+        self.ha.backup_connected(name, target=last)
         self._schedule()
         return s
 
@@ -405,8 +413,8 @@ class Primary:
         fresh = self._fresh
         keep_from = None  # seq of the oldest item a stream has yet to send
         for s in self.streams.values():
-            if s.backlog:  # older than anything pending (published after the attach)
-                seq = s.backlog[0].seq
+            if s.backlog is not None:  # older than anything pending (published later)
+                seq = s.backlog.seq
                 if keep_from is None or seq < keep_from:
                     keep_from = seq
                 continue
