@@ -495,3 +495,13 @@ def test_reset_empties_but_keeps_node_id_and_seqs(tmp_path: Path) -> None:
     with Journal(tmp_path) as j:
         assert j.append(QueueDeclare("a", uid(9))) == last + 2
         assert j.node_id == node
+
+
+def test_bodies_of_enqueue_records_in_one_read(tmp_path: Path) -> None:
+    """What a restore reads back: each enqueue's body (compressed or not), None for a seq that
+    holds no enqueue or nothing."""
+    big = b"compress me " * 2000
+    with Journal(tmp_path) as j:
+        declare = j.append(QueueDeclare("q", uid(1)))
+        small, large = j.append_many([Enqueue("q", 1, b"small"), Enqueue("q", 2, big)])
+        assert j.bodies([small, large, declare, large + 100]) == [b"small", big, None, None]
