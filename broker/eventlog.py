@@ -293,6 +293,23 @@ class EventLog:
                 entries.append((r, it.epoch, 0, it.payload))
         self.journal.submit_batch(entries, done, replica=True)
 
+    def replica_ahead(self, it: Item, add: Callable[[], Callable[[Any], None]]) -> None:
+        """A restarted backup's message event (enqueue, dequeue, delivery count) on a queue it
+        knows, journaled before the model holds the journal's messages (it goes there later,
+        recovery/startup.py): durable as `_enqueued` and `_dequeued` would say, except that a
+        dequeue or a delivery count is journaled for any message of a durable queue (whether
+        the message was durable is not known yet: for another, it cancels nothing)."""
+        r: Enqueue | Dequeue | Delivery = it.record  # type: ignore[assignment]
+        self.epoch = it.epoch
+        if it.seq > self.seq:
+            self.seq = it.seq
+        e = self.queues[r.queue]
+        if not e.durable or (it.kind == RecordType.ENQUEUE and not it.flags & DURABLE):
+            return
+        self.journal.submit_one(
+            r, add(), epoch=it.epoch, origin=it.seq, replica=True, payload=it.payload
+        )
+
     def truncated(self, after: int) -> None:
         """The journal drops the stream after seq `after` (a diverged history)."""
         self.seq = min(self.seq, after)

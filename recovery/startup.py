@@ -5,9 +5,9 @@ The journal's open-time replay keeps no bodies (a restart holds only metadata wh
 restored message's body is read back by its seq. Only last-value queues need a restored message
 decoded, for its key property.
 
-Two steps: the entities (queues, exchanges, bindings: few, at once), then the messages. A
-standalone broker does both before it listens (`restore`). An HA backup restores its messages in
-the background (`MessageRestore`, a chunk per step) while it already catches up with its primary:
+Two steps: the entities (queues, exchanges, bindings: few, at once: `restore_entities`), then the
+messages (`MessageRestore`, a chunk per step). A standalone broker does both before it listens.
+An HA member restores its messages in the background while it already catches up with its primary:
 the messages are taken as the journal held them at open, so what the replication stream journals
 meanwhile changes nothing of what is restored (see broker/ha/replicator.py for the rest).
 """
@@ -27,14 +27,6 @@ from qstore.journal import Journal, MessageState, QueueState
 log = logging.getLogger("qstore.recovery")
 
 CHUNK = 2000  # messages per step of a background restore (one read transaction each)
-
-
-def restore(model: Broker, journal: Journal, events: EventLog) -> int:
-    """Rebuild `model` from `journal` before anything is appended; return the message count."""
-    messages = restore_entities(model, journal, events)
-    while messages.step():
-        pass
-    return messages.restored
 
 
 def restore_entities(model: Broker, journal: Journal, events: EventLog) -> MessageRestore:

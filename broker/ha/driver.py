@@ -87,6 +87,7 @@ class HaDriver:
         self.recent = RecentLog(service.events.seq)
         self.replicator = Replicator(service.model, service.events, self.recent)
         self.replicator.on_control = self._on_control
+        self.replicator.deferring = not service.restored.is_set()
         self.primary: Primary | None = None
         self.members: list[dict[str, Any]] = []
         self._tg: TaskGroup | None = None
@@ -254,6 +255,7 @@ class HaDriver:
         self.handle(R.PrimaryFound(address))
 
     def primary_lost(self, address: str, why: str) -> None:
+        self.replicator.link_lost()
         if self.state.is_backup:
             log.warning("lost primary %s: %s", address, why)
         self.handle(R.PrimaryLost(why))
@@ -278,7 +280,13 @@ class HaDriver:
     # -- promotion ----------------------------------------------------------------------------
 
     async def promote(self) -> str | None:
-        """Promote this broker; return None, or why it was refused."""
+        """Promote this broker; return None, or why it was refused. A broker still restoring
+        its journal's messages (it may be ready: it holds them durably) is promoted once its
+        model holds them all: a primary serves from memory."""
+        restored = self.service.restored
+        if not restored.is_set():
+            log.info("promote waits until this broker's messages are restored")
+            await restored.wait()
         peers: tuple[str, ...] = ()
         self._peer_epochs: list[int] = []
         if self.state == BrokerState.JOINING:
@@ -388,6 +396,7 @@ class HaDriver:
             "epoch": ev.epoch,
             "position": [ev.epoch, ev.seq],
             "catch-ups": dict(self.replicator.catch_ups),
+            "restoring": self.service.restoring,
             "brokers_url": ",".join(self.all_addresses),
             "members": [
                 {**m, "position": None}

@@ -11,6 +11,7 @@ priority; their removals arrive as dequeues), so the backup's queues hold exactl
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,9 @@ log = logging.getLogger("qstore.ha")
 
 _CONSUMED = DequeueReason.CONSUMED
 _ENQUEUE = stream.RT_ENQUEUE
+_MESSAGE_EVENTS = frozenset({stream.RT_ENQUEUE, stream.RT_DEQUEUE, stream.RT_DELIVERY})
+_AHEAD_CONTROLS = frozenset({stream.TAIL, stream.READY, stream.CATCH_UP, stream.MEMBERSHIP})
+Done = Callable[[BaseException | None], None]
 
 
 class Replicator:
@@ -53,9 +57,19 @@ class Replicator:
         self.in_snapshot = False
         # how the primaries caught this backup up since it started (its HA status shows it)
         self.catch_ups = {"snapshot": 0, "tail": 0}
+        # A restarted backup restores its messages in the background (recovery/startup.py) while
+        # it catches up: batches of message events on known queues are journaled at once (and
+        # acknowledged: a backup that holds them durably can be ready) and go into the model
+        # once it is restored. The first batch with anything else waits, and all after it.
+        self.deferring = False
+        self._deferred: deque[tuple[list[Item], Done | None]] = deque()  # done None: journaled
+        self._held = False  # a batch waits unjournaled: so do those after it
 
-    def apply(self, items: list[Item], done: Callable[[BaseException | None], None]) -> None:
+    def apply(self, items: list[Item], done: Done) -> None:
         """Apply a batch; `done(error)` once everything durable in it is journaled."""
+        if self.deferring:
+            self._defer(items, done)
+            return
         ev = self.events
         pending = ev.begin()
         add = pending.add
@@ -91,6 +105,52 @@ class Replicator:
         finally:
             ev.end()
         pending.when_done(done)
+
+    def _defer(self, items: list[Item], done: Done) -> None:
+        if self._held or not all(_ahead(self.events, it) for it in items):
+            self._held = True
+            self._deferred.append((items, done))
+            return
+        ev = self.events
+        pending = ev.begin()
+        try:
+            for it in items:
+                if it.record is None:
+                    self._control(it, pending.add)
+                    continue
+                ev.replica_ahead(it, pending.add)
+                it.payload = None
+                self.recent.append(it)
+        finally:
+            ev.end()
+        pending.when_done(done)
+        self._deferred.append((items, None))
+
+    def link_lost(self) -> None:
+        """The primary is gone: batches that wait unjournaled were never acknowledged, and the
+        next primary (maybe another) sends what it holds again. Those journaled stay."""
+        while self._deferred and self._deferred[-1][1] is not None:
+            self._deferred.pop()
+        self._held = False
+
+    def restored(self) -> None:
+        """The model holds the journal's messages: what waited goes into it, in order (the
+        journaled batches without writing again, the others as if they arrived now)."""
+        self.deferring = False
+        self._held = False
+        model = self.model
+        while self._deferred:
+            items, done = self._deferred.popleft()
+            if done is not None:
+                self.apply(items, done)
+                continue
+            with model.restoring():  # journaled: the model only, no event
+                for it in items:
+                    if it.record is not None:
+                        try:
+                            self._event(it, _nothing)
+                        except ModelError as exc:
+                            log.error("replica apply of %s failed: %s", it.record, exc)
 
     def _snapshot_messages(
         self, items: list[Item], add: Callable[[], Callable[[Any], None]]
@@ -225,3 +285,15 @@ def _message(it: Item, r: Enqueue, queue_arguments: dict[str, Any]) -> Message:
         properties=codec.extract(r.body, 0.0)[0].properties if lvq else {},
         delivery_count=r.delivery_count,
     )
+
+
+def _ahead(events: EventLog, it: Item) -> bool:
+    """Whether this item may be journaled before the model holds the journal's messages: a
+    message event on a queue the event log knows, or a control that changes no state."""
+    if it.record is None:
+        return it.kind in _AHEAD_CONTROLS
+    return it.kind in _MESSAGE_EVENTS and it.record.queue in events.queues  # type: ignore[union-attr]
+
+
+def _nothing() -> Callable[[Any], None]:
+    return lambda result: None
