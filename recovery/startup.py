@@ -26,7 +26,7 @@ from qstore.journal import Journal, MessageState, QueueState
 
 log = logging.getLogger("qstore.recovery")
 
-CHUNK = 2000  # messages per step of a background restore (one read transaction each)
+CHUNK = 256  # messages per step of a background restore: a few ms of the loop each
 
 
 def restore_entities(model: Broker, journal: Journal, events: EventLog) -> MessageRestore:
