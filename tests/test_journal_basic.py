@@ -505,3 +505,19 @@ def test_bodies_of_enqueue_records_in_one_read(tmp_path: Path) -> None:
         declare = j.append(QueueDeclare("q", uid(1)))
         small, large = j.append_many([Enqueue("q", 1, b"small"), Enqueue("q", 2, big)])
         assert j.bodies([small, large, declare, large + 100]) == [b"small", big, None, None]
+
+
+def test_a_backups_replica_records_replay_as_their_entries_say(tmp_path: Path) -> None:
+    """Replay and `bodies` read a replica's uncompressed enqueues from their fields (a backup's
+    records all carry the flag): the same state as applying each decoded entry."""
+    with Journal(tmp_path) as j:
+        j.append(QueueDeclare("q", uid(1)), epoch=2, origin=10, replica=True)
+        seqs = j.append_many(
+            [Enqueue("q", n, b"body %d" % n, priority=n, delivery_count=n) for n in (1, 2, 3)],
+            epoch=2,
+            origin=11,
+            replica=True,
+        )
+        j.append(Dequeue("q", 2), epoch=2, origin=14, replica=True)
+        assert j.replay().snapshot() == state_of(j.entries()).snapshot()
+        assert j.bodies(seqs) == [b"body 1", b"body 2", b"body 3"]

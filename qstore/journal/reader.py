@@ -21,6 +21,7 @@ from .errors import CorruptRecord, NotAJournal
 from .modes import PRIVATE_DIR, PRIVATE_FILE
 from .records import (
     ENQ_FIELDS,
+    FLAG_REPLICA,
     FORMAT_VERSION,
     HEADER,
     KEY,
@@ -37,6 +38,9 @@ RECORDS_DB = b"records"
 META_DB = b"meta"
 CHUNK = 4096  # entries per read transaction
 ENQUEUE = int(RecordType.ENQUEUE)
+# The flags of a record the fast paths read from its fields: not compressed, maybe a replica's
+# (a backup's records all are); any other flag (compressed, unknown) takes the checked path.
+_PLAIN = (0, FLAG_REPLICA)  # the low byte of the flags (the high one is 0)
 # An enqueue's header and fixed fields, read in one call
 _ENQ_HEAD = struct.Struct(">" + HEADER.format.lstrip(">") + ENQ_FIELDS.format.lstrip(">"))
 
@@ -194,7 +198,12 @@ class JournalReader:
                 if value is None:
                     add(None)
                     continue
-                if value[1] == ENQUEUE and not value[3] and len(value) >= start:
+                if (
+                    value[1] == ENQUEUE
+                    and not value[2]
+                    and value[3] in _PLAIN
+                    and len(value) >= start
+                ):
                     version, _t, _f, _e, _o, want, _m, _p, _x, _c, qn = fields(value, 0)
                     if version <= FORMAT_VERSION and want == crc(
                         value[HEADER.size :], crc(value[:16], crc(key))
@@ -264,7 +273,12 @@ class JournalReader:
                         n += 1
                         # Fast path for the bulk of a journal: a verified, uncompressed enqueue,
                         # applied from its fields without building a record object.
-                        if value[1] == ENQUEUE and not value[3] and len(value) >= start:
+                        if (
+                            value[1] == ENQUEUE
+                            and not value[2]
+                            and value[3] in _PLAIN
+                            and len(value) >= start
+                        ):
                             version, _t, _f, epoch, origin, want, msgid, prio, expiry, count, qn = (
                                 fields(value, 0)
                             )
