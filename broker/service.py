@@ -66,7 +66,7 @@ class BrokerService:
         except BaseException:
             self.journal.close()
             raise
-        later = self.messages.total - self.messages.restored
+        later = self.restoring
         log.info(
             "recovered %d queues, %d messages from %s in %.2fs (journal position %s)%s",
             len(self.model.queues),
@@ -220,9 +220,9 @@ class BrokerService:
         self.messages = None
         self.journal.set_compaction_horizon(None)
         gc.freeze()  # they live as long as the broker, as what start-up built (see run)
-        self.restored.set()
         if self.ha is not None:
-            self.ha.replicator.restored()
+            self.ha.replicator.restored()  # what the stream brought meanwhile, before a promote
+        self.restored.set()
 
     @property
     def restoring(self) -> int:
