@@ -32,7 +32,7 @@ from broker.net.limit import ConnectionLimit, ha_reserve
 from broker.security import Authenticator, Authorizer, server_context
 from broker.sysmem import max_memory
 from qstore.journal import Journal, faults
-from recovery.startup import MessageRestore, restore_entities
+from recovery.startup import MessageRestore, no_collection, restore_entities
 
 log = logging.getLogger("qstore.broker")
 
@@ -61,8 +61,9 @@ class BrokerService:
                 self.model, self.journal, self.events
             )
             if not cfg.ha_cluster:
-                while self.messages.step():
-                    pass
+                with no_collection():
+                    while self.messages.step():
+                        pass
         except BaseException:
             self.journal.close()
             raise
@@ -214,8 +215,9 @@ class BrokerService:
         between (broker/ha/replicator.py holds what the stream brings for the model meanwhile)."""
         assert self.messages is not None
         messages, t0 = self.messages, time.monotonic()
-        while messages.step():
-            await anyio.sleep(0)
+        with no_collection():  # cycles are rare here (see GC_THRESHOLDS): a few seconds' worth
+            while messages.step():
+                await anyio.sleep(0)
         log.info("restored %d messages in %.2fs", messages.restored, time.monotonic() - t0)
         self.messages = None
         self.journal.set_compaction_horizon(None)

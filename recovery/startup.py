@@ -80,9 +80,7 @@ class MessageRestore:
             return False
         bodies = self.journal.bodies([m.seq for _, _, m in chunk])
         model = self.model
-        # No event (the journal has them: nothing to write), and no collection of the cyclic
-        # garbage collector: it would rescan a heap that only grows (as replay does, reader.py).
-        with model.restoring(), _no_gc():
+        with model.restoring():  # no event: the journal has them, nothing to write
             for (queue, lvq, m), body in zip(chunk, bodies, strict=True):
                 if body is None:
                     log.error("journal lost the body of message %s on %r", m.msgid, queue)
@@ -103,7 +101,10 @@ class MessageRestore:
 
 
 @contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
+def no_collection() -> Iterator[None]:
+    """Around a whole restore: no pass of the cyclic garbage collector, which would rescan a
+    heap that only grows (as replay does, qstore/journal/reader.py); per step was not enough
+    (each step that enables it again may set off a full pass)."""
     paused = gc.isenabled()
     gc.disable()
     try:
