@@ -19,7 +19,7 @@ from broker.model import Broker
 from qstore.journal import Dequeue, Enqueue, Epoch, Journal, QueueDeclare
 from recovery.startup import MessageRestore, restore_entities
 
-NODE = uuid.UUID(int=7)
+NODE, OTHER = uuid.UUID(int=7), uuid.UUID(int=8)
 Q = uuid.UUID(int=1)
 WAIT = 10.0
 
@@ -42,8 +42,8 @@ def wire(items: list[stream.Item]) -> list[stream.Item]:
     return stream.decode(stream.encode(items))
 
 
-def enqueue(n: int, seq: int) -> stream.Item:
-    return stream.event(Enqueue("q", n, body(n)), 1, seq, stream.DURABLE)
+def enqueue(n: int, seq: int, epoch: int = 1) -> stream.Item:
+    return stream.event(Enqueue("q", n, body(n)), epoch, seq, stream.DURABLE)
 
 
 class Backup:
@@ -101,11 +101,16 @@ def test_message_events_are_journaled_and_acknowledged_before_the_restore(tmp_pa
             assert b.held() == []  # nothing restored yet, the tail not applied either
             assert (b.events.epoch, b.events.seq) == (1, 7)  # what it states on a reconnect
             assert journal_view(b.journal) == ((1, 7), {"q": [2, 3, 4]})
-            ready = b.apply([stream.control(stream.READY, 1, 7)])
+            # a new primary (its epoch) went on meanwhile: no model state, journaled as well
+            promoted = [stream.event(Epoch(2, OTHER), 2, 8), enqueue(5, 9, epoch=2)]
+            assert await settled(b.apply(promoted)) is None
+            ready = b.apply([stream.control(stream.READY, 2, 9)])
             assert await settled(ready) is None and b.controls[-1] == stream.READY
             b.restore()
-            assert b.held() == [2, 3, 4]
-            assert journal_view(b.journal) == ((1, 7), {"q": [2, 3, 4]})  # nothing twice
+            assert b.held() == [2, 3, 4, 5]
+            assert journal_view(b.journal) == ((2, 9), {"q": [2, 3, 4, 5]})  # nothing twice
+            epochs = [(e.number, e.origin) for e in b.journal.replay(keep_bodies=False).epochs]
+            assert epochs == [(1, 1), (2, 8)] and b.events.history.numbers == [1, 2]
         finally:
             b.journal.close()
 

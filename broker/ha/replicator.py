@@ -28,6 +28,7 @@ from qstore.journal import (
     ExchangeDelete,
     QueueDeclare,
     QueueDelete,
+    RecordType,
     Unbind,
 )
 
@@ -43,6 +44,7 @@ log = logging.getLogger("qstore.ha")
 
 _CONSUMED = DequeueReason.CONSUMED
 _ENQUEUE = stream.RT_ENQUEUE
+_EPOCH = int(RecordType.EPOCH)
 _MESSAGE_EVENTS = frozenset({stream.RT_ENQUEUE, stream.RT_DEQUEUE, stream.RT_DELIVERY})
 _AHEAD_CONTROLS = frozenset({stream.TAIL, stream.READY, stream.CATCH_UP, stream.MEMBERSHIP})
 Done = Callable[[BaseException | None], None]
@@ -115,10 +117,14 @@ class Replicator:
         pending = ev.begin()
         try:
             for it in items:
-                if it.record is None:
+                r = it.record
+                if r is None:
                     self._control(it, pending.add)
                     continue
-                ev.replica_ahead(it, pending.add)
+                if isinstance(r, Epoch):  # the history's, not the model's: applied now
+                    ev.apply_epoch(r, it.epoch, it.seq, pending.add())
+                else:
+                    ev.replica_ahead(it, pending.add)
                 it.payload = None
                 self.recent.append(it)
         finally:
@@ -146,7 +152,7 @@ class Replicator:
                 continue
             with model.restoring():  # journaled: the model only, no event
                 for it in items:
-                    if it.record is not None:
+                    if it.kind in _MESSAGE_EVENTS:  # (an epoch was applied when it came)
                         try:
                             self._event(it, _nothing)
                         except ModelError as exc:
@@ -289,9 +295,12 @@ def _message(it: Item, r: Enqueue, queue_arguments: dict[str, Any]) -> Message:
 
 def _ahead(events: EventLog, it: Item) -> bool:
     """Whether this item may be journaled before the model holds the journal's messages: a
-    message event on a queue the event log knows, or a control that changes no state."""
+    message event on a queue the event log knows, an epoch (a new primary: no model state),
+    or a control that changes no state."""
     if it.record is None:
         return it.kind in _AHEAD_CONTROLS
+    if it.kind == _EPOCH:
+        return True
     return it.kind in _MESSAGE_EVENTS and it.record.queue in events.queues  # type: ignore[union-attr]
 
 
