@@ -24,7 +24,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from broker.ha import levels
+from broker.ha.catchup import EpochId
 from broker.ha.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item, event
+from broker.history import EpochHistory
 from broker.model import (
     Bound,
     Broker,
@@ -47,6 +49,7 @@ from qstore.journal import (
     Epoch,
     ExchangeDeclare,
     ExchangeDelete,
+    History,
     Journal,
     JournalError,
     QueueDeclare,
@@ -129,10 +132,8 @@ class EventLog:
         self.default_level = default_level
         self.epoch = journal.epoch
         self.seq = journal.state.max_origin
-        # (number, node id, first seq) of every epoch this broker's history holds
-        self.epochs: list[tuple[int, str, int]] = [
-            (ep.number, str(ep.node), ep.origin) for ep in journal.state.epochs
-        ]
+        # the epochs of this broker's stream: owned here, journaled with each change (history.py)
+        self.history = EpochHistory.from_journal(journal.state)
         self.replica: tuple[int, int] | None = None  # set by a backup's replicator
         # ... with the stream item being applied: its record and payload are journaled as the
         # primary packed them when the event they cause is that record (no second packing)
@@ -245,7 +246,7 @@ class EventLog:
         replicated like any other, so every broker's history names who led from which seq."""
         self.epoch = number
         self.seq += 1
-        self.epochs.append((number, str(node), self.seq))
+        self.history.add(number, str(node), self.seq)
         rec = Epoch(number, node)
         self.journal.submit_one(rec, _log_failure, epoch=number, origin=self.seq)
         if self.sink is not None:
@@ -256,8 +257,64 @@ class EventLog:
         """A backup applies the primary's epoch record."""
         self.epoch = epoch
         self.seq = max(self.seq, seq)
-        self.epochs.append((rec.number, str(rec.node), seq))
+        self.history.add(rec.number, str(rec.node), seq)
         self.journal.submit_one(rec, done, epoch=epoch, origin=seq, replica=True)
+
+    def snapshot_begins(self, done: Callable[[Any], None]) -> None:
+        """A backup's replicated state is about to be replaced: until the snapshot ends, it has
+        no position and no history, in memory and in its journal (stopped halfway, it comes
+        back at (0, 0) and asks for a snapshot again)."""
+        self.epoch = self.seq = 0
+        self.history.replace(())
+        self.journal.submit_one(History([]), done, epoch=0, origin=0, replica=True)
+
+    def snapshot_ends(
+        self, epoch: int, seq: int, epochs: list[EpochId], done: Callable[[Any], None]
+    ) -> None:
+        """The snapshot is complete: the backup holds the primary's state at (epoch, seq), and
+        the primary's history up to there is its own (a restart or a reconnect then gets a
+        tail, and a promotion numbers its epoch above all of them)."""
+        self.epoch, self.seq = epoch, seq
+        self.history.replace(epochs)
+        rec = History(self.history.records())
+        self.journal.submit_one(rec, done, epoch=epoch, origin=seq, replica=True)
+
+    def snapshot_messages(self, items: list[Item], done: Callable[[Any], None]) -> None:
+        """A snapshot's messages, which the replicator restored with the model quiet (a
+        snapshot's bulk, at the cost of a few calls per message instead of an event each):
+        journal the durable ones (durable, on a durable queue), outside the stream (seq 0) as
+        the primary packed them, in one job; `done` once they are durable."""
+        queues = self.queues
+        entries = []
+        for it in items:
+            r: Enqueue = it.record  # type: ignore[assignment]
+            e = queues.get(r.queue)
+            if e is not None and e.durable and it.flags & DURABLE:
+                entries.append((r, it.epoch, 0, it.payload))
+        self.journal.submit_batch(entries, done, replica=True)
+
+    def replica_ahead(self, it: Item, add: Callable[[], Callable[[Any], None]]) -> None:
+        """A restarted backup's message event (enqueue, dequeue, delivery count) on a queue it
+        knows, journaled before the model holds the journal's messages (it goes there later,
+        broker/restore.py): durable as `_enqueued` and `_dequeued` would say, except that a
+        dequeue or a delivery count is journaled for any message of a durable queue (whether
+        the message was durable is not known yet: for another, it cancels nothing)."""
+        r: Enqueue | Dequeue | Delivery = it.record  # type: ignore[assignment]
+        self.epoch = it.epoch
+        if it.seq > self.seq:
+            self.seq = it.seq
+        e = self.queues[r.queue]
+        if not e.durable or (it.kind == RecordType.ENQUEUE and not it.flags & DURABLE):
+            return
+        self.journal.submit_one(
+            r, add(), epoch=it.epoch, origin=it.seq, replica=True, payload=it.payload
+        )
+
+    def truncated(self, after: int) -> None:
+        """The journal drops the stream after seq `after` (a diverged history)."""
+        self.seq = min(self.seq, after)
+        self.history.truncate(after)
+        self.epoch = self.history.epochs[-1].number if self.history.epochs else 0
 
     def explicit_levels(
         self, kind: str, name: str, args: dict[str, Any], exclusive: bool, auto_delete: bool

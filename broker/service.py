@@ -29,7 +29,7 @@ from broker.mgmt.node import Management
 from broker.model import Broker
 from broker.net import Server
 from broker.net.limit import ConnectionLimit, ha_reserve
-from broker.restore import restore
+from broker.restore import MessageRestore, no_collection, restore_entities
 from broker.security import Authenticator, Authorizer, server_context
 from broker.sysmem import max_memory
 from qstore.journal import Journal, faults
@@ -52,20 +52,37 @@ class BrokerService:
         self.journal = Journal(
             cfg.data_dir, map_size=cfg.journal_max_size, commit=faults.from_environment()
         )
+        # Set once the model holds every message of the journal: at once for a standalone
+        # broker; an HA member restores them in the background while it catches up with its
+        # primary (it may be ready before, it is promoted only after: see _restore_messages).
+        self.restored = anyio.Event()
         try:
             self.events = EventLog(self.model, self.journal, cfg.ha_replicate)
-            restored = restore(self.model, self.journal, self.events)
+            self.messages: MessageRestore | None = restore_entities(
+                self.model, self.journal, self.events
+            )
+            if not cfg.ha_cluster:
+                with no_collection():
+                    while self.messages.step():
+                        pass
         except BaseException:
             self.journal.close()
             raise
+        later = self.restoring
         log.info(
-            "recovered %d queues, %d messages from %s in %.2fs (journal position %s)",
+            "recovered %d queues, %d messages from %s in %.2fs (journal position %s)%s",
             len(self.model.queues),
-            restored,
+            self.messages.restored,
             cfg.data_dir,
             time.monotonic() - t0,
             self.journal.position,
+            f"; restoring {later} messages meanwhile" if later else "",
         )
+        if not later:
+            self.messages = None
+            self.restored.set()
+        else:  # their enqueue records stay until read back, whatever the stream cancels
+            self.journal.set_compaction_horizon(self.journal.last_seq)
         self.outbox = Outbox(self.model, clock)
         try:  # every file is read now, so that a bad one stops start-up with one line
             self.security = Authorizer(cfg.acl_file, cfg.ha_username, auth=cfg.auth)
@@ -188,6 +205,8 @@ class BrokerService:
             # nothing: cycles are rare here. ha_bench: cluster CPU 147-154 -> 130-134 ms per 1000.
             gc.set_threshold(*GC_THRESHOLDS)
             self._tg = tg
+            if self.messages is not None:
+                tg.start_soon(self._restore_messages)
             if self.ha is not None:
                 tg.start_soon(self.ha.run, tg)
             else:
@@ -195,6 +214,28 @@ class BrokerService:
             task_status.started(self.port)
             await self._stopped.wait()
             tg.cancel_scope.cancel()
+
+    async def _restore_messages(self) -> None:
+        """The journal's messages into the model, a chunk per loop turn: replication goes on
+        between (broker/ha/replicator.py holds what the stream brings for the model meanwhile)."""
+        assert self.messages is not None
+        messages, t0 = self.messages, time.monotonic()
+        with no_collection():  # cycles are rare here (see GC_THRESHOLDS): a few seconds' worth
+            while messages.step():
+                await anyio.sleep(0)
+        log.info("restored %d messages in %.2fs", messages.restored, time.monotonic() - t0)
+        self.messages = None
+        self.journal.set_compaction_horizon(None)
+        gc.freeze()  # they live as long as the broker, as what start-up built (see run)
+        if self.ha is not None:
+            self.ha.replicator.restored()  # what the stream brought meanwhile, before a promote
+        self.restored.set()
+
+    @property
+    def restoring(self) -> int:
+        """Messages of the journal not yet restored into the model (0 once all are)."""
+        m = self.messages
+        return 0 if m is None else m.total - m.restored - m.lost
 
     def on_promoted(self) -> None:
         """This broker now leads: expiry is its to decide (backups follow the primary's)."""

@@ -56,6 +56,10 @@ def outline(reader: JournalReader, progress: Progress) -> Outline:
             e = decode(seq, value)
             out.epochs.append((e.origin, e.record.number, e.record.node))  # type: ignore[union-attr]
             out.nodes[e.record.number] = e.record.node  # type: ignore[union-attr]
+        elif rtype == RecordType.HISTORY:  # a snapshot: its epochs replace those before
+            e = decode(seq, value)
+            out.epochs = [(o, n, node) for n, node, o in e.record.epochs]  # type: ignore[union-attr]
+            out.nodes.update((n, node) for _, n, node in out.epochs)
     out.epochs.sort(key=lambda t: t[0])
     return out
 
@@ -80,12 +84,17 @@ class Side:
         return (e.epoch, self.outline.nodes.get(e.epoch))
 
     def walk(self) -> Iterator[Entry]:
-        """Entries in origin order; a damaged one ends the run naming this journal."""
+        """Entries in origin order; a damaged one ends the run naming this journal. History
+        records (a snapshot's, at its position) are no events: the outline has their epochs."""
         with damage_is_a_finding(self.name):
+            entries = (
+                e
+                for e in self.reader.entries(progress=self.progress)
+                if e.record.TYPE != RecordType.HISTORY
+            )
             if self.outline.ordered:
-                yield from self.reader.entries(progress=self.progress)
+                yield from entries
             else:  # origins out of order (a journal rebuilt from a snapshot): sort in memory
-                entries = self.reader.entries(progress=self.progress)
                 yield from sorted(entries, key=lambda e: (e.origin, e.seq))
 
 

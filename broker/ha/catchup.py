@@ -10,6 +10,7 @@ the backup is `catch-up` until it has acknowledged the primary's position at con
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 from broker.amqp import codec
 from broker.ha import levels, stream
 from broker.ha.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item
-from broker.model import Broker, Queue
+from broker.model import Broker, Queue, QueuedMessage
 from qstore.journal import Bind, Dequeue, Enqueue, ExchangeDeclare, QueueDeclare
 
 
@@ -116,17 +117,24 @@ def snapshot_items(
     epoch: int,
     seq: int,
     bindings: dict[tuple[str, str, str], tuple[bool, bool]],
+    epochs: list[list[Any]] | None = None,
 ) -> Iterator[Item]:
     """The primary's replicated state as items, all at its current position: exchanges, queues,
     bindings, then the messages of queues replicated at level `all` (acquired ones included, with
-    their delivery counts)."""
-    yield stream.control(stream.SNAPSHOT_BEGIN, epoch, seq, position=[epoch, seq])
+    their delivery counts). The end carries the primary's `epochs` (broker/history.py: wire):
+    the backup's history from then on.
+
+    The state is taken now: the configuration as items, the messages as references to them. The
+    message items are made as the iterator is read (a snapshot of a million messages made at
+    once stalled its primary for seconds): what a message carries does not change, and what
+    happens to it after now (consumed, delivery count) follows the snapshot as events."""
+    head = [stream.control(stream.SNAPSHOT_BEGIN, epoch, seq, position=[epoch, seq])]
     for x in model.exchanges.values():
         if x.builtin or exchange_level(x.name) == levels.NONE:
             continue
         xargs = {levels.KEY: exchange_level(x.name), **x.arguments}
         rec = ExchangeDeclare(x.name, x.uuid, x.type, xargs)
-        yield stream.event(rec, epoch, seq, DURABLE if x.durable else 0)
+        head.append(stream.event(rec, epoch, seq, DURABLE if x.durable else 0))
     for q in model.queues.values():
         if queue_level(q.name) == levels.NONE:
             continue
@@ -136,39 +144,60 @@ def snapshot_items(
             | (EXCLUSIVE if q.exclusive_owner is not None else 0)
         )
         qargs = {levels.KEY: queue_level(q.name), **q.arguments}
-        yield stream.event(QueueDeclare(q.name, q.uuid, qargs), epoch, seq, flags)
-    for (x, q, k), (_durable, replicated) in bindings.items():
+        head.append(stream.event(QueueDeclare(q.name, q.uuid, qargs), epoch, seq, flags))
+    for (x, qn, k), (_durable, replicated) in bindings.items():
         if replicated:
-            binding = model.queues[q].bindings.get((x, k)) if q in model.queues else None
+            binding = model.queues[qn].bindings.get((x, k)) if qn in model.queues else None
             args = dict(getattr(binding, "arguments", None) or {})
-            yield stream.event(Bind(x, q, k, args), epoch, seq)
-    for q in model.queues.values():
-        if queue_level(q.name) != levels.ALL:
-            continue
-        if q.dedup is not None:
-            yield from _window_items(model, q, epoch, seq)
-        for qm in q.messages():
+            head.append(stream.event(Bind(x, qn, k, args), epoch, seq))
+    # the state at attach, by reference: the items are made as they are sent
+    held = [
+        (q.name, _gone_ids(q), q.durable, list(q.messages()))
+        for q in model.queues.values()
+        if queue_level(q.name) == levels.ALL
+    ]
+    end = stream.control(
+        stream.SNAPSHOT_END, epoch, seq, position=[epoch, seq], epochs=list(epochs or [])
+    )
+    return itertools.chain(head, _message_items(model, held, epoch, seq), (end,))
+
+
+def _message_items(
+    model: Broker,
+    held: list[tuple[str, list[bytes], bool, list[QueuedMessage]]],
+    epoch: int,
+    seq: int,
+) -> Iterator[Item]:
+    for name, gone, durable, messages in held:
+        yield from _window_items(model, name, gone, durable, epoch, seq)
+        for qm in messages:
             m = qm.message
             expiry = int(m.expiry * 1000) if m.expiry else 0
-            rec = Enqueue(q.name, qm.id, m.body, m.priority, expiry, qm.delivery_count)
+            rec = Enqueue(name, qm.id, m.body, m.priority, expiry, qm.delivery_count)
             yield stream.event(rec, epoch, seq, DURABLE if m.durable else 0)
-    yield stream.control(stream.SNAPSHOT_END, epoch, seq, position=[epoch, seq])
 
 
-def _window_items(model: Broker, q: Queue, epoch: int, seq: int) -> Iterator[Item]:
-    """The ids of the queue's dedup window whose messages are gone (consumed), each as the
-    enqueue of a message of nothing but that id (`codec.id_only`, under a fresh message id) and
-    its dequeue: the backup's window and journal then hold them as if it had applied them.
-    They come before the queue's live messages, which are mostly the newer ones; a message
-    without an id leaves no slot (the backup keeps the ids it has a little longer)."""
+def _gone_ids(q: Queue) -> list[bytes]:
+    """The ids of the queue's dedup window whose messages are gone (consumed), oldest first."""
+    if q.dedup is None:
+        return []
     live = {qm.message.message_id for qm in q.messages()}
-    flags = DURABLE if q.durable else 0
-    for mid in q.dedup.entries():  # type: ignore[union-attr]
-        if mid is None or mid in live:
-            continue
+    return [mid for mid in q.dedup.entries() if mid is not None and mid not in live]
+
+
+def _window_items(
+    model: Broker, queue: str, gone: list[bytes], durable: bool, epoch: int, seq: int
+) -> Iterator[Item]:
+    """Each id of the queue's dedup window whose message is gone, as the enqueue of a message
+    of nothing but that id (`codec.id_only`, under a fresh message id) and its dequeue: the
+    backup's window and journal then hold them as if it had applied them. They come before the
+    queue's live messages, which are mostly the newer ones; a message without an id leaves no
+    slot (the backup keeps the ids it has a little longer)."""
+    flags = DURABLE if durable else 0
+    for mid in gone:
         msgid = model.take_id()
-        yield stream.event(Enqueue(q.name, msgid, codec.id_only(mid)), epoch, seq, flags)
-        yield stream.event(Dequeue(q.name, msgid), epoch, seq)
+        yield stream.event(Enqueue(queue, msgid, codec.id_only(mid)), epoch, seq, flags)
+        yield stream.event(Dequeue(queue, msgid), epoch, seq)
 
 
 def node_text(node: uuid.UUID | str | None) -> str:

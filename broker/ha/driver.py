@@ -87,6 +87,7 @@ class HaDriver:
         self.recent = RecentLog(service.events.seq)
         self.replicator = Replicator(service.model, service.events, self.recent)
         self.replicator.on_control = self._on_control
+        self.replicator.deferring = not service.restored.is_set()
         self.primary: Primary | None = None
         self.members: list[dict[str, Any]] = []
         self._tg: TaskGroup | None = None
@@ -119,13 +120,12 @@ class HaDriver:
 
     def backup_info(self) -> dict[str, Any]:
         ev = self.service.events
-        node = next((n for num, n, _ in reversed(ev.epochs) if num == ev.epoch), "")
         return {
             "name": self.name,
             "address": self.address,
             "state": str(self.state),
-            "position": {"epoch": ev.epoch, "node": node, "seq": ev.seq},
-            "epochs": [list(e) for e in ev.epochs],
+            "position": {"epoch": ev.epoch, "node": ev.history.node(ev.epoch), "seq": ev.seq},
+            "epochs": ev.history.wire(),
         }
 
     # -- running ------------------------------------------------------------------------------
@@ -254,6 +254,7 @@ class HaDriver:
         self.handle(R.PrimaryFound(address))
 
     def primary_lost(self, address: str, why: str) -> None:
+        self.replicator.link_lost()
         if self.state.is_backup:
             log.warning("lost primary %s: %s", address, why)
         self.handle(R.PrimaryLost(why))
@@ -278,7 +279,13 @@ class HaDriver:
     # -- promotion ----------------------------------------------------------------------------
 
     async def promote(self) -> str | None:
-        """Promote this broker; return None, or why it was refused."""
+        """Promote this broker; return None, or why it was refused. A broker still restoring
+        its journal's messages (it may be ready: it holds them durably) is promoted once its
+        model holds them all: a primary serves from memory."""
+        restored = self.service.restored
+        if not restored.is_set():
+            log.info("promote waits until this broker's messages are restored")
+            await restored.wait()
         peers: tuple[str, ...] = ()
         self._peer_epochs: list[int] = []
         if self.state == BrokerState.JOINING:
@@ -336,7 +343,7 @@ class HaDriver:
 
     def _start_epoch(self) -> None:
         ev = self.service.events
-        seen = [n for n, _, _ in ev.epochs] + [ev.epoch] + getattr(self, "_peer_epochs", [])
+        seen = [*ev.history.numbers, ev.epoch, *getattr(self, "_peer_epochs", [])]
         number, seq = ev.start_epoch(max(seen) + 1, self.service.journal.node_id)
         log.info("epoch %d starts at seq %d", number, seq)
 
@@ -387,6 +394,8 @@ class HaDriver:
             "state": str(self.state),
             "epoch": ev.epoch,
             "position": [ev.epoch, ev.seq],
+            "catch-ups": dict(self.replicator.catch_ups),
+            "restoring": self.service.restoring,
             "brokers_url": ",".join(self.all_addresses),
             "members": [
                 {**m, "position": None}

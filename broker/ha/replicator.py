@@ -11,11 +11,13 @@ priority; their removals arrive as dequeues), so the backup's queues hold exactl
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from broker.amqp import codec
-from broker.model import Broker, DequeueReason, Message, ModelError
+from broker.history import from_wire
+from broker.model import Broker, DequeueReason, Message, ModelError, Queue
 from qstore.journal import (
     Bind,
     Delivery,
@@ -26,6 +28,7 @@ from qstore.journal import (
     ExchangeDelete,
     QueueDeclare,
     QueueDelete,
+    RecordType,
     Unbind,
 )
 
@@ -40,6 +43,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("qstore.ha")
 
 _CONSUMED = DequeueReason.CONSUMED
+_ENQUEUE = stream.RT_ENQUEUE
+_EPOCH = int(RecordType.EPOCH)
+_MESSAGE_EVENTS = frozenset({stream.RT_ENQUEUE, stream.RT_DEQUEUE, stream.RT_DELIVERY})
+_AHEAD_CONTROLS = frozenset({stream.TAIL, stream.READY, stream.CATCH_UP, stream.MEMBERSHIP})
+Done = Callable[[BaseException | None], None]
 
 
 class Replicator:
@@ -49,17 +57,36 @@ class Replicator:
         self.recent = recent
         self.on_control: Callable[[Item], None] = lambda item: None
         self.in_snapshot = False
+        # how the primaries caught this backup up since it started (its HA status shows it)
+        self.catch_ups = {"snapshot": 0, "tail": 0}
+        # A restarted backup restores its messages in the background (broker/restore.py) while
+        # it catches up: batches of message events on known queues are journaled at once (and
+        # acknowledged: a backup that holds them durably can be ready) and go into the model
+        # once it is restored. The first batch with anything else waits, and all after it.
+        self.deferring = False
+        self._deferred: deque[tuple[list[Item], Done | None]] = deque()  # done None: journaled
+        self._held = False  # a batch waits unjournaled: so do those after it
 
-    def apply(self, items: list[Item], done: Callable[[BaseException | None], None]) -> None:
+    def apply(self, items: list[Item], done: Done) -> None:
         """Apply a batch; `done(error)` once everything durable in it is journaled."""
+        if self.deferring:
+            self._defer(items, done)
+            return
         ev = self.events
         pending = ev.begin()
         add = pending.add
         recent = self.recent.append
+        restored: list[Item] = []  # a snapshot's messages, restored and journaled in bulk
         try:
             for it in items:
+                if self.in_snapshot and it.kind == _ENQUEUE:
+                    restored.append(it)
+                    continue
+                if restored:
+                    self._snapshot_messages(restored, add)
+                    restored = []
                 if it.record is None:
-                    self._control(it)
+                    self._control(it, add)
                     continue
                 # A snapshot's items stand for state, not events: journaled outside the stream
                 # (seq 0), so the journal's positions stay the primary's events, one for one.
@@ -73,26 +100,109 @@ class Replicator:
                     ev.replica = None
                     ev.replica_item = None
                 it.payload = None  # the journal has its own reference; the recent log keeps
-                recent(it)  # no second copy of each body (a tail from it packs again)
+                if not self.in_snapshot:  # no second copy of each body (a tail from it packs
+                    recent(it)  # again); a snapshot's items are at its seq: no tail has them
+            if restored:
+                self._snapshot_messages(restored, add)
         finally:
             ev.end()
         pending.when_done(done)
 
-    def _control(self, it: Item) -> None:
+    def _defer(self, items: list[Item], done: Done) -> None:
+        if self._held or not all(_ahead(self.events, it) for it in items):
+            self._held = True
+            self._deferred.append((items, done))
+            return
+        ev = self.events
+        pending = ev.begin()
+        try:
+            for it in items:
+                r = it.record
+                if r is None:
+                    self._control(it, pending.add)
+                    continue
+                if isinstance(r, Epoch):  # the history's, not the model's: applied now
+                    ev.apply_epoch(r, it.epoch, it.seq, pending.add())
+                else:
+                    ev.replica_ahead(it, pending.add)
+                it.payload = None
+                self.recent.append(it)
+        finally:
+            ev.end()
+        pending.when_done(done)
+        self._deferred.append((items, None))
+
+    def link_lost(self) -> None:
+        """The primary is gone: batches that wait unjournaled were never acknowledged, and the
+        next primary (maybe another) sends what it holds again. Those journaled stay."""
+        while self._deferred and self._deferred[-1][1] is not None:
+            self._deferred.pop()
+        self._held = False
+
+    def restored(self) -> None:
+        """The model holds the journal's messages: what waited goes into it, in order (the
+        journaled batches without writing again, the others as if they arrived now)."""
+        self.deferring = False
+        self._held = False
+        model = self.model
+        while self._deferred:
+            items, done = self._deferred.popleft()
+            if done is not None:
+                self.apply(items, done)
+                continue
+            with model.restoring():  # journaled: the model only, no event
+                for it in items:
+                    if it.kind in _MESSAGE_EVENTS:  # (an epoch was applied when it came)
+                        try:
+                            self._event(it, _nothing)
+                        except ModelError as exc:
+                            log.error("replica apply of %s failed: %s", it.record, exc)
+
+    def _snapshot_messages(
+        self, items: list[Item], add: Callable[[], Callable[[Any], None]]
+    ) -> None:
+        """A snapshot's messages: into the model without an event each (the snapshot is most of
+        them: a few calls per message count), then journaled by the event log in one job."""
+        model = self.model
+        put: list[Item] = []
+        with model.restoring():
+            for it in items:
+                r: Enqueue = it.record  # type: ignore[assignment]
+                q = model.queues.get(r.queue)
+                if q is None or q.get(r.msgid) is not None:
+                    continue
+                try:
+                    model.restore_message(r.queue, r.msgid, _message(it, r, q))
+                except ModelError as exc:  # as in apply: a bug, said
+                    log.error("snapshot apply of %s failed: %s", r, exc)
+                    continue
+                put.append(it)
+        self.events.snapshot_messages(put, add())
+        for it in put:
+            it.payload = None
+
+    def _control(self, it: Item, add: Callable[[], Callable[[Any], None]]) -> None:
         if it.kind == stream.TRUNCATE and it.data is not None:
             after = int(it.data.get("after", 0))
             log.warning(
                 "history diverged from the primary's after seq %d: dropping the rest", after
             )
             self.events.journal.drop_stream_after(after, wait=False)
-            self.events.seq = min(self.events.seq, after)
+            self.events.truncated(after)
+        elif it.kind == stream.TAIL:
+            self.catch_ups["tail"] += 1
+            self.in_snapshot = False  # a snapshot cut short by a lost link is over
         elif it.kind == stream.SNAPSHOT_BEGIN:
+            self.catch_ups["snapshot"] += 1
             self.in_snapshot = True
+            self.events.snapshot_begins(add())
             self._clear_replicated(it)
         elif it.kind == stream.SNAPSHOT_END:
             self.in_snapshot = False
-            self.events.seq = max(self.events.seq, it.seq)
-            self.events.epoch = it.epoch
+            # the primary's epochs up to the snapshot (none from an older primary: the next
+            # connection then gets a snapshot again, as it did before histories were sent)
+            epochs = from_wire((it.data or {}).get("epochs")) or []
+            self.events.snapshot_ends(it.epoch, it.seq, epochs, add())
         self.on_control(it)
 
     def _clear_replicated(self, it: Item) -> None:
@@ -115,18 +225,7 @@ class Replicator:
             q = model.queues.get(r.queue)
             if q is None or q.get(r.msgid) is not None:
                 return
-            lvq = "qpid.last_value_queue_key" in q.arguments
-            msg = Message(
-                body=r.body,
-                durable=bool(it.flags & DURABLE),
-                priority=r.priority,
-                expiry=r.expiry / 1000 if r.expiry else None,
-                properties=codec.extract(r.body, 0.0)[0].properties if lvq else {},
-                delivery_count=r.delivery_count,
-                # the same dedup window as the primary's: it has every id the primary has
-                message_id=codec.message_id(r.body) if q.dedup is not None else None,
-            )
-            model.restore_message(r.queue, r.msgid, msg)
+            model.restore_message(r.queue, r.msgid, _message(it, r, q))
             return
         if isinstance(r, Dequeue):
             if r.queue in model.queues:
@@ -179,3 +278,33 @@ class Replicator:
                 model.unbind(r.exchange, r.queue, r.key)
             case Epoch():
                 self.events.apply_epoch(r, it.epoch, it.seq, add())
+
+
+def _message(it: Item, r: Enqueue, q: Queue) -> Message:
+    """The message an enqueue item carries (a last-value queue's needs its properties; a queue
+    with a dedup window, its id: the backup's window then has every id the primary's has)."""
+    lvq = "qpid.last_value_queue_key" in q.arguments
+    return Message(
+        body=r.body,
+        durable=bool(it.flags & DURABLE),
+        priority=r.priority,
+        expiry=r.expiry / 1000 if r.expiry else None,
+        properties=codec.extract(r.body, 0.0)[0].properties if lvq else {},
+        delivery_count=r.delivery_count,
+        message_id=codec.message_id(r.body) if q.dedup is not None else None,
+    )
+
+
+def _ahead(events: EventLog, it: Item) -> bool:
+    """Whether this item may be journaled before the model holds the journal's messages: a
+    message event on a queue the event log knows, an epoch (a new primary: no model state),
+    or a control that changes no state."""
+    if it.record is None:
+        return it.kind in _AHEAD_CONTROLS
+    if it.kind == _EPOCH:
+        return True
+    return it.kind in _MESSAGE_EVENTS and it.record.queue in events.queues  # type: ignore[union-attr]
+
+
+def _nothing() -> Callable[[Any], None]:
+    return lambda result: None

@@ -21,7 +21,7 @@ from typing import Any
 
 import zstandard
 
-from qstore.journal.records import RECORD_CLASSES, Record, RecordType
+from qstore.journal.records import ENQ_FIELDS, RECORD_CLASSES, Enqueue, Record, RecordType
 
 ITEM = struct.Struct(">BBIQI")
 COMPRESS_OVER = 16 << 10
@@ -115,16 +115,20 @@ def decode(data: bytes) -> list[Item]:
     they are (they are what the primary journaled) instead of packing the record again."""
     if not data:
         raise StreamError("empty batch")
-    marker, body = data[:1], data[1:]
+    marker, rest = data[:1], memoryview(data)[1:]
     try:
         if marker == b"Z":
-            body = _decompressor().decompress(body)
-        elif marker != b"P":
+            body = _decompressor().decompress(rest)
+        elif marker == b"P":
+            body = bytes(rest)  # the link gives a bytearray: records and bodies are bytes
+        else:
             raise StreamError(f"unknown batch marker {marker!r}")
         items: list[Item] = []
         add = items.append
         classes = RECORD_CLASSES
         unpack_from, size = ITEM.unpack_from, ITEM.size
+        enq_from, enq_size = ENQ_FIELDS.unpack_from, ENQ_FIELDS.size
+        names: dict[bytes, str] = {}  # queue names, decoded once per batch
         off, end = 0, len(body)
         while off < end:
             kind, flags, epoch, seq, n = unpack_from(body, off)
@@ -133,6 +137,16 @@ def decode(data: bytes) -> list[Item]:
             if len(payload) != n:
                 raise ValueError(f"item at seq {seq} is cut short")
             off += n
+            if kind == RT_ENQUEUE:  # the bulk (a snapshot is nearly all enqueues): Enqueue.unpack
+                msgid, prio, expiry, count, qn = enq_from(payload, 0)  # inlined
+                start = enq_size + qn
+                qb = payload[enq_size:start]
+                queue = names.get(qb)
+                if queue is None:
+                    queue = names[qb] = str(qb, "utf-8")
+                rec = Enqueue(queue, msgid, payload[start:], prio, expiry, count)
+                add(Item(kind, epoch, seq, flags, rec, None, payload))
+                continue
             cls = classes.get(kind)
             if cls is not None:
                 add(Item(kind, epoch, seq, flags, cls.unpack(payload), None, payload))

@@ -163,14 +163,17 @@ class Broker(Registry):
         """A message id no message has or will have (a snapshot's dedup window entries)."""
         return self._take_id(None)
 
-    def restore_message(self, queue: str, id: int, message: Message) -> QueuedMessage:
+    def restore_message(
+        self, queue: str, id: int, message: Message, *, window: bool = True
+    ) -> QueuedMessage:
         """Put a message back exactly as the journal or the primary had it: at the back, with its
         id and `message.delivery_count`, bypassing limits and last-value replacement (its source
-        already applied them). Emits `Enqueued` unless inside `restoring()`."""
+        already applied them). Emits `Enqueued` unless inside `restoring()`. `window=False`: the
+        queue's dedup window is restored on its own (from the journal at start)."""
         q = self.queue(queue)
         if q.get(id) is not None:
             raise PreconditionFailed(f"message id {id} is already on queue {queue!r}")
-        return q.put(self._take_id(id), message, policy=False)
+        return q.put(self._take_id(id), message, policy=False, window=window)
 
     def remove_message(
         self, queue: str, id: int, reason: DequeueReason = DequeueReason.CONSUMED

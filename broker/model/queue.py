@@ -196,10 +196,13 @@ class Queue:
         key = _lvq_value(message, self.settings.lvq_key)  # type: ignore[arg-type]
         return None if key is None else self._lvq.get(key)
 
-    def put(self, id: int, message: Message, *, policy: bool = True) -> QueuedMessage:
+    def put(
+        self, id: int, message: Message, *, policy: bool = True, window: bool = True
+    ) -> QueuedMessage:
         """Store `message` as `id` at the back. With `policy`, apply last-value replacement and
         ring eviction first (call `admit` before: `put` does not refuse). Without, store it as is
-        (restore and replica apply: the source already applied its policies)."""
+        (restore and replica apply: the source already applied its policies). Without `window`,
+        the dedup window is left alone (a start-up restore rebuilds it on its own)."""
         if message.expiry is not None and message.expiry < self._next_expiry:
             self._next_expiry = message.expiry
         level = self._prio[min(max(message.priority, 0), 9)] if self._prio else 0
@@ -224,7 +227,7 @@ class Queue:
                 self.remove(victim, DequeueReason.RING)
         store = self._store
         store.add(e)
-        if self.dedup is not None:
+        if window and self.dedup is not None:
             self.dedup.add(message.message_id)
         self.enqueues += 1
         u = self._usage

@@ -23,7 +23,16 @@ from .lock import DataDirLock
 from .loopbatch import LoopBatcher
 from .modes import PRIVATE_DIR
 from .reader import META_DB, RECORDS_DB, JournalReader, open_env
-from .records import COMPRESS_THRESHOLD, FORMAT_VERSION, KEY, Epoch, Record, prepare, read_header
+from .records import (
+    COMPRESS_THRESHOLD,
+    FIRST_VERSION,
+    FORMAT_VERSION,
+    KEY,
+    Epoch,
+    Record,
+    prepare,
+    read_header,
+)
 from .state import JournalState
 from .writer import GroupCommitWriter, LogWaiter, LoopWaiter, SyncWaiter, Txn, _Append, _Control
 
@@ -98,7 +107,9 @@ class Journal(JournalReader):
             if fmt is None:
                 if txn.stat(self.records)["entries"]:
                     raise NotAJournal(f"{self.data_dir}: journal has records but no metadata")
-                txn.put(b"format", str(FORMAT_VERSION).encode())
+                # the version of what it holds: the writer raises it with the first record of
+                # a later version (older code then refuses the journal at open, clearly)
+                txn.put(b"format", str(FIRST_VERSION).encode())
                 txn.put(b"node-id", uuid.uuid4().bytes)
                 txn.put(b"created", datetime.now(UTC).isoformat().encode())
             elif int(fmt) > FORMAT_VERSION:
@@ -256,13 +267,40 @@ class Journal(JournalReader):
         loop = asyncio.get_running_loop()
         batcher = self._batcher
         if batcher is None or batcher.loop is not loop:  # one loop in a broker: rarely taken
+            batcher = self._loop_batcher()
+        batcher.add(
+            prepare(record, epoch, origin, replica, self.compress_threshold, payload), target, lazy
+        )
+
+    def submit_batch(
+        self,
+        entries: Iterable[tuple[Record, int, int, bytes | None]],
+        target: Any,
+        *,
+        replica: bool = False,
+    ) -> None:
+        """Queue records from the running event loop as one job, in order after what
+        `submit_one` queued before: each entry is (record, epoch, origin, its payload if packed
+        already); `target` (as for submit_one) gets their seqs once they are durable, or the error.
+        One outcome for many records: what a backup applying a snapshot needs."""
+        threshold = self.compress_threshold
+        prepared = [prepare(r, e, o, replica, threshold, p) for r, e, o, p in entries]
+        batcher = self._loop_batcher()
+        if prepared:
+            batcher.add_job(prepared, target)
+        else:  # nothing to write: the outcome all the same, on the loop as ever
+            LoopWaiter(batcher.loop, target).resolve([])
+
+    def _loop_batcher(self) -> LoopBatcher:
+        """The running loop's batcher (made on first use)."""
+        loop = asyncio.get_running_loop()
+        batcher = self._batcher
+        if batcher is None or batcher.loop is not loop:  # one loop in a broker: rarely taken
             batcher = self._batchers.get(loop)
             if batcher is None:
                 batcher = self._batchers[loop] = LoopBatcher(self.writer, loop)
             self._batcher = batcher  # holds no more than the batcher already does (its loop)
-        batcher.add(
-            prepare(record, epoch, origin, replica, self.compress_threshold, payload), target, lazy
-        )
+        return batcher
 
     async def append_async(
         self,

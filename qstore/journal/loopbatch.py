@@ -66,6 +66,12 @@ class LoopBatcher:
             self.flush()
             self.loop.call_soon(self.flush)
 
+    def add_job(self, records: list[Prepared], target: Any) -> None:
+        """Records that make one job with one outcome (`target` gets their seqs, or the error),
+        after whatever this turn gathered so far (order is kept)."""
+        self.flush()
+        self.writer.submit(_Append(records, LoopWaiter(self.loop, target)))
+
     def flush(self) -> None:
         if not self._records:
             return

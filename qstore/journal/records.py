@@ -21,7 +21,11 @@ import zstandard
 
 from .errors import CorruptRecord, UnsupportedFormat
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest record version this code reads and writes
+# A record is written with the version that introduced its type, so that a journal holding only
+# version-1 types stays readable by version-1 code (the history record came with version 2).
+FIRST_VERSION = 1
+HISTORY_VERSION = 2
 # version u8, type u8, flags u16, epoch u32, origin seq u64, crc32c u32
 HEADER = struct.Struct(">BBHIQI")
 _HEAD16 = struct.Struct(">BBHIQ")  # the header up to the crc, which covers key + these + payload
@@ -44,6 +48,7 @@ class RecordType(enum.IntEnum):
     DEQUEUE = 8
     DELIVERY = 9
     EPOCH = 10
+    HISTORY = 11
 
     @property
     def label(self) -> str:
@@ -283,6 +288,36 @@ class Epoch:
         return cls(_U32.unpack_from(buf, 0)[0], uuid.UUID(bytes=bytes(buf[4:20])))
 
 
+_EPOCH_ID = struct.Struct(">I16sQ")  # number, node id, first origin seq
+
+
+@dataclass(slots=True)
+class History:
+    """A backup's stream history replaced by a snapshot: from this record on, its epochs are
+    `epochs` (number, node id, first origin seq) and its position is the record's own
+    (epoch, origin). A snapshot starts with an empty one at (0, 0), so that a backup stopped
+    halfway through asks for a snapshot again, and ends with the primary's at its position."""
+
+    epochs: list[tuple[int, uuid.UUID, int]] = field(default_factory=list)
+    TYPE: ClassVar[RecordType] = RecordType.HISTORY
+
+    def pack(self) -> bytes:
+        return _U32.pack(len(self.epochs)) + b"".join(
+            _EPOCH_ID.pack(n, node.bytes, origin) for n, node, origin in self.epochs
+        )
+
+    @classmethod
+    def unpack(cls, buf: bytes) -> History:
+        (count,) = _U32.unpack_from(buf, 0)
+        if len(buf) != 4 + count * _EPOCH_ID.size:
+            raise ValueError(f"{len(buf)} bytes for {count} epochs")
+        epochs = []
+        for i in range(count):
+            n, node, origin = _EPOCH_ID.unpack_from(buf, 4 + i * _EPOCH_ID.size)
+            epochs.append((n, uuid.UUID(bytes=node), origin))
+        return cls(epochs)
+
+
 Record = (
     QueueDeclare
     | QueueDelete
@@ -294,6 +329,7 @@ Record = (
     | Dequeue
     | Delivery
     | Epoch
+    | History
 )
 RECORD_CLASSES: dict[RecordType, Any] = {
     cls.TYPE: cls
@@ -308,8 +344,14 @@ RECORD_CLASSES: dict[RecordType, Any] = {
         Dequeue,
         Delivery,
         Epoch,
+        History,
     )
 }
+
+
+def record_version(rtype: int) -> int:
+    """The format version a record of this type is written with (see FORMAT_VERSION)."""
+    return HISTORY_VERSION if rtype == RecordType.HISTORY else FIRST_VERSION
 
 
 @dataclass(slots=True)
@@ -387,7 +429,7 @@ def prepare(
 def seal(seq: int, p: Prepared, epoch: int, origin: int) -> tuple[bytes, bytes]:
     """Return (key, value) for a prepared record: the header with its crc32c, then the payload."""
     key = KEY.pack(seq)
-    head = _HEAD16.pack(FORMAT_VERSION, p.type, p.flags, epoch, origin)
+    head = _HEAD16.pack(record_version(p.type), p.type, p.flags, epoch, origin)
     crc = crc32c.crc32c(p.payload, crc32c.crc32c(key + head))
     return key, b"".join((head, _U32.pack(crc), p.payload))
 

@@ -37,6 +37,7 @@ from .records import (
     Epoch,
     ExchangeDeclare,
     ExchangeDelete,
+    History,
     QueueDeclare,
     QueueDelete,
     Unbind,
@@ -275,6 +276,11 @@ class JournalState:
                 return [b.seq, e.seq] if b else [e.seq]
             case Epoch():
                 self.epochs.append(EpochInfo(r.number, r.node, e.seq, e.origin))
+                return []
+            case History():  # a snapshot replaced the history: what came before says nothing
+                self.epochs = [EpochInfo(n, node, e.seq, o) for n, node, o in r.epochs]
+                self._pos_epoch, self._pos_origin = e.epoch, e.origin
+                self.max_origin = e.origin
                 return []
         raise AssertionError(f"unhandled record {r!r}")  # pragma: no cover
 

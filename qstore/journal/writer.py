@@ -38,7 +38,17 @@ from crc32c import crc32c
 
 from .compaction import CompactionQueue
 from .errors import JournalClosed, JournalError, JournalFull
-from .records import FORMAT_VERSION, HEADER, KEY, Dequeue, Enqueue, Entry, Prepared, RecordType
+from .records import (
+    FIRST_VERSION,
+    HEADER,
+    HISTORY_VERSION,
+    KEY,
+    Dequeue,
+    Enqueue,
+    Entry,
+    Prepared,
+    RecordType,
+)
 from .space import (
     COMPACTION_MARGIN,
     PASS_WHEN_FULL,
@@ -53,6 +63,7 @@ from .state import JournalState
 
 log = logging.getLogger("qstore.journal")
 _EPOCH = int(RecordType.EPOCH)
+_HISTORY = int(RecordType.HISTORY)  # above _EPOCH: see _commit
 # A record's key and the first 16 bytes of its header, which its crc32c covers (records.seal)
 _KEY_HEAD = struct.Struct(">QBBHIQ").pack
 _HEAD = HEADER.pack
@@ -413,6 +424,7 @@ class GroupCommitWriter:
         origin = self.tracker.max_origin
         written: list[_Written] = []
         garbage = self.compaction.take(self.compaction_batch) if compact else []
+        upgraded = False
         try:
             txn = self.env.begin(write=True, db=self.db)
             try:
@@ -426,16 +438,22 @@ class GroupCommitWriter:
                             o = p.origin
                             if o > origin:
                                 origin = o
-                        if p.type == _EPOCH:
-                            epoch = p.record.number  # type: ignore[union-attr]
+                        v = FIRST_VERSION  # records.record_version, inlined
+                        if p.type >= _EPOCH:  # one test on the hot path for both rare types
+                            if p.type == _EPOCH:
+                                epoch = p.record.number  # type: ignore[union-attr]
+                            else:  # a history: the numbering goes on from its position
+                                epoch, origin, v = p.epoch or 0, o, HISTORY_VERSION
+                                if not upgraded:
+                                    upgraded = self._upgrade_format(txn)
                         e = epoch if p.epoch is None else p.epoch
                         # records.seal, inlined: the key and the header in one pack, no tuple
-                        kh = _KEY_HEAD(seq, FORMAT_VERSION, p.type, p.flags, e, o)
+                        kh = _KEY_HEAD(seq, v, p.type, p.flags, e, o)
                         payload = p.payload
                         crc = crc32c(payload, crc32c(kh))
                         put(
                             kh[:8],
-                            _HEAD(FORMAT_VERSION, p.type, p.flags, e, o, crc) + payload,
+                            _HEAD(v, p.type, p.flags, e, o, crc) + payload,
                             append=True,
                         )
                         keep((p, e, o))
@@ -455,6 +473,15 @@ class GroupCommitWriter:
         self.next_seq = seq
         self.commits += 1
         return written
+
+    def _upgrade_format(self, txn: Txn) -> bool:
+        """The journal's `format` becomes the history record's version with its first one, in
+        the same transaction: older code then refuses the journal at open, in one line, instead
+        of stopping at that record as if it were damaged."""
+        fmt = txn.get(b"format", db=self.meta)
+        if fmt is None or int(fmt) < HISTORY_VERSION:
+            txn.put(b"format", str(HISTORY_VERSION).encode(), db=self.meta)
+        return True
 
     def _error(self, exc: BaseException) -> JournalError:
         """What a failed write transaction means: the map or the disk is full, or an I/O error."""
