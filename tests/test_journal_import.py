@@ -229,3 +229,30 @@ def test_export_import_export_is_identical(
         file.write_text(first)
         in_process("import", str(dst), str(file))
         assert in_process("export", str(dst)) == first
+
+
+def test_a_history_record_round_trips(tmp_path: Path) -> None:
+    """A backup resynced by snapshot holds history records (its epochs and position): export
+    shows them as JSON, import writes them back, and the restored journal has the same history."""
+    from qstore.journal import History
+
+    src = tmp_path / "src"
+    node = uuid.uuid4()
+    with Journal(src) as j:
+        j.append(QueueDeclare("q", uuid.uuid4(), {}), epoch=0, origin=0)
+        j.append(History([]), epoch=0, origin=0, replica=True)
+        j.append(History([(1, node, 1), (3, node, 40)]), epoch=3, origin=57, replica=True)
+    first = export_to(src, tmp_path / "export.jsonl")
+    line = json.loads(first.splitlines()[-1])
+    assert line["type"] == "history"
+    assert line["record"] == {"epochs": [[1, str(node), 1], [3, str(node), 40]]}
+    cp = run("import", tmp_path / "restored", tmp_path / "export.jsonl")
+    assert cp.returncode == 0, cp.stderr
+    assert run("export", tmp_path / "restored").stdout == first
+    with JournalReader.open(src) as a, JournalReader.open(tmp_path / "restored") as b:
+        sa, sb = (r.replay(keep_bodies=False) for r in (a, b))
+    assert sa.position == sb.position == (3, 57)
+    assert [(e.number, e.node, e.origin) for e in sb.epochs] == [(1, node, 1), (3, node, 40)]
+    assert [(e.number, e.node, e.origin) for e in sa.epochs] == [(1, node, 1), (3, node, 40)]
+    dump = run("dump", tmp_path / "restored")
+    assert dump.returncode == 0 and f'epochs=[[1,"{node}",1],[3,"{node}",40]]' in dump.stdout

@@ -126,6 +126,8 @@ def text_value(value: Any) -> str:
         return f"{len(value)}B:{json.dumps(preview(bytes(value)))}"
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    if isinstance(value, list | tuple):
+        return json.dumps(json_value(value), separators=(",", ":"))
     text = str(value)
     if not text or any(c.isspace() or c in "\"'=\\" for c in text) or not text.isprintable():
         return json.dumps(text)
@@ -137,6 +139,8 @@ def json_value(value: Any) -> Any:
         return base64.b64encode(bytes(value)).decode()
     if isinstance(value, uuid.UUID):
         return str(value)
+    if isinstance(value, list | tuple):  # a history record's epochs
+        return [json_value(v) for v in value]
     return value
 
 

@@ -254,6 +254,18 @@ def _field(rtype: RecordType, name: str, kind: str, value: Any) -> Any:
         if not isinstance(value, dict):
             raise BadLine(f"{what} is not an object")
         return value
+    if kind == "list[tuple[int, uuid.UUID, int]]":  # a history record's epochs
+        if not isinstance(value, list):
+            raise BadLine(f"{what} is not a list")
+        epochs = []
+        for item in value:
+            if not (isinstance(item, list) and len(item) == 3):
+                raise BadLine(f"{what}: {item!r} is not [number, node id, first seq]")
+            number, node, first = item
+            if not (_uint(number, U32) and _uint(first, U64)):
+                raise BadLine(f"{what}: {item!r} holds a number out of range")
+            epochs.append((number, _field(rtype, name, "uuid.UUID", node), first))
+        return epochs
     raise AssertionError(f"record field type {kind} unknown to import")  # pragma: no cover
 
 

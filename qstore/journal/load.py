@@ -24,9 +24,10 @@ import lmdb
 
 from .errors import JournalError
 from .journal import DEFAULT_MAP_SIZE, Journal
-from .records import KEY
+from .records import HISTORY_VERSION, KEY, RecordType
 from .writer import SyncWaiter, Txn, _Control
 
+_HISTORY = int(RecordType.HISTORY)
 CHUNK_BYTES = 16 << 20  # per write transaction
 CHUNK_RECORDS = 16384
 
@@ -66,6 +67,7 @@ class JournalLoader:
             raise
         self.last = 0  # the last seq added
         self.records = 0
+        self._history = False  # a history record was added: the journal's format is raised
         self._chunk: list[tuple[bytes, bytes]] = []
         self._bytes = 0
         self._pending: SyncWaiter | None = None  # the chunk the writer is committing
@@ -76,6 +78,8 @@ class JournalLoader:
             raise JournalError(f"record seq={seq} comes after seq={self.last}: seqs must increase")
         self.last = seq
         self.records += 1
+        if value[1] == _HISTORY:  # the header's type byte
+            self._history = True
         self._chunk.append((KEY.pack(seq), value))
         self._bytes += len(value)
         if self._bytes >= CHUNK_BYTES or len(self._chunk) >= CHUNK_RECORDS:
@@ -110,9 +114,13 @@ class JournalLoader:
         record since lost or truncated), above which new records of this journal stay."""
         self._flush()
         self._wait()
+        meta = self.journal.meta
         if high_water is not None:
-            meta = self.journal.meta
             self.journal._control(lambda txn: txn.put(b"high-water", KEY.pack(high_water), db=meta))
+        if self._history:  # as the writer does with its first one: older code refuses it at open
+            self.journal._control(
+                lambda txn: txn.put(b"format", str(HISTORY_VERSION).encode(), db=meta)
+            )
 
     def close(self) -> None:
         try:
