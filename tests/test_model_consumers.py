@@ -25,8 +25,12 @@ def test_round_robin_among_consumers_with_credit() -> None:
     c3 = b.subscribe("q", credit=2, context="link-3")
     out = b.dispatch(0.0)
     assert [(c.context, qm.message.body) for c, qm in out] == [
-        ("link-1", b"m0"), ("link-2", b"m1"), ("link-3", b"m2"),
-        ("link-1", b"m3"), ("link-2", b"m4"), ("link-3", b"m5"),
+        ("link-1", b"m0"),
+        ("link-2", b"m1"),
+        ("link-3", b"m2"),
+        ("link-1", b"m3"),
+        ("link-2", b"m4"),
+        ("link-3", b"m5"),
         ("link-1", b"m6"),
     ]
     assert (c1.credit, c2.credit, c3.credit) == (7, 8, 0)
@@ -136,8 +140,12 @@ def test_consumer_death_returns_messages_in_order_with_count() -> None:
     c2 = b.subscribe("q", owner="conn-2", credit=2)
     out = b.dispatch(0.0)
     assert [(c.owner, qm.message.body) for c, qm in out] == [
-        ("conn-1", b"m0"), ("conn-2", b"m1"), ("conn-1", b"m2"),
-        ("conn-2", b"m3"), ("conn-1", b"m4"), ("conn-1", b"m5"),
+        ("conn-1", b"m0"),
+        ("conn-2", b"m1"),
+        ("conn-1", b"m2"),
+        ("conn-2", b"m3"),
+        ("conn-1", b"m4"),
+        ("conn-1", b"m5"),
     ]
     b.accept(c1, out[2][1].id)  # m2 done
     b.close_connection("conn-1")  # holds m0, m4, m5

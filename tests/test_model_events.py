@@ -96,7 +96,9 @@ def test_restore_without_events() -> None:
     assert events == []
     assert b.queues["q"].uuid == qid and b.exchanges["x"].uuid == xid
     assert [(m.id, m.delivery_count, m.first_acquirer) for m in b.queues["q"].messages()] == [
-        (17, 2, False), (5, 0, True), (40, 0, True),
+        (17, 2, False),
+        (5, 0, True),
+        (40, 0, True),
     ]
     assert b.next_id == 41
     c = b.subscribe("q", credit=10)
@@ -154,7 +156,12 @@ def test_stats() -> None:
     b.dispatch(0.0)
     sa = b.queues["a"].stats()
     assert (sa.depth, sa.bytes, sa.enqueues, sa.dequeues, sa.consumers, sa.acquired) == (
-        2, 8, 2, 0, 1, 1,
+        2,
+        8,
+        2,
+        0,
+        1,
+        1,
     )
     b.accept(c, 1)
     s = b.stats()
@@ -170,7 +177,10 @@ def apply(b: Broker, e: Event) -> None:
     match e:
         case QueueDeclared():
             b.declare_queue(
-                e.name, durable=e.durable, auto_delete=e.auto_delete, arguments=e.arguments,
+                e.name,
+                durable=e.durable,
+                auto_delete=e.auto_delete,
+                arguments=e.arguments,
                 uuid=e.uuid,
             )
         case QueueDeleted():
@@ -223,15 +233,34 @@ def test_replaying_events_rebuilds_state(data: st.DataObject) -> None:
     consumers: list = []
     now = 0.0
     for _ in range(data.draw(st.integers(10, 60))):
-        op = data.draw(st.sampled_from(
-            ["declare", "delete", "bind", "publish", "publish", "publish", "subscribe", "credit",
-             "dispatch", "dispatch", "settle", "settle", "unsubscribe", "close", "purge", "expire"]
-        ))
+        op = data.draw(
+            st.sampled_from(
+                [
+                    "declare",
+                    "delete",
+                    "bind",
+                    "publish",
+                    "publish",
+                    "publish",
+                    "subscribe",
+                    "credit",
+                    "dispatch",
+                    "dispatch",
+                    "settle",
+                    "settle",
+                    "unsubscribe",
+                    "close",
+                    "purge",
+                    "expire",
+                ]
+            )
+        )
         name = data.draw(st.sampled_from(NAMES))
         try:
             if op == "declare":
                 b.declare_queue(
-                    name, auto_delete=data.draw(st.booleans()),
+                    name,
+                    auto_delete=data.draw(st.booleans()),
                     arguments=data.draw(st.sampled_from(QUEUE_ARGS)),
                 )
             elif op == "delete":
@@ -249,14 +278,22 @@ def test_replaying_events_rebuilds_state(data: st.DataObject) -> None:
                 if data.draw(st.booleans()):
                     b.enqueue(name, m, now)
                 else:
-                    b.publish(data.draw(st.sampled_from(["amq.fanout", "amq.topic"])), m, now,
-                              routing_key="a.b")
+                    b.publish(
+                        data.draw(st.sampled_from(["amq.fanout", "amq.topic"])),
+                        m,
+                        now,
+                        routing_key="a.b",
+                    )
             elif op == "subscribe":
-                consumers.append(b.subscribe(
-                    name, owner=data.draw(st.sampled_from(["c1", "c2"])),
-                    browse=data.draw(st.booleans()), presettled=data.draw(st.booleans()),
-                    credit=data.draw(st.integers(0, 4)),
-                ))
+                consumers.append(
+                    b.subscribe(
+                        name,
+                        owner=data.draw(st.sampled_from(["c1", "c2"])),
+                        browse=data.draw(st.booleans()),
+                        presettled=data.draw(st.booleans()),
+                        credit=data.draw(st.integers(0, 4)),
+                    )
+                )
             elif op == "credit" and consumers:
                 b.set_credit(data.draw(st.sampled_from(consumers)), data.draw(st.integers(0, 4)))
             elif op == "dispatch":

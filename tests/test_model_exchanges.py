@@ -30,8 +30,13 @@ def broker() -> Broker:
 
 
 def test_builtins_present_and_undeletable(broker: Broker) -> None:
-    expected = {"": "direct", "amq.direct": "direct", "amq.topic": "topic",
-                "amq.fanout": "fanout", "amq.match": "headers"}
+    expected = {
+        "": "direct",
+        "amq.direct": "direct",
+        "amq.topic": "topic",
+        "amq.fanout": "fanout",
+        "amq.match": "headers",
+    }
     assert {n: x.type for n, x in broker.exchanges.items()} == expected
     for name in expected:
         with pytest.raises(NotAllowed) as err:

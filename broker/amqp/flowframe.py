@@ -31,7 +31,6 @@ _SESSION_FIELDS = 4  # next-incoming-id, incoming-window, next-outgoing-id, outg
 _NULL = b"\x40"
 
 
-
 class Frame:
     """Where one frame is in a buffer: `data[start:end]`, on `channel`, performative `code`
     (None for an empty frame or one whose descriptor is not a small ulong)."""

@@ -290,7 +290,14 @@ class JournalState:
 
     def _enqueue(self, e: Entry, r: Enqueue) -> list[int]:
         return self.enqueue(
-            e.seq, e.epoch, e.origin, r.queue, r.msgid, r.body, r.priority, r.expiry,
+            e.seq,
+            e.epoch,
+            e.origin,
+            r.queue,
+            r.msgid,
+            r.body,
+            r.priority,
+            r.expiry,
             r.delivery_count,
         )
 
