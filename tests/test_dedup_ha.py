@@ -6,13 +6,16 @@ acknowledged does not matter to the window)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from typing import Any
 
+import pytest
 from broker_clients import drain, receive_n
-from proton import Message
+from proton import Message, Timeout
 
 WINDOW = ["--dedup-window", "1000"]
 
@@ -83,6 +86,34 @@ def test_a_resend_to_the_new_primary_after_kill_9_is_enqueued_once(cluster: Any)
     send(c, 1, "orders", ids("m", 12))  # the producer sends everything again, and 2 new ones
     assert rest(c, 1, "orders") == ids("m", 9, start=3)
     assert dropped(c, 1, "orders") == 10
+
+
+def test_a_resend_of_a_message_stored_but_never_acknowledged_is_enqueued_once(
+    cluster: Any,
+) -> None:
+    """The ack window itself: the primary holds a sender's outcome until every backup has the
+    message; with one backup stopped, the other has it and the sender has no outcome. The
+    primary dies; the backup that has it is promoted; the sender's resend is dropped there."""
+    c = cluster(3, extra=[*WINDOW, "--link-heartbeat-interval", "30"])  # the stop goes unseen
+    send(c, 0, "orders", ["m0"])
+    wait_depth(c, range(3), "orders", 1)
+    os.kill(c.pid(2), signal.SIGSTOP)
+    try:
+        conn = c.client(0)
+        snd = conn.create_sender("orders")
+        with pytest.raises(Timeout):  # held: backup 2 never acknowledges
+            snd.send(Message(id="m1", body="body of m1", durable=True), timeout=2)
+        c.wait(lambda: queue_stats(c, 1, "orders")["depth"] == 2, "m1 on backup 1")
+        conn.close()  # without an outcome for m1: a real client resends it
+        c.kill(0)
+    finally:
+        os.kill(c.pid(2), signal.SIGCONT)
+    code, desc = c.promote(1)
+    assert code == 200, desc
+    c.wait_states({1: "active", 2: "ready"})
+    send(c, 1, "orders", ["m1", "m2"])  # the resend, and a new one
+    assert rest(c, 1, "orders") == ["m0", "m1", "m2"]
+    assert dropped(c, 1, "orders") == 1
 
 
 def test_a_resend_after_total_failure_and_recovery_is_enqueued_once(cluster: Any) -> None:
