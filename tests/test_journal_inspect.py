@@ -10,14 +10,22 @@ import base64
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
+from inspect_support import (
+    CLEAN_NODE,
+    DAMAGED_SEQ,
+    FIXTURES,
+    MAP,
+    TIMEOUT,
+    copy_fixture,
+    one_error_line,
+    run,
+)
 
 from qstore.journal import (
     Dequeue,
@@ -29,46 +37,9 @@ from qstore.journal import (
 )
 from tools._inspect_common import Progress
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO / "fixtures"
-TIMEOUT = 60.0  # bound on every child process (subprocess.run kills it on expiry)
-CLEAN_NODE = "11111111-1111-4111-8111-111111111111"
-DAMAGED_SEQ = 10  # as fixtures/README.md says
 SHARED = 8  # diverge-a and diverge-b share origin seqs 1..8
 NODE_A = uuid.UUID("aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa")
 NODE_B = uuid.UUID("bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb")
-MAP = 8 << 20
-
-
-def tool() -> list[str]:
-    script = Path(sys.executable).parent / "qstore-journal"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "tools.journal_inspect"]
-
-
-def run(*args: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*tool(), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        cwd=REPO,
-        check=False,
-    )
-
-
-def copy_fixture(name: str, dest: Path) -> Path:
-    """Copy fixtures/<name> (its data.mdb only) to dest/<name>; return the copy's data dir."""
-    target = dest / name / "journal"
-    target.mkdir(parents=True)
-    shutil.copyfile(FIXTURES / name / "journal" / "data.mdb", target / "data.mdb")
-    return dest / name
-
-
-def one_error_line(cp: subprocess.CompletedProcess[str]) -> str:
-    assert "Traceback" not in cp.stderr
-    lines = cp.stderr.splitlines()
-    assert len(lines) == 1, cp.stderr
-    return lines[0]
 
 
 @pytest.fixture
