@@ -1,10 +1,9 @@
 """The primary's side of replication: the recent log, one outgoing stream per backup, the guard.
 
 Every replicated event goes to the recent log (which serves tails to backups that reconnect) and to
-each backup's pending items. Pending items are sent once per event-loop turn, as one batch per
-message, while the backup's link has credit and fewer than MAX_IN_FLIGHT of its batches await
-settlement. An enqueue still pending when its message is consumed is never sent, nor is its
-dequeue: a message consumed before it reached a backup never reaches it.
+each backup's subscription (broker/ha/subscription.py: it decides what each batch holds). Batches
+are sent once per event-loop turn, one per message, while the backup's link has credit and the
+subscription gives one (it bounds the batches awaiting settlement).
 A backup settles a batch once applied and journaled; that is its acknowledgement of the batch's
 last seq, which releases the guard's holds and moves its catch-up on.
 """
@@ -16,7 +15,7 @@ import itertools
 import logging
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from proton import Delivery, Link
@@ -26,6 +25,8 @@ from broker.ha.catchup import BackupPosition, plan, snapshot_items
 from . import stream
 from .guard import QueueGuard
 from .stream import Item
+from .subscription import Key, ReplicatingSubscription
+from .subscription import item_size as _size
 
 if TYPE_CHECKING:
     from broker.amqp.connection import AmqpConnection
@@ -36,20 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("qstore.ha")
 
 RECENT_ITEMS = 200_000  # events kept for tails (bounded memory; older positions get a snapshot)
-BATCH_ITEMS = 1000
-BATCH_BYTES = 256 << 10
-# Batches a backup may have unsettled. What is published meanwhile waits and goes as one larger
-# batch when one settles: the backup's journal commits one batch at a time anyway, so this costs
-# no latency under load and saves the per-batch work of all three brokers (ha_bench: cluster CPU
-# 240-280 -> 190-230 ms per 1000 messages, 10-12.7k -> 13.2-14k msg/s; 1 was slower, 3 alike).
-MAX_IN_FLIGHT = 2
-# What a backup is sent to catch up (the snapshot or the tail queued when it attached) goes in
-# larger batches, more of them in flight: with 2 of 256 KiB each waiting for the backup's apply,
-# fsync and settlement, a snapshot crawled at 40 MB/s (1 GiB in 26 s); with more in flight the
-# backup always has the next batch, and its journal commits several in one transaction.
-CATCH_UP_IN_FLIGHT = 8
-CATCH_UP_BATCH_ITEMS = 4096
-CATCH_UP_BATCH_BYTES = 1 << 20
 FRESH_ITEMS = 20_000  # items published but not yet sent to every backup that keep their payload
 # Dequeues and delivery counts hold nobody up (no sender waits for them), so alone they wait up to
 # LAZY_DELAY, or LAZY_ITEMS of them, to travel together: a consumer settling one message at a
@@ -57,18 +44,11 @@ FRESH_ITEMS = 20_000  # items published but not yet sent to every backup that ke
 # Lost with the primary, a consumed message is delivered again by the next one (a duplicate).
 LAZY_DELAY = 0.010
 LAZY_ITEMS = 512
-Key = tuple[str, int]
-_ENQUEUE, _DEQUEUE = stream.RT_ENQUEUE, stream.RT_DEQUEUE
 _LAZY_KINDS = frozenset({stream.RT_DEQUEUE, stream.RT_DELIVERY})
 
 
 def _seq(it: Item) -> int:
     return it.seq
-
-
-def _size(it: Item) -> int:
-    """What an item counts against BATCH_BYTES (the same whether it still has its payload)."""
-    return len(it.record.body) + 64 if it.kind == _ENQUEUE else 64  # type: ignore[union-attr]
 
 
 class RecentLog:
@@ -89,7 +69,8 @@ class RecentLog:
 
 
 class BackupStream:
-    """One connected backup: its link, its pending items, its batches in flight."""
+    """One connected backup: its link and its batches in flight; what each batch holds is its
+    subscription's choice."""
 
     def __init__(
         self, primary: Primary, conn: AmqpConnection, link: Link, name: str, address: str
@@ -99,124 +80,27 @@ class BackupStream:
         self.link = link
         self.name = name
         self.address = address
-        # the catch-up queued at attach (sent first, in catch-up batches; items made as they
-        # are sent), then what is published: `backlog` is its next item, None once all sent
-        self.backlog: Item | None = None
-        self._backlog: Iterator[Item] = iter(())
-        self.pending: list[Item | None] = []
-        # unsent enqueue -> its index counted from the stream's start (`_base` is the index of
-        # pending[0]): entries below `_base` were sent and are only dropped lazily
-        self._enqueues: dict[Key, int] = {}
-        self._base = 0
-        self._bytes = 0  # what `_size` counts of the pending items (dropped pairs excluded)
-        self._holes = 0  # dropped pairs' places (None) in pending
+        self.sub = sub = ReplicatingSubscription()
+        # the subscription's own methods, without a frame of ours (`add`: per event, per backup)
+        self.add = sub.add
+        self.catch_up = sub.catch_up
         self._tags = 0
         self.in_flight = 0  # batches sent and not yet settled by the backup
-        self.added = 0  # highest seq given to this stream, dropped pairs included
-        self.sent = 0  # highest seq acknowledged by a batch already sent
         self.closed = False
 
-    def add(self, item: Item, key: Key | None = None, size: int | None = None) -> None:
-        """Queue an item; `key` (queue, message id) for enqueues and dequeues; `size` is
-        `_size(item)` if the caller has it."""
-        seq = item.seq
-        if seq > self.added:
-            self.added = seq
-        if key is not None:
-            kind = item.kind
-            if kind == _ENQUEUE:
-                self._enqueues[key] = self._base + len(self.pending)
-            elif kind == _DEQUEUE:
-                at = self._enqueues.pop(key, None)
-                if at is not None and at >= self._base:
-                    # never sent: drop the pair, the backup needs neither
-                    at -= self._base
-                    self._bytes -= _size(self.pending[at])  # type: ignore[arg-type]
-                    self.pending[at] = None
-                    self._holes += 1
-                    return
-        self.pending.append(item)
-        self._bytes += _size(item) if size is None else size
-
-    def catch_up(self, items: Iterator[Item], last: int) -> None:
-        """What the backup needs before anything published from now on (sent first); `last`:
-        the highest seq among them."""
-        self._backlog = items
-        self.backlog = next(items, None)
-        self.added = max(self.added, last)
-
-    def _backlog_batch(self) -> list[Item]:
-        """The next catch-up batch, read from the backlog as it goes."""
-        batch: list[Item] = []
-        it, rest, size = self.backlog, self._backlog, 0
-        while it is not None and len(batch) < CATCH_UP_BATCH_ITEMS and size < CATCH_UP_BATCH_BYTES:
-            batch.append(it)
-            size += _size(it)
-            it = next(rest, None)
-        self.backlog = it
-        return batch
-
     def flush(self) -> None:
-        link = self.link
+        if self.closed:
+            return
+        link, next_batch = self.link, self.sub.next_batch
         sent = False
-        while self.backlog is not None and self.in_flight < CATCH_UP_IN_FLIGHT and link.credit > 0:
-            if self.closed:
-                return
-            batch = self._backlog_batch()
-            last = batch[-1].seq
-            if self.backlog is None and not self.pending:
-                last = max(last, self.added)  # as below: the batch stands for all given
-            self._send(batch, last)
-            sent = True
-        while (
-            self.backlog is None
-            and self.pending
-            and self.in_flight < MAX_IN_FLIGHT
-            and link.credit > 0
-            and not self.closed
-        ):
-            pending = self.pending
-            if len(pending) <= BATCH_ITEMS and self._bytes < BATCH_BYTES:
-                # all of it fits one batch (the common case: what one loop turn published)
-                taken = len(pending)
-                batch = [it for it in pending if it is not None] if self._holes else pending
-                self.pending = []
-                self._bytes = self._holes = 0
-            else:
-                batch = []
-                size = taken = 0
-                for it in pending:
-                    taken += 1
-                    if it is None:
-                        self._holes -= 1
-                        continue
-                    batch.append(it)
-                    size += _size(it)
-                    if len(batch) >= BATCH_ITEMS or size >= BATCH_BYTES:
-                        break
-                del pending[:taken]
-                self._bytes = self._bytes - size if pending else 0
-            self._base += taken
-            if not self.pending:
-                self._enqueues.clear()  # every entry is below `_base` now
-            elif len(self._enqueues) > 2 * len(self.pending) + 1024:  # a backlog: shed sent ones
-                base = self._base
-                self._enqueues = {k: at for k, at in self._enqueues.items() if at >= base}
-            last = batch[-1].seq if batch else 0  # type: ignore[union-attr]
-            if not self.pending:
-                # Everything given is sent or was a dropped pair: the batch stands for all of it,
-                # else a backup whose last items were such a pair would never reach its target.
-                last = max(last, self.added)
-            if not batch and last <= self.sent:
-                continue
-            self._send(batch, last)  # type: ignore[arg-type]
+        while (got := next_batch(self.in_flight, link.credit)) is not None:
+            self._send(*got)
             sent = True
         if sent:
             self.conn.driver.wake()
 
     def _send(self, batch: list[Item], last: int) -> None:
         """One batch as one message; its settlement acknowledges `last`."""
-        self.sent = max(self.sent, last)
         self._tags += 1
         link = self.link
         dlv = link.delivery(str(self._tags))
@@ -235,7 +119,7 @@ class BackupStream:
         ok = dlv.remote_state in (Delivery.ACCEPTED, None)
         dlv.settle()
         self.in_flight -= 1
-        if self.pending or self.backlog is not None:
+        if self.sub.has_unsent():
             self.primary._schedule()  # what waited for room in flight
         if ok:
             self.primary.acked(self, last)
@@ -413,16 +297,9 @@ class Primary:
         fresh = self._fresh
         keep_from = None  # seq of the oldest item a stream has yet to send
         for s in self.streams.values():
-            if s.backlog is not None:  # older than anything pending (published later)
-                seq = s.backlog.seq
-                if keep_from is None or seq < keep_from:
-                    keep_from = seq
-                continue
-            for it in s.pending:
-                if it is not None:
-                    if keep_from is None or it.seq < keep_from:
-                        keep_from = it.seq
-                    break
+            seq = s.sub.oldest_unsent()
+            if seq is not None and (keep_from is None or seq < keep_from):
+                keep_from = seq
         end = len(fresh) if keep_from is None else bisect_left(fresh, keep_from, key=_seq)
         end = max(end, len(fresh) - FRESH_ITEMS)
         for i in range(end):
