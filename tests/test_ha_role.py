@@ -3,7 +3,8 @@
 The role never reads a clock, so the tests pass `now` themselves (and one drives it from a frozen
 `time.time()` to show no real waiting is needed). Actions are compared as whole lists: the order in
 which the driver carries them out matters (journal the epoch after becoming recovering, tell a
-backup to catch up before dropping it from the guard).
+backup to catch up before dropping it from the guard). The guard is a real QueueGuard told what
+the role's Expect / StopExpecting say, as the driver does; admission is a plain function too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 import pytest
 from freezegun import freeze_time
 
+from broker.ha.admission import ADMIN_PROPERTY, BACKUP_PROPERTY, admission
+from broker.ha.guard import QueueGuard
 from broker.ha.role import (
     Action,
     BackupAcked,
@@ -20,12 +23,16 @@ from broker.ha.role import (
     BackupLost,
     Connect,
     ConnectFailed,
+    Expect,
     FirstData,
     HaRole,
+    Member,
+    MembershipHeard,
     PrimaryFound,
     PrimaryLost,
     Promote,
     Refuse,
+    Started,
     StartEpoch,
     StopExpecting,
     TellCatchUp,
@@ -35,8 +42,9 @@ from broker.ha.role import (
     ToldReady,
     Transition,
     WakeAt,
+    members_from_wire,
 )
-from broker.ha.states import BrokerState
+from broker.ha.states import BrokerState, IllegalTransition
 
 S = BrokerState
 ADDRESSES = ["h1:5672", "h2:5672", "h3:5672"]
@@ -53,11 +61,27 @@ def backup(state: BrokerState = S.JOINING, addresses: list[str] | None = None) -
     )
 
 
+def membership(ready: set[str], others: dict[str, BrokerState] | None = None) -> MembershipHeard:
+    """What an old primary `p0` announces: itself, `ready` as ready, `others` as given."""
+    members = [Member("p0", "h0:5672", S.ACTIVE)]
+    members += [Member(n, f"{n}:5672", S.READY) for n in sorted(ready)]
+    members += [Member(n, f"{n}:5672", st) for n, st in (others or {}).items()]
+    return MembershipHeard(tuple(members))
+
+
+def heard(role: HaRole, ready: set[str]) -> HaRole:
+    assert role.step(membership(ready), 0.0) == []
+    return role
+
+
 def promoted(expected: set[str], now: float = 0.0) -> tuple[HaRole, list[Action]]:
     """A ready backup, ready under the old primary together with `expected`, promoted at `now`."""
-    role = backup(S.READY)
-    role.last_membership_ready = frozenset(expected)
+    role = heard(backup(S.READY), expected)
     return role, role.step(Promote(), now)
+
+
+def connected(name: str, target: int) -> BackupConnected:
+    return BackupConnected(name, f"{name}:5672", target)
 
 
 def connects(actions: list[Action]) -> list[str]:
@@ -270,7 +294,7 @@ def test_promote_ready_with_no_expected_backups_goes_active_at_once() -> None:
     role, actions = promoted(set(), now=3.0)
     assert actions == [
         Transition(S.READY, S.RECOVERING, "promoted"),
-        StartEpoch(),
+        StartEpoch(1),
         Transition(S.RECOVERING, S.ACTIVE, "every expected backup is ready"),
     ]
     assert role.state == S.ACTIVE
@@ -280,7 +304,9 @@ def test_promote_ready_with_expected_backups_recovers_until_the_timeout() -> Non
     role, actions = promoted({"b1", "b2"}, now=3.0)
     assert actions == [
         Transition(S.READY, S.RECOVERING, "promoted"),
-        StartEpoch(),
+        StartEpoch(1),
+        Expect("b1"),  # held for from now on, before they reconnect
+        Expect("b2"),
         WakeAt(3.0 + TIMEOUT),
     ]
     assert role.state == S.RECOVERING
@@ -324,14 +350,14 @@ def test_promote_joining_allowed_when_no_peer_is_primary_or_ready() -> None:
         (S.JOINING, S.RECOVERING),
         (S.RECOVERING, S.ACTIVE),
     ]
-    assert actions[1] == StartEpoch()
+    assert actions[1] == StartEpoch(1)
     assert role.state == S.ACTIVE
 
 
 def test_promote_ready_ignores_what_peers_report() -> None:
     role = backup(S.READY)
     actions = role.step(Promote(peers_primary_or_ready=("h2:5672",)), 0.0)
-    assert StartEpoch() in actions
+    assert StartEpoch(1) in actions
     assert role.state == S.ACTIVE
 
 
@@ -357,12 +383,12 @@ def test_promote_standalone_is_refused() -> None:
 def test_recovering_goes_active_when_every_expected_backup_acks_its_target() -> None:
     role, _ = promoted({"b1", "b2"}, now=0.0)
 
-    assert role.step(BackupConnected("b1", target=5), 1.0) == [WakeAt(TIMEOUT)]
+    assert role.step(connected("b1", 5), 1.0) == [Expect("b1"), WakeAt(TIMEOUT)]
     assert role.step(BackupAcked("b1", 4), 2.0) == [WakeAt(TIMEOUT)]
     assert role.step(BackupAcked("b1", 5), 3.0) == [TellReady("b1"), WakeAt(TIMEOUT)]
     assert role.state == S.RECOVERING
 
-    assert role.step(BackupConnected("b2", target=7), 4.0) == [WakeAt(TIMEOUT)]
+    assert role.step(connected("b2", 7), 4.0) == [Expect("b2"), WakeAt(TIMEOUT)]
     assert role.step(BackupAcked("b2", 9), 5.0) == [
         TellReady("b2"),
         Transition(S.RECOVERING, S.ACTIVE, "every expected backup is ready"),
@@ -374,7 +400,8 @@ def test_recovering_goes_active_when_every_expected_backup_acks_its_target() -> 
 
 def test_expected_backup_with_nothing_to_catch_up_is_ready_on_connect() -> None:
     role, _ = promoted({"b1"})
-    assert role.step(BackupConnected("b1", target=0), 1.0) == [
+    assert role.step(connected("b1", 0), 1.0) == [
+        Expect("b1"),
         TellReady("b1"),
         Transition(S.RECOVERING, S.ACTIVE, "every expected backup is ready"),
     ]
@@ -388,9 +415,9 @@ def test_tick_before_the_backup_timeout_keeps_recovering() -> None:
 
 def test_backup_timeout_gives_up_on_the_waiting_backups() -> None:
     role, _ = promoted({"b1", "b2", "b3"}, now=0.0)
-    role.step(BackupConnected("b1", target=5), 1.0)
+    role.step(connected("b1", 5), 1.0)
     role.step(BackupAcked("b1", 5), 2.0)  # b1 ready
-    role.step(BackupConnected("b2", target=5), 3.0)
+    role.step(connected("b2", 5), 3.0)
     role.step(BackupAcked("b2", 3), 4.0)  # b2 connected, not caught up; b3 never came
 
     assert role.step(Tick(), TIMEOUT) == [
@@ -407,10 +434,11 @@ def test_backup_timeout_gives_up_on_the_waiting_backups() -> None:
 
 def test_backup_timeout_of_zero_gives_up_at_promotion() -> None:
     role = HaRole(addresses=[], maintenance_interval=INTERVAL, backup_timeout=0.0, state=S.READY)
-    role.last_membership_ready = frozenset({"b1"})
+    heard(role, {"b1"})
     assert role.step(Promote(), 4.0) == [
         Transition(S.READY, S.RECOVERING, "promoted"),
-        StartEpoch(),
+        StartEpoch(1),
+        Expect("b1"),
         StopExpecting(("b1",)),
         Transition(S.RECOVERING, S.ACTIVE, "backup timeout: gave up on b1"),
     ]
@@ -418,11 +446,15 @@ def test_backup_timeout_of_zero_gives_up_at_promotion() -> None:
 
 def test_backup_lost_while_recovering_stays_expected() -> None:
     role, _ = promoted({"b1", "b2"}, now=0.0)
-    role.step(BackupConnected("b1", target=0), 1.0)  # b1 ready at once
+    role.step(connected("b1", 0), 1.0)  # b1 ready at once
     assert role.step(BackupLost("b1", "heartbeat"), 2.0) == []  # still awaited
     assert role.expected == {"b1", "b2"}
     # b2 becoming ready is not enough: b1 is waited for again
-    assert role.step(BackupConnected("b2", target=0), 3.0) == [TellReady("b2"), WakeAt(TIMEOUT)]
+    assert role.step(connected("b2", 0), 3.0) == [
+        Expect("b2"),
+        TellReady("b2"),
+        WakeAt(TIMEOUT),
+    ]
     assert role.state == S.RECOVERING
     # at the timeout b1 is dropped, without being told anything (it is not connected)
     assert role.step(Tick(), TIMEOUT) == [
@@ -433,10 +465,10 @@ def test_backup_lost_while_recovering_stays_expected() -> None:
 
 def test_expected_backup_lost_and_back_counts_when_ready_again() -> None:
     role, _ = promoted({"b1"}, now=0.0)
-    role.step(BackupConnected("b1", target=5), 1.0)
+    role.step(connected("b1", 5), 1.0)
     role.step(BackupLost("b1", "closed"), 2.0)
     assert role.step(BackupAcked("b1", 5), 2.5) == []  # a late ack of the lost link: ignored
-    role.step(BackupConnected("b1", target=6), 3.0)
+    role.step(connected("b1", 6), 3.0)
     actions = role.step(BackupAcked("b1", 6), 4.0)
     assert actions[0] == TellReady("b1")
     assert role.state == S.ACTIVE
@@ -444,7 +476,7 @@ def test_expected_backup_lost_and_back_counts_when_ready_again() -> None:
 
 def test_unexpected_backup_lost_while_recovering_stops_being_expected() -> None:
     role, _ = promoted({"b1"}, now=0.0)
-    role.step(BackupConnected("new", target=3), 1.0)
+    role.step(connected("new", 3), 1.0)
     assert role.step(BackupLost("new", "closed"), 2.0) == [StopExpecting(("new",))]
     assert role.state == S.RECOVERING
 
@@ -454,7 +486,7 @@ def test_unexpected_backup_lost_while_recovering_stops_being_expected() -> None:
 
 def test_backup_lost_while_active_stops_expecting_it() -> None:
     role, _ = promoted({"b1"}, now=0.0)
-    role.step(BackupConnected("b1", target=0), 1.0)
+    role.step(connected("b1", 0), 1.0)
     assert role.state == S.ACTIVE
     assert role.step(BackupLost("b1", "missed heartbeats"), 5.0) == [StopExpecting(("b1",))]
     assert role.ready_backups == []
@@ -462,7 +494,7 @@ def test_backup_lost_while_active_stops_expecting_it() -> None:
 
 def test_new_backup_under_an_active_primary_is_ready_once_caught_up() -> None:
     role, _ = promoted(set())
-    actions = role.step(BackupConnected("b9", target=4), 1.0)
+    actions = role.step(connected("b9", 4), 1.0)
     assert TellReady("b9") not in actions
     assert role.step(BackupAcked("b9", 4), 2.0) == [TellReady("b9")]
     assert role.step(BackupAcked("b9", 8), 3.0) == []  # told once
@@ -471,7 +503,7 @@ def test_new_backup_under_an_active_primary_is_ready_once_caught_up() -> None:
 
 def test_backup_with_nothing_to_catch_up_is_ready_on_connect() -> None:
     role, _ = promoted(set())
-    assert role.step(BackupConnected("b9", target=0), 1.0) == [TellReady("b9")]
+    assert role.step(connected("b9", 0), 1.0) == [Expect("b9"), TellReady("b9")]
 
 
 def test_backup_not_caught_up_is_told_to_catch_up_on_connect() -> None:
@@ -479,13 +511,13 @@ def test_backup_not_caught_up_is_told_to_catch_up_on_connect() -> None:
     away) must not stay `ready` while it lacks what this primary acknowledged: it would be
     promotable without holding everything (seed 1.12.12.4)."""
     role, _ = promoted(set())
-    assert role.step(BackupConnected("b9", target=4), 1.0) == [TellCatchUp("b9")]
+    assert role.step(connected("b9", 4), 1.0) == [Expect("b9"), TellCatchUp("b9")]
 
 
 def test_expected_backup_is_not_told_to_catch_up_on_connect() -> None:
     """An expected backup keeps `ready` while the recovering primary holds acks on its behalf."""
     role, _ = promoted({"b1"})
-    assert TellCatchUp("b1") not in role.step(BackupConnected("b1", target=4), 1.0)
+    assert TellCatchUp("b1") not in role.step(connected("b1", 4), 1.0)
 
 
 def test_acks_from_an_unknown_backup_are_ignored() -> None:
@@ -518,21 +550,21 @@ def test_failover_round_trip() -> None:
     """b1 and b2 ready under an old primary; b1 is promoted; b2 reconnects, catches up, is ready;
     a third broker joins and becomes ready. Every transition on the way is legal."""
     b1, b2, b3 = backup(S.READY), backup(S.READY), backup(S.JOINING)
-    b1.last_membership_ready = frozenset({"b2"})
+    heard(b1, {"b2"})
     roles = {"b2": b2, "b3": b3}
 
     assert b1.step(Promote(), 0.0)[:2] == [
         Transition(S.READY, S.RECOVERING, "promoted"),
-        StartEpoch(),
+        StartEpoch(1),
     ]
     b2.step(PrimaryLost("old primary died"), 0.0)
     b2.step(PrimaryFound("h1:5672"), 0.5)
-    deliver(b1.step(BackupConnected("b2", target=10), 0.5), roles, 0.5)
+    deliver(b1.step(connected("b2", 10), 0.5), roles, 0.5)
     assert b2.state == S.READY  # still protected: b1 holds acks for it
     deliver(b1.step(BackupAcked("b2", 10), 1.0), roles, 1.0)
     assert (b1.state, b2.state) == (S.ACTIVE, S.READY)
 
-    deliver(b1.step(BackupConnected("b3", target=12), 2.0), roles, 2.0)
+    deliver(b1.step(connected("b3", 12), 2.0), roles, 2.0)
     b3.step(FirstData(), 2.1)
     assert b3.state == S.CATCH_UP
     deliver(b1.step(BackupAcked("b3", 12), 3.0), roles, 3.0)
@@ -541,7 +573,7 @@ def test_failover_round_trip() -> None:
 
 def test_timed_out_backup_that_reconnects_late_is_not_ready_until_caught_up() -> None:
     b1, b2 = backup(S.READY), backup(S.READY)
-    b1.last_membership_ready = frozenset({"b2"})
+    heard(b1, {"b2"})
     roles = {"b2": b2}
     b1.step(Promote(), 0.0)
     b2.step(PrimaryLost("old primary died"), 0.0)  # and b2 stays away past the timeout
@@ -549,7 +581,325 @@ def test_timed_out_backup_that_reconnects_late_is_not_ready_until_caught_up() ->
     assert b1.state == S.ACTIVE
     assert b2.state == S.READY  # nobody could tell it yet
 
-    deliver(b1.step(BackupConnected("b2", target=20), 15.0), roles, 15.0)
+    deliver(b1.step(connected("b2", 20), 15.0), roles, 15.0)
     assert b2.state == S.CATCH_UP  # not promotable while it lacks what b1 acknowledged
     deliver(b1.step(BackupAcked("b2", 20), 16.0), roles, 16.0)
     assert b2.state == S.READY
+
+
+# -- start ---------------------------------------------------------------------------------------
+
+
+def test_started_joins_and_tries_the_first_other_broker_at_once() -> None:
+    role = HaRole(
+        addresses=[], maintenance_interval=INTERVAL, backup_timeout=TIMEOUT, state=S.STANDALONE
+    )
+    assert role.step(Started("me", "h0:5672", tuple(ADDRESSES)), 7.0) == [
+        Transition(S.STANDALONE, S.JOINING, "started with --ha-cluster yes"),
+        Connect("h1:5672"),
+        WakeAt(7.0 + INTERVAL),
+    ]
+    assert (role.name, role.address, role.addresses) == ("me", "h0:5672", ADDRESSES)
+    with pytest.raises(IllegalTransition):  # started twice is a bug, not a second join
+        role.step(Started("me", "h0:5672", ()), 8.0)
+
+
+def test_started_alone_joins_and_waits() -> None:
+    role = HaRole(
+        addresses=[], maintenance_interval=INTERVAL, backup_timeout=TIMEOUT, state=S.STANDALONE
+    )
+    assert role.step(Started("me", "h0:5672", ()), 0.0) == [
+        Transition(S.STANDALONE, S.JOINING, "started with --ha-cluster yes")
+    ]
+
+
+# -- membership ----------------------------------------------------------------------------------
+
+
+def test_promotion_expects_exactly_the_backups_that_were_ready() -> None:
+    """Not the old primary, not a catch-up or joining broker, not this broker itself."""
+    role = HaRole(
+        addresses=list(ADDRESSES),
+        maintenance_interval=INTERVAL,
+        backup_timeout=TIMEOUT,
+        state=S.READY,
+        name="me",
+    )
+    event = membership({"b1", "b2", "me"}, {"b3": S.CATCH_UP, "b4": S.JOINING})
+    assert role.step(event, 0.0) == []
+    assert role.membership() == event.members  # a backup shows what it heard
+    assert role.last_membership_ready == {"b1", "b2"}
+    actions = role.step(Promote(), 1.0)
+    assert [a for a in actions if isinstance(a, Expect)] == [Expect("b1"), Expect("b2")]
+    assert role.expected == {"b1", "b2"}
+    assert role.state == S.RECOVERING
+
+
+def test_the_last_membership_heard_counts() -> None:
+    role = backup(S.READY)
+    role.step(membership({"b1", "b2"}), 0.0)
+    role.step(membership({"b2"}, {"b1": S.CATCH_UP}), 1.0)  # b1 fell behind meanwhile
+    assert [a for a in role.step(Promote(), 2.0) if isinstance(a, Expect)] == [Expect("b2")]
+
+
+def test_membership_heard_after_promotion_is_stale() -> None:
+    role, _ = promoted({"b1"})
+    assert role.step(membership({"b7", "b8"}), 1.0) == []
+    assert role.expected == {"b1"}
+    assert [m.name for m in role.membership()] == [""]  # itself; nobody connected yet
+
+
+def test_a_joining_broker_promoted_with_no_membership_expects_nobody() -> None:
+    role = backup(S.JOINING)
+    actions = role.step(Promote(), 0.0)
+    assert not [a for a in actions if isinstance(a, Expect)]
+    assert role.state == S.ACTIVE
+
+
+def test_primary_membership_is_itself_and_its_backups_as_they_are_now() -> None:
+    role = HaRole(
+        addresses=[], maintenance_interval=INTERVAL, backup_timeout=TIMEOUT, state=S.STANDALONE
+    )
+    role.step(Started("p", "h0:5672", ()), 0.0)
+    role.step(Promote(), 0.0)
+    role.step(BackupConnected("b2", "h2:5672", 5), 1.0)
+    role.step(BackupConnected("b1", "h1:5672", 0), 1.0)
+    assert role.membership() == (
+        Member("p", "h0:5672", S.ACTIVE),
+        Member("b1", "h1:5672", S.READY),
+        Member("b2", "h2:5672", S.CATCH_UP),
+    )
+    role.step(BackupAcked("b2", 5), 2.0)
+    role.step(BackupLost("b1", "closed"), 3.0)
+    assert role.membership() == (
+        Member("p", "h0:5672", S.ACTIVE),
+        Member("b2", "h2:5672", S.READY),
+    )
+
+
+def test_members_travel_as_plain_dicts_and_back() -> None:
+    members = membership({"b1"}, {"b2": S.CATCH_UP}).members
+    wire = [m.wire() for m in members]
+    assert wire[1] == {"name": "b1", "address": "b1:5672", "state": "ready"}
+    assert members_from_wire(wire) == members
+    assert members_from_wire([{"name": "b", "state": "catchup"}]) == (Member("b", "", S.CATCH_UP),)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["b1"],
+        [{"state": "ready"}],
+        [{"name": "", "state": "ready"}],
+        [{"name": "b1", "state": "leader"}],
+        [{"name": "b1"}],
+    ],
+    ids=["not-a-dict", "no-name", "empty-name", "unknown-state", "no-state"],
+)
+def test_a_member_that_is_not_one_is_a_value_error(bad: list[object]) -> None:
+    with pytest.raises(ValueError):
+        members_from_wire(bad)
+
+
+# -- the new epoch's number ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("known", "number"),
+    [((), 1), ((0,), 1), ((1, 2, 3), 4), ((3, 9, 4), 10), ((5, 5, 2), 6)],
+)
+def test_the_new_epoch_is_numbered_past_every_known_one(
+    known: tuple[int, ...], number: int
+) -> None:
+    role = backup(S.READY)
+    actions = role.step(Promote(known_epochs=known), 0.0)
+    assert actions[1] == StartEpoch(number)
+
+
+def test_a_joining_broker_numbers_past_the_peers_epochs_it_was_told() -> None:
+    """After a total failure the joining brokers may hold older histories than a peer that
+    answered: the epochs it reported count too (the driver passes them in known_epochs)."""
+    role = backup(S.JOINING)
+    actions = role.step(Promote(peers_primary_or_ready=(), known_epochs=(2, 2, 6)), 0.0)
+    assert StartEpoch(7) in actions
+
+
+@pytest.mark.parametrize("state", [S.CATCH_UP, S.ACTIVE], ids=str)
+def test_a_refused_promotion_starts_no_epoch(state: BrokerState) -> None:
+    role = backup(state)
+    (refuse,) = role.step(Promote(known_epochs=(4,)), 0.0)
+    assert isinstance(refuse, Refuse)
+
+
+# -- admission ---------------------------------------------------------------------------------
+
+
+BACKUP_INFO = {"name": "b1", "address": "h1:5672"}
+PRIMARY_STATES = [S.RECOVERING, S.ACTIVE]
+OTHER_STATES = [S.STANDALONE, S.JOINING, S.CATCH_UP, S.READY]
+
+
+@pytest.mark.parametrize(
+    ("properties", "privileged", "on_primary", "elsewhere"),
+    [
+        ({}, False, "client", "refuse"),
+        ({"product": "qpid"}, True, "client", "refuse"),
+        ({ADMIN_PROPERTY: True}, True, "admin", "admin"),
+        ({ADMIN_PROPERTY: True}, False, "denied", "denied"),
+        ({ADMIN_PROPERTY: False}, False, "client", "refuse"),  # no claim: a plain client
+        ({BACKUP_PROPERTY: BACKUP_INFO}, True, "backup", "refuse"),
+        ({BACKUP_PROPERTY: BACKUP_INFO}, False, "denied", "denied"),
+        ({BACKUP_PROPERTY: None}, False, "denied", "denied"),  # claimed by its key alone
+        ({ADMIN_PROPERTY: True, BACKUP_PROPERTY: BACKUP_INFO}, True, "admin", "admin"),
+    ],
+    ids=[
+        "client",
+        "client-privileged",
+        "admin",
+        "admin-unprivileged",
+        "admin-false",
+        "backup",
+        "backup-unprivileged",
+        "backup-none",
+        "admin-and-backup",
+    ],
+)
+@pytest.mark.parametrize("state", PRIMARY_STATES + OTHER_STATES, ids=str)
+def test_admission(
+    properties: dict[str, object],
+    privileged: bool,
+    on_primary: str,
+    elsewhere: str,
+    state: BrokerState,
+) -> None:
+    asked: list[bool] = []
+
+    def check() -> bool:
+        asked.append(True)
+        return privileged
+
+    want = on_primary if state in PRIMARY_STATES else elsewhere
+    assert admission(properties, check, state) == want
+    # the (ACL) check is made only for a connection that claims HA privileges
+    claims = bool(properties.get(ADMIN_PROPERTY)) or BACKUP_PROPERTY in properties
+    assert asked == ([True] if claims else [])
+
+
+# -- the guard is told whom to wait for ----------------------------------------------------------
+
+
+class Primary:
+    """A role with a real QueueGuard, the guard told what the role's actions say (the driver's
+    two lines for Expect / StopExpecting), the acknowledgements fed to both as Primary does."""
+
+    def __init__(self, expected: set[str]) -> None:
+        self.guard = QueueGuard()
+        self.released: list[int] = []
+        self.role = heard(backup(S.READY), expected)
+        self.actions: list[Action] = []
+        self.step(Promote(), 0.0)
+
+    def step(self, event: object, now: float) -> list[Action]:
+        self.actions = self.role.step(event, now)
+        for a in self.actions:
+            if isinstance(a, Expect):
+                self.guard.expect(a.name)
+            elif isinstance(a, StopExpecting):
+                self.run(self.guard.drop(a.names))
+        assert self.guard.expected == self.role.held_for()  # the guard does as it is told
+        return self.actions
+
+    def ack(self, name: str, seq: int, now: float) -> list[Action]:
+        self.run(self.guard.acknowledged(name, seq))
+        return self.step(BackupAcked(name, seq), now)
+
+    def hold(self, seq: int) -> bool:
+        return self.guard.hold(seq, ("q", seq), lambda _: self.released.append(seq))
+
+    def run(self, releases: list) -> None:  # type: ignore[type-arg]
+        for release in releases:
+            release(None)
+
+
+def test_a_promoted_primary_holds_for_the_expected_backups_before_they_reconnect() -> None:
+    p = Primary({"b1", "b2"})
+    assert p.hold(1) is True  # nobody connected yet: held for b1 and b2
+    p.step(connected("b1", 0), 1.0)
+    p.ack("b1", 1, 1.5)
+    assert p.released == []  # still b2
+    p.step(connected("b2", 1), 2.0)
+    assert p.ack("b2", 1, 2.5) == [
+        TellReady("b2"),
+        Transition(S.RECOVERING, S.ACTIVE, "every expected backup is ready"),
+    ]
+    assert p.released == [1]
+
+
+def test_an_expected_backup_lost_while_recovering_is_held_for_until_the_timeout() -> None:
+    p = Primary({"b1", "b2"})
+    p.step(connected("b1", 4), 1.0)
+    p.ack("b1", 2, 1.5)  # not yet at its target
+    assert p.hold(5) is True
+    assert p.step(BackupLost("b1", "heartbeat"), 2.0) == []  # still expected, still held for
+    p.step(connected("b1", 6), 3.0)  # back, with a later target
+    p.ack("b1", 5, 3.5)
+    assert p.released == []  # b2 never came
+    assert p.step(Tick(), TIMEOUT) == [
+        TellCatchUp("b1"),  # connected but short of its target: catch up again
+        StopExpecting(("b1", "b2")),
+        Transition(S.RECOVERING, S.ACTIVE, "backup timeout: gave up on b1, b2"),
+    ]
+    assert p.released == [5]
+    # b1 is still connected: the guard stopped waiting for it, and messages are not held for it
+    # until it connects again; it still becomes ready when it reaches its target
+    assert p.role.held_for() == set()
+    assert p.hold(7) is False
+    assert p.ack("b1", 6, 11.0) == [TellReady("b1")]
+
+
+def test_a_backup_lost_while_active_is_no_longer_held_for() -> None:
+    p = Primary(set())
+    p.step(connected("b9", 0), 1.0)
+    p.step(connected("b8", 0), 1.0)
+    assert p.hold(3) is True
+    p.ack("b9", 3, 2.0)
+    assert p.released == []
+    assert p.step(BackupLost("b8", "closed"), 3.0) == [StopExpecting(("b8",))]
+    assert p.released == [3]
+    p.step(BackupLost("b9", "closed"), 4.0)
+    assert p.hold(4) is False  # nobody to wait for
+
+
+def test_a_backup_that_connects_is_held_for_from_then_on() -> None:
+    p = Primary(set())
+    assert p.hold(1) is False  # before it: nobody to wait for
+    assert p.step(connected("b9", 1), 1.0)[0] == Expect("b9")
+    assert p.hold(2) is True
+    p.ack("b9", 2, 2.0)
+    assert p.released == [2]
+
+
+def test_a_backup_promoted_after_its_primary_expects_whom_the_primary_had_ready() -> None:
+    """The membership travels as the wire has it: p announces, b2 hears, p dies, b2 leads."""
+    p = HaRole(
+        addresses=[],
+        maintenance_interval=INTERVAL,
+        backup_timeout=TIMEOUT,
+        name="p",
+        address="h0:5672",
+    )
+    p.step(Promote(), 0.0)
+    for name, target in (("b2", 0), ("b3", 0), ("b4", 9)):
+        p.step(BackupConnected(name, f"{name}:5672", target), 1.0)
+    wire = [m.wire() for m in p.membership()]
+
+    b2 = HaRole(addresses=[], maintenance_interval=INTERVAL, backup_timeout=TIMEOUT, name="b2")
+    b2.step(ToldReady(), 1.0)
+    b2.step(MembershipHeard(members_from_wire(wire)), 1.0)
+    actions = b2.step(Promote(known_epochs=(1,)), 5.0)
+    assert actions[:4] == [
+        Transition(S.READY, S.RECOVERING, "promoted"),
+        StartEpoch(2),
+        Expect("b3"),  # b2 itself, the dead primary and catch-up b4 are not waited for
+        WakeAt(5.0 + TIMEOUT),
+    ]

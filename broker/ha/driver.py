@@ -2,8 +2,9 @@
 
 It owns the timer the role asks for, the backup's connection attempts to the primary, the switch
 from following to leading at promotion (a new epoch, the replication sink, the guard), and what the
-rest of the broker asks of HA: who may connect, the status, promote. Decisions stay in `role.py`;
-an illegal transition is logged as critical and stops the broker.
+rest of the broker asks of HA: who may connect, the status, promote. Decisions stay in `role.py`
+(and `admission.py`): the driver turns what happens into the role's events, and carries out the
+actions it returns; an illegal transition is logged as critical and stops the broker.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from qstore.urls import Address
 
 from . import role as R
 from . import stream
+from .admission import Admission, admission
 from .backup_link import BackupLink
 from .primary import Primary, RecentLog
 from .replicator import Replicator
@@ -36,24 +38,6 @@ if TYPE_CHECKING:
     from broker.service import BrokerService
 
 log = logging.getLogger("qstore.ha")
-
-ADMIN_PROPERTY = "qpid.ha-admin"
-BACKUP_PROPERTY = "qpid.ha-backup"
-
-
-def admission(
-    properties: dict[str, Any], privileged: Callable[[], bool], state: BrokerState
-) -> str:
-    """Who this connection is to this broker (see `HaDriver.admit`); `privileged()` is asked
-    only of a connection that claims HA privileges."""
-    claims_admin = bool(properties.get(ADMIN_PROPERTY))
-    if (claims_admin or BACKUP_PROPERTY in properties) and not privileged():
-        return "denied"
-    if claims_admin:
-        return "admin"
-    if BACKUP_PROPERTY in properties:
-        return "backup" if state.is_primary else "refuse"
-    return "client" if state.is_primary else "refuse"
 
 
 def _address_key(address: str) -> tuple[str, int]:
@@ -89,7 +73,6 @@ class HaDriver:
         self.replicator.on_control = self._on_control
         self.replicator.deferring = not service.restored.is_set()
         self.primary: Primary | None = None
-        self.members: list[dict[str, Any]] = []
         self._tg: TaskGroup | None = None
         self._kick = anyio.Event()
         self._wake_at = 0.0
@@ -133,9 +116,7 @@ class HaDriver:
     async def run(self, tg: TaskGroup) -> None:
         """Join the cluster and keep the role's timer; returns when cancelled."""
         self._tg = tg
-        self.role.addresses = self._others()
-        self.handle_actions([self.role._go(BrokerState.JOINING, "started with --ha-cluster yes")])
-        self.handle(R.Tick())
+        self.handle(R.Started(self.name, self.address, tuple(self._others())))
         while True:
             delay = max(0.0, self._wake_at - self.clock()) if self._wake_at else 3600.0
             with anyio.move_on_after(delay):
@@ -166,8 +147,8 @@ class HaDriver:
                     if not self._connecting and self._tg is not None:
                         self._connecting = True
                         self._tg.start_soon(self._connect, address)
-                case R.StartEpoch():
-                    self._start_epoch()
+                case R.StartEpoch(number=number):
+                    self._start_epoch(number)
                 case R.TellReady(name=name):
                     if self.primary is not None:
                         self.primary.send_control(name, stream.READY)
@@ -176,6 +157,9 @@ class HaDriver:
                     if self.primary is not None:
                         self.primary.send_control(name, stream.CATCH_UP)
                     self._broadcast_membership()
+                case R.Expect(name=name):
+                    if self.primary is not None:
+                        self.primary.expect(name)
                 case R.StopExpecting(names=names):
                     if self.primary is not None:
                         self.primary.stop_expecting(names)
@@ -269,12 +253,12 @@ class HaDriver:
         elif item.kind == stream.CATCH_UP:
             self.handle(R.ToldCatchUp())
         elif item.kind == stream.MEMBERSHIP and item.data is not None:
-            self.members = list(item.data.get("members", []))
-            self.role.last_membership_ready = frozenset(
-                m["name"]
-                for m in self.members
-                if m.get("state") == "ready" and m["name"] != self.name
-            )
+            try:
+                members = R.members_from_wire(item.data.get("members") or ())
+            except ValueError as exc:
+                log.warning("ignored the primary's membership message: %s", exc)
+                return
+            self.handle(R.MembershipHeard(members))
 
     # -- promotion ----------------------------------------------------------------------------
 
@@ -287,7 +271,7 @@ class HaDriver:
             log.info("promote waits until this broker's messages are restored")
             await restored.wait()
         peers: tuple[str, ...] = ()
-        self._peer_epochs: list[int] = []
+        peer_epochs: list[int] = []
         if self.state == BrokerState.JOINING:
             statuses = await self._peer_statuses()
             peers = tuple(
@@ -295,8 +279,10 @@ class HaDriver:
                 for addr, st in statuses.items()
                 if st.get("state") in ("ready", "recovering", "active")
             )
-            self._peer_epochs = [int(st.get("epoch", 0)) for st in statuses.values()]
-        for a in self.handle(R.Promote(peers)):
+            peer_epochs = [int(st.get("epoch", 0)) for st in statuses.values()]
+        ev = self.service.events
+        known = (*ev.history.numbers, ev.epoch, *peer_epochs)
+        for a in self.handle(R.Promote(peers, known_epochs=known)):
             if isinstance(a, R.Refuse):
                 log.warning("promote refused: %s", a.reason)
                 return a.reason
@@ -336,21 +322,16 @@ class HaDriver:
         ev.numbering = True
         self.primary = Primary(self, ev, self.recent)
         ev.sink = self.primary
-        self.role.expected.discard(self.name)
-        for name in self.role.expected:
-            self.primary.guard.expect(name)
         self.service.on_promoted()
 
-    def _start_epoch(self) -> None:
-        ev = self.service.events
-        seen = [*ev.history.numbers, ev.epoch, *getattr(self, "_peer_epochs", [])]
-        number, seq = ev.start_epoch(max(seen) + 1, self.service.journal.node_id)
+    def _start_epoch(self, number: int) -> None:
+        number, seq = self.service.events.start_epoch(number, self.service.journal.node_id)
         log.info("epoch %d starts at seq %d", number, seq)
 
     # -- primary side (called by Primary) -----------------------------------------------------
 
-    def backup_connected(self, name: str, target: int) -> None:
-        self.handle(R.BackupConnected(name, target))
+    def backup_connected(self, name: str, address: str, target: int) -> None:
+        self.handle(R.BackupConnected(name, address, target))
 
     def backup_acked(self, name: str, seq: int) -> None:
         self.handle(R.BackupAcked(name, seq))
@@ -359,32 +340,16 @@ class HaDriver:
         self.handle(R.BackupLost(name, why))
 
     def _broadcast_membership(self) -> None:
+        """After a transition or a tell, the backups hear the membership (the role's)."""
         if self.primary is None:
             return
-        self.members = self._membership()
-        self.primary.broadcast(stream.MEMBERSHIP, members=self.members)
-
-    def _membership(self) -> list[dict[str, Any]]:
-        """On a primary: itself and the backups it has now (read live from the role)."""
-        assert self.primary is not None
-        members = [{"name": self.name, "address": self.address, "state": str(self.state)}]
-        for name, b in sorted(self.role.backups.items()):
-            s = self.primary.streams.get(name)
-            members.append(
-                {
-                    "name": name,
-                    "address": s.address if s else "",
-                    "state": "ready" if b.ready else "catch-up",
-                }
-            )
-        return members
+        members = [m.wire() for m in self.role.membership()]
+        self.primary.broadcast(stream.MEMBERSHIP, members=members)
 
     # -- what the rest of the broker asks ------------------------------------------------------
 
-    def admit(self, properties: dict[str, Any], privileged: Callable[[], bool]) -> str:
-        """`admin`, `backup` or `client` if this connection may stay; `refuse` (dropped
-        without a word, so that a client moves on to the next broker) or `denied` (claims HA
-        privileges its user does not have: the HA identity's, or `update broker`)."""
+    def admit(self, properties: dict[str, Any], privileged: Callable[[], bool]) -> Admission:
+        """See `admission.admission` (privileged: the HA identity's, or `update broker`)."""
         return admission(properties, privileged, self.state)
 
     def status(self) -> dict[str, Any]:
@@ -397,8 +362,5 @@ class HaDriver:
             "catch-ups": dict(self.replicator.catch_ups),
             "restoring": self.service.restoring,
             "brokers_url": ",".join(self.all_addresses),
-            "members": [
-                {**m, "position": None}
-                for m in (self._membership() if self.primary is not None else self.members)
-            ],
+            "members": [{**m.wire(), "position": None} for m in self.role.membership()],
         }

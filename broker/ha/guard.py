@@ -10,6 +10,10 @@ Who a hold waits for is kept as a membership generation, not as a set per hold: 
 moves on each time a backup becomes expected, and a backup holds exactly the holds taken at or
 after the generation it joined in, for as long as it stays expected. So the holds of one
 generation are all due once the lowest position of the backups they wait for reaches them.
+
+The guard is the one owner of the backups' acknowledged positions. Whom it waits for is the HA
+role's decision (broker/ha/role.py: Expect / StopExpecting, carried out through `expect` / `drop`);
+`expected` and `_since` are that decision as the hot path needs it, not a second record of it.
 """
 
 from __future__ import annotations

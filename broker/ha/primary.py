@@ -134,7 +134,11 @@ class BackupStream:
 
 
 class Primary:
-    """The replication sink of a primary (see broker/eventlog.py: ReplicationSink)."""
+    """The replication sink of a primary (see broker/eventlog.py: ReplicationSink).
+
+    `streams` owns the backups' links and nothing more: who the backups are, their addresses and
+    whether each is ready are the role's (broker/ha/role.py); the positions they acknowledged are
+    the guard's, which waits for the backups the role names (`expect` / `stop_expecting`)."""
 
     def __init__(self, ha: HaDriver, events: EventLog, recent: RecentLog) -> None:
         self.ha = ha
@@ -232,11 +236,11 @@ class Primary:
             last = items[-1].seq
             s.catch_up(iter(items), last)
         self.streams[name] = s
-        self.guard.expect(name)
         # Ready once it acknowledges the last item queued for it now. Not `ev.seq`: durable events
         # of non-replicated entities are numbered too but never sent, so a backup would never
         # acknowledge that seq (and would stay catch-up, holding a recovering primary up).
-        self.ha.backup_connected(name, target=last)
+        # The role answers with Expect(name): what is published from now on waits for it.
+        self.ha.backup_connected(name, address, target=last)
         self._schedule()
         return s
 
@@ -261,6 +265,9 @@ class Primary:
             del self.streams[s.name]
             log.info("backup %s detached", s.name)
             self.ha.backup_lost(s.name, "replication link closed")
+
+    def expect(self, name: str) -> None:
+        self.guard.expect(name)
 
     def stop_expecting(self, names: tuple[str, ...]) -> None:
         _run(self.guard.drop(names))

@@ -1,9 +1,9 @@
 """The HA role: a state machine whose decisions are plain functions of (state, event, now).
 
 `HaRole.step(event, now)` returns actions for the I/O edge (`broker/ha/driver.py`) to carry out:
-connect to a broker, tell a backup it is ready or must catch up again, settle held messages,
-journal a new epoch, change state, stop. The role never reads a clock and never touches a socket,
-so every decision is tested with plain calls (tests/test_ha_role.py).
+connect to a broker, tell a backup it is ready or must catch up again, tell the guard whom held
+messages wait for, journal a new epoch, change state, stop. The role never reads a clock and
+never touches a socket, so every decision is tested with plain calls (tests/test_ha_role.py).
 
 Backup side (joining, catch-up, ready): walk `--ha-brokers-url` (skipping this broker), one
 attempt every link-maintenance-interval, until a primary accepts the replication link; the first
@@ -13,18 +13,62 @@ Primary side (recovering, active): a promoted broker expects the backups that we
 old primary (from the last membership it heard). It is `recovering` until each of them has
 reconnected and caught up, or `--ha-backup-timeout` has passed since promotion: those timed out are
 told to catch up again and stop holding anything; then `active`.
+
+What the role owns, and no one else keeps: the membership it last heard (backup side), who its
+backups are (name, address, the position that makes each ready, whether it is), and whom the
+primary's QueueGuard must wait for (`held_for`), which it tells the guard through `Expect` /
+`StopExpecting`. The acknowledged positions are the guard's (it releases holds by them);
+`BackupAcked` tells the role only whether a backup reached its target. The links themselves are
+`Primary.streams`'.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .states import BrokerState, check
 
 S = BrokerState
 
 
+# -- membership --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    """One broker as a primary announces it to its backups (and `qstore-ha status` shows it)."""
+
+    name: str
+    address: str
+    state: BrokerState
+
+    def wire(self) -> dict[str, str]:
+        return {"name": self.name, "address": self.address, "state": str(self.state)}
+
+
+def members_from_wire(data: Iterable[Any]) -> tuple[Member, ...]:
+    """A membership message's `members`; ValueError (one line) if one is not a member."""
+    out: list[Member] = []
+    for m in data:
+        if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not m["name"]:
+            raise ValueError(f"not a member: {m!r}")
+        out.append(Member(m["name"], str(m.get("address") or ""), S.parse(str(m.get("state")))))
+    return tuple(out)
+
+
 # -- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    """The broker listens (its name and address are final): join the cluster. `addresses` is
+    `--ha-brokers-url` without this broker."""
+
+    name: str
+    address: str
+    addresses: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -64,16 +108,28 @@ class PrimaryLost:
 
 
 @dataclass(frozen=True)
+class MembershipHeard:
+    """The primary announced the cluster's brokers (a backup keeps the last it heard: who was
+    ready then is whom it expects if promoted)."""
+
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True)
 class Promote:
     """A cluster manager asks for promotion; `peers_primary_or_ready` is what the driver found
-    asking every other broker of the URL (needed only when this broker is joining)."""
+    asking every other broker of the URL (needed only when this broker is joining).
+    `known_epochs`: every epoch number this broker knows of (its history, its current epoch,
+    the peers' epochs it asked for): the new epoch is numbered past all of them."""
 
     peers_primary_or_ready: tuple[str, ...] = ()
+    known_epochs: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class BackupConnected:
     name: str
+    address: str
     target: int  # the primary's position when it connected: ready once it has acked this
 
 
@@ -106,7 +162,9 @@ class Connect:
 
 @dataclass(frozen=True)
 class StartEpoch:
-    pass
+    """Journal (and replicate) the epoch record of a new epoch `number`."""
+
+    number: int
 
 
 @dataclass(frozen=True)
@@ -116,6 +174,13 @@ class TellReady:
 
 @dataclass(frozen=True)
 class TellCatchUp:
+    name: str
+
+
+@dataclass(frozen=True)
+class Expect:
+    """Messages held from now on wait for this backup's acknowledgement too (the guard)."""
+
     name: str
 
 
@@ -137,16 +202,28 @@ class WakeAt:
 
 
 Action = (
-    Transition | Connect | StartEpoch | TellReady | TellCatchUp | StopExpecting | Refuse | WakeAt
+    Transition
+    | Connect
+    | StartEpoch
+    | TellReady
+    | TellCatchUp
+    | Expect
+    | StopExpecting
+    | Refuse
+    | WakeAt
 )
 
 
 @dataclass
 class BackupInfo:
+    """A connected backup. Its acknowledged position is the guard's: the role keeps only
+    whether one acknowledgement reached `target`."""
+
     name: str
+    address: str
     target: int
-    acked: int = 0
     ready: bool = False
+    given_up: bool = False  # timed out while recovering: not held for until it connects again
 
 
 @dataclass
@@ -157,14 +234,18 @@ class HaRole:
     maintenance_interval: float
     backup_timeout: float
     state: BrokerState = S.JOINING
+    name: str = ""  # this broker's (Started)
+    address: str = ""
     # backup side
     connected_to: str | None = None
     next_attempt: float = 0.0
     next_index: int = 0
-    last_membership_ready: frozenset[str] = frozenset()  # who was ready under the last primary
+    heard: tuple[Member, ...] = ()  # the last membership the primary announced
     # primary side
     backups: dict[str, BackupInfo] = field(default_factory=dict)
-    expected: set[str] = field(default_factory=set)  # awaited while recovering
+    # ready under the old primary: awaited while recovering (and held for by the guard until
+    # ready or given up, connected or not)
+    expected: set[str] = field(default_factory=set)
     recovering_deadline: float = 0.0
 
     def step(self, event: object, now: float) -> list[Action]:
@@ -179,7 +260,40 @@ class HaRole:
         self.state = new
         return t
 
+    @property
+    def last_membership_ready(self) -> frozenset[str]:
+        """The other brokers that were ready under the last primary this broker heard."""
+        return frozenset(m.name for m in self.heard if m.state == S.READY and m.name != self.name)
+
+    def membership(self) -> tuple[Member, ...]:
+        """The cluster as this broker knows it: on a primary, itself and its backups now (what
+        it announces); on a backup, what its primary last announced."""
+        if not self.state.is_primary:
+            return self.heard
+        me = Member(self.name, self.address, self.state)
+        return (
+            me,
+            *(
+                Member(n, b.address, S.READY if b.ready else S.CATCH_UP)
+                for n, b in sorted(self.backups.items())
+            ),
+        )
+
+    def held_for(self) -> set[str]:
+        """Whom the guard waits for (what Expect / StopExpecting have told it): each connected
+        backup not given up, and while recovering each expected one, connected or not."""
+        names = {n for n, b in self.backups.items() if not b.given_up}
+        return names | self.expected if self.state == S.RECOVERING else names
+
+    @property
+    def ready_backups(self) -> list[str]:
+        return sorted(n for n, b in self.backups.items() if b.ready)
+
     # -- backup side ------------------------------------------------------------------------
+
+    def _on_Started(self, ev: Started, now: float) -> list[Action]:
+        self.name, self.address, self.addresses = ev.name, ev.address, list(ev.addresses)
+        return [self._go(S.JOINING, "started with --ha-cluster yes"), *self._maintain_link(now)]
 
     def _on_Tick(self, ev: Tick, now: float) -> list[Action]:
         if self.state.is_backup:
@@ -230,6 +344,11 @@ class HaRole:
         self.next_attempt = now  # look for the new primary at once
         return self._maintain_link(now)
 
+    def _on_MembershipHeard(self, ev: MembershipHeard, now: float) -> list[Action]:
+        if not self.state.is_primary:  # else stale: sent by the primary this broker replaced
+            self.heard = ev.members
+        return []
+
     def _on_Promote(self, ev: Promote, now: float) -> list[Action]:
         if self.state.is_primary:
             return [Refuse(f"already primary ({self.state})")]
@@ -244,16 +363,18 @@ class HaRole:
         if self.state not in (S.READY, S.JOINING):
             return [Refuse(f"cannot promote from {self.state}")]
         why = "promoted" if self.state == S.READY else "promoted from joining: no ready broker"
-        actions: list[Action] = [self._go(S.RECOVERING, why), StartEpoch()]
+        number = max(ev.known_epochs, default=0) + 1
+        actions: list[Action] = [self._go(S.RECOVERING, why), StartEpoch(number)]
         self.connected_to = None
         self.expected = set(self.last_membership_ready)
         self.recovering_deadline = now + self.backup_timeout
+        actions += [Expect(n) for n in sorted(self.expected)]  # held for before they reconnect
         return actions + self._check_recovered(now)
 
     # -- primary side -----------------------------------------------------------------------
 
     def _on_BackupConnected(self, ev: BackupConnected, now: float) -> list[Action]:
-        self.backups[ev.name] = BackupInfo(ev.name, ev.target)
+        self.backups[ev.name] = BackupInfo(ev.name, ev.address, ev.target)
         actions = self._on_BackupAcked(BackupAcked(ev.name, 0), now)
         protected = self.state == S.RECOVERING and ev.name in self.expected
         if self.state.is_primary and not self.backups[ev.name].ready and not protected:
@@ -261,15 +382,15 @@ class HaRole:
             # not be promotable until it holds what this primary acknowledged (seed 1.12.12.4;
             # the seed's primary downgrades it to catch-up the same way).
             actions.insert(0, TellCatchUp(ev.name))
+        actions.insert(0, Expect(ev.name))  # what is published from now on waits for it
         return actions
 
     def _on_BackupAcked(self, ev: BackupAcked, now: float) -> list[Action]:
         b = self.backups.get(ev.name)
         if b is None:
             return []
-        b.acked = max(b.acked, ev.seq)
         actions: list[Action] = []
-        if not b.ready and b.acked >= b.target:
+        if not b.ready and ev.seq >= b.target:  # ready stays: no need to keep the highest ack
             b.ready = True
             actions.append(TellReady(b.name))
         if self.state == S.RECOVERING:
@@ -291,13 +412,11 @@ class HaRole:
         if now < self.recovering_deadline:
             return [WakeAt(self.recovering_deadline)]
         actions: list[Action] = [TellCatchUp(n) for n in sorted(waiting) if n in self.backups]
+        for n in waiting & self.backups.keys():
+            self.backups[n].given_up = True
         actions.append(StopExpecting(tuple(sorted(waiting))))
         self.expected -= waiting
         actions.append(
             self._go(S.ACTIVE, f"backup timeout: gave up on {', '.join(sorted(waiting))}")
         )
         return actions
-
-    @property
-    def ready_backups(self) -> list[str]:
-        return sorted(n for n, b in self.backups.items() if b.ready)
