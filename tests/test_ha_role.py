@@ -421,8 +421,8 @@ def test_backup_timeout_gives_up_on_the_waiting_backups() -> None:
     role.step(BackupAcked("b2", 3), 4.0)  # b2 connected, not caught up; b3 never came
 
     assert role.step(Tick(), TIMEOUT) == [
-        TellCatchUp("b2"),  # connected: told to go back to catch-up
-        StopExpecting(("b2", "b3")),  # b3 cannot be told, but holds nothing any more
+        TellCatchUp("b2"),  # connected: back to catch-up, still held for like any connected one
+        StopExpecting(("b3",)),  # b3 cannot be told, but holds nothing any more
         Transition(S.RECOVERING, S.ACTIVE, "backup timeout: gave up on b2, b3"),
     ]
     assert role.state == S.ACTIVE
@@ -846,15 +846,24 @@ def test_an_expected_backup_lost_while_recovering_is_held_for_until_the_timeout(
     assert p.released == []  # b2 never came
     assert p.step(Tick(), TIMEOUT) == [
         TellCatchUp("b1"),  # connected but short of its target: catch up again
-        StopExpecting(("b1", "b2")),
+        StopExpecting(("b2",)),  # only the absent one stops holding
         Transition(S.RECOVERING, S.ACTIVE, "backup timeout: gave up on b1, b2"),
     ]
     assert p.released == [5]
-    # b1 is still connected: the guard stopped waiting for it, and messages are not held for it
-    # until it connects again; it still becomes ready when it reaches its target
-    assert p.role.held_for() == set()
-    assert p.hold(7) is False
-    assert p.ack("b1", 6, 11.0) == [TellReady("b1")]
+
+
+def test_a_connected_backup_timed_out_stays_held_for_until_it_is_ready_again() -> None:
+    """Were it dropped from the guard, it would become ready (promotable) on reaching its target
+    without the messages acknowledged to senders after it: a promotion would lose them."""
+    p = Primary({"b1"})
+    p.step(connected("b1", 4), 1.0)
+    p.step(Tick(), TIMEOUT)  # gave up waiting: active, b1 back to catch-up
+    assert p.role.held_for() == {"b1"}
+    assert p.hold(7) is True  # a sender's message after the timeout waits for b1
+    assert p.ack("b1", 4, 11.0) == [TellReady("b1")]  # at its target: ready ...
+    assert p.released == []  # ... and message 7, not yet on b1, is still held
+    p.ack("b1", 7, 11.5)
+    assert p.released == [7]
 
 
 def test_a_backup_lost_while_active_is_no_longer_held_for() -> None:

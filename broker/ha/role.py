@@ -223,7 +223,6 @@ class BackupInfo:
     address: str
     target: int
     ready: bool = False
-    given_up: bool = False  # timed out while recovering: not held for until it connects again
 
 
 @dataclass
@@ -281,8 +280,8 @@ class HaRole:
 
     def held_for(self) -> set[str]:
         """Whom the guard waits for (what Expect / StopExpecting have told it): each connected
-        backup not given up, and while recovering each expected one, connected or not."""
-        names = {n for n, b in self.backups.items() if not b.given_up}
+        backup, and while recovering each expected one, connected or not."""
+        names = set(self.backups)
         return names | self.expected if self.state == S.RECOVERING else names
 
     @property
@@ -411,10 +410,13 @@ class HaRole:
             return [self._go(S.ACTIVE, "every expected backup is ready")]
         if now < self.recovering_deadline:
             return [WakeAt(self.recovering_deadline)]
-        actions: list[Action] = [TellCatchUp(n) for n in sorted(waiting) if n in self.backups]
-        for n in waiting & self.backups.keys():
-            self.backups[n].given_up = True
-        actions.append(StopExpecting(tuple(sorted(waiting))))
+        # A connected one short of its target goes back to catch-up and stays held for, as any
+        # connected backup is: were it not, it could become ready (and promotable) without
+        # messages acknowledged to senders meanwhile. Only the absent ones stop holding.
+        connected = waiting & self.backups.keys()
+        actions: list[Action] = [TellCatchUp(n) for n in sorted(connected)]
+        if waiting - connected:
+            actions.append(StopExpecting(tuple(sorted(waiting - connected))))
         self.expected -= waiting
         actions.append(
             self._go(S.ACTIVE, f"backup timeout: gave up on {', '.join(sorted(waiting))}")
