@@ -11,8 +11,12 @@ position of the item being applied, so the journal records carry the primary's n
 events on a backup (a non-replicated queue an admin made) are journaled with seq 0, outside the
 stream.
 
-The AMQP layer brackets each publish with `begin()`/`end()`: what the publish journals and what the
-ack guard holds make up its `Pending`, and the sender's delivery is settled once all are done.
+Publishing, calls in and events out: the model gives a publish's `Enqueued` events back in its
+result (they never reach `on_event`), and the AMQP layer hands that result to `record_publish`,
+which journals and replicates them and returns their `Pending`: the journal writes and the ack
+guard's holds of every queue the message went to. The sender's delivery is settled once all are
+done. A backup's replicator records the enqueues it applies the same way, into its batch's
+`Pending` (`record_enqueued`). Every other event comes through `on_event`, the model's listener.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from broker.model import (
     Event,
     ExchangeDeclared,
     ExchangeDeleted,
+    PublishResult,
     QueueDeclared,
     QueueDeleted,
     Unbound,
@@ -144,17 +149,24 @@ class EventLog:
         self.queues: dict[str, _Entity] = {}
         self.exchanges: dict[str, _Entity] = {}
         self.bindings: dict[tuple[str, str, str], tuple[bool, bool]] = {}  # (durable, replicated)
-        self._pending: Pending | None = None
         model.add_listener(self.on_event)
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def begin(self) -> Pending:
-        self._pending = Pending()
-        return self._pending
+    def record_publish(self, result: PublishResult) -> Pending | None:
+        """Record a publish's enqueues (`result.enqueued`, which the model did not emit); return
+        what the sender's outcome waits for: one `Pending` for every queue the message went to
+        (journal write, backups' acks), or None if it waits for nothing (not durable, not
+        replicated, or not enqueued at all): settle it at once."""
+        pending = None
+        for ev in result.enqueued:
+            pending = self._enqueued(ev, pending, True)
+        return pending
 
-    def end(self) -> None:
-        self._pending = None
+    def record_enqueued(self, ev: Enqueued, pending: Pending | None = None) -> None:
+        """Record an enqueue that is not a client's publish: a replica's (its journal write
+        joins `pending`, the batch's), or a management reply's (None: nobody waits)."""
+        self._enqueued(ev, pending, False)
 
     # -- levels -------------------------------------------------------------------------------
 
@@ -333,24 +345,27 @@ class EventLog:
         return {**args, levels.KEY: level}
 
     def on_event(self, ev: Event) -> None:
-        cls = ev.__class__
-        if cls is Enqueued:  # the hot pair first, without the match statement's generality
-            self._enqueued(ev)  # type: ignore[arg-type]
-        elif cls is Dequeued:
+        """The model's listener: every event but `Enqueued` (handed back by the model's calls,
+        recorded by `record_publish` and `record_enqueued`)."""
+        if ev.__class__ is Dequeued:  # the hot one first, without the match's generality
             self._dequeued(ev)  # type: ignore[arg-type]
         else:
             self._other(ev)
 
-    def _enqueued(self, ev: Enqueued) -> None:
+    def _enqueued(self, ev: Enqueued, pending: Pending | None, make: bool) -> Pending | None:
+        """Journal and replicate one enqueue; its journal write and its hold (until the backups
+        acknowledge it) join `pending`, made first if None and `make`; return `pending`."""
         q = ev.queue
         e = self.queues.get(q)
         if e is None:
-            return
+            return pending
         m = ev.message
         durable = m.durable and e.durable
         replicated = e.level == _ALL
         if not (durable or replicated) or self.adopting:
-            return
+            return pending
+        if pending is None and make:
+            pending = Pending()
         id = ev.id
         rec: Record | None = None
         payload = None
@@ -362,7 +377,6 @@ class EventLog:
         if rec is None:
             expiry = int(m.expiry * 1000) if m.expiry else 0
             rec = Enqueue(q, id, m.body, m.priority, expiry, m.delivery_count)
-        pending = self._pending
         key = (q, id)
         flags = DURABLE if m.durable else 0
         seq = self._emit(rec, durable, replicated, flags, key, pending, payload)
@@ -372,6 +386,7 @@ class EventLog:
                 release = pending.add()
                 if not sink.hold(seq, key, release):
                     release(None)
+        return pending
 
     def _dequeued(self, ev: Dequeued) -> None:
         q = ev.queue

@@ -42,7 +42,9 @@ def test_events_in_order() -> None:
     b.bind("x", "q", "k")
     m = Message(b"body", durable=True)
     r1 = b.publish("x", m, 0.0, routing_key="k")
+    events.extend(r1.enqueued)  # handed back, not emitted: the caller records them
     r2 = b.enqueue("q", Message(b"two"), 0.0)
+    events.extend(r2.enqueued)
     c = b.subscribe("q", owner="conn", credit=2)
     (_, d1), (_, d2) = b.dispatch(0.0)
     b.accept(c, d1.id)
@@ -75,11 +77,29 @@ def test_no_events_for_no_change() -> None:
     b.declare_exchange("amq.direct", "direct")
     b.bind("amq.direct", "q", "k")
     b.unbind("amq.direct", "q", "nope")
-    b.publish("amq.direct", Message(b""), 0.0, routing_key="unbound")
+    assert b.publish("amq.direct", Message(b""), 0.0, routing_key="unbound").enqueued == ()
     assert events == []
     b.remove_listener(events.append)
-    b.enqueue("q", Message(b""), 0.0)
+    b.declare_queue("other")
     assert events == []
+
+
+def test_a_publish_hands_its_enqueues_back_and_emits_what_it_displaced() -> None:
+    """A fan-out publish's `Enqueued` on each queue comes back in its result, never to a
+    listener (the event log records it from there, once); the ring victim it pushed out of a
+    full queue is an ordinary dequeue, emitted before the call returns."""
+    b = Broker()
+    b.declare_queue("a")
+    b.declare_queue("ring", arguments={"qpid.max_count": 1, "qpid.policy_type": "ring"})
+    b.bind("amq.fanout", "a")
+    b.bind("amq.fanout", "ring")
+    first = b.publish("amq.fanout", Message(b"1"), 0.0)
+    events = recorder(b)
+    m = Message(b"2", durable=True)
+    r = b.publish("amq.fanout", m, 0.0)
+    assert r.enqueued == (Enqueued("a", r.id, m), Enqueued("ring", r.id, m))
+    assert r.queues == ("a", "ring")
+    assert events == [Dequeued("ring", first.id, "ring", False)]
 
 
 def test_restore_without_events() -> None:
@@ -90,7 +110,7 @@ def test_restore_without_events() -> None:
         b.declare_exchange("x", "topic", durable=True, uuid=xid)
         b.declare_queue("q", durable=True, uuid=qid, arguments={"qpid.max_count": 2})
         b.bind("x", "q", "a.#")
-        b.restore_message("q", 17, Message(b"first", delivery_count=2))
+        assert b.restore_message("q", 17, Message(b"first", delivery_count=2)) is None
         b.restore_message("q", 5, Message(b"second"))
         b.restore_message("q", 40, Message(b"third"))  # over max_count: restore keeps it all
     assert events == []
@@ -172,8 +192,9 @@ def test_stats() -> None:
 # -- replay: the event stream is enough to rebuild the broker -----------------------------------
 
 
-def apply(b: Broker, e: Event) -> None:
-    """What a backup or a start-up restore does with each event."""
+def apply(b: Broker, e: Event) -> Event | None:
+    """What a backup or a start-up restore does with each event; the event `b` hands back (a
+    message put's), if any."""
     match e:
         case QueueDeclared():
             b.declare_queue(
@@ -196,11 +217,12 @@ def apply(b: Broker, e: Event) -> None:
         case Unbound():
             b.unbind(e.exchange, e.queue, e.key)
         case Enqueued():
-            b.restore_message(e.queue, e.id, e.message)
+            return b.restore_message(e.queue, e.id, e.message)  # handed back, not emitted
         case Dequeued():
             assert b.remove_message(e.queue, e.id, e.reason)
         case DeliveryCountChanged():
             assert b.set_delivery_count(e.queue, e.id, e.delivery_count)
+    return None
 
 
 def snapshot(b: Broker) -> dict[str, Any]:
@@ -276,14 +298,15 @@ def test_replaying_events_rebuilds_state(data: st.DataObject) -> None:
                     properties={"k": data.draw(st.integers(0, 2))},
                 )
                 if data.draw(st.booleans()):
-                    b.enqueue(name, m, now)
+                    r = b.enqueue(name, m, now)
                 else:
-                    b.publish(
+                    r = b.publish(
                         data.draw(st.sampled_from(["amq.fanout", "amq.topic"])),
                         m,
                         now,
                         routing_key="a.b",
                     )
+                events.extend(r.enqueued)  # after what it displaced, as the event log has them
             elif op == "subscribe":
                 consumers.append(
                     b.subscribe(
@@ -328,12 +351,14 @@ def test_replaying_events_rebuilds_state(data: st.DataObject) -> None:
     follower = Broker()
     echoed = recorder(follower)
     for e in events:
-        apply(follower, e)
+        back = apply(follower, e)
+        if back is not None:
+            echoed.append(back)
     assert snapshot(follower) == snapshot(b)
     assert echoed == events
     restored = Broker()
     quiet = recorder(restored)
     with restored.restoring():
         for e in events:
-            apply(restored, e)
+            assert apply(restored, e) is None
     assert quiet == [] and snapshot(restored) == snapshot(b)

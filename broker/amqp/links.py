@@ -327,7 +327,6 @@ class IncomingLink(SizeLimited):
             return None
         node = self.node
         model = core.model
-        pending = core.events.begin() if core.events else None
         try:
             if node is None:
                 to = decoded.address
@@ -349,9 +348,9 @@ class IncomingLink(SizeLimited):
             if dlv is not None:
                 self._reject(dlv, getattr(exc, "condition", NOT_FOUND), str(exc))
             return None
-        finally:
-            if core.events:
-                core.events.end()
+        events = core.events
+        # what its outcome waits for (journal, backups); None: nothing, settled at once
+        pending = events.record_publish(result) if events is not None else None
         core.outbox.schedule()
         if dlv is None:
             return result

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from broker.amqp import codec
+from broker.eventlog import Pending
 from broker.history import from_wire
 from broker.model import Broker, DequeueReason, Message, ModelError, Queue
 from qstore.journal import (
@@ -73,39 +74,36 @@ class Replicator:
             self._defer(items, done)
             return
         ev = self.events
-        pending = ev.begin()
+        pending = Pending()  # what the batch waits for: its enqueues, epochs, snapshot writes
         add = pending.add
         recent = self.recent.append
         restored: list[Item] = []  # a snapshot's messages, restored and journaled in bulk
-        try:
-            for it in items:
-                if self.in_snapshot and it.kind == _ENQUEUE:
-                    restored.append(it)
-                    continue
-                if restored:
-                    self._snapshot_messages(restored, add)
-                    restored = []
-                if it.record is None:
-                    self._control(it, add)
-                    continue
-                # A snapshot's items stand for state, not events: journaled outside the stream
-                # (seq 0), so the journal's positions stay the primary's events, one for one.
-                ev.replica = (it.epoch, 0 if self.in_snapshot else it.seq)
-                ev.replica_item = it  # its payload is journaled as the primary packed it
-                try:
-                    self._event(it, add)
-                except ModelError as exc:  # the primary's order makes this a bug: say so
-                    log.error("replica apply of %s at seq %d failed: %s", it.record, it.seq, exc)
-                finally:
-                    ev.replica = None
-                    ev.replica_item = None
-                it.payload = None  # the journal has its own reference; the recent log keeps
-                if not self.in_snapshot:  # no second copy of each body (a tail from it packs
-                    recent(it)  # again); a snapshot's items are at its seq: no tail has them
+        for it in items:
+            if self.in_snapshot and it.kind == _ENQUEUE:
+                restored.append(it)
+                continue
             if restored:
                 self._snapshot_messages(restored, add)
-        finally:
-            ev.end()
+                restored = []
+            if it.record is None:
+                self._control(it, add)
+                continue
+            # A snapshot's items stand for state, not events: journaled outside the stream
+            # (seq 0), so the journal's positions stay the primary's events, one for one.
+            ev.replica = (it.epoch, 0 if self.in_snapshot else it.seq)
+            ev.replica_item = it  # its payload is journaled as the primary packed it
+            try:
+                self._event(it, pending)
+            except ModelError as exc:  # the primary's order makes this a bug: say so
+                log.error("replica apply of %s at seq %d failed: %s", it.record, it.seq, exc)
+            finally:
+                ev.replica = None
+                ev.replica_item = None
+            it.payload = None  # the journal has its own reference; the recent log keeps
+            if not self.in_snapshot:  # no second copy of each body (a tail from it packs
+                recent(it)  # again); a snapshot's items are at its seq: no tail has them
+        if restored:
+            self._snapshot_messages(restored, add)
         pending.when_done(done)
 
     def _defer(self, items: list[Item], done: Done) -> None:
@@ -114,21 +112,18 @@ class Replicator:
             self._deferred.append((items, done))
             return
         ev = self.events
-        pending = ev.begin()
-        try:
-            for it in items:
-                r = it.record
-                if r is None:
-                    self._control(it, pending.add)
-                    continue
-                if isinstance(r, Epoch):  # the history's, not the model's: applied now
-                    ev.apply_epoch(r, it.epoch, it.seq, pending.add())
-                else:
-                    ev.replica_ahead(it, pending.add)
-                it.payload = None
-                self.recent.append(it)
-        finally:
-            ev.end()
+        pending = Pending()
+        for it in items:
+            r = it.record
+            if r is None:
+                self._control(it, pending.add)
+                continue
+            if isinstance(r, Epoch):  # the history's, not the model's: applied now
+                ev.apply_epoch(r, it.epoch, it.seq, pending.add())
+            else:
+                ev.replica_ahead(it, pending.add)
+            it.payload = None
+            self.recent.append(it)
         pending.when_done(done)
         self._deferred.append((items, None))
 
@@ -145,6 +140,7 @@ class Replicator:
         self.deferring = False
         self._held = False
         model = self.model
+        journaled = Pending()  # nothing joins it: no event inside restoring()
         while self._deferred:
             items, done = self._deferred.popleft()
             if done is not None:
@@ -154,7 +150,7 @@ class Replicator:
                 for it in items:
                     if it.kind in _MESSAGE_EVENTS:  # (an epoch was applied when it came)
                         try:
-                            self._event(it, _nothing)
+                            self._event(it, journaled)
                         except ModelError as exc:
                             log.error("replica apply of %s failed: %s", it.record, exc)
 
@@ -218,14 +214,17 @@ class Replicator:
         self.recent.items.clear()
         self.recent.start = it.seq
 
-    def _event(self, it: Item, add: Callable[[], Callable[[Any], None]]) -> None:
+    def _event(self, it: Item, pending: Pending) -> None:
+        """Apply one item to the model; what the batch must wait for joins `pending`."""
         model = self.model
         r = it.record
         if isinstance(r, Enqueue):  # the hot pair first, outside the match statement
             q = model.queues.get(r.queue)
             if q is None or q.get(r.msgid) is not None:
                 return
-            model.restore_message(r.queue, r.msgid, _message(it, r, q))
+            enqueued = model.restore_message(r.queue, r.msgid, _message(it, r, q))
+            if enqueued is not None:  # (None: restoring, nothing to record)
+                self.events.record_enqueued(enqueued, pending)
             return
         if isinstance(r, Dequeue):
             if r.queue in model.queues:
@@ -277,7 +276,7 @@ class Replicator:
             case Unbind():
                 model.unbind(r.exchange, r.queue, r.key)
             case Epoch():
-                self.events.apply_epoch(r, it.epoch, it.seq, add())
+                self.events.apply_epoch(r, it.epoch, it.seq, pending.add())
 
 
 def _message(it: Item, r: Enqueue, q: Queue) -> Message:
@@ -304,7 +303,3 @@ def _ahead(events: EventLog, it: Item) -> bool:
     if it.kind == _EPOCH:
         return True
     return it.kind in _MESSAGE_EVENTS and it.record.queue in events.queues  # type: ignore[union-attr]
-
-
-def _nothing() -> Callable[[Any], None]:
-    return lambda result: None

@@ -195,9 +195,13 @@ class Management:
         msg = Message(body=codec.encode(m))
         now = self.core.clock()
         if isinstance(target, Queue):
-            model.enqueue(target.name, msg, now)
+            result = model.enqueue(target.name, msg, now)
         else:
-            model.publish(target.name, msg, now)
+            result = model.publish(target.name, msg, now)
+        events = self.core.events
+        if events is not None:  # recorded as any enqueue; nobody waits for it
+            for ev in result.enqueued:
+                events.record_enqueued(ev)
         self.core.outbox.schedule()
 
 

@@ -1,7 +1,8 @@
 """The broker core: one object the AMQP, management and recovery code call. No I/O, no clock.
 
 Calls that depend on time take `now` (seconds, the same clock as `Message.expiry`). Every state
-change is announced to listeners as an event (`events.py`), in order, before the call returns.
+change makes an event (`events.py`), in order: announced to listeners before the call returns, or
+(a message put) handed back by the call.
 
 Message ids: each publish that is accepted by at least one queue gets the next id (1, 2, ...);
 all the queues a fan-out reaches hold the message under that same id. A caller may pass the id
@@ -14,8 +15,16 @@ on the exchange's `dropped`). A message whose message-id a queue's dedup window 
 producer's resend) is not put on that queue (counted on its `duplicates_dropped`); if no queue is
 left it is accepted and dropped (`dedup.py`).
 
+Calls in, events out: a call that puts a message (`publish`, `enqueue`, `restore_message`) gives
+back its `Enqueued` events (`PublishResult.enqueued`) instead of emitting them, and the caller
+hands them to whoever records them (the event log: `EventLog.record_publish`, which returns what
+the sender's outcome waits for), so nothing is carried between the two calls in a field. Every
+other change (declares, dequeues, those of messages a publish displaced included) goes to the
+listeners.
+
 Typical use by the AMQP layer:
     result = broker.publish("amq.topic", msg, now)     # or broker.enqueue("q", msg, now)
+    pending = events.record_publish(result)            # its enqueues, journaled and replicated
     c = broker.subscribe("q", owner=conn_id, context=link); broker.set_credit(c, link.credit)
     for consumer, qm in broker.dispatch(now): send qm.message.body on consumer.context
     broker.accept(consumer, qm.id) / release(..., delivery_failed=True) / reject(...)
@@ -35,8 +44,8 @@ from typing import Any
 
 from .consumer import Consumer
 from .errors import InvalidField, PreconditionFailed, ResourceLocked
-from .events import DequeueReason
-from .message import Message, QueuedMessage
+from .events import DequeueReason, Enqueued
+from .message import Message
 from .queue import Delivery, Queue
 from .registry import Registry
 from .stats import BrokerStats
@@ -48,14 +57,21 @@ RESOURCE_LIMIT = "amqp:resource-limit-exceeded"
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
-    """The outcome for the sender. `queues` names where the message went (empty when dropped
-    unrouted or rejected); `id` is its message id, None unless some queue took it."""
+    """The outcome for the sender. `enqueued`: the message's `Enqueued` event on each queue it
+    went to, in order (empty when dropped unrouted, a duplicate, or rejected); they are not
+    emitted, the caller records them. `id` is its message id, None unless some queue took it."""
 
     accepted: bool
     id: int | None = None
-    queues: tuple[str, ...] = ()
+    enqueued: tuple[Enqueued, ...] = ()
     condition: str | None = None
     description: str | None = None
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """The names of the queues the message went to (made when asked: most publishes never
+        ask, and the events carry them)."""
+        return tuple([e.queue for e in self.enqueued])
 
 
 DROPPED = PublishResult(True)
@@ -133,7 +149,9 @@ class Broker(Registry):
         id = self._take_id(id)
         for q in targets:
             q.put(id, message)
-        return PublishResult(True, id, tuple(q.name for q in targets))
+        if len(targets) == 1:  # the usual case, without a comprehension's function and list
+            return PublishResult(True, id, (Enqueued(targets[0].name, id, message),))
+        return PublishResult(True, id, tuple([Enqueued(q.name, id, message) for q in targets]))
 
     @staticmethod
     def _not_duplicates(targets: list[Queue], mid: bytes) -> list[Queue]:
@@ -165,15 +183,19 @@ class Broker(Registry):
 
     def restore_message(
         self, queue: str, id: int, message: Message, *, window: bool = True
-    ) -> QueuedMessage:
+    ) -> Enqueued | None:
         """Put a message back exactly as the journal or the primary had it: at the back, with its
         id and `message.delivery_count`, bypassing limits and last-value replacement (its source
-        already applied them). Emits `Enqueued` unless inside `restoring()`. `window=False`: the
-        queue's dedup window is restored on its own (from the journal at start)."""
+        already applied them). Returns its `Enqueued` event for the caller to record (not
+        emitted), None inside `restoring()` (a restore makes no events, and no garbage per
+        message). `window=False`: the queue's dedup window is restored on its own (from the
+        journal at start)."""
         q = self.queue(queue)
         if q.get(id) is not None:
             raise PreconditionFailed(f"message id {id} is already on queue {queue!r}")
-        return q.put(self._take_id(id), message, policy=False, window=window)
+        id = self._take_id(id)
+        q.put(id, message, policy=False, window=window)
+        return None if self._em.muted else Enqueued(queue, id, message)
 
     def remove_message(
         self, queue: str, id: int, reason: DequeueReason = DequeueReason.CONSUMED

@@ -12,6 +12,13 @@ the change is made and before the model call returns. A listener must not call b
 broker and must not raise (an exception propagates to the model's caller with the state already
 changed). Inside `Broker.restoring()` nothing is emitted.
 
+`Enqueued` is the exception: it never goes to listeners. The calls that put a message
+(`publish`, `enqueue`, `restore_message`) give it back to their caller, which records it (the
+event log, with what the caller's outcome waits for: `EventLog.record_publish`); so each event
+reaches the log once, by one road. What a publish displaces on the way (expired heads, ring
+victims, a last-value predecessor) is a `Dequeued` like any other, emitted before the call
+returns, so it is recorded before the publish's own `Enqueued`.
+
 Implied changes are not repeated: `QueueDeleted` implies its messages and bindings are gone,
 `ExchangeDeleted` implies its bindings are gone. Built-in exchanges never appear. Consumer
 subscriptions and acquisitions are connection state, not broker state: no events.
@@ -128,12 +135,13 @@ class Emitter:
     """Fans events out to listeners. `active` is a plain attribute so hot paths can skip building
     events nobody will see."""
 
-    __slots__ = ("_listeners", "_muted", "active")
+    __slots__ = ("_listeners", "_muted", "active", "muted")
 
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
         self._muted = 0
         self.active = False
+        self.muted = False  # inside `restoring()`: no events are made, not even returned
 
     def add(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -152,7 +160,8 @@ class Emitter:
         self._refresh()
 
     def _refresh(self) -> None:
-        self.active = bool(self._listeners) and not self._muted
+        self.muted = self._muted > 0
+        self.active = bool(self._listeners) and not self.muted
 
     def emit(self, event: Event) -> None:
         if self.active:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .arguments import QueueSettings, priority_table
 from .dedup import DedupWindow
-from .events import DeliveryCountChanged, Dequeued, DequeueReason, Emitter, Enqueued
+from .events import DeliveryCountChanged, Dequeued, DequeueReason, Emitter
 from .flow import SIZE_GUESS, Usage, credit_window
 from .message import Message, QueuedMessage, State
 from .stats import QueueStats
@@ -202,7 +202,9 @@ class Queue:
         """Store `message` as `id` at the back. With `policy`, apply last-value replacement and
         ring eviction first (call `admit` before: `put` does not refuse). Without, store it as is
         (restore and replica apply: the source already applied its policies). Without `window`,
-        the dedup window is left alone (a start-up restore rebuilds it on its own)."""
+        the dedup window is left alone (a start-up restore rebuilds it on its own). Its
+        `Enqueued` is the broker's to make (handed back to its caller, not emitted: events.py);
+        what it displaces is emitted here, before."""
         if message.expiry is not None and message.expiry < self._next_expiry:
             self._next_expiry = message.expiry
         level = self._prio[min(max(message.priority, 0), 9)] if self._prio else 0
@@ -236,8 +238,6 @@ class Queue:
             u.check_high()
         if store.bytes > self._stop_size or len(store.by_id) > self._stop_count:
             self._flow_stop()
-        if self._em.active:
-            self._em.emit(Enqueued(self.name, id, message))
         if self._ready or self._browsers:
             self._dirty[self] = None
         return e
