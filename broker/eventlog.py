@@ -24,9 +24,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from broker.ha import levels
-from broker.ha.catchup import EpochId
 from broker.ha.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item, event
-from broker.history import EpochHistory
+from broker.history import EpochHistory, EpochId
 from broker.model import (
     Bound,
     Broker,
