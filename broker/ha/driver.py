@@ -19,8 +19,8 @@ from anyio.abc import TaskGroup
 from anyio.streams.tls import TLSStream
 
 from broker.net import ConnectionDriver, ConnectionOptions, next_conn_id
+from broker.net.handshake import HANDSHAKE_ERRORS, handshake_reason
 from broker.security import client_context, ha_sasl_client
-from broker.security.tls import HANDSHAKE_ERRORS, handshake_reason
 from qstore.urls import Address
 
 from . import role as R
