@@ -3,7 +3,7 @@ position (epoch, seq), then goes to the journal (if durable) and to the backups 
 
 What is durable: a durable queue or exchange (declare, delete), a binding whose queue is durable
 and whose exchange is durable or built in, and a durable message on a durable queue (enqueue,
-dequeue, delivery-count change). What replicates is decided by `broker/ha/levels.py`.
+dequeue, delivery-count change). What replicates is decided by `broker/replication/levels.py`.
 
 Positions: a standalone broker or a primary numbers events itself, continuing from the highest seq
 its journal holds. A backup applies the primary's stream: the replicator sets `replica` to the
@@ -23,8 +23,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from broker.ha import levels
-from broker.ha.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item, event
 from broker.history import EpochHistory, EpochId
 from broker.model import (
     Bound,
@@ -40,6 +38,8 @@ from broker.model import (
     QueueDeleted,
     Unbound,
 )
+from broker.replication import levels
+from broker.replication.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item, event
 from qstore.journal import (
     Bind,
     Delivery,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from cproton_ffi import lib
 from proton import Condition, Endpoint, Event, Link, Session, Terminus
 
-from broker.ha import backup_writes, levels
+from broker.ha import backup_writes
 from broker.model import (
     Broker,
     Exchange,
@@ -29,6 +29,7 @@ from broker.model import (
     ResourceLimitExceeded,
 )
 from broker.net import ConnectionDriver, ConnectionHandler
+from broker.replication import levels
 
 from . import fields, nodes
 from .flowgate import FlowGate

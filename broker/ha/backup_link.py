@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 from proton import Delivery, Endpoint, Event, symbol
 
 from broker.net import ConnectionDriver, ConnectionHandler
-
-from . import stream
+from broker.replication import stream
 
 if TYPE_CHECKING:
     from .driver import HaDriver

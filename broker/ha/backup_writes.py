@@ -14,8 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from broker.model import Exchange, Message, Queue
-
-from . import levels
+from broker.replication import levels
 
 if TYPE_CHECKING:
     from broker.eventlog import EventLog

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.amqp import codec
-from broker.ha import levels, stream
-from broker.ha.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item
 from broker.history import EpochId
 from broker.model import Broker, Queue, QueuedMessage
+from broker.replication import levels, stream
+from broker.replication.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item
 from qstore.journal import Bind, Dequeue, Enqueue, ExchangeDeclare, QueueDeclare
 
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from broker.amqp import codec
 from broker.history import from_wire
 from broker.model import Broker, DequeueReason, Message, ModelError, Queue
+from broker.replication import levels, stream
+from broker.replication.stream import AUTO_DELETE, DURABLE, Item
 from qstore.journal import (
     Bind,
     Delivery,
@@ -31,9 +33,6 @@ from qstore.journal import (
     RecordType,
     Unbind,
 )
-
-from . import levels, stream
-from .stream import AUTO_DELETE, DURABLE, Item
 
 if TYPE_CHECKING:
     from broker.eventlog import EventLog

@@ -19,8 +19,9 @@ from proton import Message as AmqpMessage
 
 from broker.amqp import codec
 from broker.amqp.links import DECODE_ERROR, SizeLimited, reject
-from broker.ha import backup_writes, levels
+from broker.ha import backup_writes
 from broker.model import Message, Queue
+from broker.replication import levels
 
 from . import access
 from .operations import Operations, Response
