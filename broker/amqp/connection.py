@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from cproton_ffi import lib
 from proton import Condition, Endpoint, Event, Link, Session, Terminus
 
-from broker.ha import backup_writes
 from broker.model import (
     Broker,
     Exchange,
@@ -31,7 +30,7 @@ from broker.model import (
 from broker.net import ConnectionDriver, ConnectionHandler
 from broker.replication import levels
 
-from . import fields, nodes
+from . import backup_writes, fields, nodes
 from .flowgate import FlowGate
 from .limits import NOT_ALLOWED, RESOURCE_LIMIT, Limits, Notices
 from .links import IncomingLink, OutgoingLink
