@@ -29,6 +29,7 @@ from broker.model import (
 )
 from broker.net import ConnectionDriver, ConnectionHandler
 from broker.replication import levels
+from qstore.ha import ADMIN_PROPERTY
 
 from . import backup_writes, fields, nodes
 from .flowgate import FlowGate
@@ -45,7 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qstore.amqp")
 
-REPLICATION = "$ha.replication"
+REPLICATION = "$ha.replication"  # the primary's replication stream, which a backup reads
+BACKUP_PROPERTY = "qpid.ha-backup"  # a backup's open property: its name, address and position
 UNAUTHORIZED = "amqp:unauthorized-access"
 ANONYMOUS = "anonymous@QPID"
 
@@ -176,7 +178,7 @@ class AmqpConnection(ConnectionHandler):
                     "broker=%s conn=%s refused %s peer=%s container=%s: this broker is %s",
                     self.core.name,
                     self.id,
-                    "backup link" if "qpid.ha-backup" in self.properties else "client",
+                    "backup link" if BACKUP_PROPERTY in self.properties else "client",
                     self.driver.peer,
                     self.container,
                     ha.state,
@@ -422,7 +424,7 @@ class AmqpConnection(ConnectionHandler):
         if self.kind != "backup" or primary is None:
             self._refuse(link, "amqp:not-allowed", "this broker does not serve replication")
             return None
-        info = self.properties.get("qpid.ha-backup")
+        info = self.properties.get(BACKUP_PROPERTY)
         info = {str(k): v for k, v in info.items()} if isinstance(info, dict) else {}
         name = str(info.get("name") or f"conn-{self.id}")
         holder = primary.holder(name)
@@ -615,9 +617,9 @@ class Unauthorized(ModelError):
 
 def _ha_denial(user: str, properties: dict[str, Any]) -> str:
     """The seed's words for a connection that claims HA privileges it does not have."""
-    if "qpid.ha-backup" in properties:
+    if BACKUP_PROPERTY in properties:
         return (
             f"ACL denied {user} creating a federation link: a backup must log in as the HA "
             "identity (--ha-username) or a user the ACL allows 'update broker'"
         )
-    return f"ACL denied {user} update broker (qpid.ha-admin needs the HA identity)"
+    return f"ACL denied {user} update broker ({ADMIN_PROPERTY} needs the HA identity)"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from proton import Delivery, Endpoint, Event, symbol
 
+from broker.amqp.connection import BACKUP_PROPERTY, REPLICATION
 from broker.net import ConnectionDriver, ConnectionHandler
 from broker.replication import stream
 
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qstore.ha")
 
-REPLICATION = "$ha.replication"
-BACKUP_PROPERTY = "qpid.ha-backup"
 CREDIT = 50
 
 

@@ -18,11 +18,13 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 from anyio.streams.tls import TLSStream
 
+from broker.amqp.connection import BACKUP_PROPERTY
 from broker.net import ConnectionDriver, ConnectionOptions, next_conn_id
 from broker.net.handshake import HANDSHAKE_ERRORS, handshake_reason
 from broker.replication import stream
 from broker.replication.stream import Item
 from broker.security import client_context, ha_sasl_client
+from qstore.ha import ADMIN_PROPERTY
 from qstore.urls import Address
 
 from . import role as R
@@ -36,9 +38,6 @@ if TYPE_CHECKING:
     from broker.service import BrokerService
 
 log = logging.getLogger("qstore.ha")
-
-ADMIN_PROPERTY = "qpid.ha-admin"
-BACKUP_PROPERTY = "qpid.ha-backup"
 
 
 def admission(
