@@ -40,6 +40,7 @@ from broker.model import (
 )
 from broker.replication import levels
 from broker.replication.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item, event
+from qstore.exchanges import is_builtin_exchange
 from qstore.journal import (
     Bind,
     Delivery,
@@ -57,7 +58,6 @@ from qstore.journal import (
     RecordType,
     Unbind,
 )
-from qstore.journal.state import is_builtin_exchange
 
 log = logging.getLogger("qstore.events")
 
