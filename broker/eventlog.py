@@ -3,7 +3,7 @@ position (epoch, seq), then goes to the journal (if durable) and to the backups 
 
 What is durable: a durable queue or exchange (declare, delete), a binding whose queue is durable
 and whose exchange is durable or built in, and a durable message on a durable queue (enqueue,
-dequeue, delivery-count change). What replicates is decided by `broker/ha/levels.py`.
+dequeue, delivery-count change). What replicates is decided by `broker/replication/levels.py`.
 
 Positions: a standalone broker or a primary numbers events itself, continuing from the highest seq
 its journal holds. A backup applies the primary's stream: the replicator sets `replica` to the
@@ -27,10 +27,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from broker.ha import levels
-from broker.ha.catchup import EpochId
-from broker.ha.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item, event
-from broker.history import EpochHistory
+from broker.history import EpochHistory, EpochId
 from broker.model import (
     Bound,
     Broker,
@@ -46,6 +43,9 @@ from broker.model import (
     QueueDeleted,
     Unbound,
 )
+from broker.replication import levels
+from broker.replication.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item, event
+from qstore.exchanges import is_builtin_exchange
 from qstore.journal import (
     Bind,
     Delivery,
@@ -63,7 +63,6 @@ from qstore.journal import (
     RecordType,
     Unbind,
 )
-from qstore.journal.state import is_builtin_exchange
 
 log = logging.getLogger("qstore.events")
 

@@ -13,12 +13,19 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from broker.ha.catchup import EpochId
 from qstore.journal import JournalState
 
 log = logging.getLogger("qstore.ha")
+
+
+@dataclass(frozen=True)
+class EpochId:
+    number: int
+    node: str  # the node id (uuid text) of the broker promoted into it; "" for epoch 0
+    origin: int  # the seq at which it starts
 
 
 class EpochHistory:

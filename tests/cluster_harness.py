@@ -31,6 +31,7 @@ from proton import symbol
 from proton.reactor import Copy
 from proton.utils import BlockingConnection
 
+from qstore.ha import ADMIN_PROPERTY
 from qstore.sasl.userdb import MIN_ITERATIONS, UserDb
 from recovery.localcluster import free_ports
 from tools._mgmt import ManagementClient, ToolError, parse_broker
@@ -226,7 +227,7 @@ class Cluster:
         return BlockingConnection(
             self.address(i),
             timeout=10,
-            properties={symbol("qpid.ha-admin"): True},
+            properties={symbol(ADMIN_PROPERTY): True},
             **self._proton_login(HA_USER, HA_PASSWORD),
         )
 

@@ -16,6 +16,7 @@ from cluster_harness import FAST
 from proton import Collector, Connection, Event, Message, Transport, symbol
 from proton.utils import BlockingConnection, SyncRequestResponse
 
+from qstore.ha import ADMIN_PROPERTY
 from qstore.sasl import SaslClient
 from qstore.sasl.userdb import UserDb
 from recovery.localcluster import free_ports
@@ -155,7 +156,7 @@ def closing(conn: BlockingConnection) -> Iterator[BlockingConnection]:
             conn.close()
 
 
-ADMIN = {symbol("qpid.ha-admin"): True}
+ADMIN = {symbol(ADMIN_PROPERTY): True}  # open properties of an HA admin (a tool)
 WAIT = 20.0
 
 

@@ -55,6 +55,8 @@ from proton import Described, Message, char, symbol, ubyte, uint, ulong, ushort
 from proton.utils import BlockingConnection, LinkDetached, SyncRequestResponse
 from test_broker_malformed import GoodClient, _after
 
+from qstore.ha import REPLICATION
+
 VALID = bytes(Message(body="ok").encode())
 REJECTED = 0x25
 
@@ -351,7 +353,7 @@ def test_transfer_on_a_refused_link_where_the_broker_sends_closes_the_connection
     try:
         p.open()
         p.begin()
-        p.attach("r", 0, RECEIVER, "$ha.replication")  # not a cluster broker: refused
+        p.attach("r", 0, RECEIVER, REPLICATION)  # not a cluster broker: refused
         assert p.expect(DETACH).error()[0] == "amqp:not-allowed", p.frames
         p.transfer(0, 0, VALID)
         close = p.expect(CLOSE)

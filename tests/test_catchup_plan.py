@@ -1,6 +1,7 @@
 """The catch-up decisions (broker/ha/catchup.py): tail, snapshot, and where histories diverge."""
 
-from broker.ha.catchup import BackupPosition, EpochId, common_prefix, plan
+from broker.ha.catchup import BackupPosition, common_prefix, plan
+from broker.history import EpochId
 
 A, B = "node-a", "node-b"
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from broker.eventlog import EventLog
-from broker.ha import levels, stream
 from broker.ha.primary import RecentLog
 from broker.ha.replicator import Replicator
 from broker.model import Broker
+from broker.replication import levels, stream
 from broker.restore import MessageRestore, restore_entities
 from qstore.journal import Dequeue, Enqueue, Epoch, Journal, QueueDeclare
 

@@ -14,7 +14,7 @@ import time
 import pytest
 from freezegun import freeze_time
 
-from broker.ha.admission import ADMIN_PROPERTY, BACKUP_PROPERTY, admission
+from broker.ha.admission import admission
 from broker.ha.guard import QueueGuard
 from broker.ha.role import (
     Action,
@@ -45,6 +45,7 @@ from broker.ha.role import (
     members_from_wire,
 )
 from broker.ha.states import BrokerState, IllegalTransition
+from qstore.ha import ADMIN_PROPERTY, BACKUP_PROPERTY
 
 S = BrokerState
 ADDRESSES = ["h1:5672", "h2:5672", "h3:5672"]

@@ -12,8 +12,6 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.ha import stream
-from broker.ha.stream import Item
 from broker.ha.subscription import (
     BATCH_BYTES,
     BATCH_ITEMS,
@@ -24,6 +22,8 @@ from broker.ha.subscription import (
     ReplicatingSubscription,
     item_size,
 )
+from broker.replication import stream
+from broker.replication.stream import Item
 from qstore.journal.records import Dequeue, Enqueue
 
 Q = "q"

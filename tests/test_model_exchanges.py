@@ -15,6 +15,7 @@ from broker.model import (
     PreconditionFailed,
 )
 from broker.model.topic import match, words
+from qstore.exchanges import is_builtin_exchange
 
 
 def names(queues) -> list[str]:
@@ -48,6 +49,10 @@ def test_builtins_present_and_undeletable(broker: Broker) -> None:
         broker.declare_exchange("amq.topic", "fanout")
     with pytest.raises(NotAllowed, match="reserved"):
         broker.declare_exchange("amq.mine", "direct")
+    # The model's built-ins are the ones the journal and the event log take for built in.
+    assert {n for n, x in broker.exchanges.items() if x.builtin} == set(expected)
+    assert all(is_builtin_exchange(n) for n in expected)
+    assert not is_builtin_exchange("amq") and not is_builtin_exchange("x.amq.y")
 
 
 def test_default_exchange_routes_by_queue_name(broker: Broker) -> None:

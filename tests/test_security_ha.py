@@ -25,10 +25,12 @@ from security_support import (
     wait_for_log,
 )
 
+from qstore.ha import BACKUP_PROPERTY, REPLICATION
+
 
 def backup_claim(name: str) -> dict[Any, Any]:
     info = {"name": name, "address": "127.0.0.1:1", "position": {"epoch": 0, "node": "", "seq": 0}}
-    return {symbol("qpid.ha-backup"): info}
+    return {symbol(BACKUP_PROPERTY): info}
 
 
 def test_backups_log_in_as_the_ha_identity_and_fail_over(brokers: Brokers) -> None:
@@ -72,7 +74,7 @@ def test_a_backup_name_cannot_be_taken_over(brokers: Brokers) -> None:
     url = f"127.0.0.1:{c.ports[0]}"
     conn = connect(url, "ha", properties=backup_claim("node1"))
     with closing(conn), pytest.raises(LinkDetached) as err:
-        conn.create_receiver("$ha.replication")
+        conn.create_receiver(REPLICATION)
     assert "backup name 'node1' is in use" in str(err.value)
     time.sleep(0.5)
     assert c.state(1) == "ready"

@@ -27,7 +27,7 @@ import trustme
 from broker_harness import BrokerProcess, Brokers
 from cluster_harness import FAST
 from cryptography.hazmat.primitives import serialization
-from proton import Message, SSLDomain, symbol
+from proton import Message, SSLDomain
 from proton.utils import BlockingConnection
 from security_support import (
     PASSWORDS,
@@ -46,7 +46,6 @@ from recovery.localcluster import free_ports
 ROOT = Path(__file__).resolve().parent.parent
 T = 10.0
 WAIT = 20.0
-ADMIN = {symbol("qpid.ha-admin"): True}
 HANDSHAKE_FAILED = "TLS handshake failed"
 
 

@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from proton import Message, symbol
 from proton.utils import BlockingConnection, BlockingReceiver, BlockingSender
 
+from qstore.ha import ADMIN_PROPERTY
 from qstore.urls import Address, UrlError, parse_addresses
 from tools._errors import ToolError, UsageError
 from tools._login import (
@@ -132,7 +133,7 @@ class ManagementClient:
         if mechanism:
             options["allowed_mechs"] = mechanism
         if ha_admin:
-            options["properties"] = {symbol("qpid.ha-admin"): True}
+            options["properties"] = {symbol(ADMIN_PROPERTY): True}
         if any(a.transport == "ssl" for a in addresses):
             options["ssl_domain"] = (ssl or TlsSettings()).domain()
         urls = [f"{'amqps' if a.transport == 'ssl' else 'amqp'}://{a.hostport}" for a in addresses]

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from cproton_ffi import lib
 from proton import Condition, Endpoint, Event, Link, Session, Terminus
 
-from broker.ha import backup_writes, levels
 from broker.model import (
     Broker,
     Exchange,
@@ -29,8 +28,10 @@ from broker.model import (
     ResourceLimitExceeded,
 )
 from broker.net import ConnectionDriver, ConnectionHandler
+from broker.replication import levels
+from qstore.ha import ADMIN_PROPERTY, BACKUP_PROPERTY, REPLICATION
 
-from . import fields, nodes
+from . import backup_writes, fields, nodes
 from .flowgate import FlowGate
 from .limits import NOT_ALLOWED, RESOURCE_LIMIT, Limits, Notices
 from .links import IncomingLink, OutgoingLink
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qstore.amqp")
 
-REPLICATION = "$ha.replication"
 UNAUTHORIZED = "amqp:unauthorized-access"
 ANONYMOUS = "anonymous@QPID"
 
@@ -176,7 +176,7 @@ class AmqpConnection(ConnectionHandler):
                     "broker=%s conn=%s refused %s peer=%s container=%s: this broker is %s",
                     self.core.name,
                     self.id,
-                    "backup link" if "qpid.ha-backup" in self.properties else "client",
+                    "backup link" if BACKUP_PROPERTY in self.properties else "client",
                     self.driver.peer,
                     self.container,
                     ha.state,
@@ -422,7 +422,7 @@ class AmqpConnection(ConnectionHandler):
         if self.kind != "backup" or primary is None:
             self._refuse(link, "amqp:not-allowed", "this broker does not serve replication")
             return None
-        info = self.properties.get("qpid.ha-backup")
+        info = self.properties.get(BACKUP_PROPERTY)
         info = {str(k): v for k, v in info.items()} if isinstance(info, dict) else {}
         name = str(info.get("name") or f"conn-{self.id}")
         holder = primary.holder(name)
@@ -615,9 +615,9 @@ class Unauthorized(ModelError):
 
 def _ha_denial(user: str, properties: dict[str, Any]) -> str:
     """The seed's words for a connection that claims HA privileges it does not have."""
-    if "qpid.ha-backup" in properties:
+    if BACKUP_PROPERTY in properties:
         return (
             f"ACL denied {user} creating a federation link: a backup must log in as the HA "
             "identity (--ha-username) or a user the ACL allows 'update broker'"
         )
-    return f"ACL denied {user} update broker (qpid.ha-admin needs the HA identity)"
+    return f"ACL denied {user} update broker ({ADMIN_PROPERTY} needs the HA identity)"

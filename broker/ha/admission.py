@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from .states import BrokerState
+from qstore.ha import ADMIN_PROPERTY, BACKUP_PROPERTY
 
-ADMIN_PROPERTY = "qpid.ha-admin"
-BACKUP_PROPERTY = "qpid.ha-backup"
+from .states import BrokerState
 
 Admission = Literal["admin", "backup", "client", "refuse", "denied"]
 

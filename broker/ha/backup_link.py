@@ -15,16 +15,14 @@ from typing import TYPE_CHECKING, Any
 from proton import Delivery, Endpoint, Event, symbol
 
 from broker.net import ConnectionDriver, ConnectionHandler
-
-from . import stream
+from broker.replication import stream
+from qstore.ha import BACKUP_PROPERTY, REPLICATION
 
 if TYPE_CHECKING:
     from .driver import HaDriver
 
 log = logging.getLogger("qstore.ha")
 
-REPLICATION = "$ha.replication"
-BACKUP_PROPERTY = "qpid.ha-backup"
 CREDIT = 50
 
 

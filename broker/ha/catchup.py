@@ -17,17 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.amqp import codec
-from broker.ha import levels, stream
-from broker.ha.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item
+from broker.history import EpochId
 from broker.model import Broker, Queue, QueuedMessage
+from broker.replication import levels, stream
+from broker.replication.stream import AUTO_DELETE, DURABLE, EXCLUSIVE, Item
 from qstore.journal import Bind, Dequeue, Enqueue, ExchangeDeclare, QueueDeclare
-
-
-@dataclass(frozen=True)
-class EpochId:
-    number: int
-    node: str  # the node id (uuid text) of the broker promoted into it; "" for epoch 0
-    origin: int  # the seq at which it starts
 
 
 @dataclass(frozen=True)

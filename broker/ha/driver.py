@@ -20,19 +20,19 @@ from anyio.abc import TaskGroup
 from anyio.streams.tls import TLSStream
 
 from broker.net import ConnectionDriver, ConnectionOptions, next_conn_id
+from broker.net.handshake import HANDSHAKE_ERRORS, handshake_reason
+from broker.replication import stream
+from broker.replication.stream import Item
 from broker.security import client_context, ha_sasl_client
-from broker.security.tls import HANDSHAKE_ERRORS, handshake_reason
 from qstore.urls import Address
 
 from . import role as R
-from . import stream
 from .admission import Admission, admission
 from .backup_link import BackupLink
 from .primary import Primary, RecentLog
 from .replicator import Replicator
 from .states import BrokerState, IllegalTransition
 from .status_check import StatusCheck
-from .stream import Item
 
 if TYPE_CHECKING:
     from broker.service import BrokerService

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 from proton import Delivery, Link
 
 from broker.ha.catchup import BackupPosition, plan, snapshot_items
+from broker.replication import stream
+from broker.replication.stream import Item
 
-from . import stream
 from .guard import QueueGuard
-from .stream import Item
 from .subscription import Key, ReplicatingSubscription
 from .subscription import item_size as _size
 

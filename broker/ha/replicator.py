@@ -19,6 +19,8 @@ from broker.amqp import codec
 from broker.eventlog import Pending
 from broker.history import from_wire
 from broker.model import Broker, DequeueReason, Message, ModelError, Queue
+from broker.replication import levels, stream
+from broker.replication.stream import AUTO_DELETE, DURABLE, Item
 from qstore.journal import (
     Bind,
     Delivery,
@@ -32,9 +34,6 @@ from qstore.journal import (
     RecordType,
     Unbind,
 )
-
-from . import levels, stream
-from .stream import AUTO_DELETE, DURABLE, Item
 
 if TYPE_CHECKING:
     from broker.eventlog import EventLog

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from proton import Delivery, Event, Message, symbol
 
 from broker.net import ConnectionDriver, ConnectionHandler
+from qstore.ha import ADMIN_PROPERTY
 
 if TYPE_CHECKING:
     from .driver import HaDriver
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("qstore.ha")
 
 MANAGEMENT = "$management"
-ADMIN_PROPERTY = "qpid.ha-admin"
 
 
 class StatusCheck(ConnectionHandler):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from . import stream
-from .stream import Item
+from broker.replication import stream
+from broker.replication.stream import Item
 
 BATCH_ITEMS = 1000
 BATCH_BYTES = 256 << 10

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 from proton import Delivery, Link
 from proton import Message as AmqpMessage
 
-from broker.amqp import codec
+from broker.amqp import backup_writes, codec
 from broker.amqp.links import DECODE_ERROR, SizeLimited, reject
-from broker.ha import backup_writes, levels
 from broker.model import Message, Queue
+from broker.replication import levels
 
 from . import access
 from .operations import Operations, Response

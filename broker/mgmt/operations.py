@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from proton import Condition
 
 from broker.model import ModelError, NotFound, Queue
+from qstore.ha import ADMIN_PROPERTY
 
 if TYPE_CHECKING:
     from broker.amqp.connection import AmqpConnection, Core
@@ -209,7 +210,7 @@ class Operations:
                 "peer": c.driver.peer,
                 "container": c.container or "",
                 "links": len(c._links),
-                "admin": bool(c.properties.get("qpid.ha-admin")),
+                "admin": bool(c.properties.get(ADMIN_PROPERTY)),
             }
             for c in self.core.connections.values()
         ]

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from qstore.exchanges import is_builtin_exchange
+
 from .arguments import (
     DEDUP_WINDOW,
     check_arguments,
@@ -224,7 +226,7 @@ class Registry:
                 )
             return x, False
         _check_name(name, "exchange")
-        if name.startswith("amq."):
+        if is_builtin_exchange(name):
             raise NotAllowed(f"exchange name {name!r}: names starting 'amq.' are reserved")
         args = check_arguments(arguments, "exchange")
         if self.fill_arguments is not None:

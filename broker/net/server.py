@@ -24,10 +24,9 @@ import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 from anyio.streams.tls import TLSStream
 
-from broker.security.tls import HANDSHAKE_ERRORS, handshake_reason
-
 from .driver import ConnectionDriver
 from .handler import HandlerFactory
+from .handshake import HANDSHAKE_ERRORS, handshake_reason
 from .limit import ConnectionLimit, Slot
 from .options import Clock, ConnectionOptions, SaslFactory, peer_of
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import enum
 import json
 import struct
-import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import crc32c
 import zstandard
+
+from qstore.zstd import compressor, decompressor
 
 from .errors import CorruptRecord, UnsupportedFormat
 
@@ -374,23 +375,6 @@ class Entry:
         return (self.epoch, self.origin)
 
 
-_local = threading.local()
-
-
-def _compressor() -> zstandard.ZstdCompressor:
-    c = getattr(_local, "c", None)
-    if c is None:
-        c = _local.c = zstandard.ZstdCompressor(level=1)
-    return c
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    d = getattr(_local, "d", None)
-    if d is None:
-        d = _local.d = zstandard.ZstdDecompressor()
-    return d
-
-
 @dataclass(slots=True)
 class Prepared:
     """A record packed (and maybe compressed) by its appender, waiting for the writer's header."""
@@ -420,7 +404,7 @@ def prepare(
         payload = record.pack()
     flags = FLAG_REPLICA if replica else 0
     if len(payload) > threshold:  # zstd only where it can pay (level 1: about 5 us per KiB)
-        packed = _compressor().compress(payload)
+        packed = compressor().compress(payload)
         if len(packed) < len(payload):
             payload, flags = packed, flags | FLAG_COMPRESSED
     return Prepared(record.TYPE, flags, payload, record, epoch, origin)
@@ -462,7 +446,7 @@ def check(seq: int, value: bytes) -> tuple[int, int, int, int, bytes | memoryvie
         raise CorruptRecord(seq, f"unknown flags {flags:#x}")
     if flags & FLAG_COMPRESSED:
         try:
-            return rtype, flags, epoch, origin, _decompressor().decompress(stored)
+            return rtype, flags, epoch, origin, decompressor().decompress(stored)
         except zstandard.ZstdError as exc:
             raise CorruptRecord(seq, f"zstd payload does not decompress: {exc}") from None
     return rtype, flags, epoch, origin, stored

@@ -28,6 +28,8 @@ from collections.abc import Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
 from typing import Any
 
+from qstore.exchanges import is_builtin_exchange
+
 from .records import (
     Bind,
     Delivery,
@@ -189,11 +191,6 @@ class EpochInfo:
 
 
 BindingKey = tuple[str, str, str]
-
-
-def is_builtin_exchange(name: str) -> bool:
-    """The AMQP built-ins every broker has: never declared, never journaled, never deleted."""
-    return name == "" or name.startswith("amq.")
 
 
 class JournalState:

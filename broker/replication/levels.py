@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qstore.journal.state import is_builtin_exchange
+from qstore.exchanges import is_builtin_exchange
 
 NONE, CONFIGURATION, ALL = "none", "configuration", "all"
 LEVELS = (NONE, CONFIGURATION, ALL)

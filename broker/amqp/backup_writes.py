@@ -6,7 +6,9 @@ anonymous relay, through an exchange that routes there, or as a management reply
 backup's copy differ from the primary's, and after a failover a message would appear that no
 client ever sent. Entities at `qpid.replicate: none` are the backup's own business.
 
-Plain functions over the event log's levels and the model's routing: no I/O, no state.
+Plain functions over the event log's levels and the model's routing: no I/O, no state. Here,
+with the AMQP layer that asks them (the connection, and `$management` above it), not in
+`broker/ha`: HA builds on AMQP, so AMQP must not import it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from broker.model import Exchange, Message, Queue
-
-from . import levels
+from broker.replication import levels
 
 if TYPE_CHECKING:
     from broker.eventlog import EventLog

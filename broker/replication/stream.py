@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import zstandard
 
 from qstore.journal.records import ENQ_FIELDS, RECORD_CLASSES, Enqueue, Record, RecordType
+from qstore.zstd import compressor, decompressor
 
 ITEM = struct.Struct(">BBIQI")
 COMPRESS_OVER = 16 << 10
@@ -77,23 +77,6 @@ def control(kind: int, epoch: int = 0, seq: int = 0, **data: Any) -> Item:
     return Item(kind, epoch, seq, 0, None, data)
 
 
-_local = threading.local()  # zstd contexts are reusable but not thread-safe: one per thread
-
-
-def _compressor() -> zstandard.ZstdCompressor:
-    c = getattr(_local, "c", None)
-    if c is None:
-        c = _local.c = zstandard.ZstdCompressor(level=1)
-    return c
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    d = getattr(_local, "d", None)
-    if d is None:
-        d = _local.d = zstandard.ZstdDecompressor()
-    return d
-
-
 def encode(items: list[Item]) -> bytes:
     parts: list[bytes] = [b"P"]
     add, head = parts.append, ITEM.pack
@@ -106,7 +89,7 @@ def encode(items: list[Item]) -> bytes:
         add(payload)
     raw = b"".join(parts)
     if len(raw) > COMPRESS_OVER + 1:
-        return b"Z" + _compressor().compress(memoryview(raw)[1:])
+        return b"Z" + compressor().compress(memoryview(raw)[1:])
     return raw
 
 
@@ -118,7 +101,7 @@ def decode(data: bytes) -> list[Item]:
     marker, rest = data[:1], memoryview(data)[1:]
     try:
         if marker == b"Z":
-            body = _decompressor().decompress(rest)
+            body = decompressor().decompress(rest)
         elif marker == b"P":
             body = bytes(rest)  # the link gives a bytearray: records and bodies are bytes
         else:
