@@ -4,7 +4,7 @@ One owner: the event log (`EventLog.history`). It loads the history from the jou
 and is the only one that changes it, journaling each change in order with the events, so that
 what a restarted broker reads back is what it had: an epoch record at a promotion (its own, or
 its primary's applied), a history record at each end of a snapshot (empty at the start, the
-primary's at the end), a truncate of a diverged tail. The HA driver, the primary's catch-up plan
+primary's at the end), a truncate of a diverged tail. The HA member, the primary's catch-up plan
 and the status only read it.
 """
 

@@ -24,7 +24,7 @@ from broker.amqp.limits import Limits
 from broker.amqp.outbox import Outbox
 from broker.config import BrokerConfig
 from broker.eventlog import EventLog
-from broker.ha.driver import HaDriver
+from broker.ha.member import HaMember
 from broker.mgmt.node import Management
 from broker.model import Broker
 from broker.net import Server
@@ -44,7 +44,7 @@ class BrokerService:
     def __init__(self, cfg: BrokerConfig, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.ha: HaDriver | None = None
+        self.ha: HaMember | None = None
         self.model = Broker()
         self.model.default_queue_limit = cfg.default_queue_limit  # before restore: it is a setting
         self.model.default_dedup_window = cfg.dedup_window  # new queues only: see Registry
@@ -122,7 +122,7 @@ class BrokerService:
             return Server(
                 cfg.interface,
                 port,
-                lambda driver: AmqpConnection(self.core, driver),
+                lambda pump: AmqpConnection(self.core, pump),
                 idle_timeout=cfg.heartbeat,
                 max_frame_size=cfg.max_frame_size,
                 channel_max=self.core.limits.channel_max,
@@ -142,7 +142,7 @@ class BrokerService:
         self.stop_requested = anyio.Event()
         if cfg.ha_cluster:
             self.model.fill_arguments = self.events.explicit_levels
-            self.ha = HaDriver(self, time.monotonic)
+            self.ha = HaMember(self, time.monotonic)
             self.core.ha = self.ha
 
     def _start_flow_control(self) -> None:

@@ -24,7 +24,7 @@ from proton.handlers import MessagingHandler
 from proton.reactor import Container
 from proton.utils import BlockingConnection
 
-from broker.net import ConnectionDriver, ConnectionHandler, Server
+from broker.net import ConnectionHandler, EnginePump, Server
 
 
 @dataclass
@@ -49,9 +49,9 @@ class SinkSourceHandler(ConnectionHandler):
     CREDIT = 10
 
     def __init__(
-        self, driver: ConnectionDriver, record: Record, to_send: int = 0, refuse: bool = False
+        self, pump: EnginePump, record: Record, to_send: int = 0, refuse: bool = False
     ) -> None:
-        self.driver = driver
+        self.pump = pump
         self.record = record
         self.to_send = to_send
         self.refuse = refuse
@@ -62,7 +62,7 @@ class SinkSourceHandler(ConnectionHandler):
         kind = event.type
         if kind == Event.CONNECTION_REMOTE_OPEN:
             if self.refuse:
-                self.driver.abort("refused: test backup")
+                self.pump.abort("refused: test backup")
                 return
             event.connection.container = "net-test-broker"
             event.connection.open()
@@ -120,17 +120,17 @@ class SinkSourceHandler(ConnectionHandler):
 
 
 class FloodHandler(SinkSourceHandler):
-    """Sends `to_send` messages of `size` bytes, but only while the driver's output is not
+    """Sends `to_send` messages of `size` bytes, but only while the pump's output is not
     backed up: what the AMQP layer does for a slow consumer."""
 
-    def __init__(self, driver: ConnectionDriver, record: Record, to_send: int, size: int) -> None:
-        super().__init__(driver, record, to_send=to_send)
+    def __init__(self, pump: EnginePump, record: Record, to_send: int, size: int) -> None:
+        super().__init__(pump, record, to_send=to_send)
         self.body = b"x" * size
 
     def process(self) -> None:
         for link in list(self.senders):
             while link.credit > 0 and self.record.sent < self.to_send:
-                if self.driver.output_backed_up:
+                if self.pump.output_backed_up:
                     if self.record.backed_up_at is None:
                         self.record.backed_up_at = self.record.sent
                     return
@@ -158,11 +158,11 @@ class Relay:
 
 
 class RelayHandler(SinkSourceHandler):
-    """Receivers feed the relay and wake every consumer's driver; senders send from the relay
-    in `process()`. A consumer hears of a message only through `driver.wake()`."""
+    """Receivers feed the relay and wake every consumer's pump; senders send from the relay
+    in `process()`. A consumer hears of a message only through `pump.wake()`."""
 
-    def __init__(self, driver: ConnectionDriver, record: Record, relay: Relay) -> None:
-        super().__init__(driver, record)
+    def __init__(self, pump: EnginePump, record: Record, relay: Relay) -> None:
+        super().__init__(pump, record)
         self.relay = relay
 
     def _open_link(self, link: Link) -> None:
@@ -179,7 +179,7 @@ class RelayHandler(SinkSourceHandler):
         dlv.settle()
         link.flow(1)
         for consumer in self.relay.consumers:
-            consumer.driver.wake()
+            consumer.pump.wake()
 
     def process(self) -> None:
         for link in list(self.senders):
@@ -203,7 +203,7 @@ WAIT = 5.0  # bound on every wait for something that should happen at once
 class ServerThread:
     """A `Server` with its own event loop in a daemon thread."""
 
-    def __init__(self, factory: Callable[[ConnectionDriver], ConnectionHandler], **options: Any):
+    def __init__(self, factory: Callable[[EnginePump], ConnectionHandler], **options: Any):
         self.factory = factory
         self.options = options
         self.port = 0
@@ -239,7 +239,7 @@ class ServerThread:
         return f"127.0.0.1:{self.port}"
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn` on the server's loop (the drivers are not thread-safe)."""
+        """Run `fn` on the server's loop (the pumps are not thread-safe)."""
         return anyio.from_thread.run_sync(fn, *args, token=self.token)
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -46,7 +46,7 @@ def test_a_stopped_consumer_is_not_fed_without_bound(broker_proc) -> None:
         conn = BlockingConnection(url, timeout=20)
         snd = conn.create_sender("slow")
         body = b"x" * 16384
-        total = 2000  # 32 MiB: far more than socket buffers and the driver's high-water mark
+        total = 2000  # 32 MiB: far more than socket buffers and the pump's high-water mark
         for _ in range(total):
             snd.send(Message(body=body), timeout=20)  # non-durable: settled at once
         # another client is served promptly meanwhile

@@ -341,7 +341,7 @@ def test_transfer_on_a_link_where_the_broker_sends_closes_the_connection(
         c.close()
     said = [line for line in broker.log().splitlines() if "where the broker is" in line]
     said = [line for line in said if f"peer={p.addr}" in line]
-    assert ["WARNING" in line for line in said] == [True, False], said  # ours, the driver's
+    assert ["WARNING" in line for line in said] == [True, False], said  # ours, the pump's
     _no_traceback(broker)
 
 
@@ -424,7 +424,7 @@ def test_a_detach_without_close_ends_the_link(broker: BrokerProcess, good: GoodC
     _no_traceback(broker)
 
 
-# -- fields proton keeps without looking at them (found by tests/test_driver_fuzz.py) -----------
+# -- fields proton keeps without looking at them (found by tests/test_pump_fuzz.py) -----------
 
 NOT_UTF8 = Raw(b"\xa1\x03ab\xff")  # a str8 that is not UTF-8
 
@@ -522,7 +522,7 @@ def test_an_address_not_utf8_refuses_only_that_link(
 def test_a_sender_past_its_credit_ends_only_that_link(
     broker: BrokerProcess, good: GoodClient, address: str
 ) -> None:
-    """Found by tests/test_driver_fuzz.py: a flow moving the sender's delivery-count far past the
+    """Found by tests/test_pump_fuzz.py: a flow moving the sender's delivery-count far past the
     credit it was given took proton's link-credit below zero, and granting credit back then
     overflowed proton's int (amqp:internal-error, a traceback). Now the link ends with
     amqp:link:transfer-limit-exceeded and the session goes on. The message that came is routed
@@ -566,9 +566,9 @@ def test_a_sender_past_its_credit_ends_only_that_link(
 def test_a_source_holding_text_that_is_not_utf8_is_echoed_and_served(
     broker: BrokerProcess, good: GoodClient
 ) -> None:
-    """Found by tests/test_driver_fuzz.py: the broker's attach echoes the receiver's source
+    """Found by tests/test_pump_fuzz.py: the broker's attach echoes the receiver's source
     (here dynamic-node-properties holding a string that is not UTF-8), and reading that attach
-    back to learn the link's handle (for prefetch-1 flows) failed the driver. Now the link is
+    back to learn the link's handle (for prefetch-1 flows) failed the pump. Now the link is
     served with credit 1 like any other."""
     p = RawPeer(broker.port)
     try:
@@ -595,9 +595,9 @@ def test_a_source_holding_text_that_is_not_utf8_is_echoed_and_served(
 def test_a_link_name_with_a_nul_then_not_utf8_is_served(
     broker: BrokerProcess, good: GoodClient
 ) -> None:
-    """Found by tests/test_driver_fuzz.py: proton's Python shows a link name only up to a NUL
+    """Found by tests/test_pump_fuzz.py: proton's Python shows a link name only up to a NUL
     (here "" of "\\x00\\xff"), so the name passes for text; our attach echoes it whole, and
-    reading that back (for prefetch-1 flows) failed the driver. The link is served."""
+    reading that back (for prefetch-1 flows) failed the pump. The link is served."""
     p = RawPeer(broker.port)
     try:
         p.open()

@@ -126,7 +126,7 @@ def test_a_refused_login_is_an_authentication_error_never_retried(
         assert time.monotonic() - t0 < T
         assert "SASL: Authentication failed (outcome auth)" in str(err.value)
         assert err.value.condition == "amqp:unauthorized-access"
-        assert tap.connections == 1  # the driver is gone: nobody tries again
+        assert tap.connections == 1  # the I/O thread is gone: nobody tries again
     assert password not in str(err.value)
     wait_for_log(b, "SASL: Authentication failed")
 

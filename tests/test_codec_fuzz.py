@@ -211,7 +211,7 @@ WRONG: dict[str, bytes] = {
     "described-descriptor-chain": _deep(5000, 0x00),
     "char-beyond-unicode-in-app-properties": b"\x00\x53\x74"
     + _map([_str(b"k"), b"\x73\x00\x11\x00\x00"]),
-    # found by tests/test_driver_fuzz.py: chr() raised OverflowError, not ValueError
+    # found by tests/test_pump_fuzz.py: chr() raised OverflowError, not ValueError
     "char-past-int32-in-app-properties": b"\x00\x53\x74"
     + _map([_str(b"k"), b"\x73\x80\x00\x00\x00"]),
     "deep-list-in-app-properties": b"\x00\x53\x74" + _map([_str(b"k"), _deep(3000, 0xD0)]),

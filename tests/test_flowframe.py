@@ -277,9 +277,9 @@ def test_other_channels_and_frames_untouched() -> None:
 
 
 def test_attach_fields_skip_a_terminus_python_cannot_read() -> None:
-    """Found by tests/test_driver_fuzz.py: our attach echoes the peer's source, which may hold
+    """Found by tests/test_pump_fuzz.py: our attach echoes the peer's source, which may hold
     a string that is not UTF-8 (proton's C codec takes it, its Python cannot decode it); reading
-    the whole attach failed the connection's driver ("driver failed", a traceback)."""
+    the whole attach failed the connection's pump ("driver failed", a traceback)."""
     p = Pair()
     p.client.open()
     ssn = p.client.session()
@@ -301,7 +301,7 @@ def test_attach_fields_skip_a_terminus_python_cannot_read() -> None:
 
 
 def test_attach_fields_of_a_name_python_cannot_read() -> None:
-    """Found by tests/test_driver_fuzz.py: our attach echoes the peer's link name as it came; a
+    """Found by tests/test_pump_fuzz.py: our attach echoes the peer's link name as it came; a
     name that is not UTF-8 (after a NUL, which is all proton's Python shows of the name) failed
     the connection's driver. It is read as it is, with a replacement character."""
     fields = b"\xa1\x02\x00\xff" + b"\x43\x41\x50\x00\x50\x00\x40\x40\x40\x42\x43"

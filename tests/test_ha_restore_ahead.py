@@ -47,7 +47,7 @@ def enqueue(n: int, seq: int, epoch: int = 1) -> stream.Item:
 
 
 class Backup:
-    """A restarted backup's parts, as BrokerService and HaDriver put them together."""
+    """A restarted backup's parts, as BrokerService and HaMember put them together."""
 
     def __init__(self, path: Path) -> None:
         self.journal = Journal(path)

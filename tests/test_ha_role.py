@@ -2,9 +2,9 @@
 
 The role never reads a clock, so the tests pass `now` themselves (and one drives it from a frozen
 `time.time()` to show no real waiting is needed). Actions are compared as whole lists: the order in
-which the driver carries them out matters (journal the epoch after becoming recovering, tell a
+which the HA member carries them out matters (journal the epoch after becoming recovering, tell a
 backup to catch up before dropping it from the guard). The guard is a real QueueGuard told what
-the role's Expect / StopExpecting say, as the driver does; admission is a plain function too.
+the role's Expect / StopExpecting say, as the HA member does; admission is a plain function too.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def test_tick_before_the_deadline_only_renews_the_wake() -> None:
 
 
 def test_wake_deadlines_follow_the_attempts() -> None:
-    """A driver that sleeps exactly until each WakeAt gets one attempt per wake-up."""
+    """An HA member that sleeps exactly until each WakeAt gets one attempt per wake-up."""
     role = backup()
     now = 5.0
     seen: list[tuple[float, str]] = []
@@ -164,7 +164,7 @@ def test_wake_at_under_frozen_time_jumps_straight_to_the_deadline() -> None:
         assert connects(actions) == ["h1:5672"]
         for expected in ["h2:5672", "h3:5672", "h1:5672"]:
             (wake,) = [a for a in actions if isinstance(a, WakeAt)]
-            frozen.tick(wake.when - time.time())  # the driver's sleep, without sleeping
+            frozen.tick(wake.when - time.time())  # the HA member's sleep, without sleeping
             actions = role.step(Tick(), time.time())
             assert connects(actions) == [expected]
 
@@ -719,7 +719,7 @@ def test_the_new_epoch_is_numbered_past_every_known_one(
 
 def test_a_joining_broker_numbers_past_the_peers_epochs_it_was_told() -> None:
     """After a total failure the joining brokers may hold older histories than a peer that
-    answered: the epochs it reported count too (the driver passes them in known_epochs)."""
+    answered: the epochs it reported count too (the HA member passes them in known_epochs)."""
     role = backup(S.JOINING)
     actions = role.step(Promote(peers_primary_or_ready=(), known_epochs=(2, 2, 6)), 0.0)
     assert StartEpoch(7) in actions
@@ -790,7 +790,7 @@ def test_admission(
 
 
 class Primary:
-    """A role with a real QueueGuard, the guard told what the role's actions say (the driver's
+    """A role with a real QueueGuard, the guard told what the role's actions say (the HA member's
     two lines for Expect / StopExpecting), the acknowledgements fed to both as Primary does."""
 
     def __init__(self, expected: set[str]) -> None:

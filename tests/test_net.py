@@ -38,14 +38,14 @@ from net_support import (
 from proton import Condition, Endpoint, Message, Timeout
 from proton.utils import BlockingConnection, ConnectionClosed
 
-from broker.net import ConnectionDriver, ConnectionHandler
+from broker.net import ConnectionHandler, EnginePump
 
 
 @pytest.fixture
 def start() -> Iterator[Callable[..., ServerThread]]:
     started: list[ServerThread] = []
 
-    def _start(factory: Callable[[ConnectionDriver], ConnectionHandler], **kw: Any) -> ServerThread:
+    def _start(factory: Callable[[EnginePump], ConnectionHandler], **kw: Any) -> ServerThread:
         srv = ServerThread(factory, **kw)
         started.append(srv)
         return srv.start()
@@ -183,7 +183,7 @@ def test_idle_timeout_follows_the_injected_clock(start: Callable[..., ServerThre
 def test_socket_without_an_open_is_dropped(
     start: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture
 ) -> None:
-    # proton times nothing out before the first byte, nor before the open: the driver does
+    # proton times nothing out before the first byte, nor before the open: the pump does
     caplog.set_level(logging.INFO, logger="qstore.net")
     srv = start(lambda d: SinkSourceHandler(d, Record()), open_timeout=0.3, idle_timeout=60)
     for first_bytes in (b"", AMQP_HEADER):
@@ -256,7 +256,7 @@ NOT_PERFORMATIVES = {
 def test_a_frame_that_is_not_a_performative_is_a_decode_error(
     start: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture, name: str
 ) -> None:
-    """Found by tests/test_driver_fuzz.py: the peer was neither answered nor dropped (not even
+    """Found by tests/test_pump_fuzz.py: the peer was neither answered nor dropped (not even
     after it hung up) until the idle timeout, here a minute away."""
     caplog.set_level(logging.INFO, logger="qstore.net")
     record = Record()
@@ -356,7 +356,7 @@ def test_slow_consumer_backs_up_alone_and_resumes_when_drained(
             conn.close()
         assert "not stalled" in record.received
         check_good_client(good, other, "other server fine")
-        # now the slow consumer reads: the driver wakes the handler, which sends the rest
+        # now the slow consumer reads: the pump wakes the handler, which sends the rest
         total, deadline = 0, time.monotonic() + WAIT
         while total < count * size:
             assert time.monotonic() < deadline, f"only {total} bytes arrived"

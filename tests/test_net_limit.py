@@ -42,7 +42,7 @@ class AdmittingHandler(SinkSourceHandler):
 
     def on_event(self, event: Event) -> None:
         if event.type == Event.CONNECTION_REMOTE_OPEN:
-            slot = self.driver.slot
+            slot = self.pump.slot
             assert slot is not None and slot.admit_open(ha=False)
         super().on_event(event)
 

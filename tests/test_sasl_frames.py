@@ -143,7 +143,7 @@ def test_bad_frame_headers(data: bytes, message: str) -> None:
         (described(0x44), "sasl-outcome without a code"),
         (described(0x44, ("int", 1)), "unexpected AMQP type int"),
         (described(0x40, ("null", None)), "without mechanisms"),
-        # found by tests/test_driver_fuzz.py: these raised UnicodeDecodeError (the broker's
+        # found by tests/test_pump_fuzz.py: these raised UnicodeDecodeError (the broker's
         # "driver failed", with a traceback, and the peer not even answered)
         (INIT + b"\xd0\0\0\0\x0c\0\0\0\x03\xa3\x01P\x40\xa1\x02a\xff", "not valid UTF-8"),
         (INIT + b"\xc0\x04\x01\xa3\x02\xc3\xa9", "not valid ASCII"),  # a mechanism

@@ -27,7 +27,7 @@ from broker.model import (
     Queue,
     ResourceLimitExceeded,
 )
-from broker.net import ConnectionDriver, ConnectionHandler
+from broker.net import ConnectionHandler, EnginePump
 from broker.replication import levels
 from qstore.ha import ADMIN_PROPERTY, BACKUP_PROPERTY, REPLICATION
 
@@ -40,7 +40,7 @@ from .senderflow import SenderFlows
 
 if TYPE_CHECKING:
     from broker.eventlog import EventLog
-    from broker.ha.driver import HaDriver
+    from broker.ha.member import HaMember
     from broker.mgmt.node import Management
     from broker.security import Authorizer
 
@@ -60,7 +60,7 @@ class Core:
     clock: Callable[[], float]
     events: EventLog | None = None
     management: Management | None = None
-    ha: HaDriver | None = None
+    ha: HaMember | None = None
     security: Authorizer | None = None
     auto_create: bool = False
     limits: Limits = field(default_factory=Limits)
@@ -69,10 +69,10 @@ class Core:
 
 
 class AmqpConnection(ConnectionHandler):
-    def __init__(self, core: Core, driver: ConnectionDriver) -> None:
+    def __init__(self, core: Core, pump: EnginePump) -> None:
         self.core = core
-        self.driver = driver
-        self.id = driver.conn_id
+        self.pump = pump
+        self.id = pump.conn_id
         self.gone = False
         self.container: str | None = None
         self.user = ANONYMOUS  # the SASL identity, known by the time the peer opens
@@ -84,12 +84,12 @@ class AmqpConnection(ConnectionHandler):
         # link pointer -> its handler's `on_raw_delivery` (handlers that have one)
         self._raw: dict[Any, Callable[[Any], None]] = {}
         self.limits = core.limits
-        self.notices = Notices(log, f"broker={core.name} conn={self.id} peer={driver.peer}:")
+        self.notices = Notices(log, f"broker={core.name} conn={self.id} peer={pump.peer}:")
         self.incomplete = 0  # bytes of messages whose transfers are still arriving (all links)
         self._sessions = 0  # sessions the peer has begun and not ended
         self._attached: dict[Link, Session] = {}  # links the peer has attached, not detached
         self._per_session: dict[Session, int] = {}  # how many of them on each session
-        self.flows = SenderFlows(driver)  # the link flows proton does not send (senderflow.py)
+        self.flows = SenderFlows(pump)  # the link flows proton does not send (senderflow.py)
         core.connections[self.id] = self
 
     # -- events -------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ class AmqpConnection(ConnectionHandler):
 
     def _open(self, event: Event) -> None:
         conn = event.connection
-        self.user = self.driver.user or ANONYMOUS
+        self.user = self.pump.user or ANONYMOUS
         try:
             container = fields.text("the open's container-id", lambda: conn.remote_container)
             self.properties = fields.properties(
@@ -156,7 +156,7 @@ class AmqpConnection(ConnectionHandler):
         self.container = container
         security = self.core.security
         if security is not None:
-            host = self.driver.peer.rpartition(":")[0].strip("[]")
+            host = self.pump.peer.rpartition(":")[0].strip("[]")
             denied = security.check(self.user, "access", "connection", {"host": host})
             if denied is not None:
                 self._deny(denied, level=logging.INFO)  # the ACL has just given a warning
@@ -177,17 +177,17 @@ class AmqpConnection(ConnectionHandler):
                     self.core.name,
                     self.id,
                     "backup link" if BACKUP_PROPERTY in self.properties else "client",
-                    self.driver.peer,
+                    self.pump.peer,
                     self.container,
                     ha.state,
                 )
-                self.driver.abort(f"refused: broker is {ha.state}")
+                self.pump.abort(f"refused: broker is {ha.state}")
                 return
             if self.kind == "backup":
-                self.driver.transport.idle_timeout = ha.heartbeat * 2
-        slot = self.driver.slot
+                self.pump.transport.idle_timeout = ha.heartbeat * 2
+        slot = self.pump.slot
         if slot is not None and not slot.admit_open(ha=self.kind != "client"):
-            # the limit logs the spell; the driver's close line names each connection
+            # the limit logs the spell; the pump's close line names each connection
             self._deny(slot.refusal(), level=logging.DEBUG, condition=RESOURCE_LIMIT)
             return
         conn.container = self.core.name
@@ -196,9 +196,9 @@ class AmqpConnection(ConnectionHandler):
             "broker=%s conn=%s peer=%s container=%s mechanism=%s user=%s opened%s",
             self.core.name,
             self.id,
-            self.driver.peer,
+            self.pump.peer,
             self.container,
-            self.driver.mechanism or "ANONYMOUS",  # none of ours: proton's, ANONYMOUS only
+            self.pump.mechanism or "ANONYMOUS",  # none of ours: proton's, ANONYMOUS only
             self.user,
             "" if self.kind == "client" else f" as {self.kind}",
         )
@@ -213,11 +213,11 @@ class AmqpConnection(ConnectionHandler):
             "broker=%s conn=%s peer=%s container=%s refused: %s",
             self.core.name,
             self.id,
-            self.driver.peer,
+            self.pump.peer,
             self.container,
             why,
         )
-        conn = self.driver.connection
+        conn = self.pump.connection
         conn.container = self.core.name
         conn.open()
         conn.condition = Condition(condition, why)
@@ -296,7 +296,7 @@ class AmqpConnection(ConnectionHandler):
         """The peer broke the protocol in a way that leaves proton's state for it unreliable,
         or keeps exceeding a limit: close the connection with `condition`, stop serving it at
         once (its consumers' messages go back to their queues) and look at nothing more it
-        sends (the driver drops its input from now on)."""
+        sends (the pump drops its input from now on)."""
         if self.denied:
             return
         self.denied = True
@@ -304,12 +304,12 @@ class AmqpConnection(ConnectionHandler):
             "broker=%s conn=%s peer=%s closed: %s %s",
             self.core.name,
             self.id,
-            self.driver.peer,
+            self.pump.peer,
             condition,
             description,
         )
         self._release_all()
-        self.driver.close(condition, description)
+        self.pump.close(condition, description)
 
     def close_link(self, link: Link, condition: str, description: str) -> None:
         """End one link with an error (e.g. a message over the size limit); the session and
@@ -318,7 +318,7 @@ class AmqpConnection(ConnectionHandler):
         if not link.state & Endpoint.LOCAL_CLOSED:
             link.condition = Condition(condition, description)
             link.close()
-        self.driver.wake()
+        self.pump.wake()
 
     def _unserved(self, link: Link, dlv: Any) -> None:
         """A delivery on a link the broker does not serve (refused, or ended with an error).
@@ -430,8 +430,7 @@ class AmqpConnection(ConnectionHandler):
             self._refuse(
                 link,
                 "amqp:resource-locked",
-                f"backup name {name!r} is in use by connection {holder.id} from "
-                f"{holder.driver.peer}",
+                f"backup name {name!r} is in use by connection {holder.id} from {holder.pump.peer}",
             )
             return None
         link.source.copy(link.remote_source)
@@ -530,11 +529,11 @@ class AmqpConnection(ConnectionHandler):
         if refusal is not None:
             raise NotAllowed(refusal)
 
-    def on_server_stop(self, driver: ConnectionDriver) -> None:
+    def on_server_stop(self, pump: EnginePump) -> None:
         if self.core.ha is not None:  # clients must fail over, which they do only on a drop
-            driver.abort("broker stopping")
+            pump.abort("broker stopping")
         else:
-            super().on_server_stop(driver)
+            super().on_server_stop(pump)
 
     def _refuse(self, link: Link, condition: str, description: str, quiet: bool = False) -> None:
         """Refuse an attach: an attach with no node, then a detach with the error. `quiet`:
@@ -573,13 +572,13 @@ class AmqpConnection(ConnectionHandler):
         self.core.model.close_connection(self.id)
         self.core.outbox.schedule()
 
-    # -- the driver's other calls -------------------------------------------------------------
+    # -- the pump's other calls -------------------------------------------------------------
 
     def process(self) -> None:
         """After each batch of events: a connection whose peer reads slowly stops being fed
         (its consumers' credit is held at zero in the model) until its output drains, when the
-        driver wakes us again and the credit the receiver granted counts once more."""
-        backed_up = self.driver.output_backed_up
+        pump wakes us again and the credit the receiver granted counts once more."""
+        backed_up = self.pump.output_backed_up
         if backed_up == self.paused:
             return
         self.paused = backed_up
@@ -599,12 +598,12 @@ class AmqpConnection(ConnectionHandler):
         self._release_all()
         self.core.connections.pop(self.id, None)
         if self.container is None:
-            return  # never opened (a probe, a failed login): the driver's line says it all
+            return  # never opened (a probe, a failed login): the pump's line says it all
         log.info(
             "broker=%s conn=%s peer=%s closed%s",
             self.core.name,
             self.id,
-            self.driver.peer,
+            self.pump.peer,
             f": {error}" if error else "",
         )
 

@@ -56,7 +56,7 @@ from .limits import MESSAGE_SIZE_EXCEEDED, NO_LIMIT, RESOURCE_LIMIT, TRANSFER_LI
 
 if TYPE_CHECKING:
     from broker.model.dedup import DedupWindow
-    from broker.net import ConnectionDriver
+    from broker.net import EnginePump
 
     from .connection import AmqpConnection
 
@@ -313,7 +313,7 @@ class IncomingLink(SizeLimited):
             return True
         if self._refill(_credit(self._link), self._held_result, 0):
             return False
-        self.conn.driver.wake()
+        self.conn.pump.wake()
         return True
 
     def _route(self, data: bytes, dlv: Any) -> PublishResult | None:
@@ -408,7 +408,7 @@ class IncomingLink(SizeLimited):
             _update(dlv, _ACCEPTED)
             _settle(dlv)
             _decref(dlv)
-        self.conn.driver.wake()
+        self.conn.pump.wake()
 
     def _release(self, dlv: Any) -> bool:
         """True if we still hold `dlv` (the caller then drops our reference)."""
@@ -445,7 +445,7 @@ class OutgoingLink:
         self.conn = conn
         self.link = link
         self.consumer = consumer
-        self.driver: ConnectionDriver = conn.driver
+        self.pump: EnginePump = conn.pump
         self._link = link._impl
         self._tags = 0
         self._drained = 0  # credit given back to drains, which counts as deliveries

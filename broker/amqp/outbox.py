@@ -2,7 +2,7 @@
 
 Anything that can make a delivery possible (a message in, credit granted, a message given back)
 calls `schedule()`. The pass runs once per turn however many times it was asked: it takes the
-model's deliveries, sends each on its consumer's link, and wakes the drivers it wrote to, so each
+model's deliveries, sends each on its consumer's link, and wakes the pumps it wrote to, so each
 connection flushes once for the lot.
 """
 
@@ -48,11 +48,11 @@ class Outbox:
                 log.exception("sending message %s on %s failed", qm.id, out)
                 self.model.release(consumer, qm.id)
                 continue
-            touched[out.driver] = None
+            touched[out.pump] = None
         if self._drain:
             links, self._drain = list(self._drain), {}
             for out in links:
                 if out.drain():
-                    touched[out.driver] = None
-        for driver in touched:
-            driver.wake()  # its process() pauses the connection's consumers if it backed up
+                    touched[out.pump] = None
+        for pump in touched:
+            pump.wake()  # its process() pauses the connection's consumers if it backed up

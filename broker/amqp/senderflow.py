@@ -33,7 +33,7 @@ from cproton_ffi import lib
 from .flowframe import ATTACH, add_link_flows, attach_fields, frames
 
 if TYPE_CHECKING:
-    from broker.net import ConnectionDriver
+    from broker.net import EnginePump
 
     from .links import OutgoingLink
 
@@ -46,8 +46,8 @@ _SEND, _WAIT, _DROP = 0, 1, 2
 class SenderFlows:
     """One connection's link flows for its outgoing links (see the module's doc)."""
 
-    def __init__(self, driver: ConnectionDriver) -> None:
-        self._driver = driver
+    def __init__(self, pump: EnginePump) -> None:
+        self._pump = pump
         self._attaching: list[OutgoingLink] = []  # our attach not yet seen in the output
         # link -> (channel, handle, initial delivery-count), from our attach
         self._where: dict[OutgoingLink, tuple[int, int, int]] = {}
@@ -77,7 +77,7 @@ class SenderFlows:
         busy = bool(self._attaching or self._wanted)
         if busy != self._hooked:
             self._hooked = busy
-            self._driver.set_output_hook(self if busy else None)
+            self._pump.set_output_hook(self if busy else None)
 
     # -- the output hook ---------------------------------------------------------------------
 
@@ -120,7 +120,7 @@ class SenderFlows:
         data = add_link_flows(data, links)
         if links:  # no session flow came (the session is ending): nothing left to refill
             log.debug("conn=%s: no session flow for link flows on channels %s",
-                      self._driver.conn_id, list(links))  # fmt: skip
+                      self._pump.conn_id, list(links))  # fmt: skip
         return data
 
     def _state(self, out: OutgoingLink) -> int:

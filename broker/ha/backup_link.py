@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from proton import Delivery, Endpoint, Event, symbol
 
-from broker.net import ConnectionDriver, ConnectionHandler
+from broker.net import ConnectionHandler, EnginePump
 from broker.replication import stream
 from qstore.ha import BACKUP_PROPERTY, REPLICATION
 
 if TYPE_CHECKING:
-    from .driver import HaDriver
+    from .member import HaMember
 
 log = logging.getLogger("qstore.ha")
 
@@ -27,19 +27,19 @@ CREDIT = 50
 
 
 class BackupLink(ConnectionHandler):
-    def __init__(self, ha: HaDriver, driver: ConnectionDriver, address: str) -> None:
+    def __init__(self, ha: HaMember, pump: EnginePump, address: str) -> None:
         self.ha = ha
-        self.driver = driver
+        self.pump = pump
         self.address = address
         self.opened = False
         self.attached = False
         self.link: Any = None
-        conn = driver.connection
+        conn = pump.connection
         conn.container = ha.name
         conn.hostname = address.rsplit(":", 1)[0]
         conn.properties = {symbol(BACKUP_PROPERTY): ha.backup_info()}
         conn.open()
-        driver.wake()
+        pump.wake()
 
     def on_event(self, event: Event) -> None:
         t = event.type
@@ -55,7 +55,7 @@ class BackupLink(ConnectionHandler):
         elif t == Event.LINK_REMOTE_OPEN:
             if event.link is self.link or event.link == self.link:
                 if event.link.remote_source.address != REPLICATION:
-                    self.driver.close("amqp:not-found", "primary refused the replication link")
+                    self.pump.close("amqp:not-found", "primary refused the replication link")
                     return
                 self.attached = True
                 event.link.flow(CREDIT)
@@ -79,12 +79,12 @@ class BackupLink(ConnectionHandler):
             items = stream.decode(data)
         except stream.StreamError as exc:
             log.error("from primary %s: %s", self.address, exc)
-            self.driver.close("amqp:decode-error", str(exc))
+            self.pump.close("amqp:decode-error", str(exc))
             return
         self.ha.first_data()
 
         def applied(error: BaseException | None) -> None:
-            if self.driver.finished.is_set():
+            if self.pump.finished.is_set():
                 return
             if error is not None:
                 log.error("could not journal replicated events: %s", error)
@@ -95,7 +95,7 @@ class BackupLink(ConnectionHandler):
                 dlv.settle()
             if link.credit < CREDIT // 2:
                 link.flow(CREDIT - link.credit)
-            self.driver.wake()
+            self.pump.wake()
 
         self.ha.replicator.apply(items, applied)
 
@@ -103,5 +103,5 @@ class BackupLink(ConnectionHandler):
         if self.attached:
             self.ha.primary_lost(self.address, error or "closed")
 
-    def on_server_stop(self, driver: ConnectionDriver) -> None:
-        driver.abort("stopping")
+    def on_server_stop(self, pump: EnginePump) -> None:
+        pump.abort("stopping")

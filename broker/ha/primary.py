@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from broker.amqp.connection import AmqpConnection
     from broker.eventlog import EventLog
 
-    from .driver import HaDriver
+    from .member import HaMember
 
 log = logging.getLogger("qstore.ha")
 
@@ -97,7 +97,7 @@ class BackupStream:
             self._send(*got)
             sent = True
         if sent:
-            self.conn.driver.wake()
+            self.conn.pump.wake()
 
     def _send(self, batch: list[Item], last: int) -> None:
         """One batch as one message; its settlement acknowledges `last`."""
@@ -140,7 +140,7 @@ class Primary:
     whether each is ready are the role's (broker/ha/role.py); the positions they acknowledged are
     the guard's, which waits for the backups the role names (`expect` / `stop_expecting`)."""
 
-    def __init__(self, ha: HaDriver, events: EventLog, recent: RecentLog) -> None:
+    def __init__(self, ha: HaMember, events: EventLog, recent: RecentLog) -> None:
         self.ha = ha
         self.events = events
         self.recent = recent
@@ -195,7 +195,7 @@ class Primary:
     def attach(self, conn: AmqpConnection, link: Link, info: dict[str, Any]) -> BackupStream:
         """A backup attached its replication link: plan its catch-up and start its stream."""
         name = str(info.get("name") or f"conn-{conn.id}")
-        address = str(info.get("address") or conn.driver.peer)
+        address = str(info.get("address") or conn.pump.peer)
         pos = BackupPosition.from_wire(info.get("position"), info.get("epochs"))
         old = self.streams.get(name)
         if old is not None:

@@ -1,6 +1,6 @@
 """The HA role: a state machine whose decisions are plain functions of (state, event, now).
 
-`HaRole.step(event, now)` returns actions for the I/O edge (`broker/ha/driver.py`) to carry out:
+`HaRole.step(event, now)` returns actions for the I/O edge (`broker/ha/member.py`) to carry out:
 connect to a broker, tell a backup it is ready or must catch up again, tell the guard whom held
 messages wait for, journal a new epoch, change state, stop. The role never reads a clock and
 never touches a socket, so every decision is tested with plain calls (tests/test_ha_role.py).
@@ -73,7 +73,7 @@ class Started:
 
 @dataclass(frozen=True)
 class Tick:
-    """Time passed (the driver wakes the role at the deadline it asked for)."""
+    """Time passed (the HA member wakes the role at the deadline it asked for)."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class MembershipHeard:
 
 @dataclass(frozen=True)
 class Promote:
-    """A cluster manager asks for promotion; `peers_primary_or_ready` is what the driver found
+    """A cluster manager asks for promotion; `peers_primary_or_ready` is what the HA member found
     asking every other broker of the URL (needed only when this broker is joining).
     `known_epochs`: every epoch number this broker knows of (its history, its current epoch,
     the peers' epochs it asked for): the new epoch is numbered past all of them."""

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from proton import Delivery, Event, Message, symbol
 
-from broker.net import ConnectionDriver, ConnectionHandler
+from broker.net import ConnectionHandler, EnginePump
 from qstore.ha import ADMIN_PROPERTY
 
 if TYPE_CHECKING:
-    from .driver import HaDriver
+    from .member import HaMember
 
 log = logging.getLogger("qstore.ha")
 
@@ -28,13 +28,13 @@ MANAGEMENT = "$management"
 class StatusCheck(ConnectionHandler):
     """Opens as an HA admin, asks `READ ha` once; `status` holds the answer (or stays None)."""
 
-    def __init__(self, ha: HaDriver, driver: ConnectionDriver, address: str) -> None:
-        self.driver = driver
+    def __init__(self, ha: HaMember, pump: EnginePump, address: str) -> None:
+        self.pump = pump
         self.address = address
         self.status: dict[str, Any] | None = None
         self._id = str(uuid.uuid4())
         self._sender: Any = None
-        conn = driver.connection
+        conn = pump.connection
         conn.container = f"{ha.name}-status-{self._id[:8]}"
         conn.hostname = address.rsplit(":", 1)[0]
         conn.properties = {symbol(ADMIN_PROPERTY): True}
@@ -48,7 +48,7 @@ class StatusCheck(ConnectionHandler):
         receiver.source.dynamic = True
         receiver.open()
         receiver.flow(1)
-        driver.wake()
+        pump.wake()
 
     def on_event(self, event: Event) -> None:
         t = event.type
@@ -74,9 +74,9 @@ class StatusCheck(ConnectionHandler):
             props = {str(k): v for k, v in (reply.properties or {}).items()}
             if props.get("statusCode") == 200 and isinstance(reply.body, dict):
                 self.status = {str(k): v for k, v in reply.body.items()}
-            self.driver.close()
+            self.pump.close()
         elif t == Event.CONNECTION_REMOTE_CLOSE:
             event.connection.close()
 
-    def on_server_stop(self, driver: ConnectionDriver) -> None:
-        driver.abort("stopping")
+    def on_server_stop(self, pump: EnginePump) -> None:
+        pump.abort("stopping")

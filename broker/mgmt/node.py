@@ -284,7 +284,7 @@ class _RequestLink(SizeLimited):
         if not self.conn.gone:
             dlv.update(Delivery.ACCEPTED)
             dlv.settle()
-            self.conn.driver.wake()
+            self.conn.pump.wake()
 
     def close(self) -> None:
         self._arrived()

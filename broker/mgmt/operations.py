@@ -109,7 +109,7 @@ class Operations:
             if out is not None:  # tell the receiver why its link goes
                 out.link.condition = Condition(RESOURCE_DELETED, f"queue {name!r} was deleted")
                 out.link.close()
-                out.conn.driver.wake()
+                out.conn.pump.wake()
         return Response(204, "deleted")
 
     def queue_purge(self, name: str | None, body: dict[str, Any], conn: Any) -> Response:
@@ -207,7 +207,7 @@ class Operations:
         out = [
             {
                 "id": c.id,
-                "peer": c.driver.peer,
+                "peer": c.pump.peer,
                 "container": c.container or "",
                 "links": len(c._links),
                 "admin": bool(c.properties.get(ADMIN_PROPERTY)),

@@ -1,9 +1,9 @@
 """The contract between the I/O edge and the AMQP layer above it.
 
-The driver (`broker.net.driver.ConnectionDriver`) owns the socket and the proton engine of one
+The pump (`broker.net.pump.EnginePump`) owns the socket and the proton engine of one
 connection; a `ConnectionHandler`, made per connection by the factory given to the server, owns
 the meaning of what arrives. The handler never touches the socket: it reacts to proton events,
-changes engine state (open, flow, send, settle, close), and uses the driver for what only the I/O
+changes engine state (open, flow, send, settle, close), and uses the pump for what only the I/O
 edge can do (wake, abort, graceful close, back-pressure).
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from proton import Event
 
 if TYPE_CHECKING:
-    from .driver import ConnectionDriver
+    from .pump import EnginePump
 
 FORCED = "amqp:connection:forced"
 
@@ -30,7 +30,7 @@ class ConnectionHandler:
     def on_event(self, event: Event) -> None:
         """One proton event: `event.type` (e.g. `Event.CONNECTION_REMOTE_OPEN`) and
         `event.connection` / `.session` / `.link` / `.delivery`. Events arrive in engine order;
-        after `driver.abort()` no further event is delivered."""
+        after `pump.abort()` no further event is delivered."""
 
     def on_raw_delivery(self, link: Any, delivery: Any) -> bool:
         """Optional fast path for the most frequent event, PN_DELIVERY, without proton's
@@ -41,18 +41,18 @@ class ConnectionHandler:
         return False
 
     def process(self) -> None:
-        """Runs after each batch of events and after each `driver.wake()`, before output is
+        """Runs after each batch of events and after each `pump.wake()`, before output is
         flushed: the place to push deliveries and settlements in one go."""
 
     def on_closed(self, error: str | None) -> None:
         """The socket is gone. `error` is None after a clean AMQP close, else a one-line reason
         (a protocol error, a socket error, an idle timeout, an abort)."""
 
-    def on_server_stop(self, driver: ConnectionDriver) -> None:
+    def on_server_stop(self, pump: EnginePump) -> None:
         """The server is stopping. The default closes with amqp:connection:forced; a handler
-        that must not write an `open` (an HA backup) can call `driver.abort()` instead."""
-        driver.close(FORCED, "the broker is shutting down")
+        that must not write an `open` (an HA backup) can call `pump.abort()` instead."""
+        pump.close(FORCED, "the broker is shutting down")
 
 
-HandlerFactory = Callable[["ConnectionDriver"], ConnectionHandler]
-"""Makes the handler of a new connection; gets the connection's driver."""
+HandlerFactory = Callable[["EnginePump"], ConnectionHandler]
+"""Makes the handler of a new connection; gets the connection's pump."""

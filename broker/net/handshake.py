@@ -1,9 +1,9 @@
 """Why a TLS handshake failed, for the log: both ends of the network edge meet it (the listener's
-accepted sockets and the HA driver's connections to the primary).
+accepted sockets and the HA pump's connections to the primary).
 
 Here, not in `broker/security`: the network edge wraps sockets in TLS and reports the failures;
 security makes the contexts and reads certificates, and builds on the edge (its authenticator is
-handed a `ConnectionDriver`), so the edge must not import it back.
+handed a `EnginePump`), so the edge must not import it back.
 """
 
 from __future__ import annotations

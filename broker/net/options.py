@@ -11,13 +11,13 @@ from anyio.abc import SocketAttribute, SocketStream
 from proton import Transport
 
 if TYPE_CHECKING:
-    from .driver import ConnectionDriver
+    from .pump import EnginePump
 
 Clock = Callable[[], float]
 
 
 class SaslLayer(Protocol):
-    """One connection's SASL exchange, sans I/O, run by the driver before proton sees a byte
+    """One connection's SASL exchange, sans I/O, run by the pump before proton sees a byte
     (`qstore.sasl.SaslServer` / `SaslClient`). proton's own server SASL cannot check a password
     without Cyrus, so the exchange is ours; what follows it is handed to a transport on which
     `sasl()` is never called, which then speaks plain AMQP."""
@@ -34,7 +34,7 @@ class SaslLayer(Protocol):
     def peer_closed(self) -> None: ...
 
 
-SaslFactory = Callable[["ConnectionDriver"], SaslLayer]
+SaslFactory = Callable[["EnginePump"], SaslLayer]
 
 
 def anonymous_sasl(transport: Transport) -> None:

@@ -1,4 +1,4 @@
-"""The TCP listener: one `ConnectionDriver` task per accepted socket, and a graceful stop.
+"""The TCP listener: one `EnginePump` task per accepted socket, and a graceful stop.
 
 Usage inside an anyio task group::
 
@@ -24,11 +24,11 @@ import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 from anyio.streams.tls import TLSStream
 
-from .driver import ConnectionDriver
 from .handler import HandlerFactory
 from .handshake import HANDSHAKE_ERRORS, handshake_reason
 from .limit import ConnectionLimit, Slot
 from .options import Clock, ConnectionOptions, SaslFactory, peer_of
+from .pump import EnginePump
 
 log = logging.getLogger("qstore.net")
 
@@ -86,16 +86,16 @@ class Server:
             sasl=sasl,
         )
         self.options = replace(options, clock=clock) if clock is not None else options
-        self._drivers: set[ConnectionDriver] = set()
+        self._pumps: set[EnginePump] = set()
         self._accept_scope: anyio.CancelScope | None = None
         self._stopping = False
         self._idle: anyio.Event | None = None  # set when the last connection has gone
         self._done: anyio.Event | None = None  # set when serve() has returned
 
     @property
-    def connections(self) -> list[ConnectionDriver]:
-        """The drivers of the open connections (a copy)."""
-        return list(self._drivers)
+    def connections(self) -> list[EnginePump]:
+        """The pumps of the open connections (a copy)."""
+        return list(self._pumps)
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen, report the bound port through `task_status`, accept until `stop()`, and
@@ -141,8 +141,8 @@ class Server:
             tg.start_soon(self._run_limited, stream, next_conn_id(), slot)
 
     async def _run_limited(self, stream: SocketStream, conn_id: int, slot: Slot) -> None:
-        """A connection holding a slot of the limit: until its driver runs, an eviction cancels
-        it (e.g. in the TLS handshake); then the driver's abort does."""
+        """A connection holding a slot of the limit: until its pump runs, an eviction cancels
+        it (e.g. in the TLS handshake); then the pump's abort does."""
         assert self._limit is not None
         scope = anyio.CancelScope()
         slot.drop = lambda reason: scope.cancel()
@@ -168,23 +168,23 @@ class Server:
                 await stream.aclose()
             return
         try:
-            driver = ConnectionDriver(secured, self._factory, conn_id, self.options)
+            pump = EnginePump(secured, self._factory, conn_id, self.options)
         except Exception:  # e.g. a failing setup_transport: our bug, keep it to this socket
             log.exception("conn=%s: cannot set up the connection", conn_id)
             with anyio.CancelScope(shield=True):
                 await secured.aclose()
             return
         if slot is not None:
-            driver.slot = slot
-            slot.drop = driver.abort
-        self._drivers.add(driver)
+            pump.slot = slot
+            slot.drop = pump.abort
+        self._pumps.add(pump)
         try:
-            await driver.run()
+            await pump.run()
         except Exception:  # run() catches everything itself; this is the last fence
-            log.exception("conn=%s peer=%s: connection task failed", driver.conn_id, driver.peer)
+            log.exception("conn=%s peer=%s: connection task failed", pump.conn_id, pump.peer)
         finally:
-            self._drivers.discard(driver)
-            if not self._drivers and self._idle is not None:
+            self._pumps.discard(pump)
+            if not self._pumps and self._idle is not None:
                 self._idle.set()
 
     async def _secure(self, stream: SocketStream, conn_id: int) -> SocketStream | None:
@@ -223,22 +223,22 @@ class Server:
         if self._accept_scope is not None:
             self._accept_scope.cancel()
         self._idle = anyio.Event()
-        if not self._drivers:
+        if not self._pumps:
             self._idle.set()
-        for driver in list(self._drivers):
-            handler = driver.handler
+        for pump in list(self._pumps):
+            handler = pump.handler
             try:
                 if handler is None:
-                    driver.abort("server stopping")
+                    pump.abort("server stopping")
                 else:
-                    handler.on_server_stop(driver)
+                    handler.on_server_stop(pump)
             except Exception:
-                log.exception("conn=%s peer=%s: on_server_stop failed", driver.conn_id, driver.peer)
-                driver.abort("server stopping")
+                log.exception("conn=%s peer=%s: on_server_stop failed", pump.conn_id, pump.peer)
+                pump.abort("server stopping")
         with anyio.move_on_after(timeout):
             await self._idle.wait()
-        for driver in list(self._drivers):
-            driver.abort("server stop timed out")
+        for pump in list(self._pumps):
+            pump.abort("server stop timed out")
         if self._done is not None:
             await self._done.wait()
 

@@ -5,7 +5,7 @@ reading before every wait and pauses it after (two epoll_ctl calls per wait, and
 call), and its `send()` costs a task switch and a checkpoint. Where the transport and protocol
 are reachable (private attributes in anyio; checked, never assumed), this edge instead:
 
-- leaves reading resumed and takes what the protocol queued (the driver pushes all of it into
+- leaves reading resumed and takes what the protocol queued (the pump pushes all of it into
   proton at once anyway, so nothing piles up beyond one loop turn's arrivals);
 - lets a pump hand output straight to the transport while nothing is buffered there (the
   transport sends at once and keeps what the socket did not take, in order).

@@ -16,7 +16,7 @@ from qstore.sasl.userdb import CachedUserDb
 from .tls import certificate_identity
 
 if TYPE_CHECKING:
-    from broker.net import ConnectionDriver
+    from broker.net import EnginePump
 
 AUTH_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 OPEN_MECHANISMS = ("ANONYMOUS", "PLAIN")
@@ -32,8 +32,8 @@ class Authenticator:
         # `qstore-passwd` takes effect without a restart.
         self.users = CachedUserDb(cfg.sasl_db) if cfg.sasl_db is not None else None
 
-    def __call__(self, driver: ConnectionDriver) -> SaslServer:
-        external = certificate_identity(driver.peer_certificate) if driver.encrypted else None
+    def __call__(self, pump: EnginePump) -> SaslServer:
+        external = certificate_identity(pump.peer_certificate) if pump.encrypted else None
         if self.auth:
             mechanisms = [*AUTH_MECHANISMS, *(["EXTERNAL"] if external else [])]
         else:

@@ -1,4 +1,4 @@
-"""A client connection that fails over: the public face of the driver (see driver.py).
+"""A client connection that fails over: the public face of the I/O thread (see iothread.py).
 
     conn = Connection.establish("node1", reconnect=True, reconnect_urls=["node1", "node2", "node3"],
                                 heartbeat=10)
@@ -34,9 +34,9 @@ from proton import Connection as PnConnection
 
 from qstore.urls import Address, UrlError, parse_client_url
 
-from .driver import Driver, log
 from .engine import EngineOptions, sasl_client
 from .errors import AddressError, ConnectionError, MessagingError, Timeout
+from .iothread import IoThread, log
 from .reconnect import ReconnectPolicy
 from .session import Session
 from .tls import client_context
@@ -134,7 +134,7 @@ class Connection:
             properties=properties,
         )
         sasl_client(options, None)  # a mechanism or credentials that cannot log in: ValueError
-        self._driver = Driver(urls, self, policy, options, connect_timeout, tls)
+        self._io = IoThread(urls, self, policy, options, connect_timeout, tls)
 
     @classmethod
     def establish(cls, url: str = f"127.0.0.1:{DEFAULT_PORT}", **options: Any) -> Connection:
@@ -147,7 +147,7 @@ class Connection:
     def open(self, timeout: float | None = None) -> Connection:
         """Connect (failing over until a broker answers, if reconnect is on); Timeout after
         `timeout` seconds (the connection is then closed)."""
-        d = self._driver
+        d = self._io
         try:
             with d.lock:
                 d.start()
@@ -163,35 +163,35 @@ class Connection:
     @property
     def connected(self) -> bool:
         """True while an AMQP connection to a broker is open (False while failing over)."""
-        return self._driver.opened
+        return self._io.opened
 
     @property
     def url(self) -> str:
         """The broker of the current (or last) connection, as host:port."""
-        return self._driver.url
+        return self._io.url
 
     @property
     def error(self) -> MessagingError | None:
         """Why the connection is unusable (closed, gave up, refused), or None."""
-        return self._driver.error
+        return self._io.error
 
     @property
     def sasl_mechanism(self) -> str | None:
         """The SASL mechanism of the current (or last) login, e.g. "SCRAM-SHA-512"; None before
         the first. A password crosses the wire only with "PLAIN" (inside TLS, if ssl:)."""
-        return self._driver.mechanism
+        return self._io.mechanism
 
     @property
     def reconnects(self) -> int:
         """How many times a connection was re-established after the first."""
-        return max(0, self._driver.connects - 1)
+        return max(0, self._io.connects - 1)
 
     @property
     def sessions(self) -> list[Session]:
         return list(self._sessions)
 
     def session(self, name: str | None = None) -> Session:
-        d = self._driver
+        d = self._io
         with d.lock:
             d.raise_error()
             self._n_sessions += 1
@@ -206,7 +206,7 @@ class Connection:
         """Give senders up to `timeout` seconds for their outstanding acknowledgements (failing
         over if need be), then close the AMQP connection. Never raises for what it cannot finish:
         call `sync()` first to see every send error."""
-        d = self._driver
+        d = self._io
         deadline = time.monotonic() + timeout
         with d.lock:
             if d.error is None:
@@ -230,7 +230,7 @@ class Connection:
         state = "connected" if self.connected else ("failed" if self.error else "connecting")
         return f"Connection({self.url!r}, {state})"
 
-    # -- the driver's calls (under the lock) ----------------------------------------------------
+    # -- the I/O thread's calls (under the lock) ----------------------------------------------
 
     def engine_started(self, conn: PnConnection) -> None:
         for s in self._sessions:

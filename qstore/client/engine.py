@@ -1,7 +1,7 @@
 """One connected socket and the proton engine on it: bytes in, bytes out, timers. No decisions.
 
-The driver makes one Engine per connection attempt and throws it away when it dies; everything
-here runs under the driver's lock. Heartbeats: `transport.idle_timeout = 2 x heartbeat` makes
+The I/O thread makes one Engine per connection attempt and throws it away when it dies; everything
+here runs under the I/O thread's lock. Heartbeats: `transport.idle_timeout = 2 x heartbeat` makes
 proton advertise `heartbeat` to the broker (which then sends at least that often) and declare the
 connection dead after 2 x heartbeat without input, the seed's "no later than twice the heartbeat".
 
@@ -10,7 +10,7 @@ or inside TLS), so `qstore.sasl.SaslClient` runs the SASL exchange first (SCRAM 
 offers it, and it checks the broker's signature), and proton's transport, on which `sasl()` is
 never called, speaks plain AMQP. Until the outcome, proton's output (its AMQP header and open)
 is held back and its clock does not run; what the broker sent after the outcome is pushed into
-proton. A failed login leaves `sasl_failure` set for the driver to judge.
+proton. A failed login leaves `sasl_failure` set for the I/O thread to judge.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class Engine:
 
     def tick(self, now: float) -> None:
         # Before the outcome proton has seen no input: its idle timeout would count the login
-        # as silence. The driver's open deadline bounds the login instead.
+        # as silence. The I/O thread's open deadline bounds the login instead.
         self.tick_deadline = 0.0 if self._sasl is not None else self.transport.tick(now)
 
     def next_event(self) -> Event | None:

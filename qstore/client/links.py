@@ -4,7 +4,7 @@ On every new engine (a new connection, after a fail-over too) the session re-att
 with the same name, address and options (`_start`); when the engine is lost, `_lost` forgets the
 proton link. An attach the broker refuses (amqp:not-found, ...) or a link it closes is an error
 that will not heal: the link is not re-attached and every later call on it raises the error.
-Every `_`-method and `on_`-method runs under the driver's lock (`on_` ones on its I/O thread).
+Every `_`-method and `on_`-method runs under the I/O thread's lock (`on_` ones on its I/O thread).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class LinkBase:
         self.address = address
         self.capacity = capacity
         self.name = address.link_name or f"{address.name}_{uuid.uuid4()}"
-        self._driver = session._driver
+        self._io = session._io
         self._pn: Link | None = None
         self._attached = False
         self._error: MessagingError | None = None
@@ -78,7 +78,7 @@ class LinkBase:
         link.rcv_settle_mode = Link.RCV_FIRST
         self._pn = link
         self._attached = False
-        self._driver.links[link] = self
+        self._io.links[link] = self
         link.open()
         self._opened(link)
 
@@ -92,10 +92,10 @@ class LinkBase:
             return  # refused: the broker's detach with the reason follows
         self._attached = True
         self._on_attached(link)
-        self._driver.cond.notify_all()
+        self._io.cond.notify_all()
 
     def on_remote_close(self, link: Link, condition: Any) -> None:
-        self._driver.links.pop(link, None)
+        self._io.links.pop(link, None)
         if link.state & Link.LOCAL_ACTIVE:
             link.close()
         self._pn = None
@@ -108,8 +108,8 @@ class LinkBase:
             )
             log.warning("%s", self._error)
             self._on_error()
-        self._driver.cond.notify_all()
-        self._driver.wake()
+        self._io.cond.notify_all()
+        self._io.wake()
 
     def on_flow(self, link: Link) -> None:
         pass
@@ -137,7 +137,7 @@ class LinkBase:
 
     def _check(self) -> None:
         """Raise what makes this link unusable: the connection's error, then the link's."""
-        self._driver.raise_error()
+        self._io.raise_error()
         if self._error is not None:
             raise fresh(self._error)
         if self._closed:
@@ -148,15 +148,15 @@ class LinkBase:
             self._check()
             return self._attached
 
-        return self._driver.wait(ready, timeout)
+        return self._io.wait(ready, timeout)
 
     def _detach(self) -> None:
         self._closed = True
         link = self._pn
         if link is not None:
-            self._driver.links.pop(link, None)
+            self._io.links.pop(link, None)
             link.close()
-            self._driver.wake()
+            self._io.wake()
         self._pn = None
         self.session._forget(self)
-        self._driver.cond.notify_all()
+        self._io.cond.notify_all()

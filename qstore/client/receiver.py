@@ -72,12 +72,12 @@ class Receiver(LinkBase):
             self._check()
             return False
 
-        with self._driver.lock:
+        with self._io.lock:
             self._check()
             self._fetching += 1
             try:
                 self._credit()
-                if not self._driver.wait(ready, timeout):
+                if not self._io.wait(ready, timeout):
                     raise Empty(f"no message from {str(self.address)!r} within {timeout:g}s")
                 return self._take()
             finally:
@@ -85,7 +85,7 @@ class Receiver(LinkBase):
 
     def close(self) -> None:
         """Detach; the broker puts back what was sent to us and not acknowledged."""
-        with self._driver.lock:
+        with self._io.lock:
             if not self._closed:
                 self._buffer.clear()
                 self._deliveries.clear()
@@ -108,7 +108,7 @@ class Receiver(LinkBase):
 
     def _settle(self, tracker: Tracker, state: Any) -> None:
         """Give the broker our outcome for a fetched message (settled at once: settle-first)."""
-        if tracker.gen != self._driver.gen:
+        if tracker.gen != self._io.gen:
             log.debug("receiver %r: dropping a stale acknowledgement", str(self.address))
             return
         dlv = self._deliveries.pop(tracker.key, None)
@@ -116,7 +116,7 @@ class Receiver(LinkBase):
             return
         dlv.update(state)
         dlv.settle()
-        self._driver.wake()
+        self._io.wake()
 
     # -- the engine's side --------------------------------------------------------------------
 
@@ -154,7 +154,7 @@ class Receiver(LinkBase):
         want = target - len(self._buffer) - link.credit
         if want > 0 and (link.credit == 0 or want >= max(1, target // 4)):
             link.flow(want)
-            self._driver.wake()
+            self._io.wake()
 
     def on_delivery(self, delivery: Any) -> None:
         if delivery.partial or not delivery.readable:
@@ -170,7 +170,7 @@ class Receiver(LinkBase):
         else:
             self._key += 1
             self._deliveries[self._key] = delivery
-            tracker = Tracker(self, self._driver.gen, self._key)
+            tracker = Tracker(self, self._io.gen, self._key)
         setattr(msg, TRACKER, tracker)
         self._buffer.append(msg)
-        self._driver.cond.notify_all()
+        self._io.cond.notify_all()

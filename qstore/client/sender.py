@@ -80,7 +80,7 @@ class Sender(LinkBase):
         earlier one are acknowledged (Timeout after `timeout`; the message stays queued)."""
         if not isinstance(message, Message):
             raise TypeError(f"send() takes a proton.Message, not {type(message).__name__}")
-        with self._driver.lock:
+        with self._io.lock:
             self._check()
             self._raise_reported()
             if len(self._pending) >= self.capacity:
@@ -89,7 +89,7 @@ class Sender(LinkBase):
                     self._check()
                     return len(self._pending) < self.capacity
 
-                if not self._driver.wait(room, timeout):
+                if not self._io.wait(room, timeout):
                     raise InsufficientCapacity(
                         f"sender {str(self.address)!r}: {self.capacity} messages still "
                         f"unacknowledged after {timeout:g}s"
@@ -112,18 +112,18 @@ class Sender(LinkBase):
 
     def sync(self, timeout: float | None = None) -> None:
         """Wait until every message sent so far is acknowledged; raise what the broker refused."""
-        with self._driver.lock:
+        with self._io.lock:
             self._check()
             self._wait_through(self._seq, timeout)
             self._raise_reported()
 
     def close(self, timeout: float | None = None) -> None:
         """Wait (up to `timeout`) for outstanding acknowledgements, then detach."""
-        with self._driver.lock:
+        with self._io.lock:
             if self._closed:
                 return
             try:
-                if self._error is None and self._driver.error is None:
+                if self._error is None and self._io.error is None:
                     self.sync(timeout)
             except Timeout:
                 log.warning(
@@ -147,7 +147,7 @@ class Sender(LinkBase):
             self._check()
             return False
 
-        if not self._driver.wait(done, timeout):
+        if not self._io.wait(done, timeout):
             raise Timeout(
                 f"sender {str(self.address)!r}: not acknowledged within {timeout:g}s "
                 f"({len(self._pending)} outstanding; they stay queued)"
@@ -222,7 +222,7 @@ class Sender(LinkBase):
                 dlv.settle()
                 self._settled(out, None)
         if sent:
-            self._driver.wake()
+            self._io.wake()
 
     def on_delivery(self, delivery: Any) -> None:
         state = delivery.remote_state
@@ -255,7 +255,7 @@ class Sender(LinkBase):
             out.error = error
             if not out.waiter:
                 self._errors.append(error)
-        self._driver.cond.notify_all()
+        self._io.cond.notify_all()
 
     def _on_error(self) -> None:
         if self._pending:

@@ -28,7 +28,7 @@ class Session:
     def __init__(self, connection: Connection, name: str) -> None:
         self.connection = connection
         self.name = name
-        self._driver = connection._driver
+        self._io = connection._io
         self._links: list[LinkBase] = []
         self._pn: PnSession | None = None
         self._fetched: dict[Tracker, None] = {}  # fetched, not acknowledged (ordered)
@@ -58,12 +58,12 @@ class Session:
         return link
 
     def _add(self, link: LinkBase, timeout: float | None) -> None:
-        with self._driver.lock:
+        with self._io.lock:
             self._check()
             self._links.append(link)
             if self._pn is not None:
                 link._start(self._pn)
-                self._driver.wake()
+                self._io.wake()
             try:
                 attached = link._wait_attached(timeout)
             except MessagingError:
@@ -86,8 +86,8 @@ class Session:
         self._settle(message, Delivery.REJECTED)
 
     def _settle(self, message: Message | None, state: Any) -> None:
-        with self._driver.lock:
-            self._driver.raise_error()
+        with self._io.lock:
+            self._io.raise_error()
             if message is None:
                 trackers = list(self._fetched)
                 self._fetched.clear()
@@ -115,13 +115,13 @@ class Session:
         def ready() -> bool:
             return any(r.available for r in self.receivers)
 
-        with self._driver.lock:
+        with self._io.lock:
             self._check()
             for r in self.receivers:
                 r._fetching += 1
                 r._credit()
             try:
-                if not self._driver.wait(ready, timeout):
+                if not self._io.wait(ready, timeout):
                     raise Empty(f"no message on any receiver within {timeout:g}s")
             finally:
                 for r in self.receivers:
@@ -130,7 +130,7 @@ class Session:
 
     def close(self, timeout: float | None = None) -> None:
         """Close every link (senders wait up to `timeout` for acknowledgements), end the session."""
-        with self._driver.lock:
+        with self._io.lock:
             if self._closed:
                 return
             for link in list(self._links):
@@ -143,7 +143,7 @@ class Session:
             self._closed = True
             if self._pn is not None:
                 self._pn.close()
-                self._driver.wake()
+                self._io.wake()
             self._pn = None
             self.connection._forget(self)
 
@@ -156,7 +156,7 @@ class Session:
     # -- the engine's side (under the lock) ---------------------------------------------------
 
     def _check(self) -> None:
-        self._driver.raise_error()
+        self._io.raise_error()
         if self._closed:
             raise LinkError(f"session {self.name!r} is closed")
 

@@ -1,14 +1,14 @@
 """TLS for the client's socket: Python's `ssl`, under proton's engine (which sees only plaintext).
 
-An `ssl:` address (or `amqps://`) is TLS or nothing: the driver wraps the connected socket and
+An `ssl:` address (or `amqps://`) is TLS or nothing: the I/O thread wraps the connected socket and
 completes the handshake before the engine sees a byte, and a handshake that fails is a failed
 attempt, never a retry in clear. The default context (`ssl.create_default_context`) verifies the
 broker's certificate against the system's CAs or `ssl_ca_file`, and checks that it names the host
 connected to (IP addresses included). A certificate that does not verify is a `TlsError`: the
 next attempt would meet the same certificate, so it is not retried.
 
-The handshake runs on a non-blocking socket with its own deadline and watches the driver's wake-up
-socket, so `close()` and the connect timeout both bound it.
+The handshake runs on a non-blocking socket with its own deadline and watches the I/O thread's
+wake-up socket, so `close()` and the connect timeout both bound it.
 """
 
 from __future__ import annotations

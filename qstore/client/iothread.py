@@ -2,8 +2,8 @@
 
 One background thread drives a proton engine (engine.py) over a socket: the engine, never proton's
 reactor, so that fail-over is ours to decide. Every touch of the engine, from this thread or from
-an application thread, happens under `Driver.lock`; application threads change the engine (send,
-credit, settle) and `wake()` the thread, which writes the output. Waits use `Driver.cond`,
+an application thread, happens under `IoThread.lock`; application threads change the engine (send,
+credit, settle) and `wake()` the thread, which writes the output. Waits use `IoThread.cond`,
 notified on every event that can end a wait.
 
 Each attempt gets a fresh engine and a new generation number (`gen`), and the owner re-opens its
@@ -14,7 +14,7 @@ open: a backup drops the socket after reading ours, which sends us on to the nex
 mechanism in common, a SCRAM signature that does not match), is an `AuthenticationError`; a
 broker that hangs up or fails for now during the login is a failed attempt like a dead port.
 Losing an open connection starts a new reconnect episode; bad credentials, a reconnect that gives
-up, or close() end the driver, and every later call raises `Driver.error`.
+up, or close() end the thread, and every later call raises `IoThread.error`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ log = logging.getLogger("qstore.client")
 
 
 class EngineOwner(Protocol):
-    """What the driver tells the `Connection` (always under the lock)."""
+    """What the I/O thread tells the `Connection` (always under the lock)."""
 
     def engine_started(self, conn: Connection) -> None: ...
     def engine_lost(self) -> None: ...
@@ -56,7 +56,7 @@ class LinkHandler(Protocol):
     def on_delivery(self, delivery: Any) -> None: ...
 
 
-class Driver:
+class IoThread:
     def __init__(
         self,
         urls: list[Address],
@@ -198,7 +198,7 @@ class Driver:
             self._wake_r.close()
 
     def _sleep_until(self, at: float) -> bool:
-        """Sleep until `at`; False if the driver was stopped meanwhile."""
+        """Sleep until `at`; False if the I/O thread was stopped meanwhile."""
         while True:
             with self.lock:
                 if self._stopped:
@@ -371,7 +371,7 @@ class Driver:
             self._fail(AuthenticationError(f"{self.url}: {UNAUTHORIZED}: {failure}", UNAUTHORIZED))
 
     def _refused(self, cond: Any) -> bool:
-        """Bad credentials end the driver: trying again (or elsewhere) cannot help."""
+        """Bad credentials end the I/O thread: trying again (or elsewhere) cannot help."""
         if cond is None or cond.name != UNAUTHORIZED:
             return False
         self._fail(AuthenticationError(f"{self.url}: {cond.name}: {cond.description}", cond.name))

@@ -3,7 +3,7 @@
 It owns the timer the role asks for, the backup's connection attempts to the primary, the switch
 from following to leading at promotion (a new epoch, the replication sink, the guard), and what the
 rest of the broker asks of HA: who may connect, the status, promote. Decisions stay in `role.py`
-(and `admission.py`): the driver turns what happens into the role's events, and carries out the
+(and `admission.py`): the member turns what happens into the role's events, and carries out the
 actions it returns; an illegal transition is logged as critical and stops the broker.
 """
 
@@ -19,7 +19,7 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 from anyio.streams.tls import TLSStream
 
-from broker.net import ConnectionDriver, ConnectionOptions, next_conn_id
+from broker.net import ConnectionOptions, EnginePump, next_conn_id
 from broker.net.handshake import HANDSHAKE_ERRORS, handshake_reason
 from broker.replication import stream
 from broker.replication.stream import Item
@@ -48,7 +48,7 @@ def _address_key(address: str) -> tuple[str, int]:
     return host, int(port or 5672)
 
 
-class HaDriver:
+class HaMember:
     def __init__(self, service: BrokerService, clock: Callable[[], float]) -> None:
         cfg = service.cfg
         self.service = service
@@ -76,7 +76,7 @@ class HaDriver:
         self._tg: TaskGroup | None = None
         self._kick = anyio.Event()
         self._wake_at = 0.0
-        self._link: ConnectionDriver | None = None
+        self._link: EnginePump | None = None
         self._connecting = False
         service.events.numbering = False
 
@@ -178,8 +178,8 @@ class HaDriver:
     # -- backup side --------------------------------------------------------------------------
 
     async def _dial(
-        self, address: str, timeout: float, handler: Callable[[ConnectionDriver], Any]
-    ) -> ConnectionDriver:
+        self, address: str, timeout: float, handler: Callable[[EnginePump], Any]
+    ) -> EnginePump:
         """A client connection to another broker, logged in as the HA identity (over TLS for
         an `ssl:` address); raises OSError or TimeoutError if the socket cannot be had."""
         host, port = _address_key(address)
@@ -195,7 +195,7 @@ class HaDriver:
             open_timeout=max(2.0, self.heartbeat * 2),
             sasl=lambda d: ha_sasl_client(cfg, host),
         )
-        return ConnectionDriver(sock, handler, next_conn_id(), options)
+        return EnginePump(sock, handler, next_conn_id(), options)
 
     async def _handshake(self, sock: Any, address: str, hostname: str) -> Any:
         """TLS over `sock`, checked against --ssl-ca-file and `hostname`. A failure is logged
@@ -215,22 +215,22 @@ class HaDriver:
             raise
 
     async def _connect(self, address: str) -> None:
-        driver: ConnectionDriver | None = None
+        pump: EnginePump | None = None
         try:
             try:
                 timeout = max(1.0, self.role.maintenance_interval * 5)
-                driver = await self._dial(address, timeout, lambda d: BackupLink(self, d, address))
+                pump = await self._dial(address, timeout, lambda d: BackupLink(self, d, address))
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 self.handle(R.ConnectFailed(address, str(exc) or type(exc).__name__))
                 return
-            self._link = driver
-            await driver.run()
+            self._link = pump
+            await pump.run()
         finally:
             self._connecting = False
-            if self._link is driver:
+            if self._link is pump:
                 self._link = None
-            handler = driver.handler if driver is not None else None
-            if driver is not None and not (isinstance(handler, BackupLink) and handler.attached):
+            handler = pump.handler if pump is not None else None
+            if pump is not None and not (isinstance(handler, BackupLink) and handler.attached):
                 self.handle(R.ConnectFailed(address, "not a primary"))
 
     def primary_found(self, address: str) -> None:
@@ -296,16 +296,16 @@ class HaDriver:
             timeout = max(1.0, self.heartbeat)
             with anyio.move_on_after(timeout):
                 try:
-                    driver = await self._dial(
+                    pump = await self._dial(
                         address, timeout, lambda d: StatusCheck(self, d, address)
                     )
                 except (OSError, TimeoutError, ssl.SSLError):
                     return
                 try:
-                    await driver.run()
+                    await pump.run()
                 finally:
-                    driver.abort("status check over")
-                handler = driver.handler
+                    pump.abort("status check over")
+                handler = pump.handler
                 if isinstance(handler, StatusCheck) and handler.status is not None:
                     out[address] = handler.status
 

@@ -93,7 +93,7 @@ def _password_checks() -> anyio.CapacityLimiter:
     return limiter
 
 
-class ConnectionDriver:
+class EnginePump:
     """Drives one accepted socket; `run()` returns when the socket is closed, never raises."""
 
     def __init__(
@@ -149,7 +149,7 @@ class ConnectionDriver:
         self._bytes_in = 0
         self._aborted: str | None = None
         self._dropped = False
-        self._error: str | None = None  # the first failure the driver itself saw
+        self._error: str | None = None  # the first failure the pump itself saw
         self._handler_failed = False
         self._said = False  # the reason was logged already (as a warning)
         self._backed_up = False  # output_backed_up said True and output has not drained since
@@ -175,7 +175,7 @@ class ConnectionDriver:
             try:
                 self._pump()
             except Exception as exc:  # as in run(): our bug, kept in this connection
-                log.exception("conn=%s peer=%s: driver failed", self.conn_id, self.peer)
+                log.exception("conn=%s peer=%s: pump failed", self.conn_id, self.peer)
                 self._error = self._error or f"internal error: {exc!r}"
                 if self._scope is not None:
                     self._scope.cancel()
@@ -221,7 +221,7 @@ class ConnectionDriver:
     @property
     def output_backed_up(self) -> bool:
         """True above the high-water mark: stop feeding this connection. Once it drains to
-        half the mark, the driver wakes itself, so `process()` runs and can feed again."""
+        half the mark, the pump wakes itself, so `process()` runs and can feed again."""
         if self.output_pending_bytes > self._opts.output_high_water:
             self._backed_up = True
         return self._backed_up
@@ -246,7 +246,7 @@ class ConnectionDriver:
                 await self._write_loop()
                 tg.cancel_scope.cancel()
         except Exception as exc:  # our bug, never the peer's doing: keep it in this connection
-            log.exception("conn=%s peer=%s: driver failed", self.conn_id, self.peer)
+            log.exception("conn=%s peer=%s: pump failed", self.conn_id, self.peer)
             self._error = self._error or f"internal error: {exc!r}"
         finally:
             with anyio.CancelScope(shield=True):
