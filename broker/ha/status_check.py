@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from proton import Delivery, Event, Message, symbol
 
+from broker.amqp.nodes import MANAGEMENT
 from broker.net import ConnectionHandler, EnginePump
 from qstore.ha import ADMIN_PROPERTY
 
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     from .member import HaMember
 
 log = logging.getLogger("qstore.ha")
-
-MANAGEMENT = "$management"
 
 
 class StatusCheck(ConnectionHandler):
