@@ -142,7 +142,6 @@ class HaMember:
                     log.info("state %s -> %s: %s", old, new, why)
                     if new == BrokerState.RECOVERING:
                         self._become_primary()
-                    self._broadcast_membership()
                 case R.Connect(address=address):
                     if not self._connecting and self._tg is not None:
                         self._connecting = True
@@ -152,11 +151,9 @@ class HaMember:
                 case R.TellReady(name=name):
                     if self.primary is not None:
                         self.primary.send_control(name, stream.READY)
-                    self._broadcast_membership()
                 case R.TellCatchUp(name=name):
                     if self.primary is not None:
                         self.primary.send_control(name, stream.CATCH_UP)
-                    self._broadcast_membership()
                 case R.Expect(name=name):
                     if self.primary is not None:
                         self.primary.expect(name)
@@ -167,6 +164,10 @@ class HaMember:
                     if not self._wake_at or when < self._wake_at:
                         self._wake_at = when
                         self._kick.set()
+                case R.Announce(members=members):
+                    if self.primary is not None:
+                        wire = [m.wire() for m in members]
+                        self.primary.broadcast(stream.MEMBERSHIP, members=wire)
                 case R.Refuse():
                     pass
         return actions
@@ -338,13 +339,6 @@ class HaMember:
 
     def backup_lost(self, name: str, why: str) -> None:
         self.handle(R.BackupLost(name, why))
-
-    def _broadcast_membership(self) -> None:
-        """After a transition or a tell, the backups hear the membership (the role's)."""
-        if self.primary is None:
-            return
-        members = [m.wire() for m in self.role.membership()]
-        self.primary.broadcast(stream.MEMBERSHIP, members=members)
 
     # -- what the rest of the broker asks ------------------------------------------------------
 

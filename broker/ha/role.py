@@ -192,6 +192,13 @@ class StopExpecting:
 
 
 @dataclass(frozen=True)
+class Announce:
+    """Tell every backup the membership (it changed): whom a promoted backup must expect."""
+
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True)
 class Refuse:
     reason: str
 
@@ -209,6 +216,7 @@ Action = (
     | TellCatchUp
     | Expect
     | StopExpecting
+    | Announce
     | Refuse
     | WakeAt
 )
@@ -246,12 +254,19 @@ class HaRole:
     # ready or given up, connected or not)
     expected: set[str] = field(default_factory=set)
     recovering_deadline: float = 0.0
+    announced: tuple[Member, ...] = ()  # the membership last announced to the backups
 
     def step(self, event: object, now: float) -> list[Action]:
         handler = getattr(self, "_on_" + type(event).__name__, None)
         if handler is None:
             raise TypeError(f"unknown HA event {event!r}")
-        return handler(event, now)
+        actions: list[Action] = handler(event, now)
+        if self.state.is_primary:  # a primary announces each change of its membership, once
+            members = self.membership()
+            if members != self.announced:
+                self.announced = members
+                actions.append(Announce(members))
+        return actions
 
     def _go(self, new: BrokerState, why: str) -> Transition:
         check(self.state, new, why)
