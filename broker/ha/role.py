@@ -255,13 +255,17 @@ class HaRole:
     expected: set[str] = field(default_factory=set)
     recovering_deadline: float = 0.0
     announced: tuple[Member, ...] = ()  # the membership last announced to the backups
+    # set by what may change the membership (state, a backup in or out, ready): an acknowledgement
+    # that changes nothing, the common event, then costs no look at it
+    changed: bool = True
 
     def step(self, event: object, now: float) -> list[Action]:
         handler = getattr(self, "_on_" + type(event).__name__, None)
         if handler is None:
             raise TypeError(f"unknown HA event {event!r}")
         actions: list[Action] = handler(event, now)
-        if self.state.is_primary:  # a primary announces each change of its membership, once
+        if self.changed and self.state.is_primary:  # a primary announces each change, once
+            self.changed = False
             members = self.membership()
             if members != self.announced:
                 self.announced = members
@@ -272,6 +276,7 @@ class HaRole:
         check(self.state, new, why)
         t = Transition(self.state, new, why)
         self.state = new
+        self.changed = True
         return t
 
     @property
@@ -389,6 +394,7 @@ class HaRole:
 
     def _on_BackupConnected(self, ev: BackupConnected, now: float) -> list[Action]:
         self.backups[ev.name] = BackupInfo(ev.name, ev.address, ev.target)
+        self.changed = True
         actions = self._on_BackupAcked(BackupAcked(ev.name, 0), now)
         protected = self.state == S.RECOVERING and ev.name in self.expected
         if self.state.is_primary and not self.backups[ev.name].ready and not protected:
@@ -406,13 +412,14 @@ class HaRole:
         actions: list[Action] = []
         if not b.ready and ev.seq >= b.target:  # ready stays: no need to keep the highest ack
             b.ready = True
+            self.changed = True
             actions.append(TellReady(b.name))
         if self.state == S.RECOVERING:
             actions += self._check_recovered(now)
         return actions
 
     def _on_BackupLost(self, ev: BackupLost, now: float) -> list[Action]:
-        self.backups.pop(ev.name, None)
+        self.changed = self.backups.pop(ev.name, None) is not None or self.changed
         if self.state == S.RECOVERING and ev.name in self.expected:
             return []  # still awaited until the backup timeout
         return [StopExpecting((ev.name,))]
