@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import select
 import shutil
 import signal
@@ -114,6 +115,51 @@ def pct(values: list[float], p: float) -> float:
 # windows, the A side of an A/B of the window's cost.
 BROKER_EXTRA: list[str] = []
 IDS_ENV = "BENCH_MESSAGE_IDS"
+# What the sender workers send (catchup_bench --body): `constant` (unset: one body over and over,
+# which compresses far better than real data, in a replication batch above all), `random`
+# (incompressible) or `text` (JSON-ish orders, each its own); a pool of BODY_POOL bodies each,
+# made before the start (the client is the usual limit here), cycled.
+BODY_ENV = "BENCH_BODY"
+BODY_KINDS = ("constant", "random", "text")
+BODY_POOL = 4096
+_WORDS = (
+    "order customer shipping address street city country invoice payment status pending shipped "
+    "delivered cancelled item quantity price discount total currency warehouse carrier tracking "
+    "note priority express standard return refund account email phone gift wrap fragile morning "
+    "evening weekend door floor building reception"
+)
+
+
+def bench_bodies(kind: str, size: int, pool: int = BODY_POOL) -> list[bytes]:
+    """Message bodies of `size` bytes of one kind (see BODY_ENV)."""
+    if kind == "constant":
+        return [os.urandom(size // 2).hex().encode()]  # hex text: what the benches always sent
+    if kind == "random":
+        return [os.urandom(size) for _ in range(pool)]
+    if kind != "text":
+        raise ValueError(f"unknown body kind {kind!r} (one of: {', '.join(BODY_KINDS)})")
+    rng = random.Random(os.getpid())
+    words = _WORDS.split()
+    return [_order_text(rng, words, size) for _ in range(pool)]
+
+
+def _order_text(rng: random.Random, words: list[str], size: int) -> bytes:
+    """An order as JSON, its lines added until it holds `size` bytes, cut there."""
+    lines: list[str] = []
+    head = json.dumps(
+        {"id": f"ord-{rng.randrange(10**9)}", "customer": f"cust-{rng.randrange(10**6)}",
+         "created": 1_700_000_000 + rng.randrange(10**7), "currency": rng.choice(("EUR", "USD"))}
+    )[:-1]  # fmt: skip
+    text = head + "}"
+    while len(text) < size:
+        lines.append(json.dumps(
+            {"sku": f"SKU-{rng.randrange(10**6):06d}", "ref": f"{rng.getrandbits(128):032x}",
+             "qty": rng.randrange(1, 20),
+             "price": round(rng.random() * 500, 2),
+             "note": " ".join(rng.choice(words) for _ in range(rng.randrange(3, 12)))}
+        ))  # fmt: skip
+        text = f'{head}, "lines": [{", ".join(lines)}]}}'
+    return text[:size].encode()
 
 
 class Broker:
@@ -205,9 +251,12 @@ def worker_send(
     from proton.reactor import Container
 
     # Encoded once (the client is the usual limit here): the same bytes every time, or one
-    # encoding per subject.
-    body = os.urandom(size // 2).hex().encode()
-    if subjects > 0:
+    # encoding per subject, or per body of a pool (BODY_ENV).
+    pool = bench_bodies(os.environ.get(BODY_ENV) or "constant", size)
+    body = pool[0]
+    if len(pool) > 1:
+        encodings = [Message(body=b, durable=True).encode() for b in pool]
+    elif subjects > 0:
         encodings = [
             Message(body=body, durable=True, subject=f"{SUBJECT_PREFIX}load.{i}").encode()
             for i in range(subjects)

@@ -22,11 +22,15 @@ catch-up alone), CPU seconds of each broker meanwhile, and what the primary logg
 (`how`: snapshot or tail, and the position the backup stated). For the restart, `journal` is
 what the backup logged of its journal's open (`journal_s`; an HA member restores its messages in
 the background after it: `restored_s`, and `ready_before_restored_s` if it was ready first) and
-`ready_s_after_journal` the time from that open to `ready`. The senders send one body over and
-over (broker_bench's), so the stream compresses far better than most data would.
+`ready_s_after_journal` the time from that open to `ready`.
+
+`--body` is what the senders send (broker_bench's BODY_ENV): `constant`, one body (hex text) over
+and over, which the replication stream's batches compress far better than most data would;
+`random`, incompressible bytes; `text`, JSON-ish orders, each its own (about 2.4:1 with zstd).
+A compression win must hold for the last two, not only for the first.
 
     .venv/bin/python bench/catchup_bench.py [--mb 1024] [--size 2048] [--behind 20000]
-        [--baseline DIR] [--profile FILE] [--keep] [--dir DIR]
+        [--body constant|random|text] [--baseline DIR] [--profile FILE] [--keep] [--dir DIR]
 
 `--profile FILE` runs the backup under cProfile (ha_bench's wrapper): FILE.empty and
 FILE.restart (event loop thread; .threads for the others), top functions to stderr; the figures
@@ -58,6 +62,7 @@ for _p in (str(ROOT), str(HERE)):
 
 # found through the path set just above:
 from ab import Variant, variants  # noqa: E402
+from broker_bench import BODY_ENV, BODY_KINDS  # noqa: E402
 from ha_bench import BenchError, Node, print_profile  # noqa: E402
 from machine import machine  # noqa: E402
 
@@ -296,6 +301,7 @@ def run_variant(
         **variant.info(),
         "messages": count,
         "size": args.size,
+        "body": args.body,
         "mb": args.mb,
         "fill_msg_per_s": fill_rate,
         "primary_restart_s": round(primary_restart_s, 2),
@@ -361,6 +367,13 @@ def main() -> None:
     ap.add_argument(
         "--behind", type=int, default=20_000, help="messages sent while the backup is down"
     )
+    ap.add_argument(
+        "--body",
+        choices=BODY_KINDS,
+        default="constant",
+        help="message bodies: one constant body (compresses unrealistically well), random "
+        "bytes, or JSON-ish text varying per message",
+    )
     ap.add_argument("--dir", default=None, help="where to put the brokers' data directories")
     ap.add_argument("--keep", action="store_true", help="keep data directories and logs")
     ap.add_argument(
@@ -377,6 +390,7 @@ def main() -> None:
         ap.error("--mb and --size must be positive, --behind not negative")
     if args.baseline is not None and not (args.baseline / "broker" / "main.py").is_file():
         ap.error(f"--baseline {args.baseline}: not a qstore checkout (no broker/main.py)")
+    os.environ[BODY_ENV] = args.body  # read by the sender workers (broker_bench's)
     try:
         signal.signal(signal.SIGTERM, _interrupted)
         run(args)
