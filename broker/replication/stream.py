@@ -48,7 +48,8 @@ class StreamError(Exception):
 class Item:
     """One event or control item. `payload` is an event's record packed once (`record.pack()`):
     the journal, every backup's batches and the recent log share it instead of packing again;
-    None until first needed where nobody packed it yet (snapshots)."""
+    None until first needed where nobody packed it yet (snapshots); a view of its batch where
+    a backup decoded an enqueue (see `decode`)."""
 
     kind: int
     epoch: int
@@ -56,7 +57,7 @@ class Item:
     flags: int = 0
     record: Record | None = None
     data: dict[str, Any] | None = None
-    payload: bytes | None = None
+    payload: bytes | memoryview | None = None
 
     @property
     def is_event(self) -> bool:
@@ -95,7 +96,11 @@ def encode(items: list[Item]) -> bytes:
 
 def decode(data: bytes) -> list[Item]:
     """The batch's items; an event item keeps its payload bytes, which a backup journals as
-    they are (they are what the primary journaled) instead of packing the record again."""
+    they are (they are what the primary journaled) instead of packing the record again.
+
+    An enqueue's payload is a view of the batch, not a copy: only its message body is copied
+    (the model keeps it), and the journal writes the payload from the view (the batch stays in
+    memory until then). A snapshot is nearly all enqueues: one copy of 2 KiB less per message."""
     if not data:
         raise StreamError("empty batch")
     marker, rest = data[:1], memoryview(data)[1:]
@@ -112,24 +117,30 @@ def decode(data: bytes) -> list[Item]:
         unpack_from, size = ITEM.unpack_from, ITEM.size
         enq_from, enq_size = ENQ_FIELDS.unpack_from, ENQ_FIELDS.size
         names: dict[bytes, str] = {}  # queue names, decoded once per batch
+        view = memoryview(body)
         off, end = 0, len(body)
         while off < end:
             kind, flags, epoch, seq, n = unpack_from(body, off)
             off += size
-            payload = body[off : off + n]
-            if len(payload) != n:
+            last = off + n
+            if last > end:
                 raise ValueError(f"item at seq {seq} is cut short")
-            off += n
             if kind == RT_ENQUEUE:  # the bulk (a snapshot is nearly all enqueues): Enqueue.unpack
-                msgid, prio, expiry, count, qn = enq_from(payload, 0)  # inlined
-                start = enq_size + qn
-                qb = payload[enq_size:start]
+                msgid, prio, expiry, count, qn = enq_from(body, off)  # inlined
+                start = off + enq_size
+                qb = body[start : start + qn]
                 queue = names.get(qb)
                 if queue is None:
                     queue = names[qb] = str(qb, "utf-8")
-                rec = Enqueue(queue, msgid, payload[start:], prio, expiry, count)
-                add(Item(kind, epoch, seq, flags, rec, None, payload))
+                start += qn
+                if start > last:
+                    raise ValueError(f"enqueue at seq {seq} is cut short")
+                rec = Enqueue(queue, msgid, body[start:last], prio, expiry, count)
+                add(Item(kind, epoch, seq, flags, rec, None, view[off:last]))
+                off = last
                 continue
+            payload = body[off:last]
+            off = last
             cls = classes.get(kind)
             if cls is not None:
                 add(Item(kind, epoch, seq, flags, cls.unpack(payload), None, payload))
