@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from cproton_ffi import lib
 from proton import Delivery, Endpoint, Event, symbol
 
 from broker.net import ConnectionHandler, EnginePump
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("qstore.ha")
 
 CREDIT = 50
+_partial = lib.pn_delivery_partial
 
 
 class BackupLink(ConnectionHandler):
@@ -40,6 +42,11 @@ class BackupLink(ConnectionHandler):
         conn.properties = {symbol(BACKUP_PROPERTY): ha.backup_info()}
         conn.open()
         pump.wake()
+
+    def on_raw_delivery(self, link: Any, delivery: Any) -> bool:
+        """A batch still arriving (one of its frames, each an event): nothing to do until its
+        last, and no proton wrapper objects made for it (see ConnectionHandler)."""
+        return bool(_partial(delivery))
 
     def on_event(self, event: Event) -> None:
         t = event.type

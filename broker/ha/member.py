@@ -33,11 +33,17 @@ from .primary import Primary, RecentLog
 from .replicator import Replicator
 from .states import BrokerState, IllegalTransition
 from .status_check import StatusCheck
+from .subscription import CATCH_UP_BATCH_BYTES
 
 if TYPE_CHECKING:
     from broker.service import BrokerService
 
 log = logging.getLogger("qstore.ha")
+
+# The largest frame this broker takes on its connections to another (the primary's batches): a
+# catch-up batch (a little over CATCH_UP_BATCH_BYTES) in one frame instead of 32 of proton's
+# default 32 KiB, each an event, a transport pass and proton wrapper objects on the event loop.
+PEER_MAX_FRAME = 2 * CATCH_UP_BATCH_BYTES
 
 
 def _address_key(address: str) -> tuple[str, int]:
@@ -195,6 +201,7 @@ class HaMember:
             idle_timeout=self.heartbeat * 2,
             open_timeout=max(2.0, self.heartbeat * 2),
             sasl=lambda d: ha_sasl_client(cfg, host),
+            max_frame_size=PEER_MAX_FRAME,
         )
         return EnginePump(sock, handler, next_conn_id(), options)
 
