@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,20 @@ def _with_length(raw: bytes, n: int) -> bytes:
     """The single item of `raw` claiming a payload of `n` bytes (what follows is the rest)."""
     kind, flags, epoch, seq, _ = stream.ITEM.unpack_from(raw, 0)
     return stream.ITEM.pack(kind, flags, epoch, seq, n) + raw[stream.ITEM.size :][:n]
+
+
+def test_batches_that_do_not_compress_go_plain_and_stop_being_tried() -> None:
+    def large(body: Callable[[], bytes]) -> list[stream.Item]:
+        return [stream.event(Enqueue("q", i, body()), 1, i, 1) for i in range(1, 41)]
+
+    text, noise = large(lambda: b"text " * 400), large(lambda: os.urandom(2000))
+    squeeze = stream.Squeeze()
+    assert stream.encode(text, squeeze)[:1] == b"Z"
+    assert stream.encode(noise)[:1] == b"Z"  # without a Squeeze: compressed whatever it gives
+    plain = stream.encode(noise, squeeze)
+    assert plain[:1] == b"P"  # zstd saved under a tenth: sent as it is
+    assert [i.record for i in stream.decode(plain)] == [i.record for i in noise]
+    # the next SKIP large batches go plain untried, compressible or not; then one is tried
+    assert [stream.encode(text, squeeze)[:1] for _ in range(stream.Squeeze.SKIP)] == [b"P"] * 15
+    assert stream.encode(text, squeeze)[:1] == b"Z"
+    assert stream.encode(text[:3], squeeze)[:1] == b"P"  # small: never compressed

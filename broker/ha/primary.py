@@ -152,6 +152,7 @@ class Primary:
         self._lazy_timer: asyncio.TimerHandle | None = None
         self._fresh: list[Item] = []  # published, with payloads, in seq order (_drop_payloads)
         self._encoded: tuple[list[Item], bytes] | None = None  # this flush's last batch
+        self._squeeze = stream.Squeeze()  # whether the batches are worth compressing
 
     # -- the event log's calls ----------------------------------------------------------------
 
@@ -318,7 +319,7 @@ class Primary:
         last = self._encoded
         if last is not None and last[0] == batch:
             return last[1]
-        data = stream.encode(batch)
+        data = stream.encode(batch, self._squeeze)
         self._encoded = (batch, data)
         return data
 
