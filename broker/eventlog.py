@@ -297,11 +297,17 @@ class EventLog:
         the primary packed them, in one job; `done` once they are durable."""
         queues = self.queues
         entries = []
+        add = entries.append
+        name: str | None = None  # the queue of the message before (a batch is mostly one's)
+        durable = False
         for it in items:
             r: Enqueue = it.record  # type: ignore[assignment]
-            e = queues.get(r.queue)
-            if e is not None and e.durable and it.flags & DURABLE:
-                entries.append((r, it.epoch, 0, it.payload))
+            if r.queue != name:
+                name = r.queue
+                e = queues.get(name)
+                durable = e is not None and e.durable
+            if durable and it.flags & DURABLE:
+                add((r, it.epoch, 0, it.payload))
         self.journal.submit_batch(entries, done, replica=True)
 
     def replica_ahead(self, it: Item, add: Callable[[], Callable[[Any], None]]) -> None:

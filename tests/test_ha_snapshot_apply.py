@@ -31,8 +31,13 @@ def snapshot(n: int, per_batch: int) -> list[list[stream.Item]]:
         stream.control(stream.SNAPSHOT_BEGIN, 1, 50, position=[1, 50]),
         stream.event(QueueDeclare("q", Q, {levels.KEY: levels.ALL}), 1, 50, stream.DURABLE),
     ]
-    msgs = [
-        stream.event(Enqueue("q", i, f"message {i}".encode() * 50), 1, 50, stream.DURABLE)
+    msgs = [  # fields of their own: priority, expiry (ms), delivery count; every 7th transient
+        stream.event(
+            Enqueue("q", i, f"message {i}".encode() * 50, i % 10, 2_000_000_000_000 + i, i % 3),
+            1,
+            50,
+            0 if i % 7 == 0 else stream.DURABLE,
+        )
         for i in range(1, n + 1)
     ]
     end = stream.control(
@@ -60,10 +65,21 @@ def test_a_snapshot_reaches_model_and_journal_and_leaves_the_collector_alone(
                 assert await asyncio.wait_for(done, WAIT) is None
             held = list(model.queues["q"].messages())
             assert [m.id for m in held] == list(range(1, 301))
-            assert held[7].message.body == b"message 8" * 50
+            for m in held:  # each field where it belongs
+                i = m.id
+                assert m.message.body == f"message {i}".encode() * 50
+                assert (m.message.durable, m.message.priority) == (i % 7 != 0, i % 10)
+                assert m.message.expiry == (2_000_000_000_000 + i) / 1000
+                assert m.delivery_count == m.message.delivery_count == i % 3
+                assert (m.message.subject, m.message.properties, m.message.message_id) == (
+                    None,
+                    {},
+                    None,
+                )
             st = j.replay(keep_bodies=False)
             assert st.position == (1, 50)
-            assert list(st.queues["q"].messages) == list(range(1, 301))
+            durable = [i for i in range(1, 301) if i % 7]  # the transient ones are not journaled
+            assert list(st.queues["q"].messages) == durable
             # out of the collector's generations: no pass walks them again
             assert gc.get_freeze_count() >= frozen + 2 * len(held)
             tracked = {id(o) for o in gc.get_objects()}

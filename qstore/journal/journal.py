@@ -26,9 +26,11 @@ from .reader import META_DB, RECORDS_DB, JournalReader, open_env
 from .records import (
     COMPRESS_THRESHOLD,
     FIRST_VERSION,
+    FLAG_REPLICA,
     FORMAT_VERSION,
     KEY,
     Epoch,
+    Prepared,
     Record,
     prepare,
     read_header,
@@ -284,7 +286,14 @@ class Journal(JournalReader):
         already); `target` (as for submit_one) gets their seqs once they are durable, or the error.
         One outcome for many records: what a backup applying a snapshot needs."""
         threshold = self.compress_threshold
-        prepared = [prepare(r, e, o, replica, threshold, p) for r, e, o, p in entries]
+        flags = FLAG_REPLICA if replica else 0
+        # what `prepare` makes of a payload given and not over the threshold, without the call
+        prepared = [
+            Prepared(r.TYPE, flags, p, r, e, o)
+            if p is not None and len(p) <= threshold
+            else prepare(r, e, o, replica, threshold, p)
+            for r, e, o, p in entries
+        ]
         batcher = self._loop_batcher()
         if prepared:
             batcher.add_job(prepared, target)
