@@ -44,6 +44,10 @@ log = logging.getLogger("qstore.ha")
 # catch-up batch (a little over CATCH_UP_BATCH_BYTES) in one frame instead of 32 of proton's
 # default 32 KiB, each an event, a transport pass and proton wrapper objects on the event loop.
 PEER_MAX_FRAME = 2 * CATCH_UP_BATCH_BYTES
+# What the pump takes of the socket's arrivals at once on those connections: asyncio reads up to
+# 256 KiB a time, which the default 64 KiB cut in four (a copy of the rest each time) and four
+# passes of the engine.
+PEER_READ = 1 << 20
 
 
 def _address_key(address: str) -> tuple[str, int]:
@@ -202,6 +206,7 @@ class HaMember:
             open_timeout=max(2.0, self.heartbeat * 2),
             sasl=lambda d: ha_sasl_client(cfg, host),
             max_frame_size=PEER_MAX_FRAME,
+            read_size=PEER_READ,
         )
         return EnginePump(sock, handler, next_conn_id(), options)
 
