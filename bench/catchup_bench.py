@@ -30,7 +30,11 @@ and over, which the replication stream's batches compress far better than most d
 A compression win must hold for the last two, not only for the first.
 
     .venv/bin/python bench/catchup_bench.py [--mb 1024] [--size 2048] [--behind 20000]
-        [--body constant|random|text] [--baseline DIR] [--profile FILE] [--keep] [--dir DIR]
+        [--body constant|random|text] [--baseline DIR [--rounds N]] [--profile FILE] [--keep]
+        [--dir DIR]
+
+With `--baseline`, `--rounds N` runs each variant N times, which goes first alternating; each
+run's data directories are removed (and the disk flushed) before the next run starts.
 
 `--profile FILE` runs the backup under cProfile (ha_bench's wrapper): FILE.empty and
 FILE.restart (event loop thread; .threads for the others), top functions to stderr; the figures
@@ -338,12 +342,18 @@ def run(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="qstore-catchup-bench-", dir=args.dir))
     started: list[Node] = []
     try:
-        for i, variant in enumerate(variants("no", args.baseline, base, exchange=None, ha=True)):
-            line = run_variant(base / f"v{i}", variant, started, args)
-            print(json.dumps(line), flush=True)
-            if args.profile is not None:
-                for case in ("empty", "restart"):
-                    print_profile(Path(f"{args.profile}.{case}"), f"backup ({case})", args.top)
+        both = variants("no", args.baseline, base, exchange=None, ha=True)
+        for r in range(args.rounds):
+            # alternating which goes first: the machine's other load drifts over minutes
+            for i, variant in list(enumerate(both)) if r % 2 == 0 else list(enumerate(both))[::-1]:
+                here = base / f"r{r}v{i}"
+                line = run_variant(here, variant, started, args)
+                print(json.dumps({**line, "round": r}), flush=True)
+                if args.profile is not None:
+                    for case in ("empty", "restart"):
+                        print_profile(Path(f"{args.profile}.{case}"), f"backup ({case})", args.top)
+                if not args.keep:
+                    drop_data(here)
     finally:
         for node in started:
             try:
@@ -354,6 +364,17 @@ def run(args: argparse.Namespace) -> None:
             print(f"catchup_bench: data and logs kept in {base}", file=sys.stderr)
         else:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def drop_data(here: Path) -> None:
+    """Remove a run's data directories (its logs stay until the end) and flush what the disk
+    still owes: the next run must not pay for this one's gigabytes. Measured: the same code run
+    second, with the first run's journals still there, took 1.4 s longer to catch up, its
+    system CPU 5.2 s against 2.1 s."""
+    for d in here.iterdir():
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+    os.sync()
 
 
 def _interrupted(signum: int, frame: object) -> None:
@@ -383,11 +404,17 @@ def main() -> None:
         metavar="DIR",
         help="also run the brokers of another checkout (its .venv/bin/python), first",
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="runs of each variant, which goes first alternating (with --baseline)",
+    )
     ap.add_argument("--profile", type=Path, default=None, help="run the backup under cProfile")
     ap.add_argument("--top", type=int, default=30, help="functions to print with --profile")
     args = ap.parse_args()
-    if min(args.mb, args.size) <= 0 or args.behind < 0:
-        ap.error("--mb and --size must be positive, --behind not negative")
+    if min(args.mb, args.size, args.rounds) <= 0 or args.behind < 0:
+        ap.error("--mb, --size and --rounds must be positive, --behind not negative")
     if args.baseline is not None and not (args.baseline / "broker" / "main.py").is_file():
         ap.error(f"--baseline {args.baseline}: not a qstore checkout (no broker/main.py)")
     os.environ[BODY_ENV] = args.body  # read by the sender workers (broker_bench's)
