@@ -211,7 +211,7 @@ class EventLog:
         flags: int = 0,
         key: tuple[str, int] | None = None,
         pending: Pending | None = None,
-        payload: bytes | None = None,
+        payload: bytes | memoryview | None = None,
     ) -> int | None:
         """Number the event, journal it if durable, publish it to the backups if replicated;
         return its seq (None if neither). The record is packed once for both (`payload`, if

@@ -255,7 +255,7 @@ class Journal(JournalReader):
         epoch: int | None = None,
         origin: int | None = None,
         replica: bool = False,
-        payload: bytes | None = None,
+        payload: bytes | memoryview | None = None,
         lazy: bool = False,
     ) -> None:
         """Queue one record from the running event loop; `target` is a Future of that loop
@@ -276,7 +276,7 @@ class Journal(JournalReader):
 
     def submit_batch(
         self,
-        entries: Iterable[tuple[Record, int, int, bytes | None]],
+        entries: Iterable[tuple[Record, int, int, bytes | memoryview | None]],
         target: Any,
         *,
         replica: bool = False,

@@ -381,7 +381,7 @@ class Prepared:
 
     type: int
     flags: int
-    payload: bytes
+    payload: bytes | memoryview  # a view: a backup's record as its primary's batch holds it
     record: Record
     epoch: int | None
     origin: int | None
@@ -393,7 +393,7 @@ def prepare(
     origin: int | None = None,
     replica: bool = False,
     threshold: int = COMPRESS_THRESHOLD,
-    payload: bytes | None = None,
+    payload: bytes | memoryview | None = None,
 ) -> Prepared:
     """Pack a record's payload; zstd it when it is over `threshold` and compression pays.
 
