@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from broker_clients import body, drain
 from broker_harness import BrokerProcess, Brokers
-from proton import symbol
+from proton import Message, symbol
 from proton.reactor import Copy
 from proton.utils import BlockingConnection
 
@@ -222,6 +222,22 @@ class Cluster:
         return BlockingConnection(
             self.address(i), timeout=10, **{**self._proton_login(USER, PASSWORD), **kw}
         )
+
+    def send_durable(self, i: int, queue: str, bodies: list[Any]) -> None:
+        """Durable messages with these bodies to `queue` on member i, each settled."""
+        conn = self.client(i)
+        try:
+            s = conn.create_sender(queue)
+            for b in bodies:
+                s.send(Message(body=b, durable=True))
+        finally:
+            conn.close()
+
+    def position(self, i: int) -> list[int]:
+        """Member i's stream position [epoch, seq], from its HA status (it must answer)."""
+        st = self.status(i)
+        assert st is not None, f"member {i} does not answer"
+        return list(st["position"])
 
     def admin(self, i: int) -> BlockingConnection:
         return BlockingConnection(

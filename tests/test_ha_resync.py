@@ -10,33 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from cluster_harness import Cluster, browse
-from proton import Message
 
 from qstore.journal import JournalReader
 
 QUEUE = "kept"
 
 
-def send(c: Cluster, i: int, bodies: list[str]) -> None:
-    conn = c.client(i)
-    try:
-        s = conn.create_sender(QUEUE)
-        for b in bodies:
-            s.send(Message(body=b, durable=True))
-    finally:
-        conn.close()
-
-
 def catch_ups(c: Cluster, i: int) -> dict[str, Any]:
     st = c.status(i)
     assert st is not None, f"member {i} does not answer"
     return dict(st["catch-ups"])
-
-
-def position(c: Cluster, i: int) -> list[int]:
-    st = c.status(i)
-    assert st is not None, f"member {i} does not answer"
-    return list(st["position"])
 
 
 def journal_history(data_dir: Path) -> tuple[tuple[int, int], list[tuple[int, str, int]]]:
@@ -48,7 +31,7 @@ def journal_history(data_dir: Path) -> tuple[tuple[int, int], list[tuple[int, st
 
 def wait_caught_up(c: Cluster, backup: int, primary: int) -> None:
     c.wait(
-        lambda: position(c, backup) == position(c, primary),
+        lambda: c.position(backup) == c.position(primary),
         f"member {backup} at the position of member {primary}",
     )
 
@@ -64,7 +47,7 @@ def resynced_backup(c: Cluster, events_after: bool) -> list[str]:
     finally:
         m.close()
     first = [f"a{n}" for n in range(10)]
-    send(c, 0, first)
+    c.send_durable(0, QUEUE, first)
     wait_caught_up(c, 1, 0)
     for i in (1, 0):
         assert c.members[i].terminate() == 0  # type: ignore[union-attr]
@@ -75,7 +58,9 @@ def resynced_backup(c: Cluster, events_after: bool) -> list[str]:
     c.start_primary(0)
     assert catch_ups(c, 1) == {"snapshot": 1, "tail": 0}
     more = [f"b{n}" for n in range(5)] if events_after else []
-    send(c, 0, more)  # events after the snapshot: the backup's position moves on from it
+    c.send_durable(
+        0, QUEUE, more
+    )  # events after the snapshot: the backup's position moves on from it
     wait_caught_up(c, 1, 0)
     return first + more
 
@@ -83,14 +68,14 @@ def resynced_backup(c: Cluster, events_after: bool) -> list[str]:
 def test_a_backup_resynced_by_snapshot_and_restarted_catches_up_by_tail(cluster) -> None:
     c = cluster(2)
     bodies = resynced_backup(c, events_after=False)  # the issue's case: ready, then restarted
-    at_stop = position(c, 0)
+    at_stop = c.position(0)
     assert c.members[1].terminate() == 0  # type: ignore[union-attr]
     # what the backup's journal says of its history is the primary's, not (0, 0)
     pos, epochs = journal_history(c.data_dir(1))
     assert list(pos) == at_stop and pos != (0, 0)
     assert epochs == journal_history(c.data_dir(0))[1]
     later = [f"c{n}" for n in range(5)]
-    send(c, 0, later)  # it comes back behind
+    c.send_durable(0, QUEUE, later)  # it comes back behind
     c.start(1)
     c.wait_states({0: "active", 1: "ready"})
     assert catch_ups(c, 1) == {"snapshot": 0, "tail": 1}
@@ -110,7 +95,7 @@ def test_a_resynced_backup_promoted_is_rejoined_by_the_old_primary_with_a_tail(c
     assert code == 200, desc
     c.wait_states({1: "active"})
     later = [f"c{n}" for n in range(5)]
-    send(c, 1, later)
+    c.send_durable(1, QUEUE, later)
     c.start(0)  # its history is a prefix of member 1's (the snapshot gave member 1 all of it)
     c.wait_states({1: "active", 0: "ready"})
     assert catch_ups(c, 0) == {"snapshot": 0, "tail": 1}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from cluster_harness import Cluster, browse
+from cluster_harness import browse
 from proton import Message
 
 from broker.ha.member import PEER_MAX_FRAME
@@ -17,22 +17,6 @@ from qstore.journal import Enqueue, JournalReader
 
 QUEUE = "big"
 BIG = PEER_MAX_FRAME * 5 // 2  # one batch of its own, in three frames
-
-
-def send(c: Cluster, i: int, bodies: list[bytes]) -> None:
-    conn = c.client(i)
-    try:
-        s = conn.create_sender(QUEUE)
-        for b in bodies:
-            s.send(Message(body=b, durable=True))
-    finally:
-        conn.close()
-
-
-def position(c: Cluster, i: int) -> list[int]:
-    st = c.status(i)
-    assert st is not None, f"member {i} does not answer"
-    return list(st["position"])
 
 
 def test_messages_larger_than_a_frame_cross_a_snapshot_whole(cluster) -> None:
@@ -44,8 +28,8 @@ def test_messages_larger_than_a_frame_cross_a_snapshot_whole(cluster) -> None:
         m.close()
     # incompressible: the batches stay as large on the wire
     bodies = [os.urandom(BIG), *(os.urandom(100) for _ in range(50)), os.urandom(BIG)]
-    send(c, 0, bodies)
-    c.wait(lambda: position(c, 1) == position(c, 0), "member 1 caught up")
+    c.send_durable(0, QUEUE, bodies)
+    c.wait(lambda: c.position(1) == c.position(0), "member 1 caught up")
     # member 1 starts again empty, and member 0's recent log starts after these: a snapshot
     for i in (1, 0):
         assert c.members[i].terminate() == 0  # type: ignore[union-attr]
