@@ -344,16 +344,18 @@ def test_promote_catch_up_is_refused() -> None:
 
 def test_promote_joining_refused_when_a_peer_is_primary_or_ready() -> None:
     role = backup(S.JOINING)
-    (refuse,) = step(role, Promote(peers_primary_or_ready=("h2:5672", "h3:5672")), 0.0)
+    peers = (("h2:5672", S.READY), ("h3:5672", S.ACTIVE), ("h4:5672", S.CATCH_UP))
+    (refuse,) = step(role, Promote(peers), 0.0)
     assert isinstance(refuse, Refuse)
     assert "h2:5672" in refuse.reason and "h3:5672" in refuse.reason
+    assert "h4:5672" not in refuse.reason  # a catch-up broker holds less than it may
     assert role.state == S.JOINING
 
 
 def test_promote_joining_allowed_when_no_peer_is_primary_or_ready() -> None:
     """The first primary of a new cluster (or after a total failure) comes from joining."""
     role = backup(S.JOINING)
-    actions = step(role, Promote(peers_primary_or_ready=()), 0.0)
+    actions = step(role, Promote((("h2:5672", S.JOINING), ("h3:5672", S.CATCH_UP))), 0.0)
     assert [(a.old, a.new) for a in actions if isinstance(a, Transition)] == [
         (S.JOINING, S.RECOVERING),
         (S.RECOVERING, S.ACTIVE),
@@ -364,7 +366,7 @@ def test_promote_joining_allowed_when_no_peer_is_primary_or_ready() -> None:
 
 def test_promote_ready_ignores_what_peers_report() -> None:
     role = backup(S.READY)
-    actions = step(role, Promote(peers_primary_or_ready=("h2:5672",)), 0.0)
+    actions = step(role, Promote((("h2:5672", S.READY),)), 0.0)
     assert StartEpoch(1) in actions
     assert role.state == S.ACTIVE
 
@@ -728,7 +730,7 @@ def test_a_joining_broker_numbers_past_the_peers_epochs_it_was_told() -> None:
     """After a total failure the joining brokers may hold older histories than a peer that
     answered: the epochs it reported count too (the HA member passes them in known_epochs)."""
     role = backup(S.JOINING)
-    actions = step(role, Promote(peers_primary_or_ready=(), known_epochs=(2, 2, 6)), 0.0)
+    actions = step(role, Promote(known_epochs=(2, 2, 6)), 0.0)
     assert StartEpoch(7) in actions
 
 

@@ -283,19 +283,18 @@ class HaMember:
         if not restored.is_set():
             log.info("promote waits until this broker's messages are restored")
             await restored.wait()
-        peers: tuple[str, ...] = ()
+        peers: list[tuple[str, BrokerState]] = []
         peer_epochs: list[int] = []
         if self.state == BrokerState.JOINING:
-            statuses = await self._peer_statuses()
-            peers = tuple(
-                addr
-                for addr, st in statuses.items()
-                if st.get("state") in ("ready", "recovering", "active")
-            )
-            peer_epochs = [int(st.get("epoch", 0)) for st in statuses.values()]
+            for addr, st in (await self._peer_statuses()).items():
+                try:
+                    peers.append((addr, BrokerState.parse(str(st.get("state")))))
+                except ValueError as exc:
+                    log.warning("peer %s: %s", addr, exc)
+                peer_epochs.append(int(st.get("epoch", 0)))
         ev = self.service.events
         known = (*ev.history.numbers, ev.epoch, *peer_epochs)
-        for a in self.handle(R.Promote(peers, known_epochs=known)):
+        for a in self.handle(R.Promote(tuple(peers), known_epochs=known)):
             if isinstance(a, R.Refuse):
                 log.warning("promote refused: %s", a.reason)
                 return a.reason

@@ -117,12 +117,13 @@ class MembershipHeard:
 
 @dataclass(frozen=True)
 class Promote:
-    """A cluster manager asks for promotion; `peers_primary_or_ready` is what the HA member found
-    asking every other broker of the URL (needed only when this broker is joining).
+    """A cluster manager asks for promotion; `peers` is the state of each other broker of the URL
+    that answered the HA member (asked only when this broker is joining: one that is primary or
+    ready holds more than a joining broker, so it must be the one promoted).
     `known_epochs`: every epoch number this broker knows of (its history, its current epoch,
     the peers' epochs it asked for): the new epoch is numbered past all of them."""
 
-    peers_primary_or_ready: tuple[str, ...] = ()
+    peers: tuple[tuple[str, BrokerState], ...] = ()  # (address, state)
     known_epochs: tuple[int, ...] = ()
 
 
@@ -376,8 +377,9 @@ class HaRole:
         if self.connected_to is not None:
             why = f"following the live primary at {self.connected_to}: two primaries lose data"
             return [Refuse(why)]
-        if self.state == S.JOINING and ev.peers_primary_or_ready:
-            who = ", ".join(ev.peers_primary_or_ready)
+        ahead = [a for a, st in ev.peers if st.is_primary or st == S.READY]
+        if self.state == S.JOINING and ahead:
+            who = ", ".join(ahead)
             return [Refuse(f"joining, and these brokers are primary or ready: {who}")]
         if self.state not in (S.READY, S.JOINING):
             return [Refuse(f"cannot promote from {self.state}")]
