@@ -11,8 +11,11 @@ data makes a joining backup catch-up; the primary decides when it is ready.
 
 Primary side (recovering, active): a promoted broker expects the backups that were ready under the
 old primary (from the last membership it heard). It is `recovering` until each of them has
-reconnected and caught up, or `--ha-backup-timeout` has passed since promotion: those timed out are
-told to catch up again and stop holding anything; then `active`.
+reconnected and caught up, or `--ha-backup-timeout` has passed since promotion: then `active`.
+Of those timed out, an absent one stops holding anything; a connected one is told to catch up
+again and stays held for, as every connected backup is (else it could become ready, and be
+promoted, without what was acknowledged to senders meanwhile). A primary announces its membership
+to the backups whenever it changes (`Announce`).
 
 What the role owns, and no one else keeps: the membership it last heard (backup side), who its
 backups are (name, address, the position that makes each ready, whether it is), and whom the
