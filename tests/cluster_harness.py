@@ -18,6 +18,7 @@ promotes and `admin()` log in as the HA identity, `client()` as the client user,
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -208,6 +209,27 @@ class Cluster:
         """Member i's log, every run of it (read from the file: works after a kill too)."""
         path = self.brokers.tmp_path / f"node{i}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def restart_all(
+        self, primary: int = 0, *, empty: tuple[int, ...] = (), kill: bool = True
+    ) -> None:
+        """A total restart: every member stopped (SIGKILL; or SIGTERM with exit 0 asserted),
+        the data directories of `empty` removed, every member started again and joining, then
+        `primary` promoted. The promoted member's recent log starts at its restart, so a member
+        that comes back empty catches up by snapshot."""
+        for i in reversed(range(len(self.ports))):  # backups first: they lose no primary
+            if kill:
+                self.kill(i)
+            else:
+                member = self.members[i]
+                assert member is not None and member.terminate() == 0, f"member {i} exit"
+        for i in empty:
+            shutil.rmtree(self.data_dir(i))
+        for i in range(len(self.ports)):
+            self.start(i)
+        self.wait(lambda: all(self.state(i) == "joining" for i in range(len(self.ports))),
+                  "every member joining")  # fmt: skip
+        self.start_primary(primary)
 
     def start_primary(self, i: int = 0) -> None:
         """Promote member i of a new cluster and wait until every other member is ready."""

@@ -267,13 +267,7 @@ def test_fresh_backup_after_total_restart_gets_a_snapshot(cluster) -> None:
         m.close()
     send(c, 0, "events", [f"e{n}" for n in range(5)])
     wait_same(c, [1, 2])
-    for i in range(3):
-        c.kill(i)
-    shutil.rmtree(c.data_dir(2))
-    for i in range(3):
-        c.start(i)
-    c.wait(lambda: all(c.state(i) == "joining" for i in range(3)), "every member joining")
-    c.start_primary(0)
+    c.restart_all(0, empty=(2,))
     want = wait_same(c, [1, 2])
     assert want["queues"]["kept"][2] == 5
     assert "snapshot" in c.log(0).split("epoch")[-1]

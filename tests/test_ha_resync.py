@@ -5,7 +5,6 @@ the backups' journals read from their data directories."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +48,7 @@ def resynced_backup(c: Cluster, events_after: bool) -> list[str]:
     first = [f"a{n}" for n in range(10)]
     c.send_durable(0, QUEUE, first)
     wait_caught_up(c, 1, 0)
-    for i in (1, 0):
-        assert c.members[i].terminate() == 0  # type: ignore[union-attr]
-    shutil.rmtree(c.data_dir(1))
-    c.start(0)
-    c.start(1)
-    c.wait(lambda: all(c.state(i) == "joining" for i in (0, 1)), "both members joining")
-    c.start_primary(0)
+    c.restart_all(0, empty=(1,), kill=False)
     assert catch_ups(c, 1) == {"snapshot": 1, "tail": 0}
     more = [f"b{n}" for n in range(5)] if events_after else []
     c.send_durable(
